@@ -1,0 +1,147 @@
+"""The command line: parse, call one library function, print, exit with the documented code.
+
+This is the one place where errors become exit codes. Heavy modules (psycopg, httpx) are
+imported inside the commands so that `imgsave --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError
+
+app = typer.Typer(
+    name="imgsave",
+    help="Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Settings file (default: ./imgsave.toml when present)."),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print exactly one JSON object on stdout, nothing else.")
+]
+AllowHttpOption = Annotated[
+    bool, typer.Option("--allow-http", help="Also accept plain http:// image URLs.")
+]
+
+
+@app.command()
+def generate(
+    project: Annotated[str, typer.Argument(help="The project's key in the projects table.")],
+    images_per_scene: Annotated[
+        int, typer.Option("--images-per-scene", "-k", min=1, max=100, help="Images per scene.")
+    ] = 1,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=1024, help="Provider calls at once.")
+    ] = 8,
+    scenes: Annotated[
+        str | None, typer.Option("--scenes", help="Only these scenes, e.g. 1,3,5-8.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Generate even for scenes that hold enough images.")
+    ] = False,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Generate images for a project's scenes and save every one of them."""
+
+    async def work(settings: Any) -> Any:
+        from . import generate as gen
+        from .output import ProgressReporter
+
+        selection = gen.parse_scene_selection(scenes) if scenes else None
+        return await gen.run(
+            settings,
+            project,
+            images_per_scene=images_per_scene,
+            concurrency=concurrency,
+            selection=selection,
+            force=force,
+            reporter=ProgressReporter(),
+        )
+
+    _execute(work, config=config, allow_http=allow_http, as_json=json_output)
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+) -> None:
+    """Tell the incident's story on the embedded database: no keys, no set-up."""
+
+    async def work(settings: Any) -> Any:
+        from .demo import run_demo
+
+        return await run_demo(settings)
+
+    _execute(work, config=config, as_json=False)
+
+
+def _execute(
+    work: Callable[[Any], Awaitable[Any]],
+    *,
+    config: Path | None,
+    as_json: bool,
+    allow_http: bool = False,
+) -> None:
+    from .output import print_json, render
+
+    secrets: tuple[str, ...] = ()
+    try:
+        from .config import load_settings
+
+        settings = load_settings({"allow_http": allow_http or None}, config_path=config)
+        secrets = settings.secrets
+        result = asyncio.run(work(settings))
+    except ImgsaveError as exc:
+        _fail(str(exc), exc.exit_code, secrets, as_json)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED, secrets, as_json)
+    except Exception as exc:  # a bug: say so in one line, never with a secret in it
+        if os.environ.get("IMGSAVE_DEBUG"):
+            from .config import redact
+
+            sys.stderr.write(redact(traceback.format_exc(), secrets))
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} (IMGSAVE_DEBUG=1 shows the traceback)",
+            EXIT_CANNOT_WORK,
+            secrets,
+            as_json,
+        )
+    if as_json:
+        print_json(result.to_json())
+    else:
+        render(result)
+    raise typer.Exit(result.exit_code)
+
+
+def _fail(message: str, code: int, secrets: tuple[str, ...], as_json: bool) -> None:
+    from .config import redact
+    from .output import error, print_json
+
+    message = redact(" ".join(message.split()), secrets)
+    error(message)
+    if as_json:
+        print_json({"error": message, "exit_code": code})
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,215 @@
+"""Settings from flags, environment and `imgsave.toml`, in that order of precedence."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .document import Shape
+from .errors import UsageError
+
+CONFIG_FILE_NAME = "imgsave.toml"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Where the document lives in the database."""
+
+    table: str = "projects"
+    key_column: str = "id"
+    document_column: str = "generated_output"
+    updated_at_column: str = "updated_at"
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    timeout: float = 120.0
+    max_attempts: int = 6
+    max_retry_after: float = 60.0
+    size: str = "1024x1024"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    lock_timeout: float = 5.0
+    statement_timeout: float = 30.0
+    max_attempts: int = 8
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None
+    log_dir: Path | None = None
+    allow_http: bool = False
+    names: Names = field(default_factory=Names)
+    shape: Shape = field(default_factory=Shape)
+    provider: ProviderSettings = field(default_factory=ProviderSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never reach any output."""
+        found = (self.api_key,) if self.api_key else ()
+        return found + url_secrets(self.database_url or "")
+
+    def resolved_log_dir(self) -> Path:
+        if self.log_dir is not None:
+            return self.log_dir
+        import platformdirs
+
+        return Path(platformdirs.user_state_dir("imgsave", appauthor=False))
+
+
+ENVIRONMENT = {
+    "database_url": ("IMGSAVE_DATABASE_URL", "DATABASE_URL"),
+    "base_url": ("IMGSAVE_BASE_URL",),
+    "api_key": ("IMGSAVE_API_KEY", "OPENAI_API_KEY"),
+    "model": ("IMGSAVE_MODEL",),
+    "log_dir": ("IMGSAVE_LOG_DIR",),
+}
+
+_TOP_KEYS = {"database_url", "base_url", "api_key", "model", "log_dir", "allow_http"}
+_SECTIONS: dict[str, tuple[type, ...]] = {
+    "names": (Names, Shape),
+    "provider": (ProviderSettings,),
+    "database": (DatabaseSettings,),
+}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge the config file, then the environment, then `overrides` (the flags; None = unset)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    file_sections: dict[str, dict[str, Any]] = {}
+    path = config_path or (cwd or Path.cwd()) / CONFIG_FILE_NAME
+    if config_path is not None or path.is_file():
+        merged, file_sections = _read_file(path)
+    for key, names in ENVIRONMENT.items():
+        for name in names:
+            if environ.get(name):
+                merged[key] = environ[name]
+                break
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    return _build(merged, file_sections, path)
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            sections[key] = value
+        elif key in _TOP_KEYS:
+            top[key] = value
+        else:
+            raise UsageError(f"config file {path}: unknown setting {key!r}")
+    return top, sections
+
+
+def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Path) -> Settings:
+    built: dict[str, Any] = {}
+    for section, classes in _SECTIONS.items():
+        given = dict(sections.get(section, {}))
+        for cls in classes:
+            known = {f.name: f for f in fields(cls)}
+            picked = {k: given.pop(k) for k in list(given) if k in known}
+            instance = cls()
+            for key, value in picked.items():
+                default = getattr(instance, key)
+                picked[key] = _coerce(value, default, f"{path}: [{section}] {key}")
+            built[cls.__name__] = replace(instance, **picked)
+        if given:
+            raise UsageError(
+                f"config file {path}: unknown setting [{section}] {sorted(given)[0]!r}"
+            )
+    log_dir = merged.get("log_dir")
+    return Settings(
+        database_url=_opt_str(merged.get("database_url")),
+        base_url=_opt_str(merged.get("base_url")),
+        api_key=_opt_str(merged.get("api_key")),
+        model=_opt_str(merged.get("model")),
+        log_dir=Path(log_dir).expanduser() if log_dir else None,
+        allow_http=bool(merged.get("allow_http", False)),
+        names=built["Names"],
+        shape=built["Shape"],
+        provider=built["ProviderSettings"],
+        database=built["DatabaseSettings"],
+    )
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"config file {where} must be a non-empty list of strings")
+        return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UsageError(f"config file {where} must be true or false")
+        return value
+    if isinstance(default, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise UsageError(f"config file {where} must be a positive number")
+        return type(default)(value)
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"config file {where} must be a non-empty string")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The passwords a database URL or key=value conninfo string carries."""
+    found = re.findall(r"password\s*=\s*'?([^\s'&]+)", url)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return tuple(s for s in [password, *found] if s)
+
+
+def mask_url(url: str) -> str:
+    """A database URL fit to print: the password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable database URL>"
+    if parts.password is None:
+        return re.sub(r"(password\s*=\s*)'?[^\s']+'?", r"\1***", url)
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """`text` with every secret replaced, longest first so no fragment survives."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,281 @@
+"""The only module that talks to PostgreSQL, and the only place SQL is written.
+
+Every write goes through `Database.locked_update`: one transaction that takes the row with
+`SELECT ... FOR UPDATE`, asks a pure function what the new document is, writes it and commits.
+Nothing depends on session state (no prepared statements, no session settings, no advisory
+locks), so the same code works through Supabase's transaction pooler.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from .config import DatabaseSettings, Names, mask_url, redact, url_secrets
+from .errors import CannotWork, DatabaseUnavailable, ProjectNotFound
+
+T = TypeVar("T")
+
+# Errors after which the same transaction, tried again, can succeed. A dropped connection is
+# among them: the outcome of its COMMIT is unknown, but every write is append-if-absent, so
+# running it a second time is harmless.
+TRANSIENT = (
+    pg_errors.LockNotAvailable,
+    pg_errors.SerializationFailure,
+    pg_errors.DeadlockDetected,
+    pg_errors.QueryCanceled,
+    psycopg.OperationalError,
+    PoolTimeout,
+)
+
+_CASTS = {"jsonb": sql.SQL("jsonb"), "json": sql.SQL("json")}
+
+ChangeFn = Callable[[str | None], tuple[str | None, T]]
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    set_timeouts: sql.Composed | sql.SQL
+    select_for_update: sql.Composed
+    select_one: sql.Composed
+    select_many: sql.Composed
+    update: sql.Composed
+    upsert: sql.Composed
+    key_is_uuid: bool
+
+
+class Database:
+    """A small pool of autocommit connections plus the statements for one configured table."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, statements: _Statements, settings: DatabaseSettings
+    ):
+        self._pool = pool
+        self._sql = statements
+        self._settings = settings
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        names: Names,
+        settings: DatabaseSettings,
+        *,
+        max_size: int = 4,
+        create_table: bool = False,
+    ) -> Database:
+        """Connect, check the table and columns exist, and prepare the statements."""
+        # application_name lets a DBA (and the fault-injection tests) find imgsave's sessions.
+        kwargs = {"autocommit": True, "prepare_threshold": None, "application_name": "imgsave"}
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                url, connect_timeout=max(1, int(settings.connect_timeout)), **kwargs
+            ) as conn:
+                if create_table:
+                    await _create_table(conn, names)
+                statements = await _prepare(conn, names)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to the database at {mask_url(url)}: "
+                f"{_one_line(exc, url_secrets(url))}"
+            ) from None
+        pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs=kwargs,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            timeout=settings.connect_timeout,
+            reconnect_timeout=max(settings.connect_timeout * 3, 30),
+        )
+        await pool.open()
+        return cls(pool, statements, settings)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self._settings.max_attempts),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.1),
+            reraise=True,
+        )
+
+    def _key(self, project: str) -> str | None:
+        """The project key as the database spells it, or None if it can name no row."""
+        if not self._sql.key_is_uuid:
+            return project
+        try:
+            return str(uuid.UUID(project))
+        except ValueError:
+            return None
+
+    async def read(self, project: str) -> str | None:
+        """The stored text of one project's document, read without a lock."""
+        key = self._key(project)
+        row = None
+        if key is not None:
+            async for attempt in self._retrying():
+                with attempt:
+                    async with self._pool.connection() as conn:
+                        cur = await conn.execute(self._sql.select_one, (key,))
+                        row = await cur.fetchone()
+        if row is None:
+            raise ProjectNotFound(f"project {project} not found")
+        return row[0]
+
+    async def read_many(self, projects: Sequence[str]) -> dict[str, str | None]:
+        """Documents of the projects that exist among `projects`, in one query."""
+        keys = {k: p for p in projects if (k := self._key(p)) is not None}
+        if not keys:
+            return {}
+        async for attempt in self._retrying():
+            with attempt:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(self._sql.select_many, (list(keys),))
+                    rows = await cur.fetchall()
+        return {keys[key]: text for key, text in rows}
+
+    async def locked_update(self, project: str, change: ChangeFn[T]) -> T:
+        """Run `change` on the row's document under `SELECT ... FOR UPDATE`; write what it returns.
+
+        `change` gets the stored text and returns (new text or None for "no write", result).
+        It is pure and may run more than once: the transaction is retried on lock timeouts,
+        serialization failures, deadlocks and lost connections, with backoff.
+        """
+        key = self._key(project)
+        if key is None:
+            raise ProjectNotFound(f"project {project} not found")
+        timeouts = (_ms(self._settings.lock_timeout), _ms(self._settings.statement_timeout))
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    async with self._pool.connection() as conn, conn.transaction():
+                        await conn.execute(self._sql.set_timeouts, timeouts)
+                        cur = await conn.execute(self._sql.select_for_update, (key,))
+                        row = await cur.fetchone()
+                        if row is None:
+                            raise ProjectNotFound(f"project {project} not found")
+                        new_text, result = change(row[0])
+                        if new_text is not None:
+                            await conn.execute(self._sql.update, (new_text, key))
+        except TRANSIENT as exc:
+            raise DatabaseUnavailable(
+                f"project {project}: could not save after {self._settings.max_attempts} "
+                f"attempts: {_one_line(exc)}"
+            ) from None
+        return result
+
+    async def put(self, project: str, text: str | None) -> None:
+        """Create or replace a project's document (demo and test set-up, not the save path)."""
+        async with self._pool.connection() as conn:
+            await conn.execute(self._sql.upsert, (project, text))
+
+    async def overwrite_unlocked(self, project: str, text: str) -> None:
+        """The incident's blind write: no lock, no check. Only the incident reproduction uses it."""
+        async with self._pool.connection() as conn:
+            await conn.execute(self._sql.update, (text, self._key(project)))
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _table(names: Names) -> sql.Identifier:
+    return sql.Identifier(*names.table.split("."))
+
+
+async def _create_table(conn: psycopg.AsyncConnection, names: Names) -> None:
+    await conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {t} ({k} text PRIMARY KEY, {d} jsonb, "
+            "{u} timestamptz NOT NULL DEFAULT now())"
+        ).format(
+            t=_table(names),
+            k=sql.Identifier(names.key_column),
+            d=sql.Identifier(names.document_column),
+            u=sql.Identifier(names.updated_at_column),
+        )
+    )
+
+
+async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
+    """Look the table up once and compose every statement with its real column types."""
+    table = _table(names)
+    cur = await conn.execute(
+        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+        (table.as_string(conn),),
+    )
+    columns = dict(await cur.fetchall())
+    if not columns:
+        raise CannotWork(f"table {names.table} does not exist")
+    for column in (names.key_column, names.document_column):
+        if column not in columns:
+            raise CannotWork(f"table {names.table} has no column {column}")
+    doc_type = columns[names.document_column]
+    if doc_type not in ("jsonb", "json", "text", "varchar"):
+        raise CannotWork(
+            f"column {names.table}.{names.document_column} is {doc_type}; "
+            "imgsave reads jsonb, json or text"
+        )
+    key_type = columns[names.key_column]
+    key, doc = sql.Identifier(names.key_column), sql.Identifier(names.document_column)
+    value = sql.SQL("%s::{}").format(_CASTS[doc_type]) if doc_type in _CASTS else sql.SQL("%s")
+    touch = sql.SQL("")
+    if columns.get(names.updated_at_column) in ("timestamptz", "timestamp"):
+        touch = sql.SQL(", {} = now()").format(sql.Identifier(names.updated_at_column))
+    fmt = {"t": table, "k": key, "d": doc, "v": value, "touch": touch}
+    return _Statements(
+        # set_config(..., true) is SET LOCAL with bound values: gone at COMMIT or ROLLBACK.
+        set_timeouts=sql.SQL(
+            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+        ),
+        select_for_update=sql.SQL("SELECT {d}::text FROM {t} WHERE {k} = %s FOR UPDATE").format(
+            **fmt
+        ),
+        select_one=sql.SQL("SELECT {d}::text FROM {t} WHERE {k} = %s").format(**fmt),
+        select_many=sql.SQL(
+            "SELECT {k}::text, {d}::text FROM {t} WHERE {k}::text = ANY(%s)"
+        ).format(**fmt)
+        if key_type not in ("uuid", "text", "varchar")
+        else sql.SQL("SELECT {k}::text, {d}::text FROM {t} WHERE {k} = ANY(%s::{kt}[])").format(
+            kt=sql.Identifier(key_type), **fmt
+        ),
+        update=sql.SQL("UPDATE {t} SET {d} = {v}{touch} WHERE {k} = %s").format(**fmt),
+        upsert=sql.SQL(
+            "INSERT INTO {t} ({k}, {d}) VALUES (%s, {v}) ON CONFLICT ({k}) DO UPDATE SET {d} = "
+            "excluded.{d}{touch}"
+        ).format(**fmt),
+        key_is_uuid=key_type == "uuid",
+    )
+
+
+def _one_line(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """An exception as one line with no secret in it (psycopg may echo connection details)."""
+    return redact(" ".join(str(exc).split()) or type(exc).__name__, secrets)

@@ -1,0 +1,134 @@
+"""`imgsave demo`: the incident and its cure, on the embedded database, with no keys.
+
+Two copies of a 20-scene project. On the first, the web route's fetch-modify-write saves every
+image concurrently and loses some while logging "Saved" for all. On the second, imgsave
+generates the same number of images and every one is in the document afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.table import Table
+
+from . import embedded
+from .config import Settings
+from .db import Database
+from .document import decode, encode, scenes
+from .errors import EXIT_FINDINGS, EXIT_OK
+from .genlog import new_run_id
+from .incident import incident_document, naive_generate
+from .interrupt import StopSignal, sigint_stops
+from .loopback import LoopbackProvider
+from .output import stdout_console
+from .provider import Backoff, Provider
+
+SCENES = 20
+IMAGES_PER_SCENE = 2
+
+
+@dataclass
+class DemoResult:
+    naive_logged: int
+    naive_kept: int
+    imgsave_requested: int
+    imgsave_saved: int
+    log_dir: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.imgsave_saved == self.imgsave_requested else EXIT_FINDINGS
+
+    def to_json(self) -> dict:
+        return {
+            "naive": {"logged_saved": self.naive_logged, "in_database": self.naive_kept},
+            "imgsave": {"requested": self.imgsave_requested, "saved": self.imgsave_saved},
+            "log_dir": self.log_dir,
+        }
+
+
+def _counts(db_text: str | None, settings: Settings) -> dict[int, int]:
+    document = decode(db_text)
+    return {s.ref.index: len(s.urls) for s in scenes(document, settings.shape)}
+
+
+async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoResult:
+    from .generate import generate
+
+    out = stdout_console()
+    # The demo always runs on the embedded database and its own log folder: it must never
+    # create demo projects in a real database, nor demo entries in the logs cron repairs from.
+    settings = replace(settings, database_url=None)
+    log_dir = settings.resolved_log_dir() / "demo"
+    out.rule("[bold]imgsave demo[/]: the lost-images incident, replayed")
+    out.print("Starting the embedded PostgreSQL (first start takes a few seconds)…")
+    url = embedded.start(data_dir)
+    stamp = new_run_id()
+    naive_project, safe_project = f"demo-{stamp}-route", f"demo-{stamp}-imgsave"
+    document = encode(decode(json.dumps(incident_document(SCENES))))
+    total = SCENES * IMAGES_PER_SCENE
+    async with await Database.open(
+        url, settings.names, settings.database, max_size=8, create_table=True
+    ) as db:
+        await db.put(naive_project, document)
+        await db.put(safe_project, document)
+        with LoopbackProvider(latency=0.05, jitter=0.1) as api:
+            provider = Provider(
+                api.base_url, None, None, settings.provider, backoff=Backoff(0.05, 0.5)
+            )
+            try:
+                out.print(
+                    f"Two copies of a {SCENES}-scene project; an OpenAI-compatible image API on "
+                    f"{api.base_url} answers in 50–150 ms.\n"
+                )
+                out.print(
+                    f"[bold]1. The web route[/]: {total} images at once, each saved by "
+                    "fetch → modify → write of the whole document."
+                )
+                logged = await naive_generate(
+                    db, provider, naive_project, settings.shape, IMAGES_PER_SCENE, think=0.01
+                )
+                naive = _counts(await db.read(naive_project), settings)
+                kept = sum(naive.values())
+                out.print(
+                    f'   The route logged [bold]{len(logged)}[/] × "Saved image to database"; '
+                    f"the document holds [bold red]{kept}[/]. "
+                    f"[bold red]{len(logged) - kept} images lost[/], silently.\n"
+                )
+                out.print(
+                    f"[bold]2. imgsave generate[/]: the same {total} images, concurrency 8, "
+                    "each saved under SELECT … FOR UPDATE, ready URLs committed together."
+                )
+                with sigint_stops(StopSignal()):
+                    result = await generate(
+                        db=db,
+                        provider=provider,
+                        log_dir=log_dir,
+                        project=safe_project,
+                        shape=settings.shape,
+                        images_per_scene=IMAGES_PER_SCENE,
+                        concurrency=8,
+                    )
+            finally:
+                await provider.aclose()
+        safe = _counts(await db.read(safe_project), settings)
+    out.print(
+        f"   {result.saved} of {result.requested} saved in {result.transactions} transactions; "
+        f"the document holds [bold green]{sum(safe.values())}[/].\n"
+    )
+    table = Table(title="Images per scene in the database", title_justify="left")
+    table.add_column("scene", justify="right")
+    table.add_column("web route", justify="right")
+    table.add_column("imgsave", justify="right")
+    for index in sorted(safe):
+        have = naive.get(index, 0)
+        style = "red" if have < IMAGES_PER_SCENE else ""
+        table.add_row(str(index), f"[{style}]{have}[/]" if style else str(have), str(safe[index]))
+    out.print(table)
+    out.print(
+        f"Projects [cyan]{naive_project}[/] and [cyan]{safe_project}[/] stay in the embedded "
+        f"database; imgsave's generation log is in {log_dir}."
+    )
+    return DemoResult(len(logged), kept, result.requested, sum(safe.values()), str(log_dir))

@@ -1,0 +1,175 @@
+"""A small OpenAI-compatible image API on loopback, for the demo, the tests and the benchmarks.
+
+It is a real HTTP server (threads, sockets), so the client code under test is exactly the code
+that talks to a real provider. Behaviour per request comes from `faults`, a function of the
+request number, so tests can script 429s, 500s, hangs and garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
+# "401", "400", "badurl" (a javascript: URL).
+Fault = str
+
+
+def mixed_faults(seed: int, **rates: float) -> Callable[[int], Fault]:
+    """Faults drawn at random: mixed_faults(1, **{"500": 0.2, "429": 0.1}) and so on."""
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def pick(_: int) -> Fault:
+        with lock:
+            r = rng.random()
+        for fault, rate in rates.items():
+            if r < rate:
+                return fault
+            r -= rate
+        return "ok"
+
+    return pick
+
+
+class LoopbackProvider:
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        faults: Callable[[int], Fault] | None = None,
+        image_base: str = "https://images.imgsave.test/",
+        hang_seconds: float = 30.0,
+    ):
+        self.latency = latency
+        self.jitter = jitter
+        self.faults = faults or (lambda _: "ok")
+        self.image_base = image_base
+        self.hang_seconds = hang_seconds
+        self.dead_paths: set[str] = set()
+        self.served: list[str] = []
+        self.statuses: list[int] = []
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def origin(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return len(self.statuses)
+
+    def start(self) -> LoopbackProvider:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> LoopbackProvider:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                n = next(provider._counter)
+                fault = provider.faults(n)
+                if provider.latency or provider.jitter:
+                    time.sleep(provider.latency + random.random() * provider.jitter)
+                if fault == "hang":
+                    provider._stopping.wait(provider.hang_seconds)
+                    self._send(504, b'{"error":{"message":"too late"}}')
+                    return
+                try:
+                    json.loads(body)["prompt"]
+                except (ValueError, KeyError, TypeError):
+                    self._send(400, b'{"error":{"message":"no prompt"}}')
+                    return
+                if fault == "500":
+                    self._send(500, b'{"error":{"message":"internal"}}')
+                elif fault.startswith("429"):
+                    after = fault.partition(":")[2] or "1"
+                    self._send(429, b'{"error":{"message":"slow down"}}', {"Retry-After": after})
+                elif fault == "garbage":
+                    self._send(200, b"<html>upstream proxy error</html>")
+                elif fault == "401":
+                    self._send(401, b'{"error":{"message":"Incorrect API key provided"}}')
+                elif fault == "400":
+                    self._send(400, b'{"error":{"message":"prompt rejected by safety system"}}')
+                elif fault == "badurl":
+                    self._json({"created": 0, "data": [{"url": "javascript:alert(1)"}]})
+                else:
+                    url = f"{provider.image_base}img/{n:06d}.png"
+                    with provider._lock:
+                        provider.served.append(url)
+                    self._json({"created": int(time.time()), "data": [{"url": url}]})
+
+            def do_HEAD(self) -> None:
+                self._image(head=True)
+
+            def do_GET(self) -> None:
+                self._image(head=False)
+
+            def _image(self, *, head: bool) -> None:
+                if self.path in provider.dead_paths or not self.path.startswith("/img/"):
+                    self._send(404, b"not found", head=head)
+                else:
+                    self._send(200, b"\x89PNG fake", {"Content-Type": "image/png"}, head=head)
+
+            def _json(self, payload: object) -> None:
+                self._send(200, json.dumps(payload).encode())
+
+            def _send(
+                self,
+                status: int,
+                body: bytes,
+                headers: dict[str, str] | None = None,
+                *,
+                head: bool = False,
+            ) -> None:
+                with provider._lock:
+                    provider.statuses.append(status)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", "application/json")
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if not head:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        self.wfile.write(body)
+
+        return Handler

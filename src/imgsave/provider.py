@@ -1,0 +1,158 @@
+"""An OpenAI-compatible image API client: `POST {base}/images/generations`, URLs in `data[].url`.
+
+Transient trouble (429, 5xx, timeouts, dropped connections, answers that are not the JSON we
+expect) is retried with backoff and jitter, honouring `Retry-After` up to a cap. A refusal that
+no retry will change stops the run (401, 403, 404); one that concerns a single prompt (another
+4xx, such as a content-policy 400) fails that image and lets the others go on.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from .config import ProviderSettings
+from .errors import ProviderRefused, UsageError
+from .urls import shorten, url_problem
+
+FATAL_STATUSES = frozenset({401, 403, 404})
+
+
+class ImageFailed(Exception):
+    """This one image could not be had; the run goes on."""
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 20.0
+
+
+class Provider:
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        model: str | None,
+        settings: ProviderSettings,
+        *,
+        allow_http: bool = False,
+        backoff: Backoff | None = None,
+    ):
+        if not base_url:
+            raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
+        problem = url_problem(base_url, allow_http=True)
+        if problem:
+            raise UsageError(f"IMGSAVE_BASE_URL is not usable: {problem}")
+        self._endpoint = base_url.rstrip("/") + "/images/generations"
+        self._model = model
+        self._settings = settings
+        self._allow_http = allow_http
+        self._backoff = backoff or Backoff()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def generate(self, prompt: str) -> str:
+        """One image URL for `prompt`; raises ImageFailed or ProviderRefused."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_after_attempt(self._settings.max_attempts),
+            wait=self._wait,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(prompt)
+        except _Retryable as exc:
+            raise ImageFailed(
+                f"gave up after {self._settings.max_attempts} attempts: {exc}"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return min(exc.retry_after, self._settings.max_retry_after) + random.uniform(0, 0.05)
+        ceiling = min(
+            self._backoff.maximum, self._backoff.initial * 2 ** (state.attempt_number - 1)
+        )
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _once(self, prompt: str) -> str:
+        body: dict[str, object] = {"prompt": prompt, "n": 1, "size": self._settings.size}
+        if self._model:
+            body["model"] = self._model
+        try:
+            response = await self._client.post(self._endpoint, json=body)
+        except httpx.TimeoutException:
+            raise _Retryable(f"no answer within {self._settings.timeout:g}s") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"connection failed: {type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if status == 429:
+            raise _Retryable("rate limited (429)", _retry_after(response))
+        if status >= 500:
+            raise _Retryable(f"server error {status}", _retry_after(response))
+        if status in FATAL_STATUSES:
+            raise ProviderRefused(
+                f"image API refused the request with {status} {response.reason_phrase}"
+                f"{_detail(response)} (check IMGSAVE_API_KEY, IMGSAVE_BASE_URL and IMGSAVE_MODEL)"
+            )
+        if status >= 400:
+            raise ImageFailed(f"image API rejected the prompt: {status}{_detail(response)}")
+        if status != 200:
+            raise _Retryable(f"unexpected status {status}")
+        try:
+            url = response.json()["data"][0]["url"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Retryable("answer is not the expected JSON with data[0].url") from None
+        problem = url_problem(url, allow_http=self._allow_http)
+        if problem:
+            shown = shorten(url) if isinstance(url, str) else repr(url)
+            raise ImageFailed(
+                f"image API answered with a URL imgsave will not save ({problem}): {shown!r}"
+            )
+        return url
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f": {' '.join(str(message).split())[:200]}"

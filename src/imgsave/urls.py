@@ -1,0 +1,41 @@
+"""The URL rule: which image URLs imgsave will ever save, whoever proposed them."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 2048
+
+
+def url_problem(url: object, *, allow_http: bool = False) -> str | None:
+    """Why `url` may not be saved, or None when it may.
+
+    Provider answers and log files are both untrusted: a log line someone edited must not be
+    able to plant `javascript:` or a megabyte of text in the app's document.
+    """
+    if not isinstance(url, str):
+        return "URL is not a string"
+    if not url:
+        return "URL is empty"
+    if len(url) > MAX_URL_LENGTH:
+        return f"URL is {len(url)} characters long (at most {MAX_URL_LENGTH})"
+    if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in url):
+        return "URL contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"URL does not parse ({exc})"
+    allowed = ("https", "http") if allow_http else ("https",)
+    if parts.scheme.lower() not in allowed:
+        scheme = parts.scheme or "no scheme"
+        return f"URL scheme {scheme!r} is not allowed (only {' or '.join(allowed)})"
+    if not parts.hostname:
+        return "URL has no host"
+    if parts.username is not None or parts.password is not None:
+        return "URL carries credentials"
+    return None
+
+
+def shorten(url: str, limit: int = 80) -> str:
+    """A URL cut to fit a one-line message."""
+    return url if len(url) <= limit else url[: limit - 1] + "…"
