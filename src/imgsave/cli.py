@@ -98,12 +98,12 @@ def _execute(
     as_json: bool,
     allow_http: bool = False,
 ) -> None:
-    from .output import print_json, render
+    from .output import error, print_json, render
+
+    from .config import load_settings, redact
 
     secrets: tuple[str, ...] = ()
     try:
-        from .config import load_settings
-
         settings = load_settings({"allow_http": allow_http or None}, config_path=config)
         secrets = settings.secrets
         result = asyncio.run(work(settings))
@@ -113,8 +113,6 @@ def _execute(
         _fail("interrupted", EXIT_INTERRUPTED, secrets, as_json)
     except Exception as exc:  # a bug: say so in one line, never with a secret in it
         if os.environ.get("IMGSAVE_DEBUG"):
-            from .config import redact
-
             sys.stderr.write(redact(traceback.format_exc(), secrets))
         _fail(
             f"internal error: {type(exc).__name__}: {exc} (IMGSAVE_DEBUG=1 shows the traceback)",
@@ -122,6 +120,8 @@ def _execute(
             secrets,
             as_json,
         )
+    if getattr(result, "fatal", None):
+        error(redact(result.fatal, secrets))
     if as_json:
         print_json(result.to_json())
     else:

@@ -32,6 +32,8 @@ class ProviderSettings:
     timeout: float = 120.0
     max_attempts: int = 6
     max_retry_after: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 20.0
     size: str = "1024x1024"
 
 

@@ -122,7 +122,7 @@ class Database:
         return AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self._settings.max_attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0, jitter=0.1),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             reraise=True,
         )
 

@@ -23,7 +23,7 @@ from .incident import incident_document, naive_generate
 from .interrupt import StopSignal, sigint_stops
 from .loopback import LoopbackProvider
 from .output import stdout_console
-from .provider import Backoff, Provider
+from .provider import Provider
 
 SCENES = 20
 IMAGES_PER_SCENE = 2
@@ -75,9 +75,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
         await db.put(naive_project, document)
         await db.put(safe_project, document)
         with LoopbackProvider(latency=0.05, jitter=0.1) as api:
-            provider = Provider(
-                api.base_url, None, None, settings.provider, backoff=Backoff(0.05, 0.5)
-            )
+            provider = Provider(api.base_url, None, None, settings.provider)
             try:
                 out.print(
                     f"Two copies of a {SCENES}-scene project; an OpenAI-compatible image API on "

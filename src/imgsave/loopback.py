@@ -38,6 +38,16 @@ def mixed_faults(seed: int, **rates: float) -> Callable[[int], Fault]:
     return pick
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog of 5 resets connections when 64 clients arrive at once.
+    request_queue_size = 1024
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients that give up (timeouts, a killed process) reset their sockets: not news.
+        pass
+
+
 class LoopbackProvider:
     def __init__(
         self,
@@ -59,8 +69,7 @@ class LoopbackProvider:
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

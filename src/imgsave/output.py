@@ -89,9 +89,10 @@ def render(result: Any) -> None:
 
 
 def _generate_line(r: Any) -> str:
-    parts = [f"project {r.project}: {r.saved} of {r.requested} images saved"]
+    head = f"project {r.project}: {r.saved} of {r.requested} images saved"
     if r.requested:
-        parts.append(f"in {r.transactions} transaction{'s' if r.transactions != 1 else ''}")
+        head += f" in {r.transactions} transaction{'s' if r.transactions != 1 else ''}"
+    parts = [head]
     if r.failed:
         parts.append(f"{r.failed} failed (in the log for `imgsave repair`)")
     if r.skipped_scenes:

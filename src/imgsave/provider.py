@@ -11,7 +11,6 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from dataclasses import dataclass
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -33,12 +32,6 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 0.5
-    maximum: float = 20.0
-
-
 class Provider:
     def __init__(
         self,
@@ -48,7 +41,6 @@ class Provider:
         settings: ProviderSettings,
         *,
         allow_http: bool = False,
-        backoff: Backoff | None = None,
     ):
         if not base_url:
             raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
@@ -59,7 +51,6 @@ class Provider:
         self._model = model
         self._settings = settings
         self._allow_http = allow_http
-        self._backoff = backoff or Backoff()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             headers=headers,
@@ -93,9 +84,8 @@ class Provider:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             return min(exc.retry_after, self._settings.max_retry_after) + random.uniform(0, 0.05)
-        ceiling = min(
-            self._backoff.maximum, self._backoff.initial * 2 ** (state.attempt_number - 1)
-        )
+        growth = 2 ** (state.attempt_number - 1)
+        ceiling = min(self._settings.backoff_max, self._settings.backoff_initial * growth)
         return random.uniform(ceiling / 2, ceiling)
 
     async def _once(self, prompt: str) -> str:

@@ -1,0 +1,197 @@
+"""Fixtures: a real PostgreSQL (IMGSAVE_TEST_DATABASE_URL, else the embedded one), a fresh
+database per test cloned from a template, and a real loopback image API."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from imgsave.config import DatabaseSettings, ProviderSettings, Settings
+from imgsave.incident import incident_document
+from imgsave.loopback import LoopbackProvider
+
+TEMPLATE = f"imgsave_template_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    url = os.environ.get("IMGSAVE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from imgsave import embedded
+
+    data = Path(tempfile.mkdtemp(prefix="imgsave-test-pg-"))
+    yield embedded.start(data / "pgdata")
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> Iterator[str]:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    with psycopg.connect(make_conninfo(server_url, dbname=TEMPLATE), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE projects (id text PRIMARY KEY, generated_output jsonb, "
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+    yield TEMPLATE
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE))
+        )
+
+
+@pytest.fixture
+def db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A database of its own for each test, cloned from the template (procrastinate's way)."""
+    name = f"imgsave_test_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    yield make_conninfo(server_url, dbname=name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"
+
+
+@pytest.fixture
+def settings(db_url: str, log_dir: Path) -> Settings:
+    return Settings(
+        database_url=db_url,
+        log_dir=log_dir,
+        provider=ProviderSettings(
+            timeout=2.0, max_attempts=6, backoff_initial=0.01, backoff_max=0.05, max_retry_after=0.2
+        ),
+        database=DatabaseSettings(lock_timeout=1.0, statement_timeout=10.0, max_attempts=8),
+    )
+
+
+@pytest.fixture
+def api() -> Iterator[LoopbackProvider]:
+    with LoopbackProvider() as provider:
+        yield provider
+
+
+@dataclass
+class Rows:
+    """Direct access to the test database, bypassing imgsave, to set up and check."""
+
+    url: str
+
+    def put(self, project: str, document: object, *, raw: bool = False) -> None:
+        text = document if raw else json.dumps(document)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO projects (id, generated_output, updated_at) "
+                "VALUES (%s, %s::jsonb, now() - interval '1 day') ON CONFLICT (id) DO UPDATE "
+                "SET generated_output = excluded.generated_output",
+                (project, text),
+            )
+
+    def text(self, project: str) -> str | None:
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute(
+                "SELECT generated_output::text FROM projects WHERE id = %s", (project,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def doc(self, project: str) -> object:
+        text = self.text(project)
+        return None if text is None else json.loads(text)
+
+    def urls(self, project: str) -> dict[int, list[str]]:
+        doc = self.doc(project)
+        if isinstance(doc, str):
+            doc = json.loads(doc)
+        return {
+            s.get("index", i + 1): list(s.get("imageUrls") or [])
+            for i, s in enumerate(doc["scenes"])
+        }
+
+    def updated_at(self, project: str) -> object:
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(
+                "SELECT updated_at FROM projects WHERE id = %s", (project,)
+            ).fetchone()[0]
+
+
+@pytest.fixture
+def rows(db_url: str) -> Rows:
+    return Rows(db_url)
+
+
+@pytest.fixture
+def incident_project(rows: Rows) -> str:
+    rows.put("p1", incident_document(20))
+    return "p1"
+
+
+@dataclass
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def imgsave_command() -> list[str]:
+    script = Path(sys.executable).with_name("imgsave")
+    return [str(script)] if script.exists() else [shutil.which("imgsave") or "imgsave"]
+
+
+@pytest.fixture
+def cli(db_url: str, log_dir: Path, tmp_path: Path):
+    """Run the installed `imgsave` entry point in a subprocess with a clean environment."""
+
+    # Fast retries for tests, through the real config-file path.
+    (tmp_path / "imgsave.toml").write_text(
+        "[provider]\ntimeout = 2\nbackoff_initial = 0.01\nbackoff_max = 0.05\n"
+        "max_retry_after = 0.2\n[database]\nlock_timeout = 1\n"
+    )
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Ran:
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("IMGSAVE_") and k not in ("DATABASE_URL", "OPENAI_API_KEY")
+        }
+        environ.update(
+            {"IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_LOG_DIR": str(log_dir), "COLUMNS": "200"}
+        )
+        environ.update(env or {})
+        done = subprocess.run(
+            [*imgsave_command(), *args],
+            capture_output=True,
+            text=True,
+            env=environ,
+            cwd=tmp_path,
+            timeout=timeout,
+        )
+        return Ran(done.returncode, done.stdout, done.stderr)
+
+    return run

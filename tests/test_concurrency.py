@@ -1,0 +1,83 @@
+"""The incident's race, caught by a harness that can fail, and imgsave surviving the same one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+from imgsave import generate as gen
+from imgsave.config import Settings
+from imgsave.connect import open_database
+from imgsave.document import SceneRef, Shape
+from imgsave.incident import naive_save
+from imgsave.loopback import LoopbackProvider
+from imgsave.saver import ProjectSaver
+
+SHAPE = Shape()
+
+
+async def hammer(save, count: int, concurrency: int) -> list[tuple[SceneRef, str]]:
+    """`count` completions, `concurrency` at a time, each saving one URL the moment it lands."""
+    semaphore = asyncio.Semaphore(concurrency)
+    items = [
+        (SceneRef(i % 20 + 1, f"scene-{i % 20 + 1}"), f"https://img.test/{i}") for i in range(count)
+    ]
+
+    async def one(ref: SceneRef, url: str) -> None:
+        async with semaphore:
+            await asyncio.sleep(0.001 * (hash(url) % 5))
+            await save(ref, url)
+
+    await asyncio.gather(*(one(ref, url) for ref, url in items))
+    return items
+
+
+def stored(rows, project: str) -> Counter:
+    return Counter(u for urls in rows.urls(project).values() for u in urls)
+
+
+async def test_the_naive_write_loses_images_under_the_same_harness(
+    settings, rows, incident_project
+):
+    async with await open_database(settings, max_size=8) as db:
+        items = await hammer(
+            lambda ref, url: naive_save(db, incident_project, SHAPE, ref, url), 500, 64
+        )
+    kept = stored(rows, incident_project)
+    assert sum(kept.values()) < len(items), "the harness failed to reproduce the incident"
+
+
+async def test_locked_group_commit_saves_every_image_exactly_once(settings, rows, incident_project):
+    async with (
+        await open_database(settings, max_size=8) as db,
+        ProjectSaver(db, incident_project, SHAPE) as saver,
+    ):
+        items = await hammer(saver.save, 500, 64)
+    kept = stored(rows, incident_project)
+    assert kept == Counter(url for _, url in items)
+    assert saver.transactions < len(items) / 3, "ready URLs should share transactions"
+    for index, urls in rows.urls(incident_project).items():
+        assert all(u.startswith("https://img.test/") for u in urls)
+        assert len(urls) == 25, f"scene {index}"
+
+
+async def test_generate_500_images_at_concurrency_64_all_saved_once(
+    settings: Settings, rows, incident_project, log_dir
+):
+    with LoopbackProvider(latency=0.01, jitter=0.02) as api:
+        settings = settings.__class__(**{**settings.__dict__, "base_url": api.base_url})
+        result = await gen.run(settings, incident_project, images_per_scene=25, concurrency=64)
+        served = list(api.served)
+    assert (result.requested, result.saved, result.failed) == (500, 500, 0)
+    assert result.exit_code == 0
+    kept = stored(rows, incident_project)
+    assert kept == Counter(served), "every URL the provider gave is stored exactly once"
+    assert all(len(urls) == 25 for urls in rows.urls(incident_project).values())
+    events = Counter(
+        json.loads(line)["event"]
+        for path in log_dir.glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    )
+    assert events["image.generated"] == events["image.saved"] == 500
+    assert events["run.started"] == events["run.finished"] == 1
