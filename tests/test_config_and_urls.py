@@ -1,0 +1,106 @@
+"""Settings precedence, secret masking and the URL rule: pure logic, no database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imgsave.config import load_settings, mask_url, redact
+from imgsave.errors import UsageError
+from imgsave.urls import url_problem
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "imgsave.toml"
+    path.write_text(text)
+    return path
+
+
+def test_flags_beat_environment_beat_file(tmp_path):
+    write(
+        tmp_path,
+        'model = "from-file"\nbase_url = "https://file/v1"\nlog_dir = "/file/logs"\n'
+        '[names]\ntable = "stories"\nprompt_keys = ["caption"]\n[database]\nlock_timeout = 2\n',
+    )
+    env = {"IMGSAVE_MODEL": "from-env", "IMGSAVE_LOG_DIR": "/env/logs", "OPENAI_API_KEY": "k1"}
+    s = load_settings({"model": "from-flag", "log_dir": None}, environ=env, cwd=tmp_path)
+    assert (s.model, s.base_url, str(s.log_dir), s.api_key) == (
+        "from-flag",
+        "https://file/v1",
+        "/env/logs",
+        "k1",
+    )
+    assert s.names.table == "stories" and s.names.key_column == "id"
+    assert s.shape.prompt_keys == ("caption",)
+    assert s.database.lock_timeout == 2.0
+
+
+def test_imgsave_variables_beat_the_generic_ones(tmp_path):
+    env = {
+        "DATABASE_URL": "postgresql://generic",
+        "IMGSAVE_DATABASE_URL": "postgresql://specific",
+        "OPENAI_API_KEY": "generic",
+        "IMGSAVE_API_KEY": "specific",
+    }
+    s = load_settings(environ=env, cwd=tmp_path)
+    assert (s.database_url, s.api_key) == ("postgresql://specific", "specific")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("modle = 'x'", "unknown setting 'modle'"),
+        ("[names]\ntabel = 'x'", "unknown setting [names] 'tabel'"),
+        ("[database]\nlock_timeout = -1", "must be a positive number"),
+        ("[names]\nprompt_keys = []", "non-empty list of strings"),
+        ("model = ", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_are_usage_errors(tmp_path, text, message):
+    write(tmp_path, text)
+    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_settings(environ={}, cwd=tmp_path)
+
+
+def test_named_config_file_must_exist(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_settings(config_path=tmp_path / "missing.toml", environ={})
+
+
+def test_secrets_are_masked_and_redacted():
+    url = "postgresql://app:s3cret%21@db.example.com:6543/postgres"
+    assert mask_url(url) == "postgresql://app:***@db.example.com:6543/postgres"
+    assert mask_url("host=db password=s3cret user=app") == "host=db password=*** user=app"
+    s = load_settings(
+        environ={"IMGSAVE_DATABASE_URL": url, "IMGSAVE_API_KEY": "sk-abc"}, cwd=Path("/nonexistent")
+    )
+    assert redact(f"failed {url} with sk-abc", s.secrets) == (
+        "failed postgresql://app:***@db.example.com:6543/postgres with ***"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "problem"),
+    [
+        ("https://cdn.example.com/a.png?sig=1", False, None),
+        ("http://cdn.example.com/a.png", True, None),
+        ("http://cdn.example.com/a.png", False, "scheme 'http' is not allowed"),
+        ("javascript:alert(1)", False, "scheme 'javascript' is not allowed"),
+        ("data:image/png;base64,AAAA", True, "scheme 'data' is not allowed"),
+        ("https://x.test/" + "a" * 2040, False, "at most 2048"),
+        ("https://x.test/a b", False, "whitespace or control"),
+        ("https://x.test/a\x00", False, "whitespace or control"),
+        ("https://x.test/a\u0085", False, "whitespace or control"),
+        ("https:///nohost", False, "no host"),
+        ("https://user:pw@x.test/a", False, "credentials"),
+        ("", False, "empty"),
+        (42, False, "not a string"),
+    ],
+)
+def test_url_rule(url, allow_http, problem):
+    found = url_problem(url, allow_http=allow_http)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found

@@ -1,0 +1,80 @@
+"""Ctrl-C lets in-flight work finish and save; the demo tells its story on the embedded server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from imgsave.loopback import LoopbackProvider
+
+from .conftest import imgsave_command
+
+
+def test_sigint_stops_new_requests_saves_what_returned_and_exits_130(
+    db_url, rows, incident_project, log_dir, tmp_path
+):
+    with LoopbackProvider(latency=0.5) as api:
+        env = {
+            **os.environ,
+            "IMGSAVE_DATABASE_URL": db_url,
+            "IMGSAVE_LOG_DIR": str(log_dir),
+            "IMGSAVE_BASE_URL": api.base_url,
+        }
+        proc = subprocess.Popen(
+            [*imgsave_command(), "generate", "p1", "-k", "3", "-c", "4", "--json"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while api.requests < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        requests = api.requests
+    assert proc.returncode == 130, err
+    result = json.loads(out)
+    assert result["interrupted"] is True
+    assert 6 <= result["saved"] < 60
+    assert requests < 60, "no new requests after Ctrl-C"
+    records = [
+        json.loads(line) for p in log_dir.glob("*.jsonl") for line in p.read_text().splitlines()
+    ]
+    generated = {r["url"] for r in records if r["event"] == "image.generated"}
+    saved = {r["url"] for r in records if r["event"] == "image.saved"}
+    stored = {u for urls in rows.urls("p1").values() for u in urls}
+    assert generated == saved == stored
+    assert len(stored) == result["saved"] == requests
+    assert records[-1]["event"] == "run.finished"
+
+
+def test_demo_shows_the_loss_and_imgsave_losing_none(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGSAVE_")}
+    env.update(
+        {
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+            "XDG_STATE_HOME": str(tmp_path / "st"),
+            "COLUMNS": "120",
+        }
+    )
+    env.pop("DATABASE_URL", None)
+    ran = subprocess.run(
+        [*imgsave_command(), "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "images lost, silently" in ran.stdout
+    last = ran.stdout.strip().splitlines()[-1]
+    assert last.startswith("demo: the route kept ")
+    assert last.endswith("imgsave saved 40 of 40 (every image saved).")
+    kept = int(last.split("kept ")[1].split(" ")[0])
+    assert kept < 40
