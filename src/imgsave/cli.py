@@ -98,9 +98,8 @@ def _execute(
     as_json: bool,
     allow_http: bool = False,
 ) -> None:
-    from .output import error, print_json, render
-
     from .config import load_settings, redact
+    from .output import error, print_json, render
 
     secrets: tuple[str, ...] = ()
     try:
