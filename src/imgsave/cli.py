@@ -77,6 +77,142 @@ def generate(
     _execute(work, config=config, allow_http=allow_http, as_json=json_output)
 
 
+ProjectsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Only these projects (default: every project the logs name)."),
+]
+LogOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log",
+        help="Log file, directory or glob; .gz is fine. Repeatable. "
+        "Default: imgsave's own log directory.",
+    ),
+]
+PatternOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pattern",
+        help="Regex for other systems' logs, with named groups url and "
+        "scene, optional project and ts.",
+    ),
+]
+ProjectOption = Annotated[
+    str | None, typer.Option("--project", help="The project for lines with no project group.")
+]
+SinceOption = Annotated[
+    str | None, typer.Option("--since", help="Only log lines since: ISO time or 2h, 7d.")
+]
+RunGapOption = Annotated[
+    str, typer.Option("--run-gap", help="Lines without a run id farther apart start a new run.")
+]
+CheckUrlsOption = Annotated[
+    bool, typer.Option("--check-urls", help="Ask each lost URL's host whether it still serves it.")
+]
+
+
+def _log_query(
+    projects: list[str] | None,
+    logs: list[str] | None,
+    pattern: str | None,
+    project: str | None,
+    since: str | None,
+    run_gap: str,
+    allow_http: bool,
+) -> Any:
+    from .logread import LogQuery, compile_pattern, parse_duration, parse_time
+
+    if pattern:
+        compile_pattern(pattern, project)
+    return LogQuery(
+        paths=tuple(logs or ()),
+        pattern=pattern,
+        project=project,
+        since=parse_time(since) if since else None,
+        run_gap=parse_duration(run_gap, "--run-gap"),
+        allow_http=allow_http,
+        only_projects=frozenset(projects or ()),
+    )
+
+
+@app.command()
+def audit(
+    projects: ProjectsArgument = None,
+    log: LogOption = None,
+    pattern: PatternOption = None,
+    project: ProjectOption = None,
+    since: SinceOption = None,
+    run_gap: RunGapOption = "30m",
+    check_urls: CheckUrlsOption = False,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Find the images that were generated but are not in their scene."""
+
+    async def work(settings: Any) -> Any:
+        from .reconcile import run_audit
+
+        query = _log_query(projects, log, pattern, project, since, run_gap, settings.allow_http)
+        return await run_audit(settings, query, check_urls=check_urls)
+
+    _execute(work, config=config, allow_http=allow_http, as_json=json_output)
+
+
+@app.command()
+def repair(
+    projects: ProjectsArgument = None,
+    log: LogOption = None,
+    pattern: PatternOption = None,
+    project: ProjectOption = None,
+    since: SinceOption = None,
+    run_gap: RunGapOption = "30m",
+    check_urls: CheckUrlsOption = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only show the plan (the default).")
+    ] = False,
+    execute: Annotated[bool, typer.Option("--execute", help="Restore the lost images.")] = False,
+    regenerate: Annotated[
+        bool,
+        typer.Option(
+            "--regenerate",
+            help="Generate new images for scenes left short "
+            "(expired URLs, never-logged empty scenes).",
+        ),
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=1024, help="For --regenerate.")
+    ] = 8,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing unless something is wrong.")
+    ] = False,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Put lost images back (with --execute); never restores stale or orphaned URLs."""
+
+    async def work(settings: Any) -> Any:
+        from .errors import UsageError
+        from .output import ProgressReporter
+        from .reconcile import run_repair
+
+        if dry_run and execute:
+            raise UsageError("--dry-run and --execute exclude each other")
+        query = _log_query(projects, log, pattern, project, since, run_gap, settings.allow_http)
+        return await run_repair(
+            settings,
+            query,
+            execute=execute,
+            regenerate=regenerate,
+            check_urls=check_urls,
+            concurrency=concurrency,
+            reporter=ProgressReporter(quiet=quiet),
+        )
+
+    _execute(work, config=config, allow_http=allow_http, as_json=json_output, quiet=quiet)
+
+
 @app.command()
 def demo(
     config: ConfigOption = None,
@@ -97,6 +233,7 @@ def _execute(
     config: Path | None,
     as_json: bool,
     allow_http: bool = False,
+    quiet: bool = False,
 ) -> None:
     from .config import load_settings, redact
     from .output import error, print_json, render
@@ -123,7 +260,7 @@ def _execute(
         error(redact(result.fatal, secrets))
     if as_json:
         print_json(result.to_json())
-    else:
+    elif not (quiet and result.exit_code == 0):
         render(result)
     raise typer.Exit(result.exit_code)
 

@@ -7,6 +7,7 @@ saver, which commits whatever is ready together. No row lock is held during a ne
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class GenerateResult:
     interrupted: bool = False
     transactions: int = 0
     log_path: str = ""
+    saved_by_scene: Counter[int] = field(default_factory=Counter)
 
     @property
     def exit_code(self) -> int:
@@ -201,12 +203,28 @@ async def generate(
         project=project,
     )
     with RunLog(log_dir) as log:
-        return await _execute(
+        log.write(
+            "run.started",
+            command="generate",
+            project=project,
+            requested=the_plan.requested,
+            skipped_scenes=list(the_plan.skipped_scenes),
+        )
+        result = await execute_plan(
             db, provider, log, project, shape, the_plan, concurrency, stop, reporter
         )
+        log.write(
+            "run.finished",
+            project=project,
+            requested=result.requested,
+            saved=result.saved,
+            failed=result.failed,
+            interrupted=result.interrupted,
+        )
+        return result
 
 
-async def _execute(
+async def execute_plan(
     db: Database,
     provider: Provider,
     log: RunLog,
@@ -294,6 +312,7 @@ async def _execute(
             failed(scene, "the scene no longer exists; URL not saved", url)
             return
         result.saved += 1
+        result.saved_by_scene[scene.ref.index] += 1
         log.write(
             "image.saved", project=project, scene=scene.ref.index, scene_id=scene.ref.id, url=url
         )

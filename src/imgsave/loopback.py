@@ -64,6 +64,7 @@ class LoopbackProvider:
         self.image_base = image_base
         self.hang_seconds = hang_seconds
         self.dead_paths: set[str] = set()
+        self.forbidden_paths: set[str] = set()
         self.served: list[str] = []
         self.statuses: list[int] = []
         self._counter = itertools.count(1)
@@ -153,7 +154,10 @@ class LoopbackProvider:
                 self._image(head=False)
 
             def _image(self, *, head: bool) -> None:
-                if self.path in provider.dead_paths or not self.path.startswith("/img/"):
+                if self.path in provider.forbidden_paths:
+                    # What an expired signed URL (S3, Azure SAS) answers.
+                    self._send(403, b"Signature expired", head=head)
+                elif self.path in provider.dead_paths or not self.path.startswith("/img/"):
                     self._send(404, b"not found", head=head)
                 else:
                     self._send(200, b"\x89PNG fake", {"Content-Type": "image/png"}, head=head)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -16,7 +17,11 @@ def stderr_console() -> Console:
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped into a file or a pager: keep URLs whole rather than folded at 80 columns.
+        console.width = 200
+    return console
 
 
 def print_json(payload: dict[str, Any]) -> None:
@@ -73,10 +78,30 @@ def render(result: Any) -> None:
     """The human summary of a command's result, on stdout."""
     from .demo import DemoResult
     from .generate import GenerateResult
+    from .reconcile import AuditReport, RepairResult
 
     console = stdout_console()
     if isinstance(result, GenerateResult):
         console.print(_generate_line(result))
+    elif isinstance(result, AuditReport):
+        _findings_table(console, result, "Lost and unrecoverable images")
+        _report_problems(result)
+        console.print(escape(_audit_line(result)))
+    elif isinstance(result, RepairResult):
+        _report_problems(result.report, result.errors)
+        if not result.executed:
+            _findings_table(console, result.report, "Repair plan (dry run: nothing written)")
+            console.print(escape(_audit_line(result.report, prefix="repair plan")))
+            if result.report.lost:
+                console.print("Run again with --execute to restore the lost images.")
+        else:
+            console.print(
+                escape(
+                    f"repair: restored {result.repaired} of {result.lost_before} missing images, "
+                    f"regenerated {result.regenerated}, {result.remaining} still missing "
+                    f"(run {result.run})"
+                )
+            )
     elif isinstance(result, DemoResult):
         verdict = "every image saved" if result.exit_code == 0 else "images missing"
         console.print(
@@ -104,3 +129,69 @@ def _generate_line(r: Any) -> str:
     if r.fatal:
         parts.append(f"stopped: {r.fatal}")
     return escape(", ".join(parts) + f" (run {r.run})")
+
+
+MAX_ROWS = 200
+
+
+def _findings_table(console: Console, report: Any, title: str) -> None:
+    from rich.table import Table
+
+    rows = [("lost", f) for f in report.lost] + [("expired", f) for f in report.expired]
+    rows += [("stale", f) for f in report.stale] + [("orphaned", f) for f in report.orphaned]
+    if not rows:
+        return
+    rows.sort(key=lambda row: (row[1].project, row[1].scene, row[0], row[1].url))
+    table = Table(title=title, title_justify="left")
+    for column in ("project", "scene", "status", "url"):
+        table.add_column(column, overflow="fold" if column == "url" else "ellipsis")
+    colours = {"lost": "red", "expired": "magenta", "stale": "yellow", "orphaned": "dim"}
+    previous = None
+    for status, f in rows[:MAX_ROWS]:
+        key = (f.project, f.scene)
+        first = key != previous
+        previous = key
+        scene = f"{f.scene}" + (f" ({f.scene_id})" if f.scene_id else "")
+        table.add_row(
+            escape(f.project) if first else "",
+            escape(scene) if first else "",
+            f"[{colours[status]}]{status}[/]",
+            escape(f.url),
+        )
+    console.print(table)
+    if len(rows) > MAX_ROWS:
+        console.print(f"… and {len(rows) - MAX_ROWS} more rows (--json lists them all)")
+
+
+def _report_problems(report: Any, extra: list[str] | tuple[str, ...] = ()) -> None:
+    for message in [*report.errors, *extra]:
+        error(message)
+    stats = report.stats
+    for where in stats.truncated_files:
+        stderr_console().print(f"[yellow]warning:[/] {escape(where)}: last line cut short")
+
+
+def _audit_line(report: Any, prefix: str = "audit") -> str:
+    s = report.summary()
+    stats = report.stats
+    text = (
+        f"{prefix}: {s['lost']} lost, {s['expired']} expired, {s['stale']} stale, "
+        f"{s['orphaned']} orphaned, {s['present']} present; "
+        f"{stats.lines} log lines in {stats.files} file{'s' if stats.files != 1 else ''}, "
+        f"{s['lines_skipped']} skipped"
+    )
+    detail = [
+        f"{count} {name}"
+        for name, count in (
+            ("unmatched", stats.unmatched),
+            ("garbage", stats.garbage),
+            ("not UTF-8", stats.undecodable),
+            ("refused URLs", stats.refused),
+        )
+        if count
+    ]
+    if detail:
+        text += f" ({', '.join(detail)})"
+    if report.unchecked:
+        text += f"; {report.unchecked} lost URLs could not be checked"
+    return text

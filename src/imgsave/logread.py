@@ -1,0 +1,273 @@
+"""Reading generation logs: imgsave's own JSON lines, or other systems' logs through a regex.
+
+Reading streams line by line (plain or gzip); memory does not grow with a file's size. Nothing
+in a log stops a read: garbage, a truncated last line, invalid UTF-8 and URLs that break the URL
+rule are counted and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .errors import UsageError
+from .urls import url_problem
+
+# Events that say "this URL was generated for this scene". image.repaired is left out on
+# purpose: it repeats a URL already logged, under the repair run's id, and counting it would make
+# the repair run look like the scene's newest generation.
+SIGHTING_EVENTS = frozenset({"image.generated", "image.saved"})
+OWN_EVENTS = frozenset(
+    {
+        "run.started",
+        "image.generated",
+        "image.saved",
+        "image.failed",
+        "image.repaired",
+        "run.finished",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One log line's claim: `url` was generated for this scene of this project, in `run`."""
+
+    project: str
+    scene: int
+    scene_id: str | None
+    url: str
+    run: str
+    ts: float | None
+
+
+@dataclass
+class ReadStats:
+    files: int = 0
+    lines: int = 0
+    sightings: int = 0
+    unmatched: int = 0
+    garbage: int = 0
+    undecodable: int = 0
+    refused: int = 0
+    before_since: int = 0
+    truncated_files: list[str] = field(default_factory=list)
+    refused_examples: list[str] = field(default_factory=list)
+
+    @property
+    def lines_skipped(self) -> int:
+        return self.unmatched + self.garbage + self.undecodable + self.refused
+
+    def to_json(self) -> dict:
+        return {
+            "files": self.files,
+            "lines": self.lines,
+            "unmatched": self.unmatched,
+            "garbage": self.garbage,
+            "undecodable": self.undecodable,
+            "refused": self.refused,
+            "before_since": self.before_since,
+            "truncated_files": self.truncated_files,
+            "refused_examples": self.refused_examples,
+        }
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    paths: tuple[str, ...] = ()
+    pattern: str | None = None
+    project: str | None = None
+    since: datetime | None = None
+    run_gap: timedelta = timedelta(minutes=30)
+    allow_http: bool = False
+    only_projects: frozenset[str] = frozenset()
+
+
+def compile_pattern(pattern: str, project: str | None) -> re.Pattern[str]:
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"--pattern is not a valid regular expression: {exc}") from None
+    missing = {"url", "scene"} - set(regex.groupindex)
+    if missing:
+        raise UsageError(f"--pattern needs the named group(s) {', '.join(sorted(missing))}")
+    if "project" not in regex.groupindex and not project:
+        raise UsageError("--pattern has no (?P<project>...) group: say which with --project")
+    return regex
+
+
+def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
+    """Files named by paths, directories (all files below) and globs; imgsave's own logs when
+    none are given."""
+    found: list[Path] = []
+    given = list(paths)
+    if not given:
+        return sorted(default_dir.glob("*.jsonl")) if default_dir.is_dir() else []
+    for spec in given:
+        path = Path(spec).expanduser()
+        if any(ch in spec for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+            found.extend(p for p in matches if p.is_file())
+            continue
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UsageError(f"--log {spec}: no such file or directory")
+    return found
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str, flag: str) -> timedelta:
+    """`90s`, `30m`, `2h`, `7d`, `1w`."""
+    match = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
+    if not match:
+        raise UsageError(f"{flag} {text!r}: expected a duration like 30m, 2h or 7d")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """ISO 8601 (a missing zone means UTC), or a relative `90m`, `2h`, `7d` ago."""
+    text = text.strip()
+    if re.fullmatch(r"\d+\s*[smhdw]", text):
+        return (now or datetime.now(UTC)) - parse_duration(text, "--since")
+    when = _parse_ts(text)
+    if when is None:
+        raise UsageError(f"--since {text!r}: expected ISO 8601 like 2026-11-25T10:00Z, or 2h, 7d")
+    return datetime.fromtimestamp(when, UTC)
+
+
+def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> Iterator[Sighting]:
+    regex = compile_pattern(query.pattern, query.project) if query.pattern else None
+    since = query.since.timestamp() if query.since else None
+    gap = query.run_gap.total_seconds()
+    for path in files:
+        stats.files += 1
+        # Runs for lines without a run id: per (project, scene), a new run starts after a gap.
+        chains: dict[tuple[str, int, str | None], tuple[float | None, int]] = {}
+        for raw, complete in _lines(path, stats):
+            stats.lines += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                stats.undecodable += 1
+                continue
+            parsed = _parse_pattern(line, regex, query) if regex else _parse_own(line)
+            if parsed is None:
+                if not complete:
+                    stats.truncated_files.append(str(path))
+                    stats.garbage += 1
+                elif regex:
+                    stats.unmatched += 1
+                continue
+            if parsed == "garbage":
+                if not complete:
+                    stats.truncated_files.append(str(path))
+                stats.garbage += 1
+                continue
+            if parsed == "other":
+                continue
+            project, scene, scene_id, url, run, ts = parsed
+            if query.only_projects and project not in query.only_projects:
+                continue
+            problem = url_problem(url, allow_http=query.allow_http)
+            if problem:
+                stats.refused += 1
+                if len(stats.refused_examples) < 5:
+                    stats.refused_examples.append(f"{path}:{stats.lines}: {problem}")
+                continue
+            if since is not None and ts is not None and ts < since:
+                stats.before_since += 1
+                continue
+            if run is None:
+                key = (project, scene, scene_id)
+                last_ts, number = chains.get(key, (None, 0))
+                if ts is not None and last_ts is not None and abs(ts - last_ts) > gap:
+                    number += 1
+                chains[key] = (ts if ts is not None else last_ts, number)
+                run = f"{path}#{number}"
+            stats.sightings += 1
+            yield Sighting(project, scene, scene_id, url, run, ts)
+
+
+def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
+    """Raw lines and whether each ended with a newline (a last line without one may be cut)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            for raw in handle:
+                complete = raw.endswith(b"\n")
+                yield raw.rstrip(b"\r\n"), complete
+    except (OSError, EOFError) as exc:
+        # A gzip cut short, or a file that vanished: what was read counts; the rest is reported.
+        stats.truncated_files.append(f"{path} ({exc})")
+
+
+_Parsed = tuple[str, int, str | None, str, str | None, float | None]
+
+
+def _parse_own(line: str) -> _Parsed | str | None:
+    if not line.strip():
+        return "other"
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "garbage"
+    if not isinstance(record, dict) or record.get("event") not in OWN_EVENTS:
+        return "garbage"
+    if record["event"] not in SIGHTING_EVENTS:
+        return "other"
+    project, scene, url = record.get("project"), record.get("scene"), record.get("url")
+    scene_id, run = record.get("scene_id"), record.get("run")
+    if (
+        not isinstance(project, str)
+        or isinstance(scene, bool)
+        or not isinstance(scene, int)
+        or scene < 1
+        or not isinstance(scene_id, str | None)
+        or not isinstance(run, str | None)
+    ):
+        return "garbage"
+    ts = _parse_ts(record["ts"]) if isinstance(record.get("ts"), str) else None
+    return project, scene, scene_id, url, run, ts
+
+
+def _parse_pattern(line: str, regex: re.Pattern[str], query: LogQuery) -> _Parsed | str | None:
+    match = regex.search(line)
+    if match is None:
+        return None
+    groups = match.groupdict()
+    try:
+        scene = int(groups["scene"])
+    except (TypeError, ValueError):
+        return "garbage"
+    if scene < 1:
+        return "garbage"
+    project = groups.get("project") or query.project
+    if not project:
+        return "garbage"
+    ts = _parse_ts(groups["ts"]) if groups.get("ts") else None
+    return project, scene, groups.get("scene_id"), groups["url"] or "", groups.get("run"), ts
+
+
+def _parse_ts(text: str) -> float | None:
+    text = text.strip()
+    if re.fullmatch(r"\d{9,13}(\.\d+)?", text):
+        value = float(text)
+        return value / 1000 if value > 1e11 else value
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

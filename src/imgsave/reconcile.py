@@ -1,0 +1,434 @@
+"""`imgsave audit` and `imgsave repair`: diff what the logs say was generated against what the
+documents hold, and put back exactly what was lost.
+
+For each (project, scene) the logged URLs are grouped into runs; the newest run is what the
+scene should hold. Absent URLs of the newest run are lost (repair restores them), absent URLs of
+older runs are stale (the user regenerated; never restored), URLs of projects or scenes that no
+longer exist are orphaned (never written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Settings
+from .connect import open_database
+from .db import Database
+from .document import Outcome, SceneRef, Shape, decode, find, scenes
+from .errors import EXIT_FINDINGS, EXIT_OK, ImgsaveError
+from .generate import Job, Plan, Reporter, execute_plan
+from .genlog import RunLog
+from .hostlock import exclusive
+from .interrupt import StopSignal, sigint_stops
+from .logread import LogQuery, ReadStats, Sighting, expand_paths, read_sightings
+from .provider import Provider
+
+BATCH = 500
+STATUSES = ("lost", "stale", "orphaned", "present", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    project: str
+    scene: int
+    scene_id: str | None
+    url: str
+
+    def to_json(self) -> dict:
+        return {
+            "project": self.project,
+            "scene": self.scene,
+            "scene_id": self.scene_id,
+            "url": self.url,
+        }
+
+
+class _SceneLog:
+    """Every URL logged for one scene, each with the run it was last seen in, and the runs'
+    recency. Slots and interned run ids keep a million lines in a few hundred bytes each."""
+
+    __slots__ = ("runs", "urls")
+
+    def __init__(self) -> None:
+        self.urls: dict[str, tuple[str, float]] = {}
+        self.runs: dict[str, tuple[float, int]] = {}
+
+    def add(self, sighting: Sighting, run: str, seq: int) -> None:
+        ts = sighting.ts if sighting.ts is not None else float("-inf")
+        seen = self.urls.get(sighting.url)
+        if seen is None or ts >= seen[1]:
+            self.urls[sighting.url] = (run, ts)
+        last, first_seq = self.runs.get(run, (float("-inf"), seq))
+        self.runs[run] = (max(last, ts), first_seq)
+
+    def newest_run(self) -> str:
+        return max(self.runs, key=lambda run: self.runs[run])
+
+
+class Ledger:
+    """What the logs say, per project and scene."""
+
+    def __init__(self) -> None:
+        self.projects: dict[str, dict[SceneRef, _SceneLog]] = defaultdict(dict)
+        self._runs: dict[str, str] = {}
+        self._seq = 0
+
+    def add_all(self, sightings: Iterable[Sighting]) -> None:
+        for sighting in sightings:
+            run = self._runs.setdefault(sighting.run, sighting.run)
+            ref = SceneRef(sighting.scene, sighting.scene_id)
+            scene_log = self.projects[sighting.project].get(ref)
+            if scene_log is None:
+                scene_log = self.projects[sighting.project][ref] = _SceneLog()
+            self._seq += 1
+            scene_log.add(sighting, run, self._seq)
+
+
+@dataclass
+class AuditReport:
+    stats: ReadStats
+    lost: list[Finding] = field(default_factory=list)
+    stale: list[Finding] = field(default_factory=list)
+    orphaned: list[Finding] = field(default_factory=list)
+    expired: list[Finding] = field(default_factory=list)
+    present: int = 0
+    unchecked: int = 0
+    errors: list[str] = field(default_factory=list)
+    # Scenes that hold no image and were never logged: candidates for --regenerate.
+    empty_scenes: list[tuple[str, SceneRef]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FINDINGS if self.lost or self.expired or self.errors else EXIT_OK
+
+    def summary(self) -> dict:
+        return {
+            "lost": len(self.lost),
+            "stale": len(self.stale),
+            "orphaned": len(self.orphaned),
+            "present": self.present,
+            "expired": len(self.expired),
+            "lines_skipped": self.stats.lines_skipped,
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "summary": self.summary(),
+            "lost": [f.to_json() for f in self.lost],
+            "stale": [f.to_json() for f in self.stale],
+            "orphaned": [f.to_json() for f in self.orphaned],
+            "expired": [f.to_json() for f in self.expired],
+            "skipped": self.stats.to_json(),
+            "errors": self.errors,
+        }
+
+
+async def audit(
+    db: Database,
+    query: LogQuery,
+    *,
+    log_dir: Path,
+    shape: Shape,
+    check_urls: bool = False,
+) -> AuditReport:
+    stats = ReadStats()
+    ledger = Ledger()
+    ledger.add_all(read_sightings(expand_paths(query.paths, log_dir), query, stats))
+    report = AuditReport(stats)
+    projects = sorted(set(ledger.projects) | query.only_projects)
+    for start in range(0, len(projects), BATCH):
+        batch = projects[start : start + BATCH]
+        documents = await db.read_many(batch)
+        for project in batch:
+            _classify(project, documents, ledger.projects.get(project, {}), shape, report)
+            ledger.projects.pop(project, None)  # done with it: free the memory as we go
+    if check_urls and report.lost:
+        from .urlcheck import check_urls as check
+
+        alive = await check(f.url for f in report.lost)
+        still_lost = []
+        for finding in report.lost:
+            verdict = alive.get(finding.url)
+            if verdict is False:
+                report.expired.append(finding)
+            else:
+                report.unchecked += verdict is None
+                still_lost.append(finding)
+        report.lost = still_lost
+    return report
+
+
+def _classify(
+    project: str,
+    documents: dict[str, str | None],
+    logged: dict[SceneRef, _SceneLog],
+    shape: Shape,
+    report: AuditReport,
+) -> None:
+    if project not in documents:
+        for ref, scene_log in logged.items():
+            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
+        if not logged:
+            report.errors.append(f"project {project} not found")
+        return
+    try:
+        all_scenes = scenes(decode(documents[project], project=project), shape, project=project)
+    except ImgsaveError as exc:
+        report.errors.append(f"{exc} (not audited)")
+        return
+    seen = set()
+    for ref, scene_log in logged.items():
+        scene = find(all_scenes, ref)
+        if scene is None:
+            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
+            continue
+        seen.add(scene.position)
+        held = set(scene.urls)
+        newest = scene_log.newest_run()
+        for url, (run, _) in scene_log.urls.items():
+            if url in held:
+                report.present += 1
+            elif run is newest or run == newest:
+                report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
+            else:
+                report.stale.append(Finding(project, scene.ref.index, scene.ref.id, url))
+    for scene in all_scenes:
+        if scene.position not in seen and not scene.urls and scene.prompt:
+            report.empty_scenes.append((project, scene.ref))
+
+
+@dataclass
+class RepairResult:
+    report: AuditReport
+    executed: bool
+    repaired: int = 0
+    regenerated: int = 0
+    remaining: int = 0
+    errors: list[str] = field(default_factory=list)
+    run: str | None = None
+
+    @property
+    def lost_before(self) -> int:
+        return len(self.report.lost) + len(self.report.expired)
+
+    @property
+    def exit_code(self) -> int:
+        if not self.executed:
+            return self.report.exit_code
+        return EXIT_FINDINGS if self.remaining or self.errors or self.report.errors else EXIT_OK
+
+    def to_json(self) -> dict:
+        return {
+            "executed": self.executed,
+            "repaired": self.repaired,
+            "regenerated": self.regenerated,
+            "remaining": self.remaining,
+            "lost_before": self.lost_before,
+            "run": self.run,
+            "summary": self.report.summary(),
+            "plan": [f.to_json() for f in self.report.lost],
+            "expired": [f.to_json() for f in self.report.expired],
+            "stale": [f.to_json() for f in self.report.stale],
+            "orphaned": [f.to_json() for f in self.report.orphaned],
+            "errors": self.report.errors + self.errors,
+        }
+
+
+async def restore(
+    db: Database, report: AuditReport, log: RunLog, shape: Shape, *, projects_at_once: int = 4
+) -> tuple[dict[tuple[str, int], int], list[str]]:
+    """Append every lost URL, one locked transaction per project; log image.repaired for each.
+
+    Returns how many URLs each (project, scene) got back, and errors by project.
+    """
+    from .saver import ProjectSaver
+
+    by_project: dict[str, list[Finding]] = defaultdict(list)
+    for finding in report.lost:
+        by_project[finding.project].append(finding)
+    restored: dict[tuple[str, int], int] = defaultdict(int)
+    errors: list[str] = []
+    semaphore = asyncio.Semaphore(projects_at_once)
+
+    async def one(project: str, findings: list[Finding]) -> None:
+        async with semaphore:
+            try:
+                async with ProjectSaver(db, project, shape) as saver:
+                    outcomes = await saver.save_many(
+                        [(SceneRef(f.scene, f.scene_id), f.url) for f in findings]
+                    )
+            except ImgsaveError as exc:
+                errors.append(f"{exc} ({len(findings)} URLs not restored)")
+                return
+        for finding, outcome in zip(findings, outcomes, strict=True):
+            if outcome is Outcome.NO_SCENE:
+                errors.append(f"project {project}: scene {finding.scene} no longer exists")
+                continue
+            restored[(project, finding.scene)] += 1
+            if outcome is Outcome.ADDED:
+                log.write(
+                    "image.repaired",
+                    project=project,
+                    scene=finding.scene,
+                    scene_id=finding.scene_id,
+                    url=finding.url,
+                )
+
+    await asyncio.gather(*(one(p, f) for p, f in by_project.items()))
+    return restored, errors
+
+
+def remaining(
+    report: AuditReport,
+    restored: dict[tuple[str, int], int],
+    regenerated: dict[tuple[str, int], int],
+) -> int:
+    """Images still missing, scene by scene: what was lost, less what came back or was replaced."""
+    missing: dict[tuple[str, int], int] = defaultdict(int)
+    for finding in (*report.lost, *report.expired):
+        missing[(finding.project, finding.scene)] += 1
+    return sum(
+        max(0, count - restored.get(key, 0) - regenerated.get(key, 0))
+        for key, count in missing.items()
+    )
+
+
+async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) -> AuditReport:
+    async with await open_database(settings) as db:
+        return await audit(
+            db,
+            query,
+            log_dir=settings.resolved_log_dir(),
+            shape=settings.shape,
+            check_urls=check_urls,
+        )
+
+
+async def run_repair(
+    settings: Settings,
+    query: LogQuery,
+    *,
+    execute: bool,
+    regenerate: bool = False,
+    check_urls: bool = False,
+    concurrency: int = 8,
+    reporter: Reporter | None = None,
+) -> RepairResult:
+    """Audit, then (with `execute`) restore every lost URL and, with `regenerate`, generate new
+    images for scenes left short. Only one executing repair runs on a host at a time."""
+    provider = None
+    if regenerate and execute:
+        provider = Provider(
+            settings.base_url,
+            settings.api_key,
+            settings.model,
+            settings.provider,
+            allow_http=settings.allow_http,
+        )
+    log_dir = settings.resolved_log_dir()
+    lock = exclusive(log_dir / "repair.lock", "imgsave repair") if execute else nullcontext()
+    try:
+        with lock:
+            async with await open_database(settings) as db:
+                report = await audit(
+                    db, query, log_dir=log_dir, shape=settings.shape, check_urls=check_urls
+                )
+                result = RepairResult(report, executed=execute)
+                if execute:
+                    with RunLog(log_dir) as log:
+                        await _repair(db, provider, log, settings, result, concurrency, reporter)
+                return result
+    finally:
+        if provider is not None:
+            await provider.aclose()
+
+
+async def _repair(
+    db: Database,
+    provider: Provider | None,
+    log: RunLog,
+    settings: Settings,
+    result: RepairResult,
+    concurrency: int,
+    reporter: Reporter | None,
+) -> None:
+    report = result.report
+    result.run = log.run_id
+    log.write("run.started", command="repair", lost=len(report.lost), expired=len(report.expired))
+    restored, result.errors = await restore(db, report, log, settings.shape)
+    regenerated: dict[tuple[str, int], int] = {}
+    if provider is not None:
+        stop = StopSignal()
+        with sigint_stops(stop):
+            regenerated = await _regenerate(
+                db,
+                provider,
+                log,
+                settings.shape,
+                report,
+                concurrency,
+                stop,
+                reporter,
+                result.errors,
+            )
+    result.repaired = sum(restored.values())
+    result.regenerated = sum(regenerated.values())
+    result.remaining = remaining(report, restored, regenerated)
+    log.write(
+        "run.finished",
+        command="repair",
+        repaired=result.repaired,
+        regenerated=result.regenerated,
+        remaining=result.remaining,
+    )
+
+
+async def _regenerate(
+    db: Database,
+    provider: Provider,
+    log: RunLog,
+    shape: Shape,
+    report: AuditReport,
+    concurrency: int,
+    stop: StopSignal,
+    reporter: Reporter | None,
+    errors: list[str],
+) -> dict[tuple[str, int], int]:
+    """New images for scenes left short: expired URLs that cannot come back, and scenes that
+    hold nothing and were never logged."""
+    wanted: dict[str, Counter[SceneRef]] = defaultdict(Counter)
+    for finding in report.expired:
+        wanted[finding.project][SceneRef(finding.scene, finding.scene_id)] += 1
+    for project, ref in report.empty_scenes:
+        wanted[project][ref] += 1
+    regenerated: dict[tuple[str, int], int] = {}
+    for project, counts in wanted.items():
+        if stop.requested:
+            break
+        try:
+            all_scenes = scenes(
+                decode(await db.read(project), project=project), shape, project=project
+            )
+        except ImgsaveError as exc:
+            errors.append(f"{exc} (not regenerated)")
+            continue
+        jobs = tuple(
+            Job(scene, count)
+            for ref, count in counts.items()
+            if (scene := find(all_scenes, ref)) is not None and scene.prompt
+        )
+        outcome = await execute_plan(
+            db, provider, log, project, shape, Plan(jobs, (), ()), concurrency, stop, reporter
+        )
+        errors.extend(outcome.errors)
+        if outcome.fatal:
+            errors.append(outcome.fatal)
+            break
+        for index, saved in outcome.saved_by_scene.items():
+            regenerated[(project, index)] = saved
+    return regenerated

@@ -1,0 +1,377 @@
+"""`imgsave audit` and `imgsave repair` against a real database and real log files."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import subprocess
+import time
+from dataclasses import replace
+
+import psycopg
+import pytest
+
+from imgsave import generate as gen
+from imgsave.connect import open_database
+from imgsave.document import SceneRef, Shape
+from imgsave.incident import APP_LOG_PATTERN, incident_document, naive_generate, naive_save
+from imgsave.loopback import LoopbackProvider
+from imgsave.provider import Provider
+
+from .conftest import imgsave_command
+
+SHAPE = Shape()
+
+
+def own_line(run: str, ts: str, project: str, scene: int, url: str, event="image.generated"):
+    return json.dumps(
+        {
+            "v": 1,
+            "ts": ts,
+            "run": run,
+            "event": event,
+            "project": project,
+            "scene": scene,
+            "scene_id": f"scene-{scene}",
+            "url": url,
+        }
+    )
+
+
+def stored_urls(rows, project: str) -> set[str]:
+    return {u for urls in rows.urls(project).values() for u in urls}
+
+
+def urls_of(findings: list[dict]) -> set[str]:
+    return {f["url"] for f in findings}
+
+
+@pytest.fixture
+async def incident(settings, rows, tmp_path):
+    """The incident replayed: the route's naive concurrent saves, with its console log."""
+    rows.put("p1", incident_document(20))
+    app_log = tmp_path / "app-console.log"
+    with LoopbackProvider(latency=0.02, jitter=0.05) as api:
+        provider = Provider(api.base_url, None, None, settings.provider)
+        async with await open_database(settings, max_size=8) as db:
+            with app_log.open("w") as log:
+                logged = await naive_generate(db, provider, "p1", SHAPE, 2, app_log=log, think=0.01)
+        await provider.aclose()
+    lost = {url for _, url in logged} - stored_urls(rows, "p1")
+    assert len(logged) == 40 and lost, "the replay must lose images"
+    return app_log, lost
+
+
+async def test_incident_audit_finds_exactly_the_lost_and_repair_restores_them(cli, rows, incident):
+    app_log, truth = incident
+    args = ["--log", str(app_log), "--pattern", APP_LOG_PATTERN]
+    before = cli("audit", *args, "--json")
+    assert before.code == 1, before.stderr
+    report = before.json()
+    assert urls_of(report["lost"]) == truth
+    assert report["summary"] == {
+        "lost": len(truth),
+        "stale": 0,
+        "orphaned": 0,
+        "present": 40 - len(truth),
+        "expired": 0,
+        "lines_skipped": 0,
+    }
+    assert all(
+        f["project"] == "p1" and f["scene_id"] == f"scene-{f['scene']}" for f in report["lost"]
+    )
+
+    plan = cli("repair", *args)
+    assert plan.code == 1 and "Run again with --execute" in plan.stdout
+    assert stored_urls(rows, "p1").isdisjoint(truth), "a dry run writes nothing"
+
+    fixed = cli("repair", *args, "--execute", "--json")
+    assert fixed.code == 0, fixed.stderr
+    out = fixed.json()
+    assert (out["repaired"], out["regenerated"], out["remaining"], out["lost_before"]) == (
+        len(truth),
+        0,
+        0,
+        len(truth),
+    )
+    assert truth <= stored_urls(rows, "p1")
+    assert all(len(u) == 2 for u in rows.urls("p1").values())
+
+    after = cli("audit", *args, "--json")
+    assert after.code == 0 and after.json()["summary"]["lost"] == 0
+    text_before = rows.text("p1")
+    again = cli("repair", *args, "--execute", "--json")
+    assert again.code == 0 and again.json()["repaired"] == 0
+    assert rows.text("p1") == text_before
+
+
+def test_older_runs_are_stale_and_never_restored(cli, rows, log_dir):
+    rows.put("p1", incident_document(3))
+    doc = incident_document(3)
+    doc["scenes"][2]["imageUrls"] = ["https://img.test/new-1"]
+    rows.put("p1", doc)
+    log_dir.mkdir(parents=True)
+    (log_dir / "a.jsonl").write_text(
+        "\n".join(
+            [
+                own_line("run-a", "2026-11-20T10:00:00.000Z", "p1", 3, "https://img.test/old-1"),
+                own_line("run-a", "2026-11-20T10:00:01.000Z", "p1", 3, "https://img.test/old-2"),
+                own_line("run-a", "2026-11-20T10:00:01.000Z", "p1", 2, "https://img.test/two-1"),
+            ]
+        )
+        + "\n"
+    )
+    (log_dir / "b.jsonl").write_text(
+        "\n".join(
+            [
+                own_line("run-b", "2026-11-21T09:00:00.000Z", "p1", 3, "https://img.test/new-1"),
+                own_line("run-b", "2026-11-21T09:00:00.500Z", "p1", 3, "https://img.test/new-2"),
+                own_line(
+                    "run-b",
+                    "2026-11-21T09:00:00.500Z",
+                    "p1",
+                    3,
+                    "https://img.test/new-2",
+                    event="image.saved",
+                ),
+            ]
+        )
+        + "\n"
+    )
+    audit = cli("audit", "--json").json()
+    assert urls_of(audit["lost"]) == {"https://img.test/new-2", "https://img.test/two-1"}
+    assert urls_of(audit["stale"]) == {"https://img.test/old-1", "https://img.test/old-2"}
+    assert audit["summary"]["present"] == 1
+    repaired = cli("repair", "--execute", "--json")
+    assert repaired.json()["repaired"] == 2
+    assert rows.urls("p1")[3] == ["https://img.test/new-1", "https://img.test/new-2"]
+    assert rows.urls("p1")[2] == ["https://img.test/two-1"]
+    # The repair's own image.repaired events do not make it the scene's newest run.
+    audit = cli("audit", "--json")
+    assert audit.code == 0
+    assert urls_of(audit.json()["stale"]) == {"https://img.test/old-1", "https://img.test/old-2"}
+
+
+def test_lines_without_run_ids_are_split_into_runs_by_time_gap(cli, rows, tmp_path):
+    rows.put("p1", incident_document(2))
+    log = tmp_path / "console.log"
+    log.write_text(
+        "2026-11-20T10:00:00Z [p1] [Scene 1] Saved image to database: https://img.test/a\n"
+        "2026-11-20T10:10:00Z [p1] [Scene 1] Saved image to database: https://img.test/b\n"
+        "2026-11-20T12:00:00Z [p1] [Scene 1] Saved image to database: https://img.test/c\n"
+    )
+    args = ["--log", str(log), "--pattern", APP_LOG_PATTERN, "--json"]
+    report = cli("audit", *args).json()
+    assert urls_of(report["lost"]) == {"https://img.test/c"}
+    assert urls_of(report["stale"]) == {"https://img.test/a", "https://img.test/b"}
+    report = cli("audit", *args, "--run-gap", "3h").json()
+    assert len(report["lost"]) == 3
+    report = cli("audit", *args, "--since", "2026-11-20T11:00:00Z").json()
+    assert urls_of(report["lost"]) == {"https://img.test/c"} and not report["stale"]
+
+
+def test_deleted_scenes_and_projects_are_orphaned_and_never_written(cli, rows, log_dir):
+    rows.put("p1", incident_document(2))
+    before = rows.text("p1")
+    log_dir.mkdir(parents=True)
+    (log_dir / "r.jsonl").write_text(
+        "\n".join(
+            [
+                own_line(
+                    "r", "2026-11-20T10:00:00.000Z", "p1", 5, "https://img.test/deleted-scene"
+                ),
+                own_line(
+                    "r", "2026-11-20T10:00:00.000Z", "gone", 1, "https://img.test/deleted-proj"
+                ),
+            ]
+        )
+        + "\n"
+    )
+    audit = cli("audit", "--json")
+    assert audit.code == 0
+    assert urls_of(audit.json()["orphaned"]) == {
+        "https://img.test/deleted-scene",
+        "https://img.test/deleted-proj",
+    }
+    repaired = cli("repair", "--execute", "--json")
+    assert repaired.code == 0 and repaired.json()["repaired"] == 0
+    assert rows.text("p1") == before
+
+
+def test_refused_garbage_truncated_undecodable_and_gzip_lines_are_counted(cli, rows, tmp_path):
+    rows.put("p1", incident_document(2))
+    logs = tmp_path / "exports"
+    logs.mkdir()
+    good = "2026-11-20T10:00:00Z [p1] [Scene 1] Saved image to database: https://img.test/ok"
+    lines = [
+        good,
+        "2026-11-20T10:00:00Z [p1] [Scene 2] Saved image to database: javascript:alert(1)",
+        "2026-11-20T10:00:00Z [p1] [Scene 2] Saved image to database: https://x.test/"
+        + "a" * 10_000,
+        "INFO unrelated line",
+    ]
+    with gzip.open(logs / "part1.log.gz", "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    (logs / "part2.log").write_bytes(
+        b"\xff\xfe not utf-8 [Scene 1]\n"
+        + good.replace("/ok", "/ok2").replace("Scene 1", "Scene 2").encode()
+        + b"\n"
+        + good.replace("/ok", "/cut").encode()[:40]
+    )
+    ran = cli("audit", "--log", str(logs), "--pattern", APP_LOG_PATTERN, "--json")
+    assert ran.code == 1
+    report = ran.json()
+    assert urls_of(report["lost"]) == {"https://img.test/ok", "https://img.test/ok2"}
+    skipped = report["skipped"]
+    assert (
+        skipped["refused"],
+        skipped["unmatched"],
+        skipped["undecodable"],
+        skipped["garbage"],
+    ) == (2, 1, 1, 1)
+    assert report["summary"]["lines_skipped"] == 5
+    assert len(skipped["truncated_files"]) == 1
+    assert "javascript" not in json.dumps(report["lost"])
+    human = cli("audit", "--log", str(logs / "*.gz"), "--pattern", APP_LOG_PATTERN)
+    assert "4 log lines in 1 file, 3 skipped (1 unmatched, 2 refused URLs)" in human.stdout
+
+
+def test_check_urls_marks_dead_urls_expired_and_regenerate_replaces_them(cli, rows, log_dir):
+    with LoopbackProvider() as host:
+        rows.put("p1", incident_document(3))
+        alive, gone, forbidden = (f"{host.origin}/img/{n}.png" for n in ("alive", "gone", "sas"))
+        host.dead_paths.update({"/img/gone.png"})
+        host.forbidden_paths.update({"/img/sas.png"})
+        log_dir.mkdir(parents=True)
+        (log_dir / "r.jsonl").write_text(
+            "\n".join(
+                [
+                    own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, alive),
+                    own_line("r", "2026-11-20T10:00:00.000Z", "p1", 2, gone),
+                    own_line("r", "2026-11-20T10:00:00.000Z", "p1", 3, forbidden),
+                ]
+            )
+            + "\n"
+        )
+        unchecked = cli("audit", "--allow-http", "--json").json()
+        assert len(unchecked["lost"]) == 3
+        checked = cli("audit", "--allow-http", "--check-urls", "--json")
+        assert checked.code == 1
+        report = checked.json()
+        assert urls_of(report["lost"]) == {alive}
+        assert urls_of(report["expired"]) == {gone, forbidden}
+        assert report["summary"]["expired"] == 2
+
+        env = {"IMGSAVE_BASE_URL": host.base_url}
+        plain = cli("repair", "--allow-http", "--check-urls", "--execute", "--json", env=env)
+        assert plain.code == 1
+        assert (plain.json()["repaired"], plain.json()["remaining"]) == (1, 2)
+        assert stored_urls(rows, "p1") == {alive}
+
+        redo = cli(
+            "repair", "--allow-http", "--check-urls", "--execute", "--regenerate", "--json", env=env
+        )
+        assert redo.code == 0, redo.stderr
+        out = redo.json()
+        assert (out["repaired"], out["regenerated"], out["remaining"]) == (0, 2, 0)
+        held = rows.urls("p1")
+        assert [len(held[i]) for i in (1, 2, 3)] == [1, 1, 1]
+        assert gone not in held[2] and forbidden not in held[3]
+        # The scenes moved on: their expired URLs are now from an older run.
+        final = cli("audit", "--allow-http", "--check-urls", "--json")
+        assert final.code == 0, final.stdout
+        assert urls_of(final.json()["stale"]) == {gone, forbidden}
+
+
+def test_a_second_repair_exits_4_while_one_is_running(cli, rows, log_dir, db_url, tmp_path):
+    rows.put("p1", incident_document(2))
+    log_dir.mkdir(parents=True)
+    (log_dir / "r.jsonl").write_text(
+        own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, "https://img.test/x") + "\n"
+    )
+    env = dict(os.environ, IMGSAVE_DATABASE_URL=db_url, IMGSAVE_LOG_DIR=str(log_dir))
+    (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 0.5\nmax_attempts = 40\n")
+    with psycopg.connect(db_url) as holder:
+        holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
+        first = subprocess.Popen(
+            [*imgsave_command(), "repair", "--execute", "--json"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            waiting = holder.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.05)
+        second = cli("repair", "--execute", "--json")
+        assert second.code == 4, second.stderr
+        assert "another imgsave repair is running" in second.stderr
+        assert second.json()["exit_code"] == 4
+        dry = cli("repair", "--json")
+        assert dry.code == 1, "a dry run takes no lock"
+        holder.rollback()
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert json.loads(out)["repaired"] == 1
+    assert rows.urls("p1")[1] == ["https://img.test/x"]
+
+
+async def test_generate_while_the_naive_writer_clobbers_then_repair_loses_nothing(
+    settings, rows, cli, log_dir
+):
+    rows.put("p1", incident_document(20))
+    with LoopbackProvider(latency=0.01, jitter=0.03) as api:
+        settings = replace(settings, base_url=api.base_url)
+        provider = Provider(api.base_url, None, None, settings.provider)
+        async with await open_database(settings, max_size=8) as db:
+
+            async def clobber() -> None:
+                for n in range(120):
+                    ref = SceneRef(n % 20 + 1)
+                    await naive_save(db, "p1", SHAPE, ref, f"https://other.test/{n}", think=0.005)
+
+            result, _ = await asyncio.gather(
+                gen.run(settings, "p1", images_per_scene=3, concurrency=16), clobber()
+            )
+        await provider.aclose()
+    assert result.saved == 60
+    before = cli("audit", "--json").json()
+    assert before["summary"]["lost"] > 0, "the clobbering writer should have erased some"
+    fixed = cli("repair", "--execute", "--json")
+    assert fixed.code == 0 and fixed.json()["remaining"] == 0
+    after = cli("audit", "--json")
+    assert after.code == 0 and after.json()["summary"]["present"] == 60
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["audit", "--pattern", "(unclosed"], "--pattern is not a valid regular expression"),
+        (["audit", "--pattern", r"(?P<url>\S+)"], "needs the named group(s) scene"),
+        (["audit", "--pattern", r"(?P<url>\S+) (?P<scene>\d+)"], "say which with --project"),
+        (["audit", "--log", "/nonexistent/x.log"], "--log /nonexistent/x.log: no such file"),
+        (["audit", "--since", "yesterday"], "--since 'yesterday'"),
+        (["audit", "--run-gap", "forever"], "--run-gap 'forever'"),
+        (["repair", "--dry-run", "--execute"], "exclude each other"),
+    ],
+)
+def test_audit_and_repair_usage_errors_exit_2(cli, args, message):
+    ran = cli(*args)
+    assert ran.code == 2
+    assert message in ran.stderr
+    assert ran.stdout == ""
+
+
+def test_quiet_repair_prints_nothing_when_all_is_well(cli, rows, log_dir):
+    rows.put("p1", incident_document(1))
+    ran = cli("repair", "--execute", "-q")
+    assert (ran.code, ran.stdout, ran.stderr) == (0, "", "")
