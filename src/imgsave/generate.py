@@ -248,12 +248,6 @@ async def execute_plan(
         result.errors.append(f"project {project}: scene {index} has no prompt; skipped")
         if reporter:
             reporter.warn(result.errors[-1])
-    log.write(
-        "run.started",
-        project=project,
-        requested=result.requested,
-        skipped_scenes=result.skipped_scenes,
-    )
     semaphore = asyncio.Semaphore(concurrency)
     calls: set[asyncio.Task[str]] = set()
 
@@ -338,12 +332,4 @@ async def execute_plan(
         if reporter:
             reporter.finish()
     result.interrupted = stop.requested and result.fatal is None
-    log.write(
-        "run.finished",
-        project=project,
-        requested=result.requested,
-        saved=result.saved,
-        failed=result.failed,
-        interrupted=result.interrupted,
-    )
     return result
