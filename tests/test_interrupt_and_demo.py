@@ -75,6 +75,7 @@ def test_demo_shows_the_loss_and_imgsave_losing_none(tmp_path):
     assert "images lost, silently" in ran.stdout
     last = ran.stdout.strip().splitlines()[-1]
     assert last.startswith("demo: the route kept ")
-    assert last.endswith("imgsave saved 40 of 40 (every image saved).")
+    assert last.endswith("40 after repair; imgsave saved 40 of 40 (every image saved).")
+    assert "a second audit finds 0 lost" in ran.stdout
     kept = int(last.split("kept ")[1].split(" ")[0])
     assert kept < 40

@@ -1,8 +1,9 @@
 """`imgsave demo`: the incident and its cure, on the embedded database, with no keys.
 
 Two copies of a 20-scene project. On the first, the web route's fetch-modify-write saves every
-image concurrently and loses some while logging "Saved" for all. On the second, imgsave
-generates the same number of images and every one is in the document afterwards.
+image concurrently and loses some while logging "Saved" for all; audit finds exactly those from
+the route's console log and repair puts them back. On the second, imgsave generates the same
+number of images and every one is in the document afterwards.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from .config import Settings
 from .db import Database
 from .document import decode, encode, scenes
 from .errors import EXIT_FINDINGS, EXIT_OK
-from .genlog import new_run_id
-from .incident import incident_document, naive_generate
+from .genlog import RunLog, new_run_id
+from .incident import APP_LOG_PATTERN, incident_document, naive_generate
 from .interrupt import StopSignal, sigint_stops
+from .logread import LogQuery
 from .loopback import LoopbackProvider
 from .output import stdout_console
 from .provider import Provider
+from .reconcile import audit, restore
 
 SCENES = 20
 IMAGES_PER_SCENE = 2
@@ -33,17 +36,23 @@ IMAGES_PER_SCENE = 2
 class DemoResult:
     naive_logged: int
     naive_kept: int
+    naive_repaired: int
     imgsave_requested: int
     imgsave_saved: int
     log_dir: str
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.imgsave_saved == self.imgsave_requested else EXIT_FINDINGS
+        whole = self.imgsave_saved == self.imgsave_requested
+        return EXIT_OK if whole and self.naive_repaired == self.naive_logged else EXIT_FINDINGS
 
     def to_json(self) -> dict:
         return {
-            "naive": {"logged_saved": self.naive_logged, "in_database": self.naive_kept},
+            "naive": {
+                "logged_saved": self.naive_logged,
+                "in_database": self.naive_kept,
+                "after_repair": self.naive_repaired,
+            },
             "imgsave": {"requested": self.imgsave_requested, "saved": self.imgsave_saved},
             "log_dir": self.log_dir,
         }
@@ -62,6 +71,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
     # create demo projects in a real database, nor demo entries in the logs cron repairs from.
     settings = replace(settings, database_url=None)
     log_dir = settings.resolved_log_dir() / "demo"
+    app_log = log_dir / "route-console.log"
     out.rule("[bold]imgsave demo[/]: the lost-images incident, replayed")
     out.print("Starting the embedded PostgreSQL (first start takes a few seconds)…")
     url = embedded.start(data_dir)
@@ -85,9 +95,17 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
                     f"[bold]1. The web route[/]: {total} images at once, each saved by "
                     "fetch → modify → write of the whole document."
                 )
-                logged = await naive_generate(
-                    db, provider, naive_project, settings.shape, IMAGES_PER_SCENE, think=0.01
-                )
+                log_dir.mkdir(parents=True, exist_ok=True)
+                with app_log.open("w") as console_log:
+                    logged = await naive_generate(
+                        db,
+                        provider,
+                        naive_project,
+                        settings.shape,
+                        IMAGES_PER_SCENE,
+                        app_log=console_log,
+                        think=0.01,
+                    )
                 naive = _counts(await db.read(naive_project), settings)
                 kept = sum(naive.values())
                 out.print(
@@ -112,21 +130,55 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
             finally:
                 await provider.aclose()
         safe = _counts(await db.read(safe_project), settings)
-    out.print(
-        f"   {result.saved} of {result.requested} saved in {result.transactions} transactions; "
-        f"the document holds [bold green]{sum(safe.values())}[/].\n"
-    )
+        out.print(
+            f"   {result.saved} of {result.requested} saved in {result.transactions} transactions; "
+            f"the document holds [bold green]{sum(safe.values())}[/].\n"
+        )
+        out.print(
+            f"[bold]3. imgsave audit[/] reads the route's console log ({app_log.name}) with "
+            "--pattern and diffs it against the document."
+        )
+        query = LogQuery(
+            paths=(str(app_log),), pattern=APP_LOG_PATTERN, only_projects=frozenset({naive_project})
+        )
+        report = await audit(db, query, log_dir=log_dir, shape=settings.shape)
+        out.print(
+            f"   {len(report.lost)} lost, {report.present} present, {len(report.stale)} stale: "
+            "exactly the images the route dropped.\n"
+        )
+        out.print("[bold]4. imgsave repair --execute[/] appends them under the same lock.")
+        with RunLog(log_dir) as repair_log:
+            restored, _ = await restore(db, report, repair_log, settings.shape)
+        after = await audit(db, query, log_dir=log_dir, shape=settings.shape)
+        repaired = _counts(await db.read(naive_project), settings)
+        out.print(
+            f"   {sum(restored.values())} restored; a second audit finds "
+            f"[bold green]{len(after.lost)} lost[/].\n"
+        )
     table = Table(title="Images per scene in the database", title_justify="left")
     table.add_column("scene", justify="right")
     table.add_column("web route", justify="right")
+    table.add_column("after repair", justify="right")
     table.add_column("imgsave", justify="right")
     for index in sorted(safe):
         have = naive.get(index, 0)
         style = "red" if have < IMAGES_PER_SCENE else ""
-        table.add_row(str(index), f"[{style}]{have}[/]" if style else str(have), str(safe[index]))
+        table.add_row(
+            str(index),
+            f"[{style}]{have}[/]" if style else str(have),
+            str(repaired.get(index, 0)),
+            str(safe[index]),
+        )
     out.print(table)
     out.print(
         f"Projects [cyan]{naive_project}[/] and [cyan]{safe_project}[/] stay in the embedded "
         f"database; imgsave's generation log is in {log_dir}."
     )
-    return DemoResult(len(logged), kept, result.requested, sum(safe.values()), str(log_dir))
+    return DemoResult(
+        naive_logged=len(logged),
+        naive_kept=kept,
+        naive_repaired=sum(repaired.values()),
+        imgsave_requested=result.requested,
+        imgsave_saved=sum(safe.values()),
+        log_dir=str(log_dir),
+    )

@@ -106,8 +106,8 @@ def render(result: Any) -> None:
         verdict = "every image saved" if result.exit_code == 0 else "images missing"
         console.print(
             f"demo: the route kept {result.naive_kept} of {result.naive_logged} images it logged "
-            f"as saved; imgsave saved {result.imgsave_saved} of {result.imgsave_requested} "
-            f"({verdict})."
+            f"as saved, {result.naive_repaired} after repair; imgsave saved "
+            f"{result.imgsave_saved} of {result.imgsave_requested} ({verdict})."
         )
     else:  # pragma: no cover - every command's result is listed above
         raise TypeError(f"no renderer for {type(result).__name__}")
