@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import UsageError
 from .urls import url_problem
@@ -35,16 +36,20 @@ OWN_EVENTS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """One log line's claim: `url` was generated for this scene of this project, in `run`."""
+class Sighting(NamedTuple):
+    """One log line's claim: `url` was generated for this scene of this project.
+
+    `run` is the run id the line carries, or None (then runs are cut by time gaps within the
+    file `source`, the file's position in the read).
+    """
 
     project: str
     scene: int
     scene_id: str | None
     url: str
-    run: str
+    run: str | None
     ts: float | None
+    source: int
 
 
 @dataclass
@@ -147,14 +152,12 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> Iterator[Sighting]:
+    """Every usable claim in `files`, in file order; what is not usable is counted in `stats`."""
     regex = compile_pattern(query.pattern, query.project) if query.pattern else None
     since = query.since.timestamp() if query.since else None
-    gap = query.run_gap.total_seconds()
-    for path in files:
+    for source, path in enumerate(files):
         stats.files += 1
-        # Runs for lines without a run id: per (project, scene), a new run starts after a gap.
-        chains: dict[tuple[str, int, str | None], tuple[float | None, int]] = {}
-        for raw, complete in _lines(path, stats):
+        for number, (raw, complete) in enumerate(_lines(path, stats), start=1):
             stats.lines += 1
             try:
                 line = raw.decode("utf-8")
@@ -162,16 +165,12 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
                 stats.undecodable += 1
                 continue
             parsed = _parse_pattern(line, regex, query) if regex else _parse_own(line)
-            if parsed is None:
-                if not complete:
-                    stats.truncated_files.append(str(path))
-                    stats.garbage += 1
-                elif regex:
-                    stats.unmatched += 1
+            if parsed is None and complete:
+                stats.unmatched += 1
                 continue
-            if parsed == "garbage":
+            if parsed is None or parsed == "garbage":
                 if not complete:
-                    stats.truncated_files.append(str(path))
+                    stats.truncated_files.append(f"{path}:{number}")
                 stats.garbage += 1
                 continue
             if parsed == "other":
@@ -183,20 +182,13 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
             if problem:
                 stats.refused += 1
                 if len(stats.refused_examples) < 5:
-                    stats.refused_examples.append(f"{path}:{stats.lines}: {problem}")
+                    stats.refused_examples.append(f"{path}:{number}: {problem}")
                 continue
             if since is not None and ts is not None and ts < since:
                 stats.before_since += 1
                 continue
-            if run is None:
-                key = (project, scene, scene_id)
-                last_ts, number = chains.get(key, (None, 0))
-                if ts is not None and last_ts is not None and abs(ts - last_ts) > gap:
-                    number += 1
-                chains[key] = (ts if ts is not None else last_ts, number)
-                run = f"{path}#{number}"
             stats.sightings += 1
-            yield Sighting(project, scene, scene_id, url, run, ts)
+            yield Sighting(project, scene, scene_id, url, run, ts, source)
 
 
 def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:

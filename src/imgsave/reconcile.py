@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from .generate import Job, Plan, Reporter, execute_plan
 from .genlog import RunLog
 from .hostlock import exclusive
 from .interrupt import StopSignal, sigint_stops
-from .logread import LogQuery, ReadStats, Sighting, expand_paths, read_sightings
+from .ledger import SceneHistory, build, load, partition_count, spilled
+from .logread import LogQuery, ReadStats, expand_paths, read_sightings
 from .provider import Provider
 
 BATCH = 500
@@ -46,47 +46,6 @@ class Finding:
             "scene_id": self.scene_id,
             "url": self.url,
         }
-
-
-class _SceneLog:
-    """Every URL logged for one scene, each with the run it was last seen in, and the runs'
-    recency. Slots and interned run ids keep a million lines in a few hundred bytes each."""
-
-    __slots__ = ("runs", "urls")
-
-    def __init__(self) -> None:
-        self.urls: dict[str, tuple[str, float]] = {}
-        self.runs: dict[str, tuple[float, int]] = {}
-
-    def add(self, sighting: Sighting, run: str, seq: int) -> None:
-        ts = sighting.ts if sighting.ts is not None else float("-inf")
-        seen = self.urls.get(sighting.url)
-        if seen is None or ts >= seen[1]:
-            self.urls[sighting.url] = (run, ts)
-        last, first_seq = self.runs.get(run, (float("-inf"), seq))
-        self.runs[run] = (max(last, ts), first_seq)
-
-    def newest_run(self) -> str:
-        return max(self.runs, key=lambda run: self.runs[run])
-
-
-class Ledger:
-    """What the logs say, per project and scene."""
-
-    def __init__(self) -> None:
-        self.projects: dict[str, dict[SceneRef, _SceneLog]] = defaultdict(dict)
-        self._runs: dict[str, str] = {}
-        self._seq = 0
-
-    def add_all(self, sightings: Iterable[Sighting]) -> None:
-        for sighting in sightings:
-            run = self._runs.setdefault(sighting.run, sighting.run)
-            ref = SceneRef(sighting.scene, sighting.scene_id)
-            scene_log = self.projects[sighting.project].get(ref)
-            if scene_log is None:
-                scene_log = self.projects[sighting.project][ref] = _SceneLog()
-            self._seq += 1
-            scene_log.add(sighting, run, self._seq)
 
 
 @dataclass
@@ -137,16 +96,19 @@ async def audit(
     check_urls: bool = False,
 ) -> AuditReport:
     stats = ReadStats()
-    ledger = Ledger()
-    ledger.add_all(read_sightings(expand_paths(query.paths, log_dir), query, stats))
     report = AuditReport(stats)
-    projects = sorted(set(ledger.projects) | query.only_projects)
-    for start in range(0, len(projects), BATCH):
-        batch = projects[start : start + BATCH]
-        documents = await db.read_many(batch)
-        for project in batch:
-            _classify(project, documents, ledger.projects.get(project, {}), shape, report)
-            ledger.projects.pop(project, None)  # done with it: free the memory as we go
+    files = expand_paths(query.paths, log_dir)
+    gap = query.run_gap.total_seconds()
+    seen: set[str] = set()
+    with spilled(read_sightings(files, query, stats), partition_count(files)) as parts:
+        for part in parts:
+            logged = build(load(part), gap)
+            seen.update(logged)
+            await _classify_all(db, logged, shape, report)
+    # Projects named on the command line that no log mentions are still looked at: they may
+    # not exist, or hold empty scenes for --regenerate.
+    unseen = {project: {} for project in query.only_projects - seen}
+    await _classify_all(db, unseen, shape, report)
     if check_urls and report.lost:
         from .urlcheck import check_urls as check
 
@@ -163,10 +125,24 @@ async def audit(
     return report
 
 
+async def _classify_all(
+    db: Database,
+    logged: dict[str, dict[SceneRef, SceneHistory]],
+    shape: Shape,
+    report: AuditReport,
+) -> None:
+    projects = sorted(logged)
+    for start in range(0, len(projects), BATCH):
+        batch = projects[start : start + BATCH]
+        documents = await db.read_many(batch)
+        for project in batch:
+            _classify(project, documents, logged[project], shape, report)
+
+
 def _classify(
     project: str,
     documents: dict[str, str | None],
-    logged: dict[SceneRef, _SceneLog],
+    logged: dict[SceneRef, SceneHistory],
     shape: Shape,
     report: AuditReport,
 ) -> None:
@@ -189,11 +165,10 @@ def _classify(
             continue
         seen.add(scene.position)
         held = set(scene.urls)
-        newest = scene_log.newest_run()
-        for url, (run, _) in scene_log.urls.items():
+        for url, run in scene_log.urls.items():
             if url in held:
                 report.present += 1
-            elif run is newest or run == newest:
+            elif run == scene_log.newest:
                 report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
             else:
                 report.stale.append(Finding(project, scene.ref.index, scene.ref.id, url))
