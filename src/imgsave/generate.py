@@ -290,7 +290,7 @@ async def execute_plan(
                 return
             finally:
                 calls.discard(call)
-        log.write(
+        await log.record(
             "image.generated",
             project=project,
             scene=scene.ref.index,

@@ -108,6 +108,9 @@ class LoopbackProvider:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle's algorithm the second waits
+            # for the client's delayed ACK (about 40 ms), which would pose as provider latency.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass

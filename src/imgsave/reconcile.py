@@ -246,7 +246,7 @@ async def restore(
                 continue
             restored[(project, finding.scene)] += 1
             if outcome is Outcome.ADDED:
-                log.write(
+                await log.record(
                     "image.repaired",
                     project=project,
                     scene=finding.scene,
