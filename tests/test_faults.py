@@ -1,0 +1,213 @@
+"""Fault injection against the real PostgreSQL and a loopback provider: nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+
+from imgsave import generate as gen
+from imgsave.config import ProviderSettings
+from imgsave.loopback import LoopbackProvider, mixed_faults
+
+from .conftest import imgsave_command
+
+
+def logged(log_dir: Path, event: str) -> list[str]:
+    return [
+        record["url"]
+        for path in sorted(log_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if (record := json.loads(line))["event"] == event
+    ]
+
+
+def stored(rows, project: str = "p1") -> Counter:
+    return Counter(u for urls in rows.urls(project).values() for u in urls)
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*imgsave_command(), *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_mixed_provider_faults_every_image_saved_once(settings, rows, incident_project):
+    faults = mixed_faults(7, **{"500": 0.20, "429:1": 0.10, "hang": 0.05, "garbage": 0.05})
+    with LoopbackProvider(faults=faults, hang_seconds=3) as api:
+        conf = replace(
+            settings,
+            base_url=api.base_url,
+            provider=ProviderSettings(
+                timeout=0.5,
+                max_attempts=20,
+                backoff_initial=0.01,
+                backoff_max=0.05,
+                max_retry_after=0.1,
+            ),
+        )
+        result = await gen.run(conf, "p1", images_per_scene=5, concurrency=16)
+        served, statuses = list(api.served), Counter(api.statuses)
+    assert (result.requested, result.saved, result.failed) == (100, 100, 0)
+    assert stored(rows) == Counter(served) and len(served) == 100, "all saved, none twice"
+    assert statuses[500] > 5 and statuses[429] > 2, statuses
+    assert api.requests > 120, "hangs and garbage were retried too"
+
+
+async def test_dropped_database_connections_are_survived(settings, rows, incident_project, db_url):
+    killed: list[int] = []
+
+    def terminate_twice() -> None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for delay in (0.6, 0.9):
+                time.sleep(delay)
+                rows_killed = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'imgsave' AND datname = current_database()"
+                ).fetchall()
+                killed.append(len(rows_killed))
+
+    with LoopbackProvider(latency=0.1) as api:
+        conf = replace(settings, base_url=api.base_url)
+        killer = threading.Thread(target=terminate_twice)
+        killer.start()
+        result = await gen.run(conf, "p1", images_per_scene=10, concurrency=8)
+        killer.join()
+        served = list(api.served)
+    assert all(killed), f"the test must really drop connections: {killed}"
+    assert (result.saved, result.failed) == (200, 0)
+    assert stored(rows) == Counter(served)
+
+
+def test_sigkill_mid_run_then_repair_and_rerun_fill_exactly_what_is_missing(
+    cli, rows, incident_project, db_url, log_dir, tmp_path
+):
+    (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 20\n")
+    with LoopbackProvider(latency=0.05) as api:
+        env = {
+            "IMGSAVE_DATABASE_URL": db_url,
+            "IMGSAVE_LOG_DIR": str(log_dir),
+            "IMGSAVE_BASE_URL": api.base_url,
+        }
+        with psycopg.connect(db_url) as holder:
+            # The row is locked: generated images pile up, logged, waiting to be saved.
+            holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
+            proc = spawn(["generate", "p1", "-k", "2", "-c", "4"], env, tmp_path)
+            wait_for(lambda: log_dir.exists() and len(logged(log_dir, "image.generated")) >= 10)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            holder.rollback()
+        generated = logged(log_dir, "image.generated")
+        assert proc.returncode == -signal.SIGKILL
+        assert not stored(rows), "nothing was committed before the kill"
+        assert not logged(log_dir, "image.saved")
+
+        repaired = cli("repair", "--execute", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
+        assert repaired.code == 0, repaired.stderr
+        assert repaired.json()["repaired"] == len(set(generated))
+        assert set(stored(rows)) == set(generated)
+
+        rerun = cli("generate", "p1", "-k", "2", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
+        assert rerun.code == 0, rerun.stderr
+        assert rerun.json()["requested"] == 40 - len(set(generated))
+    assert all(len(urls) == 2 for urls in rows.urls("p1").values())
+    assert max(stored(rows).values()) == 1
+
+
+def test_sigkill_after_some_saves_then_repair_restores_the_rest(
+    cli, rows, incident_project, db_url, log_dir, tmp_path
+):
+    with LoopbackProvider(latency=0.3) as api:
+        env = {
+            "IMGSAVE_DATABASE_URL": db_url,
+            "IMGSAVE_LOG_DIR": str(log_dir),
+            "IMGSAVE_BASE_URL": api.base_url,
+        }
+        proc = spawn(["generate", "p1", "-k", "3", "-c", "8"], env, tmp_path)
+        wait_for(lambda: log_dir.exists() and len(logged(log_dir, "image.saved")) >= 8)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        generated = set(logged(log_dir, "image.generated"))
+        assert set(stored(rows)) <= generated
+        cli("repair", "--execute")
+        assert set(stored(rows)) == generated
+        rerun = cli("generate", "p1", "-k", "3", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
+        assert rerun.code == 0
+    assert all(len(urls) == 3 for urls in rows.urls("p1").values())
+
+
+def test_two_generate_processes_on_one_project_lose_and_duplicate_nothing(
+    rows, incident_project, db_url, tmp_path
+):
+    with LoopbackProvider(latency=0.02, jitter=0.05) as api:
+        procs, logs = [], []
+        for n in range(2):
+            log = tmp_path / f"logs-{n}"
+            logs.append(log)
+            env = {
+                "IMGSAVE_DATABASE_URL": db_url,
+                "IMGSAVE_LOG_DIR": str(log),
+                "IMGSAVE_BASE_URL": api.base_url,
+            }
+            procs.append(spawn(["generate", "p1", "-k", "3", "-c", "16", "--json"], env, tmp_path))
+        outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    generated = Counter(url for log in logs for url in logged(log, "image.generated"))
+    assert sum(out["saved"] for out in outs) == sum(generated.values())
+    assert stored(rows) == generated, "every generated image stored, exactly once"
+
+
+def test_a_row_locked_past_lock_timeout_is_retried_until_released(
+    cli, rows, incident_project, db_url, tmp_path
+):
+    (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 0.2\nmax_attempts = 60\n")
+    with LoopbackProvider() as api, psycopg.connect(db_url) as holder:
+        holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
+        release = threading.Timer(2.0, holder.rollback)
+        release.start()
+        ran = cli("generate", "p1", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
+        release.join()
+    assert ran.code == 0, ran.stderr
+    assert ran.json()["saved"] == 20
+    assert len(stored(rows)) == 20
+
+
+def test_a_row_locked_beyond_the_retry_budget_fails_clearly_and_repair_recovers(
+    cli, rows, incident_project, db_url, log_dir, tmp_path
+):
+    (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 0.1\nmax_attempts = 3\n")
+    with LoopbackProvider() as api, psycopg.connect(db_url) as holder:
+        holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
+        ran = cli("generate", "p1", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
+        holder.rollback()
+    assert ran.code == 1
+    assert ran.json()["saved"] == 0 and ran.json()["failed"] == 20
+    assert "could not save after 3 attempts" in ran.stderr
+    assert "lock timeout" in ran.stderr
+    assert "imgsave repair" in ran.stderr
+    assert not stored(rows)
+    assert len(logged(log_dir, "image.generated")) == 20
+    fixed = cli("repair", "--execute", "--json")
+    assert fixed.code == 0 and fixed.json()["repaired"] == 20
+    assert len(stored(rows)) == 20
