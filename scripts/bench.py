@@ -334,17 +334,11 @@ def bench_audit(projects: int = 50_000, scenes: int = 20) -> list[dict]:
             copy.write(buffer.getvalue().replace("\\", "\\\\"))
         conn.execute("VACUUM ANALYZE projects")
     env = {**os.environ, "IMGSAVE_DATABASE_URL": URL, "IMGSAVE_LOG_DIR": tempfile.mkdtemp()}
-    out_path, err_path = log.with_suffix(".out"), log.with_suffix(".err")
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [IMGSAVE, "audit", "--log", str(log), "--json"], env=env, stdout=out, stderr=err
-        )
-        # wait4 gives this child's own peak RSS, not the maximum over every child so far.
-        _, _, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - started
-    proc.returncode = 1
-    peak_mb = usage.ru_maxrss / 1024
+    del buffer
+    out_path = log.with_suffix(".out")
+    started = time.perf_counter()
+    peak_mb = measured_run([IMGSAVE, "audit", "--log", str(log), "--json"], env, out_path)
+    elapsed = time.perf_counter() - started
     summary = json.loads(out_path.read_text())["summary"]
     expected = (lost, stale)
     assert (summary["lost"], summary["stale"]) == expected, (summary, expected)
@@ -363,6 +357,30 @@ def bench_audit(projects: int = 50_000, scenes: int = 20) -> list[dict]:
             "peak_mb": peak_mb,
         }
     ]
+
+
+MEASURE = """
+import os, subprocess, sys
+with open(sys.argv[1], "wb") as out:
+    proc = subprocess.Popen(sys.argv[2:], stdout=out)
+    _, status, usage = os.wait4(proc.pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measured_run(command: list[str], env: dict[str, str], out_path: Path) -> float:
+    """Run `command`, stdout to `out_path`; return its peak RSS in MB. A small parent process
+    runs it, since a child's high-water mark starts from whatever its parent had mapped."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(out_path), *command],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode not in (0, 1):  # audit exits 1 when it finds lost images, as here
+        raise RuntimeError(f"{command} failed ({done.returncode}): {done.stderr[-500:]}")
+    return int(done.stdout) / 1024
 
 
 # 4. Start-up ----------------------------------------------------------------------------------

@@ -376,3 +376,18 @@ def test_quiet_repair_prints_nothing_when_all_is_well(cli, rows, log_dir):
     rows.put("p1", incident_document(1))
     ran = cli("repair", "--execute", "-q")
     assert (ran.code, ran.stdout, ran.stderr) == (0, "", "")
+
+
+async def test_audit_gives_the_same_answer_however_many_partitions(settings, incident, monkeypatch):
+    from imgsave import ledger
+    from imgsave.logread import LogQuery
+    from imgsave.reconcile import run_audit
+
+    app_log, truth = incident
+    query = LogQuery(paths=(str(app_log),), pattern=APP_LOG_PATTERN)
+    whole = await run_audit(settings, query, check_urls=False)
+    monkeypatch.setattr(ledger, "PARTITION_BYTES", 300)
+    assert ledger.partition_count([app_log]) > 5
+    split = await run_audit(settings, query, check_urls=False)
+    assert {f.url for f in split.lost} == {f.url for f in whole.lost} == truth
+    assert split.summary() == whole.summary()

@@ -8,7 +8,8 @@ memory is bounded by the partition size, not by the size of the logs.
 
 from __future__ import annotations
 
-import json
+import gc
+import marshal
 import tempfile
 import zlib
 from collections import defaultdict
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .document import SceneRef
 from .logread import Sighting
@@ -24,6 +26,7 @@ from .logread import Sighting
 PARTITION_BYTES = 24 * 1024 * 1024
 GZIP_RATIO = 8
 MAX_PARTITIONS = 512
+CHUNK = 4096
 _NO_TS = float("-inf")
 
 
@@ -42,22 +45,39 @@ def partition_count(files: Sequence[Path]) -> int:
 def spilled(sightings: Iterable[Sighting], partitions: int) -> Iterator[list[Path]]:
     """Write sightings to `partitions` temporary files by a hash of their project."""
     with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as tmp:
-        paths = [Path(tmp) / f"part-{n:03d}.jsonl" for n in range(partitions)]
-        handles = [path.open("w", encoding="utf-8") for path in paths]
+        paths = [Path(tmp) / f"part-{n:03d}.bin" for n in range(partitions)]
+        handles = [path.open("wb") for path in paths]
+        buffers: list[list[tuple]] = [[] for _ in range(partitions)]
         try:
             for sighting in sightings:
                 bucket = zlib.crc32(sighting.project.encode()) % partitions
-                handles[bucket].write(json.dumps(sighting, ensure_ascii=False) + "\n")
+                buffer = buffers[bucket]
+                buffer.append(tuple(sighting))
+                if len(buffer) >= CHUNK:
+                    _flush(buffer, handles[bucket])
+            for buffer, handle in zip(buffers, handles, strict=True):
+                _flush(buffer, handle)
         finally:
             for handle in handles:
                 handle.close()
         yield paths
 
 
+def _flush(buffer: list[tuple], handle: BinaryIO) -> None:
+    # marshal: the fastest round trip for lists of tuples of str/int/float/None, and these
+    # files never outlive this process (nor leave this Python version).
+    if buffer:
+        data = marshal.dumps(buffer)
+        handle.write(len(data).to_bytes(8, "little") + data)
+        buffer.clear()
+
+
 def load(path: Path) -> Iterator[Sighting]:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            yield Sighting(*json.loads(line))
+    with path.open("rb") as handle:
+        # Whole chunks through marshal.loads: marshal.load on a file reads piece by piece.
+        while size := handle.read(8):
+            chunk = marshal.loads(handle.read(int.from_bytes(size, "little")))
+            yield from map(Sighting._make, chunk)
 
 
 @dataclass(slots=True)
@@ -68,18 +88,36 @@ class SceneHistory:
 
 def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[SceneRef, SceneHistory]]:
     """project -> scene -> history, from one partition's sightings."""
-    groups: dict[tuple[str, SceneRef], list[Sighting]] = defaultdict(list)
+    # Hundreds of thousands of small, acyclic containers: the cyclic collector would rescan
+    # them over and over (half the build time) and could never free one.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(sightings, run_gap)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build(
+    sightings: Iterable[Sighting], run_gap: float
+) -> dict[str, dict[SceneRef, SceneHistory]]:
+    groups: dict[tuple[str, int, str | None], list[Sighting]] = defaultdict(list)
     for sighting in sightings:
-        groups[(sighting.project, SceneRef(sighting.scene, sighting.scene_id))].append(sighting)
+        groups[sighting[:3]].append(sighting)
     projects: dict[str, dict[SceneRef, SceneHistory]] = defaultdict(dict)
-    for (project, ref), items in groups.items():
-        projects[project][ref] = history(items, run_gap)
+    for (project, scene, scene_id), items in groups.items():
+        projects[project][SceneRef(scene, scene_id)] = history(items, run_gap)
     return projects
 
 
 def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
     """One scene's runs and URLs. Lines without a run id are cut into runs per file: a gap of
     more than `run_gap` seconds between consecutive lines (by time) starts a new run."""
+    if len(items) == 1:  # most scenes of a big audit: skip the bookkeeping
+        item = items[0]
+        run = item.run if item.run is not None else f"{item.source}#0"
+        return SceneHistory({item.url: run}, run)
     runs = [item.run for item in items]
     unnamed: dict[int, list[int]] = defaultdict(list)
     for position, item in enumerate(items):

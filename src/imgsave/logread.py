@@ -257,7 +257,7 @@ def _parse_ts(text: str) -> float | None:
         value = float(text)
         return value / 1000 if value > 1e11 else value
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        when = datetime.fromisoformat(text)
     except ValueError:
         return None
     if when.tzinfo is None:

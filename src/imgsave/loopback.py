@@ -66,7 +66,7 @@ class LoopbackProvider:
         self.dead_paths: set[str] = set()
         self.forbidden_paths: set[str] = set()
         self.served: list[str] = []
-        self.statuses: list[int] = []
+        self.statuses: list[int] = []  # of image-generation requests, in answer order
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -85,6 +85,7 @@ class LoopbackProvider:
 
     @property
     def requests(self) -> int:
+        """Image-generation requests answered so far."""
         with self._lock:
             return len(self.statuses)
 
@@ -176,8 +177,9 @@ class LoopbackProvider:
                 *,
                 head: bool = False,
             ) -> None:
-                with provider._lock:
-                    provider.statuses.append(status)
+                if self.command == "POST":
+                    with provider._lock:
+                        provider.statuses.append(status)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Content-Type", "application/json")
