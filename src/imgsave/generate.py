@@ -251,6 +251,8 @@ async def execute_plan(
     semaphore = asyncio.Semaphore(concurrency)
     calls: set[asyncio.Task[str]] = set()
 
+    announced: set[str] = set()
+
     def failed(scene: Scene, message: str, url: str | None = None) -> None:
         result.failed += 1
         text = f"project {project}: scene {scene.ref.index}: {message}"
@@ -264,7 +266,10 @@ async def execute_plan(
             error=message,
         )
         if reporter:
-            reporter.warn(text)
+            # One failing transaction fails every URL in it: say each distinct reason once.
+            if message not in announced:
+                announced.add(message)
+                reporter.warn(text)
             reporter.advance(ok=False)
 
     async def one(saver: ProjectSaver, scene: Scene) -> None:
@@ -300,7 +305,7 @@ async def execute_plan(
         try:
             outcome = await saver.save(scene.ref, url)
         except Exception as exc:
-            failed(scene, f"not saved (the URL is in the log for `imgsave repair`): {exc}", url)
+            failed(scene, f"not saved, kept in the log for `imgsave repair`: {exc}", url)
             return
         if outcome is Outcome.NO_SCENE:
             failed(scene, "the scene no longer exists; URL not saved", url)
