@@ -259,7 +259,7 @@ def _execute(
     if getattr(result, "fatal", None):
         error(redact(result.fatal, secrets))
     if as_json:
-        print_json(result.to_json())
+        print_json(result.to_json(), secrets)
     elif not (quiet and result.exit_code == 0):
         render(result)
     raise typer.Exit(result.exit_code)

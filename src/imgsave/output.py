@@ -24,8 +24,11 @@ def stdout_console() -> Console:
     return console
 
 
-def print_json(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload, ensure_ascii=False, sort_keys=False) + "\n")
+def print_json(payload: dict[str, Any], secrets: tuple[str, ...] = ()) -> None:
+    from .config import redact
+
+    text = json.dumps(payload, ensure_ascii=False)
+    sys.stdout.write(redact(text, secrets) + "\n")
     sys.stdout.flush()
 
 
