@@ -105,15 +105,24 @@ def test_append_changes_only_the_target_scenes_url_list(data, draw):
 @settings(max_examples=200, deadline=None)
 @given(documents(), st.lists(st.integers(0, 7), max_size=12), st.booleans())
 def test_appending_is_idempotent_and_round_trips_in_both_forms(data, picks, double):
-    doc = decode(encode(Document(data, double)))
-    assert doc == Document(data, double)
+    text = encode(Document(data, double))
+    doc = decode(text)
+    assert values(encode(doc)) == values(text) == data
+    assert encode(decode(encode(doc))) == encode(doc), "the spelling of numbers is kept"
+    assert doc.double_encoded == double
     all_scenes = scenes(doc, SHAPE)
     additions = [(all_scenes[p % len(all_scenes)].ref, f"https://img.test/x{p}") for p in picks]
     once = append_urls(doc, SHAPE, additions).document
     twice = append_urls(once, SHAPE, additions)
     assert not twice.changed
     assert twice.document == once
-    assert decode(encode(once)) == once
+    assert encode(decode(encode(once))) == encode(once)
+
+
+def values(text: str) -> object:
+    """What a JSON text means, with plain floats, unwrapping one level of string encoding."""
+    value = json.loads(text)
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def incident() -> dict:
@@ -194,3 +203,12 @@ def test_ambiguous_or_malformed_scenes_are_refused(data, message):
     with pytest.raises(MalformedDocument, match=message) as info:
         scenes(Document(data), SHAPE, project="p9")
     assert "project p9" in str(info.value)
+
+
+def test_numbers_keep_their_exact_spelling():
+    raw = '{"price":6.50,"tiny":1.0E-7,"big":123456789012345678901234567890,"scenes":[{}]}'
+    edit = append_urls(decode(raw), SHAPE, [(SceneRef(1), "https://x/1")])
+    assert encode(edit.document) == (
+        '{"price":6.50,"tiny":1.0E-7,"big":123456789012345678901234567890,'
+        '"scenes":[{"imageUrls":["https://x/1"]}]}'
+    )

@@ -215,3 +215,22 @@ def test_human_output_is_one_summary_line(cli, api, incident_project):
     assert ran.stdout.startswith("project p1: 20 of 20 images saved in ")
     assert ran.stdout.count("\n") == 1
     assert ran.stderr == ""
+
+
+def test_the_apps_keys_and_numbers_are_preserved_exactly_in_jsonb(cli, api, db_url, rows):
+    original = (
+        '{"price": 6.50, "tiny": 0.00000010, "big": 123456789012345678901234567890, '
+        '"nested": {"a": [1, 2.0, null, true, "\\u00e9\\n"]}, '
+        '"scenes": [{"prompt": "a", "weight": 1.250, "imageUrls": []}]}'
+    )
+    rows.put("exact", original, raw=True)
+    ran = cli("generate", "exact", env=provider_env(api))
+    assert ran.code == 0, ran.stderr
+    with psycopg.connect(db_url) as conn:
+        same = conn.execute(
+            "SELECT (generated_output #- '{scenes,0,imageUrls}')::text = "
+            "(%s::jsonb #- '{scenes,0,imageUrls}')::text FROM projects WHERE id = 'exact'",
+            (original,),
+        ).fetchone()[0]
+    assert same
+    assert len(rows.urls("exact")[1]) == 1

@@ -7,9 +7,10 @@ scene's list if it is not there yet"; every other key, anywhere, is left exactly
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import simplejson
 
 from .errors import MalformedDocument
 
@@ -81,14 +82,15 @@ def decode(raw: str | None, *, project: str = "?") -> Document:
     if raw is None:
         raise MalformedDocument(f"project {project}: document is null")
     try:
-        value = json.loads(raw)
+        # Decimals, not floats: the app's 6.50 must be written back as 6.50, not 6.5.
+        value = simplejson.loads(raw, use_decimal=True)
     except ValueError as exc:
         raise MalformedDocument(f"project {project}: document is not JSON ({exc})") from None
     double = False
     if isinstance(value, str):
         double = True
         try:
-            value = json.loads(value)
+            value = simplejson.loads(value, use_decimal=True)
         except ValueError as exc:
             raise MalformedDocument(
                 f"project {project}: document is a string that is not JSON ({exc})"
@@ -100,8 +102,10 @@ def decode(raw: str | None, *, project: str = "?") -> Document:
 
 
 def encode(document: Document) -> str:
-    text = json.dumps(document.data, ensure_ascii=False, separators=(",", ":"))
-    return json.dumps(text, ensure_ascii=False) if document.double_encoded else text
+    text = simplejson.dumps(
+        document.data, use_decimal=True, ensure_ascii=False, separators=(",", ":")
+    )
+    return simplejson.dumps(text, ensure_ascii=False) if document.double_encoded else text
 
 
 def scenes(document: Document, shape: Shape, *, project: str = "?") -> list[Scene]:
