@@ -9,12 +9,18 @@ $(BIN)/imgsave: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench pgbouncer
 demo: $(BIN)/imgsave
 	$(BIN)/imgsave demo
 
-test: $(BIN)/imgsave lint
+test: $(BIN)/imgsave lint pgbouncer
 	$(BIN)/python -m pytest
+
+# The tests prove imgsave works behind a transaction-mode pooler (Supabase's port 6543) with a
+# real PgBouncer; Debian's package, installed when missing (needs root, as on CI).
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; }
 
 lint: $(BIN)/imgsave
 	$(BIN)/ruff check src tests scripts

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from imgsave.config import DatabaseSettings, ProviderSettings, Settings
 from imgsave.incident import incident_document
@@ -70,6 +73,61 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture
+def pooler_url(server_url: str, db_url: str) -> Iterator[str]:
+    """The test database behind PgBouncer in transaction mode, as Supabase's port 6543 is: each
+    transaction may run on a different server connection, and prepared statements break."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    params = conninfo_to_dict(server_url)
+    # Its own folder: PgBouncer runs as another user, who cannot enter pytest's tmp_path.
+    home = Path(tempfile.mkdtemp(prefix="imgsave-pgbouncer-"))
+    os.chmod(home, 0o755)
+    port = _free_port()
+    (home / "users.txt").write_text('"postgres" ""\n')
+    (home / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={params.get('host') or '127.0.0.1'} port={params.get('port') or 5432}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {home / 'users.txt'}\n"
+        "pool_mode = transaction\ndefault_pool_size = 4\nmax_client_conn = 200\n"
+        "ignore_startup_parameters = extra_float_digits,options\n"
+    )
+    for child in home.iterdir():
+        os.chmod(child, 0o644)
+    # PgBouncer refuses to run as root; -u drops to another user after start: one who may
+    # reach the server (a Unix socket's directory is its owner's alone, as embedded's is).
+    host = str(params.get("host") or "")
+    owner = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "nobody"
+    user = ["-u", owner] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(
+        [binary, *user, str(home / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = make_conninfo(db_url, host="127.0.0.1", port=str(port), user="postgres")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=1).close()
+            break
+        except psycopg.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"pgbouncer did not start: {proc.stderr.read()!r}") from None
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -81,3 +81,22 @@ async def test_generate_500_images_at_concurrency_64_all_saved_once(
     )
     assert events["image.generated"] == events["image.saved"] == 500
     assert events["run.started"] == events["run.finished"] == 1
+
+
+def test_generate_audit_and_repair_work_through_a_transaction_mode_pooler(
+    cli, api, rows, incident_project, pooler_url, log_dir
+):
+    env = {"IMGSAVE_DATABASE_URL": pooler_url, "IMGSAVE_BASE_URL": api.base_url}
+    ran = cli("generate", "p1", "-k", "10", "-c", "32", "--json", env=env)
+    assert ran.code == 0, ran.stderr
+    assert ran.json()["saved"] == 200
+    assert sum(stored(rows, "p1").values()) == 200
+    # Take some images away, as a clobbering writer would, and let repair put them back.
+    doc = rows.doc("p1")
+    for scene in doc["scenes"][:5]:
+        scene["imageUrls"] = []
+    rows.put("p1", doc)
+    fixed = cli("repair", "--execute", "--json", env=env)
+    assert fixed.code == 0, fixed.stderr
+    assert fixed.json()["repaired"] == 50
+    assert cli("audit", "--json", env=env).json()["summary"]["present"] == 200
