@@ -380,8 +380,8 @@ def test_quiet_repair_prints_nothing_when_all_is_well(cli, rows, log_dir):
 
 async def test_audit_gives_the_same_answer_however_many_partitions(settings, incident, monkeypatch):
     from imgsave import ledger
+    from imgsave.audit import run_audit
     from imgsave.logread import LogQuery
-    from imgsave.reconcile import run_audit
 
     app_log, truth = incident
     query = LogQuery(paths=(str(app_log),), pattern=APP_LOG_PATTERN)

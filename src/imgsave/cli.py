@@ -151,7 +151,7 @@ def audit(
     """Find the images that were generated but are not in their scene."""
 
     async def work(settings: Any) -> Any:
-        from .reconcile import run_audit
+        from .audit import run_audit
 
         query = _log_query(projects, log, pattern, project, since, run_gap, settings.allow_http)
         return await run_audit(settings, query, check_urls=check_urls)
@@ -195,7 +195,7 @@ def repair(
     async def work(settings: Any) -> Any:
         from .errors import UsageError
         from .output import ProgressReporter
-        from .reconcile import run_repair
+        from .repair import run_repair
 
         if dry_run and execute:
             raise UsageError("--dry-run and --execute exclude each other")

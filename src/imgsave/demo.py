@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.table import Table
 
 from . import embedded
+from .audit import audit
 from .config import Settings
 from .db import Database
 from .document import decode, encode, scenes
@@ -26,7 +27,7 @@ from .logread import LogQuery
 from .loopback import LoopbackProvider
 from .output import stdout_console
 from .provider import Provider
-from .reconcile import audit, restore
+from .repair import restore
 
 SCENES = 20
 IMAGES_PER_SCENE = 2

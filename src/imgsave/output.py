@@ -79,9 +79,10 @@ class ProgressReporter:
 
 def render(result: Any) -> None:
     """The human summary of a command's result, on stdout."""
+    from .audit import AuditReport
     from .demo import DemoResult
     from .generate import GenerateResult
-    from .reconcile import AuditReport, RepairResult
+    from .repair import RepairResult
 
     console = stdout_console()
     if isinstance(result, GenerateResult):
