@@ -104,3 +104,19 @@ def test_url_rule(url, allow_http, problem):
         assert found is None
     else:
         assert found is not None and problem in found
+
+
+def test_times_and_durations():
+    from datetime import UTC, datetime, timedelta
+
+    from imgsave.logread import parse_duration, parse_time
+
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert parse_time("2h", now=now) == now - timedelta(hours=2)
+    assert parse_time("7d", now=now) == now - timedelta(days=7)
+    assert parse_time("2026-11-25T10:00:00Z") == datetime(2026, 11, 25, 10, tzinfo=UTC)
+    assert parse_time("2026-11-25 10:00") == datetime(2026, 11, 25, 10, tzinfo=UTC)
+    assert parse_time("1764064800") == datetime(2025, 11, 25, 10, tzinfo=UTC)
+    assert parse_duration("45m", "--run-gap") == timedelta(minutes=45)
+    with pytest.raises(UsageError, match="--run-gap '3 parsecs'"):
+        parse_duration("3 parsecs", "--run-gap")

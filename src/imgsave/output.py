@@ -171,6 +171,10 @@ def _report_problems(report: Any, extra: list[str] | tuple[str, ...] = ()) -> No
     for message in [*report.errors, *extra]:
         error(message)
     stats = report.stats
+    if stats.files == 0:
+        stderr_console().print(
+            "[yellow]warning:[/] no log files were read (give --log, or check IMGSAVE_LOG_DIR)"
+        )
     for where in stats.truncated_files:
         stderr_console().print(f"[yellow]warning:[/] {escape(where)}: last line cut short")
 
