@@ -8,6 +8,7 @@ locks), so the same code works through Supabase's transaction pooler.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ TRANSIENT = (
 )
 
 _CASTS = {"jsonb": sql.SQL("jsonb"), "json": sql.SQL("json")}
+
+# The pool logs every discarded or failed connection as a multi-line warning on stderr; the
+# retries below handle those, and what still fails is reported once, as one line.
+logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 ChangeFn = Callable[[str | None], tuple[str | None, T]]
 
