@@ -253,3 +253,23 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path):
         return Ran(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """Start the installed `imgsave` in the background, for tests that signal or race it."""
+    return subprocess.Popen(
+        [*imgsave_command(), *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)

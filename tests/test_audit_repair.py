@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import os
-import subprocess
 import time
 from dataclasses import replace
 
@@ -20,7 +18,7 @@ from imgsave.incident import APP_LOG_PATTERN, incident_document, naive_generate,
 from imgsave.loopback import LoopbackProvider
 from imgsave.provider import Provider
 
-from .conftest import imgsave_command
+from .conftest import spawn
 
 SHAPE = Shape()
 
@@ -291,18 +289,11 @@ def test_a_second_repair_exits_4_while_one_is_running(cli, rows, log_dir, db_url
     (log_dir / "r.jsonl").write_text(
         own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, "https://img.test/x") + "\n"
     )
-    env = dict(os.environ, IMGSAVE_DATABASE_URL=db_url, IMGSAVE_LOG_DIR=str(log_dir))
+    env = {"IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_LOG_DIR": str(log_dir)}
     (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 0.5\nmax_attempts = 40\n")
     with psycopg.connect(db_url) as holder:
         holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
-        first = subprocess.Popen(
-            [*imgsave_command(), "repair", "--execute", "--json"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        first = spawn(["repair", "--execute", "--json"], env, tmp_path)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             waiting = holder.execute(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -18,7 +16,7 @@ from imgsave import generate as gen
 from imgsave.config import ProviderSettings
 from imgsave.loopback import LoopbackProvider, mixed_faults
 
-from .conftest import imgsave_command
+from .conftest import spawn, wait_for
 
 
 def logged(log_dir: Path, event: str) -> list[str]:
@@ -32,25 +30,6 @@ def logged(log_dir: Path, event: str) -> list[str]:
 
 def stored(rows, project: str = "p1") -> Counter:
     return Counter(u for urls in rows.urls(project).values() for u in urls)
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
-def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*imgsave_command(), *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 async def test_mixed_provider_faults_every_image_saved_once(settings, rows, incident_project):

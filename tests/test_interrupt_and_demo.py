@@ -10,7 +10,7 @@ import time
 
 from imgsave.loopback import LoopbackProvider
 
-from .conftest import imgsave_command
+from .conftest import imgsave_command, spawn
 
 
 def test_sigint_stops_new_requests_saves_what_returned_and_exits_130(
@@ -18,19 +18,11 @@ def test_sigint_stops_new_requests_saves_what_returned_and_exits_130(
 ):
     with LoopbackProvider(latency=0.5) as api:
         env = {
-            **os.environ,
             "IMGSAVE_DATABASE_URL": db_url,
             "IMGSAVE_LOG_DIR": str(log_dir),
             "IMGSAVE_BASE_URL": api.base_url,
         }
-        proc = subprocess.Popen(
-            [*imgsave_command(), "generate", "p1", "-k", "3", "-c", "4", "--json"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = spawn(["generate", "p1", "-k", "3", "-c", "4", "--json"], env, tmp_path)
         deadline = time.monotonic() + 30
         while api.requests < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
