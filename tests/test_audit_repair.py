@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import time
 from dataclasses import replace
 
 import psycopg
@@ -18,7 +17,7 @@ from imgsave.incident import APP_LOG_PATTERN, incident_document, naive_generate,
 from imgsave.loopback import LoopbackProvider
 from imgsave.provider import Provider
 
-from .conftest import spawn
+from .conftest import spawn, wait_for
 
 SHAPE = Shape()
 
@@ -290,19 +289,21 @@ def test_a_second_repair_exits_4_while_one_is_running(cli, rows, log_dir, db_url
         own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, "https://img.test/x") + "\n"
     )
     env = {"IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_LOG_DIR": str(log_dir)}
-    (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 0.5\nmax_attempts = 40\n")
-    with psycopg.connect(db_url) as holder:
+    (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 30\n")
+    with psycopg.connect(db_url) as holder, psycopg.connect(db_url, autocommit=True) as watch:
         holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
         first = spawn(["repair", "--execute", "--json"], env, tmp_path)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            waiting = holder.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
-                "AND wait_event_type = 'Lock'"
-            ).fetchone()[0]
-            if waiting:
-                break
-            time.sleep(0.05)
+
+        def first_is_waiting_for_the_row() -> bool:
+            return (
+                watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()[0]
+                > 0
+            )
+
+        wait_for(first_is_waiting_for_the_row)
         second = cli("repair", "--execute", "--json")
         assert second.code == 4, second.stderr
         assert "another imgsave repair is running" in second.stderr
