@@ -234,3 +234,16 @@ def test_the_apps_keys_and_numbers_are_preserved_exactly_in_jsonb(cli, api, db_u
         ).fetchone()[0]
     assert same
     assert len(rows.urls("exact")[1]) == 1
+
+
+def test_integer_keys(cli, api, db_url, tmp_path):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE films (id bigint PRIMARY KEY, generated_output jsonb)")
+        conn.execute("INSERT INTO films VALUES (42, %s)", (json.dumps(incident_document(2)),))
+    (tmp_path / "films.toml").write_text('[names]\ntable = "films"\n')
+    ran = cli("generate", "42", "--config", "films.toml", "--json", env=provider_env(api))
+    assert (ran.code, ran.json()["saved"]) == (0, 2), ran.stderr
+    missing = cli("generate", "forty-two", "--config", "films.toml", env=provider_env(api))
+    assert missing.code == 3 and "project forty-two not found" in missing.stderr
+    audit = cli("audit", "--config", "films.toml", "--json")
+    assert audit.code == 0 and audit.json()["summary"]["present"] == 2

@@ -63,7 +63,7 @@ class _Statements:
     select_many: sql.Composed
     update: sql.Composed
     upsert: sql.Composed
-    key_is_uuid: bool
+    key_type: str
 
 
 class Database:
@@ -133,12 +133,15 @@ class Database:
 
     def _key(self, project: str) -> str | None:
         """The project key as the database spells it, or None if it can name no row."""
-        if not self._sql.key_is_uuid:
-            return project
-        try:
-            return str(uuid.UUID(project))
-        except ValueError:
-            return None
+        if self._sql.key_type == "uuid":
+            try:
+                return str(uuid.UUID(project))
+            except ValueError:
+                return None
+        if self._sql.key_type in ("int2", "int4", "int8"):
+            digits = project.strip()
+            return str(int(digits)) if digits.lstrip("-").isdigit() else None
+        return project
 
     async def read(self, project: str) -> str | None:
         """The stored text of one project's document, read without a lock."""
@@ -277,7 +280,7 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
             "INSERT INTO {t} ({k}, {d}) VALUES (%s, {v}) ON CONFLICT ({k}) DO UPDATE SET {d} = "
             "excluded.{d}{touch}"
         ).format(**fmt),
-        key_is_uuid=key_type == "uuid",
+        key_type=key_type,
     )
 
 
