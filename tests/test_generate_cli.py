@@ -247,3 +247,13 @@ def test_integer_keys(cli, api, db_url, tmp_path):
     assert missing.code == 3 and "project forty-two not found" in missing.stderr
     audit = cli("audit", "--config", "films.toml", "--json")
     assert audit.code == 0 and audit.json()["summary"]["present"] == 2
+
+
+def test_version_and_help(cli):
+    from imgsave import __version__
+
+    ran = cli("--version")
+    assert (ran.code, ran.stdout, ran.stderr) == (0, f"imgsave {__version__}\n", "")
+    helped = cli("--help")
+    assert helped.code == 0
+    assert all(command in helped.stdout for command in ("generate", "audit", "repair", "demo"))

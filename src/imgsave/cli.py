@@ -26,6 +26,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"imgsave {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none."""
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", help="Settings file (default: ./imgsave.toml when present)."),
