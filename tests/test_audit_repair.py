@@ -12,7 +12,7 @@ import pytest
 
 from imgsave import generate as gen
 from imgsave.connect import open_database
-from imgsave.document import SceneRef, Shape
+from imgsave.document import SceneRef, Shape, append_urls, decode, encode
 from imgsave.incident import APP_LOG_PATTERN, incident_document, naive_generate, naive_save
 from imgsave.loopback import LoopbackProvider
 from imgsave.provider import Provider
@@ -325,20 +325,25 @@ async def test_generate_while_the_naive_writer_clobbers_then_repair_loses_nothin
         settings = replace(settings, base_url=api.base_url)
         provider = Provider(api.base_url, None, None, settings.provider)
         async with await open_database(settings, max_size=8) as db:
-
-            async def clobber() -> None:
-                await asyncio.sleep(0.1)  # after generate has planned: its scenes start empty
-                for n in range(120):
-                    ref = SceneRef(n % 20 + 1)
-                    await naive_save(db, "p1", SHAPE, ref, f"https://other.test/{n}", think=0.005)
-
-            result, _ = await asyncio.gather(
-                gen.run(settings, "p1", images_per_scene=3, concurrency=16), clobber()
-            )
+            # One request of the web route fetched the document before imgsave began...
+            stale = await db.read("p1")
+            run = asyncio.create_task(gen.run(settings, "p1", images_per_scene=3, concurrency=16))
+            # (imgsave has planned, its scenes empty, once the provider, a thread, answered)
+            while api.requests == 0:  # noqa: ASYNC110 - a counter of another thread
+                await asyncio.sleep(0.005)
+            n = 0
+            while not run.done():  # ...others fetch-modify-write while imgsave saves...
+                n += 1
+                ref = SceneRef(n % 20 + 1)
+                await naive_save(db, "p1", SHAPE, ref, f"https://other.test/{n}", think=0.005)
+            result = await run
+            # ...and the first one writes its stale copy back after imgsave finished.
+            late = append_urls(decode(stale), SHAPE, [(SceneRef(1), "https://other.test/late")])
+            await db.overwrite_unlocked("p1", encode(late.document))
         await provider.aclose()
     assert result.saved == result.requested == 60
     before = cli("audit", "--json").json()
-    assert before["summary"]["lost"] > 0, "the clobbering writer should have erased some"
+    assert before["summary"]["lost"] == 60, "the stale write erased every imgsave URL"
     fixed = cli("repair", "--execute", "--json")
     assert fixed.code == 0 and fixed.json()["remaining"] == 0
     after = cli("audit", "--json")
