@@ -104,8 +104,9 @@ async def test_incident_audit_finds_exactly_the_lost_and_repair_restores_them(cl
     assert rows.text("p1") == text_before
 
 
-def test_older_runs_are_stale_and_never_restored(cli, rows, log_dir):
-    rows.put("p1", incident_document(3))
+def test_an_app_regeneration_makes_older_runs_stale_and_they_are_never_restored(
+    cli, rows, log_dir, tmp_path
+):
     doc = incident_document(3)
     doc["scenes"][2]["imageUrls"] = ["https://img.test/new-1"]
     rows.put("p1", doc)
@@ -120,33 +121,25 @@ def test_older_runs_are_stale_and_never_restored(cli, rows, log_dir):
         )
         + "\n"
     )
-    (log_dir / "b.jsonl").write_text(
-        "\n".join(
-            [
-                own_line("run-b", "2026-11-21T09:00:00.000Z", "p1", 3, "https://img.test/new-1"),
-                own_line("run-b", "2026-11-21T09:00:00.500Z", "p1", 3, "https://img.test/new-2"),
-                own_line(
-                    "run-b",
-                    "2026-11-21T09:00:00.500Z",
-                    "p1",
-                    3,
-                    "https://img.test/new-2",
-                    event="image.saved",
-                ),
-            ]
-        )
-        + "\n"
+    # Two hours later the user regenerated scene 3 in the app; its console log says so.
+    app_log = tmp_path / "app.log"
+    app_log.write_text(
+        "2026-11-20T12:00:00Z [p1] [Scene 3] Saved image to database: https://img.test/new-1\n"
+        "2026-11-20T12:00:01Z [p1] [Scene 3] Saved image to database: https://img.test/new-2\n"
     )
-    audit = cli("audit", "--json").json()
-    assert urls_of(audit["lost"]) == {"https://img.test/new-2", "https://img.test/two-1"}
-    assert urls_of(audit["stale"]) == {"https://img.test/old-1", "https://img.test/old-2"}
-    assert audit["summary"]["present"] == 1
-    repaired = cli("repair", "--execute", "--json")
+    both = ["--log", str(log_dir), "--log", str(app_log), "--pattern", APP_LOG_PATTERN]
+    # One --pattern applies to every --log; imgsave's own lines are read as its own format.
+    audit = cli("audit", *both, "--json")
+    assert audit.code == 1, audit.stderr
+    report = audit.json()
+    assert urls_of(report["lost"]) == {"https://img.test/new-2", "https://img.test/two-1"}
+    assert urls_of(report["stale"]) == {"https://img.test/old-1", "https://img.test/old-2"}
+    assert report["summary"]["present"] == 1
+    repaired = cli("repair", *both, "--execute", "--json")
     assert repaired.json()["repaired"] == 2
     assert rows.urls("p1")[3] == ["https://img.test/new-1", "https://img.test/new-2"]
     assert rows.urls("p1")[2] == ["https://img.test/two-1"]
-    # The repair's own image.repaired events do not make it the scene's newest run.
-    audit = cli("audit", "--json")
+    audit = cli("audit", *both, "--json")
     assert audit.code == 0
     assert urls_of(audit.json()["stale"]) == {"https://img.test/old-1", "https://img.test/old-2"}
 

@@ -1,22 +1,23 @@
 """`imgsave audit`: diff what the logs say was generated against what the documents hold.
 
-For each (project, scene) the logged URLs are grouped into runs; the newest run is what the
-scene should hold. Absent URLs of the newest run are lost, absent URLs of older runs are stale
-(the user regenerated), URLs of projects or scenes that no longer exist are orphaned.
+For each (project, scene) the ledger says which logged URLs the scene should still hold (see
+`ledger.history`). Absent ones are lost; absent superseded ones are stale (the scene was
+deliberately regenerated); URLs of projects or scenes that no longer exist are orphaned.
+A source that yields nothing usable is an error, never a clean bill of health.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import Settings
 from .connect import open_database
 from .db import Database
 from .document import SceneRef, Shape, decode, find, scenes
-from .errors import EXIT_FINDINGS, EXIT_OK, ImgsaveError
+from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, CannotWork, ImgsaveError, UsageError
 from .ledger import SceneHistory, build, load, partition_count, spilled
-from .logread import LogQuery, ReadStats, expand_paths, read_sightings
+from .logread import LogQuery, ReadStats, Sighting, expand_paths, read_sightings
 
 BATCH = 500
 
@@ -46,13 +47,17 @@ class AuditReport:
     expired: list[Finding] = field(default_factory=list)
     present: int = 0
     unchecked: int = 0
+    # Projects that could not be audited (not found when named, unreadable document): each is
+    # that project's error; every other project is still audited.
     errors: list[str] = field(default_factory=list)
     # Scenes that hold no image and were never logged: candidates for --regenerate.
     empty_scenes: list[tuple[str, SceneRef]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FINDINGS if self.lost or self.expired or self.errors else EXIT_OK
+        if self.errors:
+            return EXIT_CANNOT_WORK
+        return EXIT_FINDINGS if self.lost or self.expired else EXIT_OK
 
     def summary(self) -> dict:
         return {
@@ -88,15 +93,20 @@ async def audit(
     report = AuditReport(stats)
     files = expand_paths(query.paths, log_dir)
     gap = query.run_gap.total_seconds()
+    named = {db.normalise_key(p) or p: p for p in query.only_projects}
+    query = replace(query, only_projects=frozenset(named))
     seen: set[str] = set()
-    with spilled(read_sightings(files, query, stats), partition_count(files)) as parts:
+    found = 0
+    sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
+    with spilled(sightings, partition_count(files)) as parts:
         for part in parts:
             logged = build(load(part), gap)
             seen.update(logged)
-            await _classify_all(db, logged, shape, report)
+            found += await _classify_all(db, logged, shape, report)
+    _check_sources(query, stats, logged_projects=len(seen), found=found)
     # Projects named on the command line that no log mentions are still looked at: they may
     # not exist, or hold empty scenes for --regenerate.
-    unseen = {project: {} for project in query.only_projects - seen}
+    unseen: dict[str, dict[SceneRef, SceneHistory]] = {p: {} for p in set(named) - seen}
     await _classify_all(db, unseen, shape, report)
     if check_urls and report.lost:
         from .urlcheck import check_urls as check
@@ -114,18 +124,50 @@ async def audit(
     return report
 
 
+def _normalised(sighting: Sighting, db: Database) -> Sighting:
+    """The project key spelled as the key column spells it (a uuid's case, an int's zeros)."""
+    key = db.normalise_key(sighting.project)
+    return sighting if key is None or key == sighting.project else sighting._replace(project=key)
+
+
+def _check_sources(query: LogQuery, stats: ReadStats, *, logged_projects: int, found: int) -> None:
+    """Refuse answers that say nothing: they would read as "nothing lost"."""
+    if query.pattern and stats.lines and not stats.matched:
+        raise UsageError(
+            f"--pattern matched none of the {stats.lines} lines read from {stats.files} "
+            "file(s): check the pattern against a line of the log (see --help)"
+        )
+    if query.since is not None and stats.untimed:
+        raise UsageError(
+            f"--since cannot be applied: {stats.untimed} matching lines carry no time imgsave "
+            "can read (give --pattern a (?P<ts>...) group with an ISO 8601 or epoch time)"
+        )
+    if logged_projects and not found:
+        raise CannotWork(
+            f"none of the {logged_projects} projects the logs name exists in this database "
+            "(wrong database, table or key column?)"
+        )
+
+
 async def _classify_all(
     db: Database,
     logged: dict[str, dict[SceneRef, SceneHistory]],
     shape: Shape,
     report: AuditReport,
-) -> None:
+) -> int:
+    """Classify every logged URL of these projects; returns how many of them exist."""
     projects = sorted(logged)
+    found = 0
     for start in range(0, len(projects), BATCH):
         batch = projects[start : start + BATCH]
-        documents = await db.read_many(batch)
+        documents, failures = await db.read_many(batch)
+        found += len(documents)
+        for message in failures.values():
+            report.errors.append(f"{message} (not audited)")
         for project in batch:
-            _classify(project, documents, logged[project], shape, report)
+            if project not in failures:
+                _classify(project, documents, logged[project], shape, report)
+    return found
 
 
 def _classify(
@@ -154,10 +196,10 @@ def _classify(
             continue
         seen.add(scene.position)
         held = set(scene.urls)
-        for url, run in scene_log.urls.items():
+        for url, current in scene_log.urls.items():
             if url in held:
                 report.present += 1
-            elif run == scene_log.newest:
+            elif current:
                 report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
             else:
                 report.stale.append(Finding(project, scene.ref.index, scene.ref.id, url))

@@ -26,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__
@@ -274,8 +275,14 @@ def _execute(
             secrets,
             as_json,
         )
+    # Paid images the log could not record go to stderr whatever the output mode (and -q):
+    # this is the only place they are written down.
+    from .output import unlogged_lines
+
     if getattr(result, "fatal", None):
         error(redact(result.fatal, secrets))
+    for line in unlogged_lines(getattr(getattr(result, "tally", None), "unlogged", [])):
+        error(line)
     if as_json:
         print_json(result.to_json(), secrets)
     elif not (quiet and result.exit_code == 0):

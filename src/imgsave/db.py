@@ -9,6 +9,7 @@ locks), so the same code works through Supabase's transaction pooler.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from tenacity import (
 )
 
 from .config import DatabaseSettings, Names, mask_url, redact, url_secrets
-from .errors import CannotWork, DatabaseUnavailable, ProjectNotFound
+from .errors import CannotWork, DatabaseUnavailable, MalformedDocument, ProjectNotFound
 
 T = TypeVar("T")
 
@@ -131,8 +132,14 @@ class Database:
             reraise=True,
         )
 
-    def _key(self, project: str) -> str | None:
-        """The project key as the database spells it, or None if it can name no row."""
+    def normalise_key(self, project: str) -> str | None:
+        """The project key as the key column's type spells it, or None if it can name no row.
+
+        A uuid in upper case and in lower case is one project; so are 007 and 7 in an integer
+        column. Text no PostgreSQL value can hold (NUL, lone surrogates) names no row.
+        """
+        if "\x00" in project or not _encodable(project):
+            return None
         if self._sql.key_type == "uuid":
             try:
                 return str(uuid.UUID(project))
@@ -140,34 +147,64 @@ class Database:
                 return None
         if self._sql.key_type in ("int2", "int4", "int8"):
             digits = project.strip()
-            return str(int(digits)) if digits.lstrip("-").isdigit() else None
+            if not re.fullmatch(r"-?[0-9]{1,19}", digits):
+                return None
+            return str(int(digits))
         return project
 
     async def read(self, project: str) -> str | None:
         """The stored text of one project's document, read without a lock."""
-        key = self._key(project)
+        key = self.normalise_key(project)
         row = None
         if key is not None:
-            async for attempt in self._retrying():
-                with attempt:
-                    async with self._pool.connection() as conn:
-                        cur = await conn.execute(self._sql.select_one, (key,))
-                        row = await cur.fetchone()
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        async with self._pool.connection() as conn:
+                            cur = await conn.execute(self._sql.select_one, (key,))
+                            row = await cur.fetchone()
+            except psycopg.Error as exc:
+                raise CannotWork(f"project {project}: cannot read: {_one_line(exc)}") from None
         if row is None:
             raise ProjectNotFound(f"project {project} not found")
         return row[0]
 
-    async def read_many(self, projects: Sequence[str]) -> dict[str, str | None]:
-        """Documents of the projects that exist among `projects`, in one query."""
-        keys = {k: p for p in projects if (k := self._key(p)) is not None}
+    async def read_many(
+        self, projects: Sequence[str]
+    ) -> tuple[dict[str, str | None], dict[str, str]]:
+        """Documents of the projects that exist among `projects`, in one query; and, by
+        project, why one could not be read (the others are still read)."""
+        keys = {k: p for p in projects if (k := self.normalise_key(p)) is not None}
         if not keys:
-            return {}
-        async for attempt in self._retrying():
-            with attempt:
-                async with self._pool.connection() as conn:
-                    cur = await conn.execute(self._sql.select_many, (list(keys),))
-                    rows = await cur.fetchall()
-        return {keys[key]: text for key, text in rows}
+            return {}, {}
+        try:
+            rows = await self._fetch_many(list(keys))
+        except CannotWork:
+            if len(keys) == 1:
+                raise
+            # One bad row must not hide every other project's losses: read them one by one.
+            documents: dict[str, str | None] = {}
+            failures: dict[str, str] = {}
+            for key, project in keys.items():
+                try:
+                    found = await self._fetch_many([key])
+                except CannotWork as exc:
+                    failures[project] = f"project {project}: {exc}"
+                    continue
+                documents.update((keys[k], text) for k, text in found)
+            return documents, failures
+        return {keys[key]: text for key, text in rows}, {}
+
+    async def _fetch_many(self, keys: list[str]) -> list[tuple[str, str | None]]:
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    async with self._pool.connection() as conn:
+                        cur = await conn.execute(self._sql.select_many, (keys,))
+                        return await cur.fetchall()
+        except psycopg.Error as exc:
+            raise CannotWork(f"cannot read from the database: {_one_line(exc)}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def locked_update(self, project: str, change: ChangeFn[T]) -> T:
         """Run `change` on the row's document under `SELECT ... FOR UPDATE`; write what it returns.
@@ -176,7 +213,7 @@ class Database:
         It is pure and may run more than once: the transaction is retried on lock timeouts,
         serialization failures, deadlocks and lost connections, with backoff.
         """
-        key = self._key(project)
+        key = self.normalise_key(project)
         if key is None:
             raise ProjectNotFound(f"project {project} not found")
         timeouts = (_ms(self._settings.lock_timeout), _ms(self._settings.statement_timeout))
@@ -197,6 +234,13 @@ class Database:
                 f"project {project}: could not save after {self._settings.max_attempts} "
                 f"attempts: {_one_line(exc)}"
             ) from None
+        except UnicodeEncodeError:
+            raise MalformedDocument(
+                f"project {project}: the document holds text PostgreSQL cannot store "
+                "(a lone surrogate); not written"
+            ) from None
+        except psycopg.Error as exc:
+            raise CannotWork(f"project {project}: could not save: {_one_line(exc)}") from None
         return result
 
     async def put(self, project: str, text: str | None) -> None:
@@ -207,7 +251,15 @@ class Database:
     async def overwrite_unlocked(self, project: str, text: str) -> None:
         """The incident's blind write: no lock, no check. Only the incident reproduction uses it."""
         async with self._pool.connection() as conn:
-            await conn.execute(self._sql.update, (text, self._key(project)))
+            await conn.execute(self._sql.update, (text, self.normalise_key(project)))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ms(seconds: float) -> str:

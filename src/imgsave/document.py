@@ -86,11 +86,15 @@ def decode(raw: str | None, *, project: str = "?") -> Document:
         value = simplejson.loads(raw, use_decimal=True)
     except ValueError as exc:
         raise MalformedDocument(f"project {project}: document is not JSON ({exc})") from None
+    except RecursionError:
+        raise MalformedDocument(f"project {project}: document is nested too deeply") from None
     double = False
     if isinstance(value, str):
         double = True
         try:
             value = simplejson.loads(value, use_decimal=True)
+        except RecursionError:
+            raise MalformedDocument(f"project {project}: document is nested too deeply") from None
         except ValueError as exc:
             raise MalformedDocument(
                 f"project {project}: document is a string that is not JSON ({exc})"
@@ -102,9 +106,12 @@ def decode(raw: str | None, *, project: str = "?") -> Document:
 
 
 def encode(document: Document) -> str:
-    text = simplejson.dumps(
-        document.data, use_decimal=True, ensure_ascii=False, separators=(",", ":")
-    )
+    try:
+        text = simplejson.dumps(
+            document.data, use_decimal=True, ensure_ascii=False, separators=(",", ":")
+        )
+    except RecursionError:
+        raise MalformedDocument("document is nested too deeply to write back") from None
     return simplejson.dumps(text, ensure_ascii=False) if document.double_encoded else text
 
 

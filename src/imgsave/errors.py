@@ -48,6 +48,14 @@ class ProviderRefused(CannotWork):
     """The image provider said no in a way retrying will not change (401, 403, 400...)."""
 
 
+class ProviderUnreachable(CannotWork):
+    """The image API could not be reached at all (connection refused, DNS, TLS) after retries."""
+
+
+class LogUnwritable(CannotWork):
+    """The generation log cannot be written (disk full, I/O error): stop spending money."""
+
+
 class LockHeld(ImgsaveError):
     """Another run already holds the host-wide lock."""
 

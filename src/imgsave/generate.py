@@ -1,98 +1,73 @@
 """`imgsave generate`: fill a project's scenes with images, with none lost.
 
-Provider calls run under a semaphore; each URL is logged durably, then handed to the project's
-saver, which commits whatever is ready together. No row lock is held during a network call.
+The plan (which scenes need how many images) is pure; the engine carries it out.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from .config import Settings
 from .connect import open_database
 from .db import Database
-from .document import Outcome, Scene, Shape, decode, scenes
-from .errors import (
-    EXIT_CANNOT_WORK,
-    EXIT_FINDINGS,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    ProviderRefused,
-    UsageError,
-)
-from .genlog import RunLog
+from .document import Scene, Shape, decode, scenes
+from .engine import Execution, Job, Plan, Reporter, Tally, finish_log
+from .errors import EXIT_FINDINGS, UsageError
+from .genlog import RunLog, new_run_id
 from .interrupt import StopSignal, sigint_stops
-from .provider import ImageFailed, Provider
-from .saver import ProjectSaver
-
-
-class Reporter(Protocol):
-    def start(self, total: int, description: str) -> None: ...
-    def advance(self, *, ok: bool) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def finish(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Job:
-    scene: Scene
-    count: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    jobs: tuple[Job, ...]
-    skipped_scenes: tuple[int, ...]
-    unprompted_scenes: tuple[int, ...]
-
-    @property
-    def requested(self) -> int:
-        return sum(job.count for job in self.jobs)
+from .provider import Provider
 
 
 @dataclass
 class GenerateResult:
     project: str
     run: str
-    requested: int = 0
-    saved: int = 0
-    failed: int = 0
+    tally: Tally = field(default_factory=Tally)
     skipped_scenes: list[int] = field(default_factory=list)
     unprompted_scenes: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    fatal: str | None = None
-    interrupted: bool = False
-    transactions: int = 0
-    log_path: str = ""
-    saved_by_scene: Counter[int] = field(default_factory=Counter)
+    log_path: str | None = None
+
+    # The engine's counts, under the names the JSON contract gives them.
+    @property
+    def requested(self) -> int:
+        return self.tally.requested
+
+    @property
+    def saved(self) -> int:
+        return self.tally.saved
+
+    @property
+    def failed(self) -> int:
+        return self.tally.failed
+
+    @property
+    def fatal(self) -> str | None:
+        return self.tally.fatal
 
     @property
     def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        if self.fatal:
-            return EXIT_CANNOT_WORK
-        if self.failed or self.unprompted_scenes or self.saved < self.requested:
-            return EXIT_FINDINGS
-        return EXIT_OK
+        code = self.tally.exit_code
+        return max(code, EXIT_FINDINGS) if self.unprompted_scenes and code == 0 else code
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
+        t = self.tally
         return {
             "project": self.project,
             "run": self.run,
-            "requested": self.requested,
-            "saved": self.saved,
-            "failed": self.failed,
+            "requested": t.requested,
+            "saved": t.saved,
+            "failed": t.failed,
+            "duplicates": t.duplicates,
             "skipped_scenes": self.skipped_scenes,
             "unprompted_scenes": self.unprompted_scenes,
-            "transactions": self.transactions,
-            "interrupted": self.interrupted,
-            "errors": self.errors,
+            "transactions": t.transactions,
+            "interrupted": t.interrupted,
+            "stopped": t.fatal or t.log_error,
+            "unlogged": t.unlogged,
+            "errors": t.errors,
             "log": self.log_path,
         }
 
@@ -202,139 +177,41 @@ async def generate(
         force=force,
         project=project,
     )
-    with RunLog(log_dir) as log:
+    result = GenerateResult(
+        project=project,
+        run=new_run_id(),
+        skipped_scenes=list(the_plan.skipped_scenes),
+        unprompted_scenes=list(the_plan.unprompted_scenes),
+    )
+    for index in the_plan.unprompted_scenes:
+        result.tally.errors.append(f"project {project}: scene {index} has no prompt; skipped")
+        if reporter:
+            reporter.warn(result.tally.errors[-1])
+    if not the_plan.jobs:  # nothing to spend, nothing to record
+        return result
+    with RunLog(log_dir, result.run) as log:
         log.write(
             "run.started",
             command="generate",
+            mode="append",
             project=project,
             requested=the_plan.requested,
             skipped_scenes=list(the_plan.skipped_scenes),
+            plan=the_plan.to_log(),
         )
-        result = await execute_plan(
-            db, provider, log, project, shape, the_plan, concurrency, stop, reporter
-        )
-        log.write(
-            "run.finished",
+        result.log_path = str(log.path)
+        errors = result.tally.errors
+        execution = Execution(
+            db=db,
+            provider=provider,
+            log=log,
             project=project,
-            requested=result.requested,
-            saved=result.saved,
-            failed=result.failed,
-            interrupted=result.interrupted,
+            shape=shape,
+            concurrency=concurrency,
+            stop=stop,
+            reporter=reporter,
         )
-        return result
-
-
-async def execute_plan(
-    db: Database,
-    provider: Provider,
-    log: RunLog,
-    project: str,
-    shape: Shape,
-    the_plan: Plan,
-    concurrency: int,
-    stop: StopSignal | None,
-    reporter: Reporter | None,
-) -> GenerateResult:
-    stop = stop or StopSignal()
-    result = GenerateResult(
-        project=project,
-        run=log.run_id,
-        requested=the_plan.requested,
-        skipped_scenes=list(the_plan.skipped_scenes),
-        unprompted_scenes=list(the_plan.unprompted_scenes),
-        log_path=str(log.path),
-    )
-    for index in the_plan.unprompted_scenes:
-        result.errors.append(f"project {project}: scene {index} has no prompt; skipped")
-        if reporter:
-            reporter.warn(result.errors[-1])
-    semaphore = asyncio.Semaphore(concurrency)
-    calls: set[asyncio.Task[str]] = set()
-
-    announced: set[str] = set()
-
-    def failed(scene: Scene, message: str, url: str | None = None) -> None:
-        result.failed += 1
-        text = f"project {project}: scene {scene.ref.index}: {message}"
-        result.errors.append(text)
-        log.write(
-            "image.failed",
-            project=project,
-            scene=scene.ref.index,
-            scene_id=scene.ref.id,
-            url=url,
-            error=message,
-        )
-        if reporter:
-            # One failing transaction fails every URL in it: say each distinct reason once.
-            if message not in announced:
-                announced.add(message)
-                reporter.warn(text)
-            reporter.advance(ok=False)
-
-    async def one(saver: ProjectSaver, scene: Scene) -> None:
-        assert scene.prompt is not None
-        async with semaphore:
-            if stop.requested:
-                return
-            call = asyncio.ensure_future(provider.generate(scene.prompt))
-            calls.add(call)
-            try:
-                url = await call
-            except asyncio.CancelledError:
-                if call.cancelled() and stop.hard.is_set():
-                    return
-                raise
-            except ImageFailed as exc:
-                failed(scene, str(exc))
-                return
-            except ProviderRefused as exc:
-                if result.fatal is None:
-                    result.fatal = str(exc)
-                stop.request()
-                return
-            finally:
-                calls.discard(call)
-        await log.record(
-            "image.generated",
-            project=project,
-            scene=scene.ref.index,
-            scene_id=scene.ref.id,
-            url=url,
-        )
-        try:
-            outcome = await saver.save(scene.ref, url)
-        except Exception as exc:
-            failed(scene, f"not saved, kept in the log for `imgsave repair`: {exc}", url)
-            return
-        if outcome is Outcome.NO_SCENE:
-            failed(scene, "the scene no longer exists; URL not saved", url)
-            return
-        result.saved += 1
-        result.saved_by_scene[scene.ref.index] += 1
-        log.write(
-            "image.saved", project=project, scene=scene.ref.index, scene_id=scene.ref.id, url=url
-        )
-        if reporter:
-            reporter.advance(ok=True)
-
-    async def abandon_calls_on_hard_stop() -> None:
-        await stop.hard.wait()
-        for call in list(calls):
-            call.cancel()
-
-    if reporter:
-        reporter.start(result.requested, f"project {project}")
-    watcher = asyncio.create_task(abandon_calls_on_hard_stop())
-    try:
-        async with ProjectSaver(db, project, shape) as saver:
-            await asyncio.gather(
-                *(one(saver, job.scene) for job in the_plan.jobs for _ in range(job.count))
-            )
-        result.transactions = saver.transactions
-    finally:
-        watcher.cancel()
-        if reporter:
-            reporter.finish()
-    result.interrupted = stop.requested and result.fatal is None
+        result.tally = await execution.run(the_plan)
+        result.tally.errors[:0] = errors
+        finish_log(log, result.tally, project=project)
     return result

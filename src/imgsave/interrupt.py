@@ -19,6 +19,10 @@ class StopSignal:
             self.hard.set()
         self.soft.set()
 
+    def halt(self) -> None:
+        """Stop new work only; never escalates to abandoning requests in flight."""
+        self.soft.set()
+
     @property
     def requested(self) -> bool:
         return self.soft.is_set()

@@ -82,8 +82,8 @@ def load(path: Path) -> Iterator[Sighting]:
 
 @dataclass(slots=True)
 class SceneHistory:
-    urls: dict[str, str]  # each logged URL -> the run of its latest sighting
-    newest: str  # the run the scene should hold
+    # Each logged URL -> whether the scene is still meant to hold it (False: superseded).
+    urls: dict[str, bool]
 
 
 def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[SceneRef, SceneHistory]]:
@@ -102,48 +102,60 @@ def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[Scene
 def _build(
     sightings: Iterable[Sighting], run_gap: float
 ) -> dict[str, dict[SceneRef, SceneHistory]]:
-    groups: dict[tuple[str, int, str | None], list[Sighting]] = defaultdict(list)
+    # One history per scene *index*: another system's log rarely names the scene's id, and its
+    # runs must still be able to supersede imgsave's lines for the same scene.
+    groups: dict[tuple[str, int], list[Sighting]] = defaultdict(list)
     for sighting in sightings:
-        groups[sighting[:3]].append(sighting)
+        groups[sighting[:2]].append(sighting)
     projects: dict[str, dict[SceneRef, SceneHistory]] = defaultdict(dict)
-    for (project, scene, scene_id), items in groups.items():
+    for (project, scene), items in groups.items():
+        ids = [(_ts(item), n, item.scene_id) for n, item in enumerate(items) if item.scene_id]
+        scene_id = max(ids)[2] if ids else None
         projects[project][SceneRef(scene, scene_id)] = history(items, run_gap)
     return projects
 
 
 def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
-    """One scene's runs and URLs. Lines without a run id are cut into runs per file: a gap of
-    more than `run_gap` seconds between consecutive lines (by time) starts a new run."""
+    """Which of one scene's logged URLs the scene should still hold.
+
+    Runs: a line's own run id, else runs are cut by time per scene across every file read (a
+    rotated log must not split one run in two): a gap of more than `run_gap` seconds between
+    consecutive lines starts a new run. A run that *replaced* the scene's images (another
+    system's run) supersedes every URL of the runs before it; runs that *add* (imgsave's own:
+    reruns, top-ups, --force, two at once) supersede nothing. A URL that an image of imgsave
+    explicitly `replaces` is superseded too.
+    """
+    replaced = {old for item in items for old in item.replaces}
     if len(items) == 1:  # most scenes of a big audit: skip the bookkeeping
-        item = items[0]
-        run = item.run if item.run is not None else f"{item.source}#0"
-        return SceneHistory({item.url: run}, run)
-    runs = [item.run for item in items]
-    unnamed: dict[int, list[int]] = defaultdict(list)
-    for position, item in enumerate(items):
-        if item.run is None:
-            unnamed[item.source].append(position)
-    for source, positions in unnamed.items():
-        positions.sort(key=lambda p: (_ts(items[p]), p))
-        number, last = 0, None
-        for p in positions:
-            ts = items[p].ts
-            if ts is not None and last is not None and ts - last > run_gap:
-                number += 1
-            last = ts if ts is not None else last
-            runs[p] = f"{source}#{number}"
-    recency: dict[str, tuple[float, int]] = {}
-    urls: dict[str, str] = {}
-    latest: dict[str, tuple[float, int]] = {}
+        return SceneHistory({items[0].url: items[0].url not in replaced})
+    runs: list[tuple[bool, str]] = [(item.replacing, item.run or "") for item in items]
+    unnamed = sorted(
+        (p for p, item in enumerate(items) if item.run is None),
+        key=lambda p: (_ts(items[p]), p),
+    )
+    number, last = 0, None
+    for p in unnamed:
+        ts = items[p].ts
+        if ts is not None and last is not None and ts - last > run_gap:
+            number += 1
+        last = ts if ts is not None else last
+        runs[p] = (items[p].replacing, f"#{number}")
+    recency: dict[tuple[bool, str], tuple[float, int]] = {}
+    latest: dict[str, tuple[tuple[float, int], tuple[bool, str]]] = {}
     for position, (item, run) in enumerate(zip(items, runs, strict=True)):
         ts = _ts(item)
         last_ts, first = recency.get(run, (_NO_TS, position))
         recency[run] = (max(last_ts, ts), first)
-        if item.url not in latest or (ts, position) >= latest[item.url]:
-            latest[item.url] = (ts, position)
-            urls[item.url] = run
-    newest = max(recency, key=recency.__getitem__)
-    return SceneHistory(urls, newest)
+        if item.url not in latest or (ts, position) >= latest[item.url][0]:
+            latest[item.url] = ((ts, position), run)
+    replacing = [recency[run] for run in recency if run[0]]
+    cutoff = max(replacing) if replacing else None
+    return SceneHistory(
+        {
+            url: url not in replaced and (cutoff is None or recency[run] >= cutoff)
+            for url, (_, run) in latest.items()
+        }
+    )
 
 
 def _ts(item: Sighting) -> float:

@@ -7,6 +7,7 @@ rule are counted and reported, never fatal.
 
 from __future__ import annotations
 
+import enum
 import glob
 import gzip
 import json
@@ -36,11 +37,17 @@ OWN_EVENTS = frozenset(
 )
 
 
+OWN_PREFIX = '{"v"'
+
+
 class Sighting(NamedTuple):
     """One log line's claim: `url` was generated for this scene of this project.
 
-    `run` is the run id the line carries, or None (then runs are cut by time gaps within the
-    file `source`, the file's position in the read).
+    `run` is the run id the line carries, or None (then runs are cut by time gaps per scene,
+    across every file read). `replacing` says what a run of this source does to the scene:
+    imgsave's own runs only ever append (False); another system's later run is taken to have
+    replaced the scene's images (True). `replaces` names URLs this image explicitly stands in
+    for (imgsave's `repair --regenerate` of an expired link).
     """
 
     project: str
@@ -49,7 +56,8 @@ class Sighting(NamedTuple):
     url: str
     run: str | None
     ts: float | None
-    source: int
+    replacing: bool
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass
@@ -61,13 +69,18 @@ class ReadStats:
     garbage: int = 0
     undecodable: int = 0
     refused: int = 0
+    # Values no database key or document can hold: NUL, lone surrogates, absurd nesting.
+    invalid: int = 0
+    matched: int = 0
+    untimed: int = 0
     before_since: int = 0
     truncated_files: list[str] = field(default_factory=list)
     refused_examples: list[str] = field(default_factory=list)
+    invalid_examples: list[str] = field(default_factory=list)
 
     @property
     def lines_skipped(self) -> int:
-        return self.unmatched + self.garbage + self.undecodable + self.refused
+        return self.unmatched + self.garbage + self.undecodable + self.refused + self.invalid
 
     def to_json(self) -> dict:
         return {
@@ -77,9 +90,11 @@ class ReadStats:
             "garbage": self.garbage,
             "undecodable": self.undecodable,
             "refused": self.refused,
+            "invalid": self.invalid,
             "before_since": self.before_since,
             "truncated_files": self.truncated_files,
             "refused_examples": self.refused_examples,
+            "invalid_examples": self.invalid_examples,
         }
 
 
@@ -94,11 +109,23 @@ class LogQuery:
     only_projects: frozenset[str] = frozenset()
 
 
+PATTERN_GROUPS = ("url", "scene", "project", "ts", "run", "scene_id")
+
+
 def compile_pattern(pattern: str, project: str | None) -> re.Pattern[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise UsageError(f"--pattern is not a valid regular expression: {exc}") from None
+        hint = ""
+        if re.search(r"\(\?<[A-Za-z_]", pattern):
+            hint = " (Python spells a named group (?P<name>...), not (?<name>...))"
+        raise UsageError(f"--pattern is not a valid regular expression: {exc}{hint}") from None
+    unknown = sorted(set(regex.groupindex) - set(PATTERN_GROUPS))
+    if unknown:
+        raise UsageError(
+            f"--pattern has the group {unknown[0]!r}; the groups imgsave reads are "
+            + ", ".join(PATTERN_GROUPS)
+        )
     missing = {"url", "scene"} - set(regex.groupindex)
     if missing:
         raise UsageError(f"--pattern needs the named group(s) {', '.join(sorted(missing))}")
@@ -118,15 +145,23 @@ def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
         path = Path(spec).expanduser()
         if any(ch in spec for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-            found.extend(p for p in matches if p.is_file())
+            files = [p for p in matches if p.is_file() and not _ignored(p)]
+            if not files:
+                raise UsageError(f"--log {spec}: matches no file")
+            found.extend(files)
             continue
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p)))
         elif path.is_file():
             found.append(path)
         else:
             raise UsageError(f"--log {spec}: no such file or directory")
     return found
+
+
+def _ignored(path: Path) -> bool:
+    """imgsave's own non-log files in a log directory (the host lock)."""
+    return path.suffix == ".lock"
 
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -155,7 +190,7 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
     """Every usable claim in `files`, in file order; what is not usable is counted in `stats`."""
     regex = compile_pattern(query.pattern, query.project) if query.pattern else None
     since = query.since.timestamp() if query.since else None
-    for source, path in enumerate(files):
+    for path in files:
         stats.files += 1
         for number, (raw, complete) in enumerate(_lines(path, stats), start=1):
             stats.lines += 1
@@ -164,31 +199,48 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
             except UnicodeDecodeError:
                 stats.undecodable += 1
                 continue
-            parsed = _parse_pattern(line, regex, query) if regex else _parse_own(line)
+            # imgsave's own records describe themselves, so its log directory can be read
+            # alongside another system's log in one audit.
+            if regex is None or line.startswith(OWN_PREFIX):
+                parsed = _parse_own(line)
+            else:
+                parsed = _parse_pattern(line, regex, query, stats)
             if parsed is None and complete:
                 stats.unmatched += 1
                 continue
-            if parsed is None or parsed == "garbage":
+            if parsed is None or parsed is Verdict.GARBAGE:
                 if not complete:
                     stats.truncated_files.append(f"{path}:{number}")
                 stats.garbage += 1
                 continue
-            if parsed == "other":
+            if parsed is Verdict.OTHER:
                 continue
-            project, scene, scene_id, url, run, ts = parsed
-            if query.only_projects and project not in query.only_projects:
+            if isinstance(parsed, Invalid):
+                stats.invalid += 1
+                if len(stats.invalid_examples) < 5:
+                    stats.invalid_examples.append(f"{path}:{number}: {parsed.reason}")
                 continue
-            problem = url_problem(url, allow_http=query.allow_http)
+            if not complete:
+                # A last line cut short is never taken for a record, even when what is left of
+                # it happens to parse.
+                stats.truncated_files.append(f"{path}:{number}")
+                stats.garbage += 1
+                continue
+            if query.only_projects and parsed.project not in query.only_projects:
+                continue
+            problem = url_problem(parsed.url, allow_http=query.allow_http)
             if problem:
                 stats.refused += 1
                 if len(stats.refused_examples) < 5:
                     stats.refused_examples.append(f"{path}:{number}: {problem}")
                 continue
-            if since is not None and ts is not None and ts < since:
+            if parsed.ts is None:
+                stats.untimed += 1
+            elif since is not None and parsed.ts < since:
                 stats.before_since += 1
                 continue
             stats.sightings += 1
-            yield Sighting(project, scene, scene_id, url, run, ts, source)
+            yield parsed
 
 
 def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
@@ -204,22 +256,58 @@ def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
         stats.truncated_files.append(f"{path} ({exc})")
 
 
-_Parsed = tuple[str, int, str | None, str, str | None, float | None]
+class Verdict(enum.Enum):
+    GARBAGE = "garbage"  # not a record of any kind imgsave reads
+    OTHER = "other"  # a record, but not one that names a generated image
 
 
-def _parse_own(line: str) -> _Parsed | str | None:
+@dataclass(frozen=True)
+class Invalid:
+    """A line that parses but names something no database or document can hold."""
+
+    reason: str
+
+
+def _text_problem(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if "\x00" in value:
+        return f"{name} contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name} contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def _checked(sighting: Sighting) -> Sighting | Invalid:
+    for name in ("project", "scene_id", "url", "run"):
+        problem = _text_problem(name, getattr(sighting, name))
+        if problem:
+            return Invalid(problem)
+    for url in sighting.replaces:
+        problem = _text_problem("replaces", url)
+        if problem:
+            return Invalid(problem)
+    return sighting
+
+
+def _parse_own(line: str) -> Sighting | Verdict | Invalid:
     if not line.strip():
-        return "other"
+        return Verdict.OTHER
     try:
         record = json.loads(line)
     except ValueError:
-        return "garbage"
+        return Verdict.GARBAGE
+    except RecursionError:
+        return Invalid("JSON nested too deeply")
     if not isinstance(record, dict) or record.get("event") not in OWN_EVENTS:
-        return "garbage"
+        return Verdict.GARBAGE
     if record["event"] not in SIGHTING_EVENTS:
-        return "other"
+        return Verdict.OTHER
     project, scene, url = record.get("project"), record.get("scene"), record.get("url")
     scene_id, run = record.get("scene_id"), record.get("run")
+    replaces = record.get("replaces") or []
     if (
         not isinstance(project, str)
         or isinstance(scene, bool)
@@ -227,28 +315,38 @@ def _parse_own(line: str) -> _Parsed | str | None:
         or scene < 1
         or not isinstance(scene_id, str | None)
         or not isinstance(run, str | None)
+        or not isinstance(url, str)
+        or not isinstance(replaces, list)
+        or not all(isinstance(u, str) for u in replaces)
     ):
-        return "garbage"
+        return Verdict.GARBAGE
     ts = _parse_ts(record["ts"]) if isinstance(record.get("ts"), str) else None
-    return project, scene, scene_id, url, run, ts
+    return _checked(Sighting(project, scene, scene_id, url, run, ts, False, tuple(replaces)))
 
 
-def _parse_pattern(line: str, regex: re.Pattern[str], query: LogQuery) -> _Parsed | str | None:
+def _parse_pattern(
+    line: str, regex: re.Pattern[str], query: LogQuery, stats: ReadStats
+) -> Sighting | Verdict | Invalid | None:
     match = regex.search(line)
     if match is None:
         return None
+    stats.matched += 1
     groups = match.groupdict()
     try:
         scene = int(groups["scene"])
     except (TypeError, ValueError):
-        return "garbage"
+        return Verdict.GARBAGE
     if scene < 1:
-        return "garbage"
+        return Verdict.GARBAGE
     project = groups.get("project") or query.project
     if not project:
-        return "garbage"
+        return Verdict.GARBAGE
     ts = _parse_ts(groups["ts"]) if groups.get("ts") else None
-    return project, scene, groups.get("scene_id"), groups["url"] or "", groups.get("run"), ts
+    return _checked(
+        Sighting(
+            project, scene, groups.get("scene_id"), groups["url"] or "", groups.get("run"), ts, True
+        )
+    )
 
 
 def _parse_ts(text: str) -> float | None:
@@ -258,8 +356,8 @@ def _parse_ts(text: str) -> float | None:
         return value / 1000 if value > 1e11 else value
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()

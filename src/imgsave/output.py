@@ -27,13 +27,32 @@ def stdout_console() -> Console:
 def print_json(payload: dict[str, Any], secrets: tuple[str, ...] = ()) -> None:
     from .config import redact
 
-    text = json.dumps(payload, ensure_ascii=False)
-    sys.stdout.write(redact(text, secrets) + "\n")
+    text = redact(json.dumps(payload, ensure_ascii=False), secrets) + "\n"
+    # A lone surrogate (from a document or a log) becomes its JSON escape: the object printed
+    # is always valid JSON, whatever the data held.
+    data = text.encode("utf-8", "backslashreplace")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
     sys.stdout.flush()
 
 
 def error(message: str) -> None:
-    stderr_console().print(f"[bold red]imgsave: error:[/] {escape(message)}")
+    stderr_console().print(f"[bold red]imgsave: error:[/] {escape(_printable(message))}")
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unlogged_lines(unlogged: list[dict[str, Any]]) -> list[str]:
+    """One line per paid image the generation log could not record, so it is never lost."""
+    return [
+        f"NOT IN THE LOG: project {u['project']} scene {u['scene']}"
+        + (f" ({u['scene_id']})" if u["scene_id"] else "")
+        + (" saved: " if u["saved"] else " NOT SAVED: ")
+        + u["url"]
+        for u in unlogged
+    ]
 
 
 class ProgressReporter:
@@ -99,11 +118,11 @@ def render(result: Any) -> None:
             if result.report.lost:
                 console.print("Run again with --execute to restore the lost images.")
         else:
+            run = f" (run {result.run})" if result.run else ""
             console.print(
                 escape(
                     f"repair: restored {result.repaired} of {result.lost_before} missing images, "
-                    f"regenerated {result.regenerated}, {result.remaining} still missing "
-                    f"(run {result.run})"
+                    f"regenerated {result.regenerated}, {result.remaining} still missing{run}"
                 )
             )
     elif isinstance(result, DemoResult):
@@ -118,21 +137,26 @@ def render(result: Any) -> None:
 
 
 def _generate_line(r: Any) -> str:
-    head = f"project {r.project}: {r.saved} of {r.requested} images saved"
-    if r.requested:
-        head += f" in {r.transactions} transaction{'s' if r.transactions != 1 else ''}"
+    t = r.tally
+    head = f"project {r.project}: {t.saved} of {t.requested} images saved"
+    if t.requested:
+        head += f" in {t.transactions} transaction{'s' if t.transactions != 1 else ''}"
     parts = [head]
-    if r.failed:
-        parts.append(f"{r.failed} failed (in the log for `imgsave repair`)")
+    if t.failed:
+        parts.append(f"{t.failed} failed (in the log for `imgsave repair`)")
+    if t.duplicates:
+        parts.append(f"{t.duplicates} answered with a URL the scene already held (not saved)")
     if r.skipped_scenes:
         parts.append(f"{len(r.skipped_scenes)} scenes already complete")
     if r.unprompted_scenes:
         parts.append(f"{len(r.unprompted_scenes)} scenes without a prompt")
-    if r.interrupted:
+    if t.interrupted:
         parts.append("interrupted")
-    if r.fatal:
-        parts.append(f"stopped: {r.fatal}")
-    return escape(", ".join(parts) + f" (run {r.run})")
+    if t.fatal:
+        parts.append(f"stopped: {t.fatal}")
+    if t.log_error:
+        parts.append(f"stopped: {t.log_error}")
+    return escape(_printable(", ".join(parts) + f" (run {r.run})"))
 
 
 MAX_ROWS = 200
@@ -157,10 +181,10 @@ def _findings_table(console: Console, report: Any, title: str) -> None:
         previous = key
         scene = f"{f.scene}" + (f" ({f.scene_id})" if f.scene_id else "")
         table.add_row(
-            escape(f.project) if first else "",
-            escape(scene) if first else "",
+            escape(_printable(f.project)) if first else "",
+            escape(_printable(scene)) if first else "",
             f"[{colours[status]}]{status}[/]",
-            escape(f.url),
+            escape(_printable(f.url)),
         )
     console.print(table)
     if len(rows) > MAX_ROWS:
@@ -195,6 +219,7 @@ def _audit_line(report: Any, prefix: str = "audit") -> str:
             ("garbage", stats.garbage),
             ("not UTF-8", stats.undecodable),
             ("refused URLs", stats.refused),
+            ("invalid", stats.invalid),
         )
         if count
     ]

@@ -16,7 +16,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from .config import ProviderSettings
-from .errors import ProviderRefused, UsageError
+from .errors import ProviderRefused, ProviderUnreachable, UsageError
 from .urls import shorten, url_problem
 
 FATAL_STATUSES = frozenset({401, 403, 404})
@@ -27,9 +27,11 @@ class ImageFailed(Exception):
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str, retry_after: float | None = None, *, unreachable: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
+        # No connection could be made at all: the API is down or misnamed, not this prompt.
+        self.unreachable = unreachable
 
 
 class Provider:
@@ -75,6 +77,11 @@ class Provider:
                 with attempt:
                     return await self._once(prompt)
         except _Retryable as exc:
+            if exc.unreachable:
+                raise ProviderUnreachable(
+                    f"cannot reach the image API at {self._endpoint} after "
+                    f"{self._settings.max_attempts} attempts: {exc}"
+                ) from None
             raise ImageFailed(
                 f"gave up after {self._settings.max_attempts} attempts: {exc}"
             ) from None
@@ -94,6 +101,10 @@ class Provider:
             body["model"] = self._model
         try:
             response = await self._client.post(self._endpoint, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            raise _Retryable(
+                f"connection failed: {type(exc).__name__}: {exc}", unreachable=True
+            ) from None
         except httpx.TimeoutException:
             raise _Retryable(f"no answer within {self._settings.timeout:g}s") from None
         except httpx.TransportError as exc:

@@ -4,7 +4,8 @@ append-if-absent save as generate. Stale and orphaned URLs are never written."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, defaultdict
+import contextlib
+from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -13,8 +14,8 @@ from .config import Settings
 from .connect import open_database
 from .db import Database
 from .document import Outcome, SceneRef, Shape, decode, find, scenes
-from .errors import EXIT_FINDINGS, EXIT_OK, ImgsaveError
-from .generate import Job, Plan, Reporter, execute_plan
+from .engine import Execution, Job, Plan, Reporter
+from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, LogUnwritable
 from .genlog import RunLog
 from .hostlock import exclusive
 from .interrupt import StopSignal, sigint_stops
@@ -31,6 +32,8 @@ class RepairResult:
     remaining: int = 0
     errors: list[str] = field(default_factory=list)
     run: str | None = None
+    # Why regeneration stopped (the image API refused or could not be reached).
+    fatal: str | None = None
 
     @property
     def lost_before(self) -> int:
@@ -40,7 +43,9 @@ class RepairResult:
     def exit_code(self) -> int:
         if not self.executed:
             return self.report.exit_code
-        return EXIT_FINDINGS if self.remaining or self.errors or self.report.errors else EXIT_OK
+        if self.fatal or self.report.errors:
+            return EXIT_CANNOT_WORK
+        return EXIT_FINDINGS if self.remaining or self.errors else EXIT_OK
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +55,7 @@ class RepairResult:
             "remaining": self.remaining,
             "lost_before": self.lost_before,
             "run": self.run,
+            "stopped": self.fatal,
             "summary": self.report.summary(),
             "plan": [f.to_json() for f in self.report.lost],
             "expired": [f.to_json() for f in self.report.expired],
@@ -82,8 +88,8 @@ async def restore(
                     outcomes = await saver.save_many(
                         [(SceneRef(f.scene, f.scene_id), f.url) for f in findings]
                     )
-            except ImgsaveError as exc:
-                errors.append(f"{exc} ({len(findings)} URLs not restored)")
+            except Exception as exc:  # one project's failure must not stop the others
+                errors.append(f"{_one_line(exc)} ({len(findings)} URLs not restored)")
                 return
         for finding, outcome in zip(findings, outcomes, strict=True):
             if outcome is Outcome.NO_SCENE:
@@ -91,13 +97,18 @@ async def restore(
                 continue
             restored[(project, finding.scene)] += 1
             if outcome is Outcome.ADDED:
-                await log.record(
-                    "image.repaired",
-                    project=project,
-                    scene=finding.scene,
-                    scene_id=finding.scene_id,
-                    url=finding.url,
-                )
+                try:
+                    await log.record(
+                        "image.repaired",
+                        project=project,
+                        scene=finding.scene,
+                        scene_id=finding.scene_id,
+                        url=finding.url,
+                    )
+                except LogUnwritable as exc:
+                    # Saved all the same; the image was logged when it was generated.
+                    if str(exc) not in errors:
+                        errors.append(str(exc))
 
     await asyncio.gather(*(one(p, f) for p, f in by_project.items()))
     return restored, errors
@@ -107,11 +118,17 @@ def remaining(
     report: AuditReport,
     restored: dict[tuple[str, int], int],
     regenerated: dict[tuple[str, int], int],
+    *,
+    empty_scenes: bool = False,
 ) -> int:
-    """Images still missing, scene by scene: what was lost, less what came back or was replaced."""
+    """Images still missing, scene by scene: what was lost, less what came back or was replaced
+    (with `empty_scenes`, each never-logged empty scene --regenerate was asked to fill counts)."""
     missing: dict[tuple[str, int], int] = defaultdict(int)
     for finding in (*report.lost, *report.expired):
         missing[(finding.project, finding.scene)] += 1
+    if empty_scenes:
+        for project, ref in report.empty_scenes:
+            missing[(project, ref.index)] += 1
     return sum(
         max(0, count - restored.get(key, 0) - regenerated.get(key, 0))
         for key, count in missing.items()
@@ -148,9 +165,14 @@ async def run_repair(
                     db, query, log_dir=log_dir, shape=settings.shape, check_urls=check_urls
                 )
                 result = RepairResult(report, executed=execute)
-                if execute:
+                work = report.lost or (provider and (report.expired or report.empty_scenes))
+                if execute and work:
+                    # Only a repair with something to do leaves a log file behind: cron runs
+                    # every few minutes, and audit rereads every file.
                     with RunLog(log_dir) as log:
                         await _repair(db, provider, log, settings, result, concurrency, reporter)
+                elif execute:
+                    result.remaining = remaining(report, {}, {}, empty_scenes=regenerate)
                 return result
     finally:
         if provider is not None:
@@ -168,33 +190,38 @@ async def _repair(
 ) -> None:
     report = result.report
     result.run = log.run_id
-    log.write("run.started", command="repair", lost=len(report.lost), expired=len(report.expired))
+    try:
+        log.write(
+            "run.started",
+            command="repair",
+            mode="append",
+            lost=len(report.lost),
+            expired=len(report.expired),
+        )
+    except LogUnwritable as exc:
+        result.errors.append(f"{exc}; nothing repaired")
+        result.remaining = remaining(report, {}, {}, empty_scenes=provider is not None)
+        return
     restored, result.errors = await restore(db, report, log, settings.shape)
     regenerated: dict[tuple[str, int], int] = {}
     if provider is not None:
         stop = StopSignal()
         with sigint_stops(stop):
             regenerated = await _regenerate(
-                db,
-                provider,
-                log,
-                settings.shape,
-                report,
-                concurrency,
-                stop,
-                reporter,
-                result.errors,
+                db, provider, log, settings.shape, report, concurrency, stop, reporter, result
             )
     result.repaired = sum(restored.values())
     result.regenerated = sum(regenerated.values())
-    result.remaining = remaining(report, restored, regenerated)
-    log.write(
-        "run.finished",
-        command="repair",
-        repaired=result.repaired,
-        regenerated=result.regenerated,
-        remaining=result.remaining,
-    )
+    result.remaining = remaining(report, restored, regenerated, empty_scenes=provider is not None)
+    with contextlib.suppress(LogUnwritable):  # already reported by the write that failed first
+        log.write(
+            "run.finished",
+            command="repair",
+            repaired=result.repaired,
+            regenerated=result.regenerated,
+            remaining=result.remaining,
+            stopped=result.fatal,
+        )
 
 
 async def _regenerate(
@@ -206,17 +233,17 @@ async def _regenerate(
     concurrency: int,
     stop: StopSignal,
     reporter: Reporter | None,
-    errors: list[str],
+    result: RepairResult,
 ) -> dict[tuple[str, int], int]:
-    """New images for scenes left short: expired URLs that cannot come back, and scenes that
-    hold nothing and were never logged."""
-    wanted: dict[str, Counter[SceneRef]] = defaultdict(Counter)
+    """New images for scenes left short: expired URLs that cannot come back (each new image
+    logged as replacing one of them), and scenes that hold nothing and were never logged."""
+    wanted: dict[str, dict[SceneRef, list[str | None]]] = defaultdict(lambda: defaultdict(list))
     for finding in report.expired:
-        wanted[finding.project][SceneRef(finding.scene, finding.scene_id)] += 1
+        wanted[finding.project][SceneRef(finding.scene, finding.scene_id)].append(finding.url)
     for project, ref in report.empty_scenes:
-        wanted[project][ref] += 1
+        wanted[project][ref].append(None)
     regenerated: dict[tuple[str, int], int] = {}
-    for project, counts in wanted.items():
+    for project, by_scene in wanted.items():
         if stop.requested:
             break
         try:
@@ -224,20 +251,34 @@ async def _regenerate(
                 decode(await db.read(project), project=project), shape, project=project
             )
         except ImgsaveError as exc:
-            errors.append(f"{exc} (not regenerated)")
+            result.errors.append(f"{exc} (not regenerated)")
             continue
         jobs = tuple(
-            Job(scene, count)
-            for ref, count in counts.items()
+            Job(scene, len(olds), tuple(u for u in olds if u is not None))
+            for ref, olds in by_scene.items()
             if (scene := find(all_scenes, ref)) is not None and scene.prompt
         )
-        outcome = await execute_plan(
-            db, provider, log, project, shape, Plan(jobs, (), ()), concurrency, stop, reporter
+        execution = Execution(
+            db=db,
+            provider=provider,
+            log=log,
+            project=project,
+            shape=shape,
+            concurrency=concurrency,
+            stop=stop,
+            reporter=reporter,
         )
-        errors.extend(outcome.errors)
-        if outcome.fatal:
-            errors.append(outcome.fatal)
-            break
-        for index, saved in outcome.saved_by_scene.items():
+        tally = await execution.run(Plan(jobs))
+        result.errors.extend(e for e in tally.errors if e != tally.fatal)
+        for index, saved in tally.saved_by_scene.items():
             regenerated[(project, index)] = saved
+        if tally.fatal:
+            result.fatal = tally.fatal
+            break
+        if tally.log_error:
+            break
     return regenerated
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

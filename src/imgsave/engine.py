@@ -1,0 +1,288 @@
+"""The engine every command that spends money shares: run a plan of provider calls, log each
+image durably, save it through the project's batched writer.
+
+Order per image: answer → `image.generated` fsynced → locked save → `image.saved`. Provider
+calls run under a semaphore; no row lock is held during a network call. When the log stops
+taking writes (disk full), no new request starts, every image already in hand is still saved,
+and each one the log could not record is kept in `Tally.unlogged` so it is printed, not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .db import Database
+from .document import Outcome, Scene, SceneRef, Shape
+from .errors import (
+    EXIT_CANNOT_WORK,
+    EXIT_FINDINGS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CannotWork,
+    LogUnwritable,
+)
+from .genlog import RunLog
+from .interrupt import StopSignal
+from .provider import ImageFailed, Provider
+from .saver import ProjectSaver
+
+
+class Reporter(Protocol):
+    def start(self, total: int, description: str) -> None: ...
+    def advance(self, *, ok: bool) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    scene: Scene
+    count: int
+    # URLs the new images stand in for (repair --regenerate of expired links): the log says so,
+    # and audit then counts those URLs superseded rather than lost.
+    replaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: tuple[Job, ...]
+    skipped_scenes: tuple[int, ...] = ()
+    unprompted_scenes: tuple[int, ...] = ()
+
+    @property
+    def requested(self) -> int:
+        return sum(job.count for job in self.jobs)
+
+    def to_log(self) -> list[dict[str, Any]]:
+        """What run.started records per scene: what it held at plan time and what is planned,
+        so a reader can tell a top-up (adds to what is there) from a replacement."""
+        return [
+            {
+                "scene": job.scene.ref.index,
+                "scene_id": job.scene.ref.id,
+                "held": len(job.scene.urls),
+                "planned": job.count,
+                **({"replaces": list(job.replaces)} if job.replaces else {}),
+            }
+            for job in self.jobs
+        ]
+
+
+@dataclass
+class Tally:
+    """What one execution of a plan did; the commands' results are built from it."""
+
+    requested: int = 0
+    saved: int = 0
+    failed: int = 0
+    # The provider answered with a URL the scene already held: paid for, nothing gained.
+    duplicates: int = 0
+    errors: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    log_error: str | None = None
+    interrupted: bool = False
+    transactions: int = 0
+    saved_by_scene: Counter[int] = field(default_factory=Counter)
+    unlogged: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.fatal:
+            return EXIT_CANNOT_WORK
+        if self.failed or self.duplicates or self.log_error or self.saved < self.requested:
+            return EXIT_FINDINGS
+        return EXIT_OK
+
+
+class Execution:
+    """One plan for one project, carried out once. `run` returns the tally."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        provider: Provider,
+        log: RunLog,
+        project: str,
+        shape: Shape,
+        concurrency: int,
+        stop: StopSignal | None = None,
+        reporter: Reporter | None = None,
+    ):
+        self._db = db
+        self._provider = provider
+        self._log = log
+        self._project = project
+        self._shape = shape
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._stop = stop or StopSignal()
+        self._reporter = reporter
+        self._calls: set[asyncio.Future[str]] = set()
+        self._announced: set[str] = set()
+        self.tally = Tally()
+
+    async def run(self, plan: Plan) -> Tally:
+        self.tally.requested = plan.requested
+        if self._reporter:
+            self._reporter.start(plan.requested, f"project {self._project}")
+        watcher = asyncio.create_task(self._abandon_calls_on_hard_stop())
+        try:
+            async with ProjectSaver(self._db, self._project, self._shape) as saver:
+                await asyncio.gather(
+                    *(
+                        self._one(saver, job.scene, job.replaces)
+                        for job in plan.jobs
+                        for _ in range(job.count)
+                    )
+                )
+            self.tally.transactions = saver.transactions
+        finally:
+            watcher.cancel()
+            if self._reporter:
+                self._reporter.finish()
+        self.tally.interrupted = (
+            self._stop.requested and self.tally.fatal is None and self.tally.log_error is None
+        )
+        return self.tally
+
+    async def _one(self, saver: ProjectSaver, scene: Scene, replaces: tuple[str, ...]) -> None:
+        url = await self._request(scene)
+        if url is None:
+            return
+        logged = await self._record_generated(scene, url, replaces)
+        try:
+            outcome = await saver.save(scene.ref, url)
+        except Exception as exc:  # whatever the save hit, the paid URL is reported, not dropped
+            self._keep_unlogged(scene.ref, url, logged, saved=False)
+            self._failed(scene.ref, f"not saved, kept in the log for `imgsave repair`: {exc}", url)
+            return
+        self._keep_unlogged(scene.ref, url, logged, saved=outcome is Outcome.ADDED)
+        if outcome is Outcome.NO_SCENE:
+            self._failed(scene.ref, "the scene no longer exists; URL not saved", url)
+        elif outcome is Outcome.PRESENT:
+            self.tally.duplicates += 1
+            self._failed(
+                scene.ref,
+                "the image API answered with a URL the scene already holds",
+                url,
+                count=False,
+            )
+        else:
+            self.tally.saved += 1
+            self.tally.saved_by_scene[scene.ref.index] += 1
+            self._write("image.saved", scene.ref, url=url)
+            if self._reporter:
+                self._reporter.advance(ok=True)
+
+    async def _request(self, scene: Scene) -> str | None:
+        """The provider's URL for one image of `scene`, or None (failed, stopped or refused)."""
+        if scene.prompt is None:  # plans hold prompted scenes only; never spend on None
+            self._failed(scene.ref, "the scene has no prompt")
+            return None
+        async with self._semaphore:
+            if self._stop.requested:
+                return None
+            call = asyncio.ensure_future(self._provider.generate(scene.prompt))
+            self._calls.add(call)
+            try:
+                return await call
+            except asyncio.CancelledError:
+                if call.cancelled() and self._stop.hard.is_set():
+                    return None
+                raise
+            except ImageFailed as exc:
+                self._failed(scene.ref, str(exc))
+            except CannotWork as exc:  # refused (401/403/404) or unreachable: stop the run
+                if self.tally.fatal is None:
+                    self.tally.fatal = str(exc)
+                    self.tally.errors.append(str(exc))
+                self._stop.halt()
+            finally:
+                self._calls.discard(call)
+        return None
+
+    async def _record_generated(self, scene: Scene, url: str, replaces: tuple[str, ...]) -> bool:
+        """Durably log a paid image before saving it; False when the log would not take it."""
+        extra: dict[str, Any] = {"replaces": list(replaces)} if replaces else {}
+        try:
+            await self._log.record(
+                "image.generated",
+                project=self._project,
+                scene=scene.ref.index,
+                scene_id=scene.ref.id,
+                url=url,
+                **extra,
+            )
+        except LogUnwritable as exc:
+            self._log_failed(str(exc))
+            return False
+        return True
+
+    def _write(self, event: str, ref: SceneRef, **fields: Any) -> None:
+        try:
+            self._log.write(
+                event, project=self._project, scene=ref.index, scene_id=ref.id, **fields
+            )
+        except LogUnwritable as exc:
+            self._log_failed(str(exc))
+
+    def _log_failed(self, message: str) -> None:
+        # No new request may start: each would be an image paid for that no log remembers.
+        if self.tally.log_error is None:
+            self.tally.log_error = message
+            self.tally.errors.append(f"{message}; no new images requested")
+            if self._reporter:
+                self._reporter.warn(self.tally.errors[-1])
+        self._stop.halt()
+
+    def _keep_unlogged(self, ref: SceneRef, url: str, logged: bool, *, saved: bool) -> None:
+        if logged:
+            return
+        self.tally.unlogged.append(
+            {
+                "project": self._project,
+                "scene": ref.index,
+                "scene_id": ref.id,
+                "url": url,
+                "saved": saved,
+            }
+        )
+
+    def _failed(self, ref: SceneRef, message: str, url: str | None = None, *, count: bool = True):
+        if count:
+            self.tally.failed += 1
+        text = f"project {self._project}: scene {ref.index}: {message}"
+        self.tally.errors.append(text)
+        self._write("image.failed", ref, url=url, error=message)
+        if self._reporter:
+            # One failing transaction fails every URL in it: say each distinct reason once.
+            if message not in self._announced:
+                self._announced.add(message)
+                self._reporter.warn(text)
+            self._reporter.advance(ok=False)
+
+    async def _abandon_calls_on_hard_stop(self) -> None:
+        await self._stop.hard.wait()
+        for call in list(self._calls):
+            call.cancel()
+
+
+def finish_log(log: RunLog, tally: Tally, **fields: Any) -> None:
+    """run.finished, with why the run stopped; a log that cannot take it is already reported."""
+    with contextlib.suppress(LogUnwritable):
+        log.write(
+            "run.finished",
+            requested=tally.requested,
+            saved=tally.saved,
+            failed=tally.failed,
+            duplicates=tally.duplicates,
+            interrupted=tally.interrupted,
+            stopped=tally.fatal or tally.log_error,
+            **fields,
+        )
