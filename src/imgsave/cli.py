@@ -18,9 +18,17 @@ import typer
 
 from .errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError
 
+EXIT_CODES = (
+    "Exit codes: 0 done, nothing missing; 1 finished with findings (images lost or left "
+    "missing); 2 usage error (also: no database URL); 3 could not work (database or image API "
+    "unreachable or refusing, project not found, malformed document); 4 another repair holds "
+    "the lock; 130 interrupted."
+)
+
 app = typer.Typer(
     name="imgsave",
     help="Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -57,7 +65,7 @@ AllowHttpOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def generate(
     project: Annotated[str, typer.Argument(help="The project's key in the projects table.")],
     images_per_scene: Annotated[
@@ -112,8 +120,10 @@ PatternOption = Annotated[
     str | None,
     typer.Option(
         "--pattern",
-        help="Regex for other systems' logs, with named groups url and "
-        "scene, optional project and ts.",
+        help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
+        "url and scene (required); project (else --project), ts (ISO 8601 or epoch seconds/ms), "
+        "run, scene_id (optional). Lines that do not match are counted, and a pattern that "
+        "matches no line is an error. The README has one example per common log shape.",
     ),
 ]
 ProjectOption = Annotated[
@@ -154,7 +164,7 @@ def _log_query(
     )
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def audit(
     projects: ProjectsArgument = None,
     log: LogOption = None,
@@ -178,7 +188,7 @@ def audit(
     _execute(work, config=config, allow_http=allow_http, as_json=json_output)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def repair(
     projects: ProjectsArgument = None,
     log: LogOption = None,
@@ -232,7 +242,34 @@ def repair(
     _execute(work, config=config, allow_http=allow_http, as_json=json_output, quiet=quiet)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES)
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", help="Remove run logs last written before this: 30d, 12w."),
+    ] = "30d",
+    execute: Annotated[
+        bool, typer.Option("--execute", help="Remove them (default: only list).")
+    ] = False,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Remove imgsave's own generation logs older than a window (a retention rule for cron).
+
+    Example: imgsave prune --older-than 30d --execute
+    """
+
+    async def work(settings: Any) -> Any:
+        from .logread import parse_duration
+        from .prune import prune as run_prune
+
+        window = parse_duration(older_than, "--older-than")
+        return run_prune(settings.resolved_log_dir(), window, label=older_than, execute=execute)
+
+    _execute(work, config=config, as_json=json_output)
+
+
+@app.command(epilog=EXIT_CODES)
 def demo(
     config: ConfigOption = None,
 ) -> None:

@@ -132,7 +132,8 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
                 await provider.aclose()
         safe = _counts(await db.read(safe_project), settings)
         out.print(
-            f"   {result.saved} of {result.requested} saved in {result.tally.transactions} transactions; "
+            f"   {result.saved} of {result.requested} saved in "
+            f"{result.tally.transactions} transactions; "
             f"the document holds [bold green]{sum(safe.values())}[/].\n"
         )
         out.print(

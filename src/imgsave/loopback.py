@@ -17,7 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
-# "401", "400", "badurl" (a javascript: URL).
+# "401", "400", "badurl" (a javascript: URL), "repeat" (the same URL as the last "repeat").
 Fault = str
 
 
@@ -143,6 +143,10 @@ class LoopbackProvider:
                     self._send(401, b'{"error":{"message":"Incorrect API key provided"}}')
                 elif fault == "400":
                     self._send(400, b'{"error":{"message":"prompt rejected by safety system"}}')
+                elif fault == "repeat":  # the same URL every time: a provider's cache
+                    self._json(
+                        {"created": 0, "data": [{"url": f"{provider.image_base}img/same.png"}]}
+                    )
                 elif fault == "badurl":
                     self._json({"created": 0, "data": [{"url": "javascript:alert(1)"}]})
                 else:
@@ -191,3 +195,25 @@ class LoopbackProvider:
                         self.wfile.write(body)
 
         return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m imgsave.loopback`: serve the test provider until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m imgsave.loopback",
+        description="An OpenAI-compatible image API on 127.0.0.1 for trying imgsave: it answers "
+        "every prompt with a new image URL. Point IMGSAVE_BASE_URL at the URL it prints.",
+    )
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per answer")
+    args = parser.parse_args(argv)
+    with LoopbackProvider(latency=args.latency) as provider:
+        print(f"IMGSAVE_BASE_URL={provider.base_url}", flush=True)
+        print("serving; Ctrl-C stops", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

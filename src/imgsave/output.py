@@ -101,6 +101,7 @@ def render(result: Any) -> None:
     from .audit import AuditReport
     from .demo import DemoResult
     from .generate import GenerateResult
+    from .prune import PruneResult
     from .repair import RepairResult
 
     console = stdout_console()
@@ -125,6 +126,12 @@ def render(result: Any) -> None:
                     f"regenerated {result.regenerated}, {result.remaining} still missing{run}"
                 )
             )
+    elif isinstance(result, PruneResult):
+        verb = "removed" if result.executed else "would remove (run with --execute)"
+        console.print(
+            f"prune: {verb} {len(result.removed)} run logs older than {escape(result.older_than)} "
+            f"({result.bytes / 1e6:.1f} MB); {result.kept} kept"
+        )
     elif isinstance(result, DemoResult):
         verdict = "every image saved" if result.exit_code == 0 else "images missing"
         console.print(

@@ -1,0 +1,68 @@
+"""`imgsave prune`: a retention rule for imgsave's own generation logs.
+
+Every run with something to record leaves one file; audit rereads them all. Files older than the
+window go; so does the evidence in them, so the window must be longer than the longest time a
+loss may take to be noticed (the README's cron section says how to choose it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .errors import EXIT_OK, CannotWork
+from .genlog import SUFFIX
+
+
+@dataclass
+class PruneResult:
+    executed: bool
+    older_than: str
+    removed: list[str] = field(default_factory=list)
+    kept: int = 0
+    bytes: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "executed": self.executed,
+            "older_than": self.older_than,
+            "removed": len(self.removed),
+            "kept": self.kept,
+            "bytes": self.bytes,
+            "files": self.removed,
+        }
+
+
+def prune(
+    log_dir: Path, older_than: timedelta, *, label: str, execute: bool, now: float | None = None
+) -> PruneResult:
+    """Remove (with `execute`) imgsave's run logs in `log_dir` last written before the window."""
+    result = PruneResult(executed=execute, older_than=label)
+    if not log_dir.is_dir():
+        return result
+    cutoff = (time.time() if now is None else now) - older_than.total_seconds()
+    for path in sorted(log_dir.glob(f"*{SUFFIX}")):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_mtime >= cutoff:
+            result.kept += 1
+            continue
+        if execute:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise CannotWork(f"cannot remove {path}: {exc.strerror}") from None
+        result.removed.append(str(path))
+        result.bytes += info.st_size
+    return result
