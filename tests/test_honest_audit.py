@@ -146,7 +146,10 @@ def test_a_full_log_disk_loses_no_image_and_leaves_no_torn_record(cli, rows, tin
     rows.put("p1", incident_document(40))
     audit = cli("audit", "--json", env={"IMGSAVE_LOG_DIR": str(tiny_log_disk)}).json()
     assert audit["summary"]["lines_skipped"] == 0
-    assert {f["url"] for f in audit["lost"]} == stored - printed
+    found = {f["url"] for f in audit["lost"]}
+    # An image whose line reached the file but whose fsync could not be confirmed is both
+    # logged and printed: the printout errs on the side of saying too much.
+    assert stored - printed <= found <= stored
 
 
 def test_a_uuid_key_in_two_spellings_is_one_project(cli, rows, db_url, log_dir, tmp_path):
