@@ -192,6 +192,7 @@ def test_unreachable_database_exits_3_with_the_password_masked(cli, api):
     [
         (["generate", "p1", "--scenes", "2-x"], "--scenes: '2-x' is not a number"),
         (["generate", "p1", "--scenes", "21"], "project p1 has no scene 21"),
+        (["generate", "p1", "--scenes", "1-20000000"], "project p1 has no scene 21"),
         (["generate", "p1", "--concurrency", "0"], "Invalid value"),
         (["generate"], "Missing argument"),
     ],

@@ -126,3 +126,27 @@ def test_partitioning_changes_nothing(items, partitions):
         merged.update(piece)
     assert merged == whole
     assert sum(len(scenes) for scenes in whole.values()) == len({s[:2] for s in items})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 40), st.integers(0, 10)), min_size=1, max_size=5),
+    st.sets(st.integers(1, 45)),
+)
+def test_scene_selection_agrees_with_the_set_it_stands_for(parts, present):
+    from imgsave.generate import parse_scene_selection
+
+    spec = ",".join(f"{lo}-{lo + width}" if width else str(lo) for lo, width in parts)
+    chosen = {n for lo, width in parts for n in range(lo, lo + width + 1)}
+    selection = parse_scene_selection(spec)
+    assert {n for n in range(0, 60) if n in selection} == chosen
+    missing = sorted(chosen - present)
+    assert selection.first_missing(present) == (missing[0] if missing else None)
+
+
+def test_a_huge_scene_range_is_two_integers():
+    from imgsave.generate import parse_scene_selection
+
+    selection = parse_scene_selection("1-20000000")
+    assert selection.ranges == ((1, 20_000_000),)
+    assert selection.first_missing(set(range(1, 21))) == 21

@@ -72,9 +72,30 @@ class GenerateResult:
         }
 
 
-def parse_scene_selection(spec: str) -> frozenset[int]:
-    """`1,3,5-8` -> {1, 3, 5, 6, 7, 8}."""
-    chosen: set[int] = set()
+@dataclass(frozen=True)
+class SceneSelection:
+    """`--scenes 1,3,5-8` as ranges: `1-20000000` costs two integers, not a set of millions."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and any(lo <= index <= hi for lo, hi in self.ranges)
+
+    def first_missing(self, present: set[int]) -> int | None:
+        """The lowest selected index not in `present`, in time bounded by len(present)."""
+        missing = []
+        for lo, hi in self.ranges:
+            index = lo
+            while index <= hi and index in present:
+                index += 1
+            if index <= hi:
+                missing.append(index)
+        return min(missing) if missing else None
+
+
+def parse_scene_selection(spec: str) -> SceneSelection:
+    """`1,3,5-8` -> ranges (1,1), (3,3), (5,8)."""
+    ranges: list[tuple[int, int]] = []
     for part in spec.split(","):
         part = part.strip()
         low, dash, high = part.partition("-")
@@ -85,23 +106,23 @@ def parse_scene_selection(spec: str) -> frozenset[int]:
             raise UsageError(f"--scenes: {part!r} is not a number or range like 5-8") from None
         if first < 1 or last < first:
             raise UsageError(f"--scenes: {part!r} is not a range of scene numbers from 1")
-        chosen.update(range(first, last + 1))
-    return frozenset(chosen)
+        ranges.append((first, last))
+    return SceneSelection(tuple(ranges))
 
 
 def plan(
     all_scenes: Sequence[Scene],
     images_per_scene: int,
     *,
-    selection: frozenset[int] | None = None,
+    selection: SceneSelection | None = None,
     force: bool = False,
     project: str = "?",
 ) -> Plan:
     """Which scenes need how many images. Pure: reruns after a crash only do what is missing."""
     if selection is not None:
-        missing = sorted(selection - {s.ref.index for s in all_scenes})
-        if missing:
-            raise UsageError(f"project {project} has no scene {missing[0]} (--scenes)")
+        missing = selection.first_missing({s.ref.index for s in all_scenes})
+        if missing is not None:
+            raise UsageError(f"project {project} has no scene {missing} (--scenes)")
     jobs, skipped, unprompted = [], [], []
     for scene in all_scenes:
         if selection is not None and scene.ref.index not in selection:
@@ -122,7 +143,7 @@ async def run(
     *,
     images_per_scene: int,
     concurrency: int,
-    selection: frozenset[int] | None = None,
+    selection: SceneSelection | None = None,
     force: bool = False,
     reporter: Reporter | None = None,
 ) -> GenerateResult:
@@ -164,7 +185,7 @@ async def generate(
     shape: Shape,
     images_per_scene: int,
     concurrency: int,
-    selection: frozenset[int] | None = None,
+    selection: SceneSelection | None = None,
     force: bool = False,
     stop: StopSignal | None = None,
     reporter: Reporter | None = None,
