@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgsave.config import load_settings, mask_url, redact
 from imgsave.errors import UsageError
@@ -120,3 +122,32 @@ def test_times_and_durations():
     assert parse_duration("45m", "--run-gap") == timedelta(minutes=45)
     with pytest.raises(UsageError, match="--run-gap '3 parsecs'"):
         parse_duration("3 parsecs", "--run-gap")
+
+
+_PASSWORD = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=6, max_size=24
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_PASSWORD)
+def test_a_password_is_found_and_masked_in_every_form_libpq_accepts(password):
+    from urllib.parse import quote
+
+    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+    forms = [
+        ("postgresql://app:", quote(password, safe=""), "@db.example.com:6543/postgres"),
+        ("host=db user=app password='", quoted, "' dbname=postgres"),
+    ]
+    if not set(password) & set("@/?#'\\ \"%"):  # libpq takes these raw in a URL as well
+        forms.append(("postgresql://app:", password, "@db.example.com/postgres"))
+    for head, secret, tail in forms:
+        if password in head + tail or secret in head + tail:
+            continue  # a password that is also part of the text cannot be told apart from it
+        assert mask_url(head + secret + tail) == head + "***" + tail
+
+
+def test_passwords_libpq_reads_but_urlsplit_does_not_are_masked():
+    assert mask_url("postgresql://u:Zq7#Wx9Lm2@host/db") == "postgresql://u:***@host/db"
+    assert mask_url("host=h password='Zq7 Wx9Lm2' user=u") == "host=h password='***' user=u"
+    assert mask_url("postgresql://u:p%40ss%2Fw0rd@host/db") == "postgresql://u:***@host/db"

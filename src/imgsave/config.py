@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .document import Shape
 from .errors import UsageError
@@ -188,26 +187,37 @@ def _opt_str(value: Any) -> str | None:
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """The passwords a database URL or key=value conninfo string carries."""
-    found = re.findall(r"password\s*=\s*'?([^\s'&]+)", url)
+    """The password a database URL or key=value conninfo string carries, in every spelling it
+    may appear in text: as parsed, percent-encoded, and quoted with escapes.
+
+    Found the way libpq finds it (`conninfo_to_dict`), so a password holding `#`, `?`, `/`,
+    spaces or quotes is found whole; a regex is the fallback for strings libpq rejects.
+    """
+    from urllib.parse import quote, unquote
+
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
-        password = urlsplit(url).password
-    except ValueError:
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # psycopg.ProgrammingError: not a conninfo at all
         password = None
-    return tuple(s for s in [password, *found] if s)
+    found = [str(password)] if password else []
+    found += re.findall(r"password\s*=\s*'((?:[^'\\]|\\.)+)'", url)
+    found += re.findall(r"password\s*=\s*([^\s'&]+)", url)
+    match = re.match(r"^[a-z]+://[^:/@]*:(.+)@[^@]*$", url, re.IGNORECASE | re.DOTALL)
+    if match:
+        found.append(match[1])
+    spellings = set()
+    for secret in found:
+        for form in (secret, unquote(secret), quote(secret, safe=""), quote(secret)):
+            spellings.add(form)
+            spellings.add(form.replace("\\", "\\\\").replace("'", "\\'"))
+    return tuple(s for s in spellings if s)
 
 
 def mask_url(url: str) -> str:
-    """A database URL fit to print: the password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable database URL>"
-    if parts.password is None:
-        return re.sub(r"(password\s*=\s*)'?[^\s']+'?", r"\1***", url)
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+    """A database URL or conninfo fit to print: every spelling of the password is ***."""
+    return redact(url, url_secrets(url))
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
