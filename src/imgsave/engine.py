@@ -160,7 +160,8 @@ class Execution:
             outcome = await saver.save(scene.ref, url)
         except Exception as exc:  # whatever the save hit, the paid URL is reported, not dropped
             self._keep_unlogged(scene.ref, url, logged, saved=False)
-            self._failed(scene.ref, f"not saved, kept in the log for `imgsave repair`: {exc}", url)
+            where = "kept in the log for `imgsave repair`" if logged else "printed below"
+            self._failed(scene.ref, f"not saved, {where}: {exc}", url)
             return
         self._keep_unlogged(scene.ref, url, logged, saved=outcome is Outcome.ADDED)
         if outcome is Outcome.NO_SCENE:
