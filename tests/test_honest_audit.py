@@ -365,3 +365,49 @@ def test_the_loopback_provider_starts_from_the_command_line():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_regenerating_two_expired_urls_when_one_fails_leaves_the_other_reported(cli, rows, log_dir):
+    rows.put("p1", incident_document(1))
+    # The first regeneration request is rejected; the second succeeds.
+    with LoopbackProvider(faults=lambda n: "400" if n == 1 else "ok") as host:
+        dead = [f"{host.origin}/img/dead-{n}.png" for n in (1, 2)]
+        host.dead_paths.update({"/img/dead-1.png", "/img/dead-2.png"})
+        log_dir.mkdir(parents=True)
+        (log_dir / "r.jsonl").write_text(
+            "".join(own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, u) + "\n" for u in dead)
+        )
+        env = {"IMGSAVE_BASE_URL": host.base_url}
+        args = ["--allow-http", "--check-urls", "--json"]
+        ran = cli("repair", "--execute", "--regenerate", "-c", "1", *args, env=env)
+        assert ran.code == 1, ran.stderr
+        out = ran.json()
+        assert (out["regenerated"], out["remaining"]) == (1, 1)
+        after = cli("audit", *args, env=env).json()
+        # One new image stands in for exactly one dead URL; the other is still reported.
+        assert len(after["expired"]) == 1 and len(after["stale"]) == 1
+        assert {f["url"] for f in after["expired"] + after["stale"]} == set(dead)
+
+
+def test_a_pattern_beside_imgsave_logs_is_judged_only_on_the_lines_it_was_given(
+    cli, rows, log_dir, tmp_path
+):
+    rows.put("p1", incident_document(1))
+    log_dir.mkdir(parents=True)
+    (log_dir / "r.jsonl").write_text(
+        own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, "https://i.test/a") + "\n"
+    )
+    empty_app_log = tmp_path / "app.log"
+    empty_app_log.write_text("")
+    ran = cli(
+        "audit",
+        "--log",
+        str(log_dir),
+        "--log",
+        str(empty_app_log),
+        "--pattern",
+        APP_LOG_PATTERN,
+        "--json",
+    )
+    assert ran.code == 1, ran.stderr
+    assert [f["url"] for f in ran.json()["lost"]] == ["https://i.test/a"]

@@ -132,10 +132,10 @@ def _normalised(sighting: Sighting, db: Database) -> Sighting:
 
 def _check_sources(query: LogQuery, stats: ReadStats, *, logged_projects: int, found: int) -> None:
     """Refuse answers that say nothing: they would read as "nothing lost"."""
-    if query.pattern and stats.lines and not stats.matched:
+    if query.pattern and stats.pattern_lines and not stats.matched:
         raise UsageError(
-            f"--pattern matched none of the {stats.lines} lines read from {stats.files} "
-            "file(s): check the pattern against a line of the log (see --help)"
+            f"--pattern matched none of the {stats.pattern_lines} lines read from "
+            f"{stats.files} file(s): check the pattern against a line of the log (see --help)"
         )
     if query.since is not None and stats.untimed:
         raise UsageError(

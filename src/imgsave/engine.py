@@ -42,8 +42,8 @@ class Reporter(Protocol):
 class Job:
     scene: Scene
     count: int
-    # URLs the new images stand in for (repair --regenerate of expired links): the log says so,
-    # and audit then counts those URLs superseded rather than lost.
+    # URLs the new images stand in for, one per image (repair --regenerate of expired links):
+    # the log says so, and audit then counts each superseded rather than lost.
     replaces: tuple[str, ...] = ()
 
 
@@ -134,11 +134,13 @@ class Execution:
         watcher = asyncio.create_task(self._abandon_calls_on_hard_stop())
         try:
             async with ProjectSaver(self._db, self._project, self._shape) as saver:
+                # Image i of a job stands in for the job's i-th replaced URL, if any: one new
+                # image supersedes exactly one old one, so a failure leaves the other reported.
                 await asyncio.gather(
                     *(
-                        self._one(saver, job.scene, job.replaces)
+                        self._one(saver, job.scene, job.replaces[i : i + 1])
                         for job in plan.jobs
-                        for _ in range(job.count)
+                        for i in range(job.count)
                     )
                 )
             self.tally.transactions = saver.transactions

@@ -71,6 +71,9 @@ class ReadStats:
     refused: int = 0
     # Values no database key or document can hold: NUL, lone surrogates, absurd nesting.
     invalid: int = 0
+    # Lines tried against --pattern (imgsave's own records in the same files are not), and
+    # how many of those it matched.
+    pattern_lines: int = 0
     matched: int = 0
     untimed: int = 0
     before_since: int = 0
@@ -201,9 +204,9 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
                 continue
             # imgsave's own records describe themselves, so its log directory can be read
             # alongside another system's log in one audit.
-            if regex is None or line.startswith(OWN_PREFIX):
-                parsed = _parse_own(line)
-            else:
+            parsed = _parse_own(line) if regex is None or line.startswith(OWN_PREFIX) else None
+            if regex is not None and (parsed is None or parsed is Verdict.GARBAGE):
+                stats.pattern_lines += 1
                 parsed = _parse_pattern(line, regex, query, stats)
             if parsed is None and complete:
                 stats.unmatched += 1

@@ -172,7 +172,7 @@ async def run_repair(
                     with RunLog(log_dir) as log:
                         await _repair(db, provider, log, settings, result, concurrency, reporter)
                 elif execute:
-                    result.remaining = remaining(report, {}, {}, empty_scenes=regenerate)
+                    result.remaining = remaining(report, {}, {})
                 return result
     finally:
         if provider is not None:
