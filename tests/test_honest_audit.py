@@ -411,3 +411,29 @@ def test_a_pattern_beside_imgsave_logs_is_judged_only_on_the_lines_it_was_given(
     )
     assert ran.code == 1, ran.stderr
     assert [f["url"] for f in ran.json()["lost"]] == ["https://i.test/a"]
+
+
+def test_integer_keys_are_normalised_and_out_of_range_ones_name_no_project(
+    cli, rows, db_url, log_dir, tmp_path
+):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE iprojects (id int4 PRIMARY KEY, generated_output jsonb)")
+        conn.execute(
+            "INSERT INTO iprojects VALUES (7, %s::jsonb)", (json.dumps(incident_document(1)),)
+        )
+    with (tmp_path / "imgsave.toml").open("a") as handle:
+        handle.write('[names]\ntable = "iprojects"\n')
+    log_dir.mkdir(parents=True)
+    ts = "2026-11-20T10:00:00.000Z"
+    (log_dir / "r.jsonl").write_text(
+        own_line("r", ts, "007", 1, "https://i.test/seven")
+        + "\n"
+        + own_line("r", ts, "99999999999", 1, "https://i.test/too-big")
+        + "\n"
+    )
+    report = cli("audit", "--json")
+    assert report.code == 1, report.stderr
+    out = report.json()
+    assert [(f["project"], f["url"]) for f in out["lost"]] == [("7", "https://i.test/seven")]
+    assert [f["url"] for f in out["orphaned"]] == ["https://i.test/too-big"]
+    assert out["errors"] == []

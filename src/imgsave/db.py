@@ -147,9 +147,11 @@ class Database:
                 return None
         if self._sql.key_type in ("int2", "int4", "int8"):
             digits = project.strip()
-            if not re.fullmatch(r"-?[0-9]{1,19}", digits):
+            if not re.fullmatch(r"-?[0-9]{1,20}", digits):
                 return None
-            return str(int(digits))
+            value = int(digits)
+            bits = {"int2": 15, "int4": 31, "int8": 63}[self._sql.key_type]
+            return str(value) if -(2**bits) <= value < 2**bits else None
         return project
 
     async def read(self, project: str) -> str | None:
@@ -179,6 +181,8 @@ class Database:
             return {}, {}
         try:
             rows = await self._fetch_many(list(keys))
+        except DatabaseUnavailable:
+            raise  # the database, not a row: reading one by one would only wait N times longer
         except CannotWork:
             if len(keys) == 1:
                 raise
@@ -202,6 +206,8 @@ class Database:
                     async with self._pool.connection() as conn:
                         cur = await conn.execute(self._sql.select_many, (keys,))
                         return await cur.fetchall()
+        except TRANSIENT as exc:
+            raise DatabaseUnavailable(f"cannot read from the database: {_one_line(exc)}") from None
         except psycopg.Error as exc:
             raise CannotWork(f"cannot read from the database: {_one_line(exc)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
