@@ -71,6 +71,18 @@ def test_reruns_top_ups_force_and_concurrent_runs_are_all_restored_after_a_wipe(
             assert run.returncode == 0, err
     saved = saved_by_imgsave(log_dir)
     assert len(saved) == len(all_urls(rows, "p1")) >= 4 * 5
+    # Each run recorded what every scene held when it planned, and what it planned to add.
+    plans = sorted(
+        (record["ts"], [(p["scene"], p["held"], p["planned"]) for p in record["plan"]])
+        for path in log_dir.glob("*.jsonl")
+        for record in map(json.loads, path.read_text().splitlines())
+        if record["event"] == "run.started"
+    )
+    assert [p for _, p in plans[:3]] == [
+        [(n, 0, 1) for n in range(1, 5)],  # -k 1
+        [(n, 1, 1) for n in range(1, 5)],  # the top-up to -k 2
+        [(n, 2, 1) for n in range(1, 5)],  # --force -k 1
+    ]
     # The app's racing route writes back a copy it read before all of it: every URL is gone.
     rows.put("p1", original)
 
