@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,13 @@ def test_secrets_are_masked_and_redacted():
         ("https://user:pw@x.test/a", False, "credentials"),
         ("", False, "empty"),
         (42, False, "not a string"),
+        ('https://host/a.png"><script>alert(1)</script>', False, "RFC 3986"),
+        ("https://host/a.png'onerror=x", False, None),  # a sub-delim; fine in src="..."
+        ("https://host/invoice\u202egnp.exe", False, "bidirectional"),
+        ("https://host/caf\u00e9.png", False, "RFC 3986"),
+        ("https://host/a\\b.png", False, "RFC 3986"),
+        ("https://host/a%2", False, "two hex digits"),
+        ("https://host/a%2F[b]?q=1&r=(2)#x", False, None),
     ],
 )
 def test_url_rule(url, allow_http, problem):
@@ -151,3 +159,24 @@ def test_passwords_libpq_reads_but_urlsplit_does_not_are_masked():
     assert mask_url("postgresql://u:Zq7#Wx9Lm2@host/db") == "postgresql://u:***@host/db"
     assert mask_url("host=h password='Zq7 Wx9Lm2' user=u") == "host=h password='***' user=u"
     assert mask_url("postgresql://u:p%40ss%2Fw0rd@host/db") == "postgresql://u:***@host/db"
+
+
+_URLISH = st.lists(
+    st.sampled_from([*"ab.-:/?#[]@!$&'()*+,;=%~_\"<> \\\u00e9\u202e", "2F", "x.test", "//"]),
+    max_size=30,
+).map(lambda parts: "https://x.test/" + "".join(parts))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_URLISH)
+def test_the_fast_path_of_the_url_rule_agrees_with_the_full_rule(url):
+    from imgsave import urls
+
+    if urls._PLAIN[False].fullmatch(url):
+        # Whatever the fast path accepts, each of the full rule's checks accepts too.
+        assert not urls._FORBIDDEN.search(url) and not urls._BIDI.search(url)
+        assert not urls._UNESCAPED.search(url) and not urls._BAD_PERCENT.search(url)
+        assert urllib.parse.urlsplit(url).hostname == "x.test"
+    elif urls.url_problem(url) is None:
+        # Accepted by the full path alone: still only RFC 3986 characters.
+        assert not urls._UNESCAPED.search(url) and not urls._BAD_PERCENT.search(url)

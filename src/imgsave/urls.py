@@ -8,12 +8,21 @@ from urllib.parse import urlsplit
 MAX_URL_LENGTH = 2048
 # Whitespace (Unicode's too) and C0/C1 control characters.
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# Characters that reorder how text is displayed: they let `gnp.exe` pose as `exe.png`.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What RFC 3986 lets a URL carry unescaped (unreserved, gen-delims, sub-delims), and `%XX`.
+# Everything else - quotes, angle brackets, backslashes, non-ASCII - must be percent-encoded,
+# so a URL can never close the HTML attribute it is written into.
+_URL_CHAR = r"(?:%[0-9A-Fa-f]{2}|[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=])"
+_UNESCAPED = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # The everyday shape of a provider URL, accepted without the cost of urlsplit: audit checks a
-# million of these. Anything else takes the full path below.
+# million of these. Anything else takes the full path below, which must agree (a property test
+# holds them to that).
 _PLAIN = {
     allow: re.compile(
         rf"{'https?' if allow else 'https'}://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
-        r"(?::\d{1,5})?(?:[/?#][!-~]*)?",
+        rf"(?::\d{{1,5}})?(?:[/?#]{_URL_CHAR}*)?",
         re.ASCII,
     )
     for allow in (False, True)
@@ -36,6 +45,13 @@ def url_problem(url: object, *, allow_http: bool = False) -> str | None:
         return f"URL is {len(url)} characters long (at most {MAX_URL_LENGTH})"
     if _FORBIDDEN.search(url):
         return "URL contains whitespace or control characters"
+    if _BIDI.search(url):
+        return "URL contains a bidirectional control character"
+    bad = _UNESCAPED.search(url)
+    if bad:
+        return f"URL contains {bad[0]!r}, which RFC 3986 does not allow unescaped"
+    if _BAD_PERCENT.search(url):
+        return "URL has a % that is not followed by two hex digits"
     try:
         parts = urlsplit(url)
     except ValueError as exc:
