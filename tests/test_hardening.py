@@ -1,0 +1,45 @@
+"""Hardening: driver errors translated, secrets never shown, waits bounded, input capped."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from imgsave.incident import incident_document
+
+
+def test_permission_denied_on_the_table_is_one_clear_line_not_an_internal_error(cli, rows, db_url):
+    rows.put("p1", incident_document(1))
+    role = f"imgsave_noperm_{secrets.token_hex(3)}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        url = make_conninfo(db_url, user=role)
+        env = {"IMGSAVE_DATABASE_URL": url, "IMGSAVE_BASE_URL": "https://x.test/v1"}
+        for command in (["generate", "p1"], ["audit", "p1"], ["repair", "p1", "--execute"]):
+            ran = cli(*command, env=env)
+            assert ran.code == 3, (command, ran.stderr)
+            assert "permission denied for table projects" in ran.stderr
+            assert "internal error" not in ran.stderr and len(ran.stderr.splitlines()) == 1
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_key_no_integer_column_can_hold_is_simply_not_found(cli, db_url, tmp_path):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE iprojects (id int8 PRIMARY KEY, generated_output jsonb)")
+        conn.execute(
+            "INSERT INTO iprojects VALUES (1, %s::jsonb)", (json.dumps(incident_document(1)),)
+        )
+    with (tmp_path / "imgsave.toml").open("a") as handle:
+        handle.write('[names]\ntable = "iprojects"\n')
+    env = {"IMGSAVE_BASE_URL": "https://x.test/v1"}
+    for key in ("²", "1e3", "99999999999999999999"):
+        ran = cli("generate", key, env=env)
+        assert ran.code == 3 and f"project {key} not found" in ran.stderr, ran.stderr
