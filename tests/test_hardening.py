@@ -43,3 +43,45 @@ def test_a_key_no_integer_column_can_hold_is_simply_not_found(cli, db_url, tmp_p
     for key in ("²", "1e3", "99999999999999999999"):
         ran = cli("generate", key, env=env)
         assert ran.code == 3 and f"project {key} not found" in ran.stderr, ran.stderr
+
+
+def test_a_huge_log_line_is_skipped_and_counted_in_bounded_memory(db_url, rows, tmp_path):
+    import gzip
+    import os
+    import subprocess
+    import sys
+
+    from imgsave.incident import APP_LOG_PATTERN
+
+    rows.put("p1", incident_document(1))
+    log = tmp_path / "app.log.gz"
+    good = "2026-11-20T10:00:00Z [p1] [Scene 1] Saved image to database: https://i.test/ok\n"
+    with gzip.open(log, "wb", compresslevel=1) as handle:
+        handle.write(good.replace("/ok", "/before").encode())
+        chunk = b"a" * (1 << 20)
+        for _ in range(256):  # one line of 256 MiB
+            handle.write(chunk)
+        handle.write(b"\n" + good.encode())
+    # Run audit in a process of its own and report that process's peak memory.
+    program = (
+        "import resource, sys\n"
+        "from imgsave.cli import main\n"
+        "log, pattern = sys.argv[1:]\n"
+        "sys.argv = ['imgsave', 'audit', '--log', log, '--pattern', pattern, '--json']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_LOG_DIR": str(tmp_path)}
+    ran = subprocess.run(
+        [sys.executable, "-c", program, str(log), APP_LOG_PATTERN],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    code, peak_kib = ran.stderr.split()[-2:]
+    report = json.loads(ran.stdout)
+    assert int(code) == 1
+    assert {f["url"] for f in report["lost"]} == {"https://i.test/before", "https://i.test/ok"}
+    assert report["skipped"]["too_long"] == 1 and report["summary"]["lines_skipped"] == 1
+    assert int(peak_kib) < 200 * 1024, f"peak {int(peak_kib) // 1024} MiB for a 256 MiB line"

@@ -71,6 +71,7 @@ class ReadStats:
     refused: int = 0
     # Values no database key or document can hold: NUL, lone surrogates, absurd nesting.
     invalid: int = 0
+    too_long: int = 0
     # Lines tried against --pattern (imgsave's own records in the same files are not), and
     # how many of those it matched.
     pattern_lines: int = 0
@@ -83,7 +84,14 @@ class ReadStats:
 
     @property
     def lines_skipped(self) -> int:
-        return self.unmatched + self.garbage + self.undecodable + self.refused + self.invalid
+        return (
+            self.unmatched
+            + self.garbage
+            + self.undecodable
+            + self.refused
+            + self.invalid
+            + self.too_long
+        )
 
     def to_json(self) -> dict:
         return {
@@ -94,6 +102,7 @@ class ReadStats:
             "undecodable": self.undecodable,
             "refused": self.refused,
             "invalid": self.invalid,
+            "too_long": self.too_long,
             "before_since": self.before_since,
             "truncated_files": self.truncated_files,
             "refused_examples": self.refused_examples,
@@ -246,14 +255,29 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
             yield parsed
 
 
+# No log line imgsave reads is anywhere near this long; a longer one is skipped and counted,
+# so memory never depends on the longest line in a file someone else wrote.
+MAX_LINE_BYTES = 1 << 20
+_SKIP_CHUNK = 1 << 16
+
+
 def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
-    """Raw lines and whether each ended with a newline (a last line without one may be cut)."""
+    """Raw lines and whether each ended with a newline (a last line without one may be cut).
+
+    Lines over MAX_LINE_BYTES are not yielded: they are counted in `stats.too_long`, and their
+    rest is read and dropped in bounded chunks.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            for raw in handle:
-                complete = raw.endswith(b"\n")
-                yield raw.rstrip(b"\r\n"), complete
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    stats.lines += 1
+                    stats.too_long += 1
+                    while (rest := handle.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                        pass
+                    continue
+                yield raw.rstrip(b"\r\n"), raw.endswith(b"\n")
     except (OSError, EOFError) as exc:
         # A gzip cut short, or a file that vanished: what was read counts; the rest is reported.
         stats.truncated_files.append(f"{path} ({exc})")

@@ -211,6 +211,8 @@ def _report_problems(report: Any, extra: list[str] | tuple[str, ...] = ()) -> No
 
 
 def _audit_line(report: Any, prefix: str = "audit") -> str:
+    from .logread import MAX_LINE_BYTES
+
     s = report.summary()
     stats = report.stats
     text = (
@@ -227,6 +229,7 @@ def _audit_line(report: Any, prefix: str = "audit") -> str:
             ("not UTF-8", stats.undecodable),
             ("refused URLs", stats.refused),
             ("invalid", stats.invalid),
+            (f"longer than {MAX_LINE_BYTES // (1 << 20)} MiB", stats.too_long),
         )
         if count
     ]
