@@ -85,3 +85,22 @@ def test_a_huge_log_line_is_skipped_and_counted_in_bounded_memory(db_url, rows, 
     assert {f["url"] for f in report["lost"]} == {"https://i.test/before", "https://i.test/ok"}
     assert report["skipped"]["too_long"] == 1 and report["summary"]["lines_skipped"] == 1
     assert int(peak_kib) < 200 * 1024, f"peak {int(peak_kib) // 1024} MiB for a 256 MiB line"
+
+
+def test_a_catastrophic_pattern_cannot_hold_audit_on_a_hostile_line(cli, rows, tmp_path):
+    rows.put("p1", incident_document(1))
+    log = tmp_path / "app.log"
+    log.write_text("1 " + "a" * 36 + "b\n" + "1 aaa\n")
+    # Python's backtracking engine needs about 2**36 steps for the first line.
+    pattern = r"^(?P<scene>\d) (?P<url>(?:a+)+)$"
+    ran = cli("audit", "--log", str(log), "--pattern", pattern, "--project", "p1", timeout=60)
+    # The second line matches, and its URL is refused by the URL rule: both lines counted.
+    assert ran.code == 0, ran.stderr
+    assert "2 log lines in 1 file, 2 skipped (1 unmatched, 1 refused URLs)" in ran.stdout
+
+
+def test_a_pattern_re2_cannot_run_in_linear_time_is_refused(cli):
+    ran = cli("audit", "--pattern", r"(?<=Scene )(?P<scene>\d+) (?P<url>\S+)", "--project", "p")
+    assert ran.code == 2
+    assert "lookaround and backreferences are not supported" in ran.stderr
+    assert len(ran.stderr.splitlines()) == 1

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, cast
 
 from .errors import UsageError
 from .urls import url_problem
@@ -124,7 +124,7 @@ class LogQuery:
 PATTERN_GROUPS = ("url", "scene", "project", "ts", "run", "scene_id")
 
 
-def compile_pattern(pattern: str, project: str | None) -> re.Pattern[str]:
+def compile_pattern(pattern: str, project: str | None) -> Matcher:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -143,7 +143,36 @@ def compile_pattern(pattern: str, project: str | None) -> re.Pattern[str]:
         raise UsageError(f"--pattern needs the named group(s) {', '.join(sorted(missing))}")
     if "project" not in regex.groupindex and not project:
         raise UsageError("--pattern has no (?P<project>...) group: say which with --project")
-    return regex
+    return _linear_time(pattern)
+
+
+class Matcher(Protocol):
+    def search(self, text: str) -> _Match | None: ...
+
+
+class _Match(Protocol):
+    def groupdict(self) -> dict[str, str | None]: ...
+
+
+def _linear_time(pattern: str) -> Matcher:
+    """The pattern compiled for RE2, whose matching time is linear in the line's length.
+
+    The pattern is the user's but the lines are not: with Python's backtracking engine a
+    37-byte line can hold `(a+)+$` for minutes. RE2 has no lookaround or backreferences, which
+    log patterns do not need; a pattern using them is refused rather than run unbounded.
+    """
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # its C++ logger would print to stderr; we say it in one line
+    try:
+        return cast(Matcher, re2.compile(pattern, options))
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args else str(exc)
+        raise UsageError(
+            f"--pattern uses something RE2 cannot match in linear time ({reason}): "
+            "lookaround and backreferences are not supported"
+        ) from None
 
 
 def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
@@ -352,7 +381,7 @@ def _parse_own(line: str) -> Sighting | Verdict | Invalid:
 
 
 def _parse_pattern(
-    line: str, regex: re.Pattern[str], query: LogQuery, stats: ReadStats
+    line: str, regex: Matcher, query: LogQuery, stats: ReadStats
 ) -> Sighting | Verdict | Invalid | None:
     match = regex.search(line)
     if match is None:
