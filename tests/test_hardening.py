@@ -104,3 +104,45 @@ def test_a_pattern_re2_cannot_run_in_linear_time_is_refused(cli):
     assert ran.code == 2
     assert "lookaround and backreferences are not supported" in ran.stderr
     assert len(ran.stderr.splitlines()) == 1
+
+
+async def test_dead_idle_pooled_connections_cost_a_retry_not_seconds_of_back_off(
+    settings, rows, db_url
+):
+    import asyncio
+    import time
+
+    from imgsave.connect import open_database
+    from imgsave.document import SceneRef, Shape, append_urls, decode, encode
+
+    rows.put("p1", incident_document(1))
+
+    def add(url: str):
+        def change(raw):
+            edit = append_urls(decode(raw), Shape(), [(SceneRef(1), url)])
+            return encode(edit.document), None
+
+        return change
+
+    async with await open_database(settings, max_size=4) as db:
+
+        async def hold() -> None:
+            async with db._pool.connection():
+                await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(hold() for _ in range(4)))  # four connections, now idle
+        started = time.monotonic()
+        await db.locked_update("p1", add("https://i.test/a"))
+        fault_free = time.monotonic() - started
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            dropped = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'imgsave' AND datname = current_database()"
+            ).fetchone()[0]
+        assert dropped >= 3, "the test must leave several dead connections in the pool"
+        started = time.monotonic()
+        await db.locked_update("p1", add("https://i.test/b"))
+        after_drop = time.monotonic() - started
+    assert rows.urls("p1")[1] == ["https://i.test/a", "https://i.test/b"]
+    # The pool's own check would sleep 1 s, then 2 s, ... between dead connections.
+    assert after_drop < max(1.0, 2 * fault_free), (after_drop, fault_free)
