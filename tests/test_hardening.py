@@ -6,6 +6,7 @@ import json
 import secrets
 
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -146,3 +147,76 @@ async def test_dead_idle_pooled_connections_cost_a_retry_not_seconds_of_back_off
     assert rows.urls("p1")[1] == ["https://i.test/a", "https://i.test/b"]
     # The pool's own check would sleep 1 s, then 2 s, ... between dead connections.
     assert after_drop < max(1.0, 2 * fault_free), (after_drop, fault_free)
+
+
+class _Trickle:
+    """A loopback HTTP server that sends its status line, then one header byte every 0.2 s."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(300):  # at most a minute, then it gives up by itself
+                    if self._stop.wait(0.2):
+                        return
+                    conn.sendall(b"a")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+async def test_a_trickling_provider_gets_a_total_deadline_per_attempt():
+    import asyncio
+    import time
+
+    from imgsave.config import ProviderSettings
+    from imgsave.provider import ImageFailed, Provider
+
+    server = _Trickle()
+    conf = ProviderSettings(timeout=1.0, max_attempts=2, backoff_initial=0.01, backoff_max=0.02)
+    provider = Provider(f"http://127.0.0.1:{server.port}/v1", None, None, conf)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ImageFailed, match="no complete answer within 1s"):
+            await asyncio.wait_for(provider.generate("a lighthouse"), 20)
+    finally:
+        await provider.aclose()
+        server.close()
+    assert time.monotonic() - started < 5, "two attempts of one second each, not minutes"
+
+
+async def test_check_urls_gives_a_trickling_host_a_total_deadline():
+    import asyncio
+
+    from imgsave.urlcheck import check_urls
+
+    server = _Trickle()
+    url = f"http://127.0.0.1:{server.port}/img/a.png"
+    try:
+        verdicts = await asyncio.wait_for(check_urls([url], request_timeout=1.0), 10)
+    finally:
+        server.close()
+    assert verdicts == {url: None}, "could not tell: stays lost, never expired"

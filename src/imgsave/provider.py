@@ -8,6 +8,7 @@ no retry will change stops the run (401, 403, 404); one that concerns a single p
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 import time
@@ -100,7 +101,12 @@ class Provider:
         if self._model:
             body["model"] = self._model
         try:
-            response = await self._client.post(self._endpoint, json=body)
+            # httpx's timeout is per read: a server trickling a byte at a time never trips it.
+            # The whole request, body included, gets one deadline.
+            async with asyncio.timeout(self._settings.timeout):
+                response = await self._client.post(self._endpoint, json=body)
+        except TimeoutError:
+            raise _Retryable(f"no complete answer within {self._settings.timeout:g}s") from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
             raise _Retryable(
                 f"connection failed: {type(exc).__name__}: {exc}", unreachable=True

@@ -26,7 +26,13 @@ async def check_urls(
 
         async def one(url: str) -> tuple[str, bool | None]:
             async with semaphore:
-                return url, await _alive(client, url)
+                # A total deadline: httpx's timeout is per read, and a host trickling its
+                # headers a byte at a time would otherwise hold the check for minutes.
+                try:
+                    async with asyncio.timeout(request_timeout):
+                        return url, await _alive(client, url)
+                except TimeoutError:
+                    return url, None
 
         return dict(await asyncio.gather(*(one(u) for u in dict.fromkeys(urls))))
 
