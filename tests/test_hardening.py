@@ -220,3 +220,62 @@ async def test_check_urls_gives_a_trickling_host_a_total_deadline():
     finally:
         server.close()
     assert verdicts == {url: None}, "could not tell: stays lost, never expired"
+
+
+async def test_a_partition_after_select_for_update_neither_holds_the_lock_nor_the_run(db_url):
+    import asyncio
+    import time
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from imgsave.config import DatabaseSettings, Names
+    from imgsave.db import Database
+
+    from .netproxy import PartitionableProxy
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO projects (id, generated_output) VALUES ('p1', %s::jsonb)",
+            (json.dumps(incident_document(1)),),
+        )
+    params = conninfo_to_dict(db_url)
+    upstream = (params.get("host") or "127.0.0.1", int(params.get("port") or 5432))
+    if upstream[0].startswith("/"):
+        pytest.skip("the test server is on a Unix socket; the proxy speaks TCP")
+    settings = DatabaseSettings(lock_timeout=1, statement_timeout=2, connect_timeout=2)
+    with PartitionableProxy(upstream) as proxy:
+        url = make_conninfo(db_url, host="127.0.0.1", port=str(proxy.port))
+        async with await Database.open(url, Names(), settings) as db:
+            attempts = []
+
+            def change(raw):
+                attempts.append(raw)
+                if len(attempts) == 1:
+                    proxy.partitioned.set()  # the row is locked; now the network goes silent
+                doc = json.loads(raw)
+                doc["scenes"][0]["imageUrls"] = ["https://i.test/a"]
+                return json.dumps(doc), None
+
+            started = time.monotonic()
+            save = asyncio.create_task(db.locked_update("p1", change))
+            await asyncio.sleep(0.3)
+
+            def the_apps_own_write() -> float:
+                begun = time.monotonic()
+                with psycopg.connect(db_url, autocommit=True) as conn:
+                    conn.execute("SET lock_timeout = '20s'")
+                    conn.execute("UPDATE projects SET updated_at = now() WHERE id = 'p1'")
+                return time.monotonic() - begun
+
+            waited = await asyncio.to_thread(the_apps_own_write)
+            # The server ends the silent session (idle in transaction) and frees the row.
+            assert waited < 5, f"the app's write waited {waited:.1f} s for imgsave's lock"
+            await asyncio.sleep(max(0.0, 6 - (time.monotonic() - started)))
+            proxy.partitioned.clear()
+            await asyncio.wait_for(save, 60)
+            elapsed = time.monotonic() - started
+    assert len(attempts) >= 2, "the silent attempt was given up on and retried"
+    assert elapsed < 40
+    with psycopg.connect(db_url) as conn:
+        (doc,) = conn.execute("SELECT generated_output FROM projects").fetchone()
+    assert doc["scenes"][0]["imageUrls"] == ["https://i.test/a"]

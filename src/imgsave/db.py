@@ -8,6 +8,7 @@ locks), so the same code works through Supabase's transaction pooler.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -42,13 +43,15 @@ TRANSIENT = (
     pg_errors.QueryCanceled,
     psycopg.OperationalError,
     PoolTimeout,
+    TimeoutError,  # our own deadline on an attempt: the network went silent
 )
 
 _CASTS = {"jsonb": sql.SQL("jsonb"), "json": sql.SQL("json")}
 
 # The pool logs every discarded or failed connection as a multi-line warning on stderr; the
 # retries below handle those, and what still fails is reported once, as one line.
-logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+for _name in ("psycopg", "psycopg.pool"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 ChangeFn = Callable[[str | None], tuple[str | None, T]]
 
@@ -90,7 +93,17 @@ class Database:
     ) -> Database:
         """Connect, check the table and columns exist, and prepare the statements."""
         # application_name lets a DBA (and the fault-injection tests) find imgsave's sessions.
-        kwargs = {"autocommit": True, "prepare_threshold": None, "application_name": "imgsave"}
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": None,
+            "application_name": "imgsave",
+            # A peer that vanished (packets dropped, not refused) is noticed by TCP itself in
+            # about idle + interval x count seconds, instead of the kernel's two hours.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+        }
         try:
             async with await psycopg.AsyncConnection.connect(
                 url, connect_timeout=max(1, int(settings.connect_timeout)), **kwargs
@@ -141,6 +154,10 @@ class Database:
                     await self._pool.check()
                 raise
 
+    @property
+    def _read_deadline(self) -> float:
+        return self._settings.statement_timeout + self._settings.connect_timeout
+
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
             retry=retry_if_exception(is_transient),
@@ -179,7 +196,7 @@ class Database:
             try:
                 async for attempt in self._retrying():
                     with attempt:
-                        async with self._connection() as conn:
+                        async with asyncio.timeout(self._read_deadline), self._connection() as conn:
                             cur = await conn.execute(self._sql.select_one, (key,))
                             row = await cur.fetchone()
             except psycopg.Error as exc:
@@ -220,7 +237,7 @@ class Database:
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    async with self._connection() as conn:
+                    async with asyncio.timeout(self._read_deadline), self._connection() as conn:
                         cur = await conn.execute(self._sql.select_many, (keys,))
                         return await cur.fetchall()
         except TRANSIENT as exc:
@@ -239,11 +256,25 @@ class Database:
         key = self.normalise_key(project)
         if key is None:
             raise ProjectNotFound(f"project {project} not found")
-        timeouts = (_ms(self._settings.lock_timeout), _ms(self._settings.statement_timeout))
+        timeouts = (
+            _ms(self._settings.lock_timeout),
+            _ms(self._settings.statement_timeout),
+            # If the network fails between our statements, the server sees an idle transaction
+            # holding the row lock: it ends the session after this long, so the app's own
+            # writes are not blocked for the length of the partition.
+            _ms(self._settings.statement_timeout),
+        )
+        # The client's side of the same bound: one attempt may take no longer than its
+        # statements may, plus a margin, however silent the network.
+        deadline = self._settings.lock_timeout + 2 * self._settings.statement_timeout + 1
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    async with self._connection() as conn, conn.transaction():
+                    async with (
+                        asyncio.timeout(deadline),
+                        self._connection() as conn,
+                        conn.transaction(),
+                    ):
                         await conn.execute(self._sql.set_timeouts, timeouts)
                         cur = await conn.execute(self._sql.select_for_update, (key,))
                         row = await cur.fetchone()
@@ -253,9 +284,10 @@ class Database:
                         if new_text is not None:
                             await conn.execute(self._sql.update, (new_text, key))
         except TRANSIENT as exc:
+            reason = f"no answer within {deadline:g}s" if isinstance(exc, TimeoutError) else ""
             raise DatabaseUnavailable(
                 f"project {project}: could not save after {self._settings.max_attempts} "
-                f"attempts: {_one_line(exc)}"
+                f"attempts: {reason or _one_line(exc)}"
             ) from None
         except UnicodeEncodeError:
             raise MalformedDocument(
@@ -337,7 +369,8 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
     return _Statements(
         # set_config(..., true) is SET LOCAL with bound values: gone at COMMIT or ROLLBACK.
         set_timeouts=sql.SQL(
-            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+            "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, "
+            "true), set_config('idle_in_transaction_session_timeout', %s, true)"
         ),
         select_for_update=sql.SQL("SELECT {d}::text FROM {t} WHERE {k} = %s FOR UPDATE").format(
             **fmt
