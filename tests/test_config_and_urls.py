@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.config import load_settings, mask_url, redact
+from imgsave.config import load_settings
 from imgsave.errors import UsageError
+from imgsave.redaction import mask_url, redact
 from imgsave.urls import url_problem
 
 
@@ -72,15 +73,26 @@ def test_named_config_file_must_exist(tmp_path):
 
 
 def test_secrets_are_masked_and_redacted():
-    url = "postgresql://app:s3cret%21@db.example.com:6543/postgres"
+    url = "postgresql://app:s3cret-pw%21@db.example.com:6543/postgres"
     assert mask_url(url) == "postgresql://app:***@db.example.com:6543/postgres"
-    assert mask_url("host=db password=s3cret user=app") == "host=db password=*** user=app"
+    assert mask_url("host=db password=s3cret-pw user=app") == "host=db password=*** user=app"
     s = load_settings(
-        environ={"IMGSAVE_DATABASE_URL": url, "IMGSAVE_API_KEY": "sk-abc"}, cwd=Path("/nonexistent")
+        environ={"IMGSAVE_DATABASE_URL": url, "IMGSAVE_API_KEY": "sk-abcdefgh"},
+        cwd=Path("/nonexistent"),
     )
-    assert redact(f"failed {url} with sk-abc", s.secrets) == (
+    assert redact(f"failed {url} with sk-abcdefgh", s.secrets) == (
         "failed postgresql://app:***@db.example.com:6543/postgres with ***"
     )
+
+
+def test_a_string_too_short_to_be_a_secret_is_not_masked_but_warned_about():
+    from imgsave.redaction import weak_secret_warnings
+
+    assert redact("project abc-project failed", ("abc",)) == "project abc-project failed"
+    warnings = weak_secret_warnings("abc", "postgresql://u:pw@h/db")
+    assert len(warnings) == 2
+    assert "only 3 characters long" in warnings[0] and "database password" in warnings[1]
+    assert weak_secret_warnings("sk-long-enough", "postgresql://u:long-enough@h/db") == []
 
 
 @pytest.mark.parametrize(
@@ -133,7 +145,7 @@ def test_times_and_durations():
 
 
 _PASSWORD = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=6, max_size=24
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=24
 )
 
 

@@ -7,6 +7,8 @@ import secrets
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -279,3 +281,121 @@ async def test_a_partition_after_select_for_update_neither_holds_the_lock_nor_th
     with psycopg.connect(db_url) as conn:
         (doc,) = conn.execute("SELECT generated_output FROM projects").fetchone()
     assert doc["scenes"][0]["imageUrls"] == ["https://i.test/a"]
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+_SECRET = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=20
+)
+
+
+def _spellings(secret: str) -> set[str]:
+    from urllib.parse import quote
+
+    return {secret, quote(secret, safe=""), secret.replace("\\", "\\\\").replace("'", "\\'")}
+
+
+def _invoke(args: list[str], env: dict[str, str], cwd) -> tuple[int, str, str]:
+    import os
+
+    from typer.testing import CliRunner
+
+    from imgsave.cli import app
+
+    here = os.getcwd()
+    os.chdir(cwd)  # no imgsave.toml of the test's but this one
+    try:
+        result = CliRunner().invoke(app, args, env=env)
+    finally:
+        os.chdir(here)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(password=_SECRET, form=st.sampled_from(["url", "keyvalue"]), json_output=st.booleans())
+def test_no_database_password_in_any_output_and_no_other_byte_changed(
+    tmp_path, password, form, json_output
+):
+    from urllib.parse import quote
+
+    port = _closed_port()
+
+    def url(secret: str) -> str:
+        if form == "url":
+            return f"postgresql://app:{quote(secret, safe='')}@127.0.0.1:{port}/db"
+        quoted = secret.replace("\\", "\\\\").replace("'", "\\'")
+        return f"host=127.0.0.1 port={port} user=app password='{quoted}' dbname=db"
+
+    args = ["audit", "p1", *(["--json"] if json_output else [])]
+
+    def run(secret: str) -> tuple[int, str, str]:
+        env = {"IMGSAVE_DATABASE_URL": url(secret), "IMGSAVE_LOG_DIR": str(tmp_path / "logs")}
+        return _invoke(args, env, tmp_path)
+
+    reference = run("REFERENCE-PASSWORD-0")
+    assume(not any(s in "".join(map(str, reference)) for s in _spellings(password)))
+    got = run(password)
+    assert got[0] == 3
+    for spelling in _spellings(password):
+        assert spelling not in got[1] + got[2]
+    assert got == reference, "masking changed something other than the password"
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=_SECRET)
+def test_an_api_key_the_provider_echoes_is_in_no_output_and_no_log(db_url, rows, tmp_path, key):
+    import re
+
+    from imgsave.loopback import LoopbackProvider
+
+    rows.put("p1", incident_document(1))
+    logs = tmp_path / "logs"
+
+    def run(secret: str) -> tuple[int, str, str]:
+        env = {
+            "IMGSAVE_DATABASE_URL": db_url,
+            "IMGSAVE_LOG_DIR": str(logs),
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_API_KEY": secret,
+        }
+        code, out, err = _invoke(["generate", "p1", "--allow-http", "--json"], env, tmp_path)
+        # Run ids and timestamps differ between runs; nothing else may.
+        return code, re.sub(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "RUN", out), err
+
+    with LoopbackProvider(faults=lambda n: "401") as api:
+        reference = run("REFERENCE-KEY-0")
+        assume(not any(s in "".join(map(str, reference)) for s in _spellings(key)))
+        got = run(key)
+    assert got[0] == 3 and "Incorrect API key provided: Bearer ***" in got[2]
+    logged = "".join(p.read_text() for p in logs.glob("*.jsonl"))
+    assert "Incorrect API key provided: Bearer ***" in logged
+    for spelling in _spellings(key):
+        assert spelling not in got[1] + got[2] + logged
+    assert got == reference, "masking changed something other than the key"
+
+
+def test_a_short_api_key_is_not_masked_in_data_and_is_warned_about(db_url, rows, tmp_path):
+    rows.put("abc-project", incident_document(1))
+    env = {
+        "IMGSAVE_DATABASE_URL": db_url,
+        "IMGSAVE_LOG_DIR": str(tmp_path / "logs"),
+        "IMGSAVE_BASE_URL": "https://x.test/v1",
+        "IMGSAVE_API_KEY": "abc",
+    }
+    code, out, err = _invoke(["audit", "abc-project", "--json"], env, tmp_path)
+    assert json.loads(out)["summary"]["lost"] == 0 and "***" not in out
+    assert "the API key is only 3 characters long: it looks wrong" in err
+    assert code == 0

@@ -291,13 +291,16 @@ def _execute(
     allow_http: bool = False,
     quiet: bool = False,
 ) -> None:
-    from .config import load_settings, redact
-    from .output import error, print_json, render
+    from .config import load_settings
+    from .output import error, print_json, render, warn
+    from .redaction import redact, weak_secret_warnings
 
     secrets: tuple[str, ...] = ()
     try:
         settings = load_settings({"allow_http": allow_http or None}, config_path=config)
         secrets = settings.secrets
+        for message in weak_secret_warnings(settings.api_key, settings.database_url):
+            warn(message)
         result = asyncio.run(work(settings))
     except ImgsaveError as exc:
         _fail(str(exc), exc.exit_code, secrets, as_json)
@@ -321,15 +324,15 @@ def _execute(
     for line in unlogged_lines(getattr(getattr(result, "tally", None), "unlogged", [])):
         error(line)
     if as_json:
-        print_json(result.to_json(), secrets)
+        print_json(result.to_json())
     elif not (quiet and result.exit_code == 0):
         render(result)
     raise typer.Exit(result.exit_code)
 
 
 def _fail(message: str, code: int, secrets: tuple[str, ...], as_json: bool) -> None:
-    from .config import redact
     from .output import error, print_json
+    from .redaction import redact
 
     message = redact(" ".join(message.split()), secrets)
     error(message)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -12,6 +11,7 @@ from typing import Any
 
 from .document import Shape
 from .errors import UsageError
+from .redaction import url_secrets
 
 CONFIG_FILE_NAME = "imgsave.toml"
 
@@ -184,44 +184,3 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 def _opt_str(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
-
-
-def url_secrets(url: str) -> tuple[str, ...]:
-    """The password a database URL or key=value conninfo string carries, in every spelling it
-    may appear in text: as parsed, percent-encoded, and quoted with escapes.
-
-    Found the way libpq finds it (`conninfo_to_dict`), so a password holding `#`, `?`, `/`,
-    spaces or quotes is found whole; a regex is the fallback for strings libpq rejects.
-    """
-    from urllib.parse import quote, unquote
-
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        password = conninfo_to_dict(url).get("password")
-    except Exception:  # psycopg.ProgrammingError: not a conninfo at all
-        password = None
-    found = [str(password)] if password else []
-    found += re.findall(r"password\s*=\s*'((?:[^'\\]|\\.)+)'", url)
-    found += re.findall(r"password\s*=\s*([^\s'&]+)", url)
-    match = re.match(r"^[a-z]+://[^:/@]*:(.+)@[^@]*$", url, re.IGNORECASE | re.DOTALL)
-    if match:
-        found.append(match[1])
-    spellings = set()
-    for secret in found:
-        for form in (secret, unquote(secret), quote(secret, safe=""), quote(secret)):
-            spellings.add(form)
-            spellings.add(form.replace("\\", "\\\\").replace("'", "\\'"))
-    return tuple(s for s in spellings if s)
-
-
-def mask_url(url: str) -> str:
-    """A database URL or conninfo fit to print: every spelling of the password is ***."""
-    return redact(url, url_secrets(url))
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """`text` with every secret replaced, longest first so no fragment survives."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text

@@ -28,8 +28,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from .config import DatabaseSettings, Names, mask_url, redact, url_secrets
+from .config import DatabaseSettings, Names
 from .errors import CannotWork, DatabaseUnavailable, MalformedDocument, ProjectNotFound
+from .redaction import mask_url, redact, url_secrets
 
 T = TypeVar("T")
 
@@ -75,11 +76,17 @@ class Database:
     """A small pool of autocommit connections plus the statements for one configured table."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, statements: _Statements, settings: DatabaseSettings
+        self,
+        pool: AsyncConnectionPool,
+        statements: _Statements,
+        settings: DatabaseSettings,
+        secrets: tuple[str, ...] = (),
     ):
         self._pool = pool
         self._sql = statements
         self._settings = settings
+        # PostgreSQL's messages may echo connection details: masked as they come in.
+        self._secrets = secrets
 
     @classmethod
     async def open(
@@ -129,7 +136,7 @@ class Database:
             reconnect_timeout=max(settings.connect_timeout * 3, 30),
         )
         await pool.open()
-        return cls(pool, statements, settings)
+        return cls(pool, statements, settings, url_secrets(url))
 
     async def close(self) -> None:
         await self._pool.close()
@@ -157,6 +164,9 @@ class Database:
     @property
     def _read_deadline(self) -> float:
         return self._settings.statement_timeout + self._settings.connect_timeout
+
+    def _one_line(self, exc: BaseException) -> str:
+        return _one_line(exc, self._secrets)
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
@@ -200,7 +210,7 @@ class Database:
                             cur = await conn.execute(self._sql.select_one, (key,))
                             row = await cur.fetchone()
             except psycopg.Error as exc:
-                raise CannotWork(f"project {project}: cannot read: {_one_line(exc)}") from None
+                raise CannotWork(f"project {project}: cannot read: {self._one_line(exc)}") from None
         if row is None:
             raise ProjectNotFound(f"project {project} not found")
         return row[0]
@@ -241,9 +251,11 @@ class Database:
                         cur = await conn.execute(self._sql.select_many, (keys,))
                         return await cur.fetchall()
         except TRANSIENT as exc:
-            raise DatabaseUnavailable(f"cannot read from the database: {_one_line(exc)}") from None
+            raise DatabaseUnavailable(
+                f"cannot read from the database: {self._one_line(exc)}"
+            ) from None
         except psycopg.Error as exc:
-            raise CannotWork(f"cannot read from the database: {_one_line(exc)}") from None
+            raise CannotWork(f"cannot read from the database: {self._one_line(exc)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def locked_update(self, project: str, change: ChangeFn[T]) -> T:
@@ -287,7 +299,7 @@ class Database:
             reason = f"no answer within {deadline:g}s" if isinstance(exc, TimeoutError) else ""
             raise DatabaseUnavailable(
                 f"project {project}: could not save after {self._settings.max_attempts} "
-                f"attempts: {reason or _one_line(exc)}"
+                f"attempts: {reason or self._one_line(exc)}"
             ) from None
         except UnicodeEncodeError:
             raise MalformedDocument(
@@ -295,7 +307,7 @@ class Database:
                 "(a lone surrogate); not written"
             ) from None
         except psycopg.Error as exc:
-            raise CannotWork(f"project {project}: could not save: {_one_line(exc)}") from None
+            raise CannotWork(f"project {project}: could not save: {self._one_line(exc)}") from None
         return result
 
     async def put(self, project: str, text: str | None) -> None:
@@ -392,6 +404,6 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
     )
 
 
-def _one_line(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+def _one_line(exc: BaseException, secrets: tuple[str, ...]) -> str:
     """An exception as one line with no secret in it (psycopg may echo connection details)."""
     return redact(" ".join(str(exc).split()) or type(exc).__name__, secrets)

@@ -140,7 +140,10 @@ class LoopbackProvider:
                 elif fault == "garbage":
                     self._send(200, b"<html>upstream proxy error</html>")
                 elif fault == "401":
-                    self._send(401, b'{"error":{"message":"Incorrect API key provided"}}')
+                    # As real providers do, echo the key that was refused.
+                    given = self.headers.get("Authorization", "")
+                    message = f"Incorrect API key provided: {given}"
+                    self._send(401, json.dumps({"error": {"message": message}}).encode())
                 elif fault == "400":
                     self._send(400, b'{"error":{"message":"prompt rejected by safety system"}}')
                 elif fault == "repeat":  # the same URL every time: a provider's cache

@@ -24,16 +24,20 @@ def stdout_console() -> Console:
     return console
 
 
-def print_json(payload: dict[str, Any], secrets: tuple[str, ...] = ()) -> None:
-    from .config import redact
-
-    text = redact(json.dumps(payload, ensure_ascii=False), secrets) + "\n"
+def print_json(payload: dict[str, Any]) -> None:
+    # No masking here: data is printed as it is; secrets were masked in the error texts of
+    # outside systems where imgsave took them in (provider.py, db.py).
+    text = json.dumps(payload, ensure_ascii=False) + "\n"
     # A lone surrogate (from a document or a log) becomes its JSON escape: the object printed
     # is always valid JSON, whatever the data held.
     data = text.encode("utf-8", "backslashreplace")
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
+
+
+def warn(message: str) -> None:
+    stderr_console().print(f"[yellow]warning:[/] {escape(_printable(message))}")
 
 
 def error(message: str) -> None:

@@ -17,7 +17,8 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from .config import ProviderSettings
-from .errors import ProviderRefused, ProviderUnreachable, UsageError
+from .errors import CannotWork, ProviderRefused, ProviderUnreachable, UsageError
+from .redaction import redact
 from .urls import shorten, url_problem
 
 FATAL_STATUSES = frozenset({401, 403, 404})
@@ -55,6 +56,9 @@ class Provider:
         self._settings = settings
         self._allow_http = allow_http
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Providers echo a wrong key back ("Incorrect API key provided: sk-..."): every message
+        # this client produces is masked before it reaches the run, its log or the terminal.
+        self._secrets = (api_key,) if api_key else ()
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
@@ -77,14 +81,17 @@ class Provider:
             async for attempt in retrying:
                 with attempt:
                     return await self._once(prompt)
+        except (ImageFailed, CannotWork) as exc:
+            raise type(exc)(redact(str(exc), self._secrets)) from None
         except _Retryable as exc:
+            reason = redact(str(exc), self._secrets)
             if exc.unreachable:
                 raise ProviderUnreachable(
                     f"cannot reach the image API at {self._endpoint} after "
-                    f"{self._settings.max_attempts} attempts: {exc}"
+                    f"{self._settings.max_attempts} attempts: {reason}"
                 ) from None
             raise ImageFailed(
-                f"gave up after {self._settings.max_attempts} attempts: {exc}"
+                f"gave up after {self._settings.max_attempts} attempts: {reason}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
