@@ -141,7 +141,7 @@ def settings(db_url: str, log_dir: Path) -> Settings:
         database_url=db_url,
         log_dir=log_dir,
         provider=ProviderSettings(
-            timeout=2.0, max_attempts=6, backoff_initial=0.01, backoff_max=0.05, max_retry_after=0.2
+            timeout=10.0, max_attempts=6, backoff_initial=0.01, backoff_max=0.05, max_retry_after=0.2
         ),
         database=DatabaseSettings(lock_timeout=1.0, statement_timeout=10.0, max_attempts=8),
     )
@@ -228,7 +228,7 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path):
 
     # Fast retries for tests, through the real config-file path.
     (tmp_path / "imgsave.toml").write_text(
-        "[provider]\ntimeout = 2\nbackoff_initial = 0.01\nbackoff_max = 0.05\n"
+        "[provider]\ntimeout = 10\nbackoff_initial = 0.01\nbackoff_max = 0.05\n"
         "max_retry_after = 0.2\n[database]\nlock_timeout = 1\n"
     )
 

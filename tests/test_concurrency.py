@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from dataclasses import replace
 
 from imgsave import generate as gen
 from imgsave.config import Settings
@@ -66,7 +67,10 @@ async def test_generate_500_images_at_concurrency_64_all_saved_once(
     settings: Settings, rows, incident_project, log_dir
 ):
     with LoopbackProvider(latency=0.01, jitter=0.02) as api:
-        settings = settings.__class__(**{**settings.__dict__, "base_url": api.base_url})
+        # A realistic deadline: the fixture's 2 s is for fault tests, and 64 requests at once on
+        # a busy 2-core machine can take longer than that end to end (a retry would pay twice).
+        provider = replace(settings.provider, timeout=30.0)
+        settings = replace(settings, base_url=api.base_url, provider=provider)
         result = await gen.run(settings, incident_project, images_per_scene=25, concurrency=64)
         served = list(api.served)
     assert (result.requested, result.saved, result.failed) == (500, 500, 0)

@@ -40,7 +40,9 @@ async def test_mixed_provider_faults_every_image_saved_once(settings, rows, inci
             settings,
             base_url=api.base_url,
             provider=ProviderSettings(
-                timeout=0.5,
+                # A total deadline per attempt: long enough for any real answer on a busy
+                # machine (a retried answer would be served twice), short of the 3 s hangs.
+                timeout=1.5,
                 max_attempts=20,
                 backoff_initial=0.01,
                 backoff_max=0.05,

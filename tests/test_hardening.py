@@ -399,3 +399,83 @@ def test_a_short_api_key_is_not_masked_in_data_and_is_warned_about(db_url, rows,
     assert json.loads(out)["summary"]["lost"] == 0 and "***" not in out
     assert "the API key is only 3 characters long: it looks wrong" in err
     assert code == 0
+
+
+# -- the app's document, kept as it was ------------------------------------------------------
+
+ODD_DOCUMENT = (
+    '{\n  "title": "caf\\u00e9 \\/ \\ud800",\n  "zero": -0,\n  "huge": 1e400,\n'
+    '  "scenes": [\n    {"id": "scene-1", "imagePrompt": "a", "imageUrls": []},\n'
+    '    {"id": "scene-2", "imagePrompt": "b"}\n  ]\n}'
+)
+
+
+@pytest.mark.parametrize("column_type", ["json", "text"])
+def test_generate_into_a_json_or_text_column_changes_only_the_appended_arrays(
+    cli, db_url, column_type
+):
+    from imgsave.loopback import LoopbackProvider
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER TABLE projects ALTER COLUMN generated_output TYPE {}").format(
+                sql.SQL(column_type)
+            )
+        )
+        conn.execute(
+            "INSERT INTO projects (id, generated_output) VALUES ('p1', %s)", (ODD_DOCUMENT,)
+        )
+    with LoopbackProvider() as api:
+        ran = cli(
+            "generate", "p1", "--allow-http", "--json", env={"IMGSAVE_BASE_URL": api.base_url}
+        )
+        first, second = api.served
+    assert ran.code == 0, ran.stderr
+    with psycopg.connect(db_url) as conn:
+        (stored,) = conn.execute("SELECT generated_output::text FROM projects").fetchone()
+    one_of = [
+        ODD_DOCUMENT.replace('"imageUrls": []', f'"imageUrls": ["{a}"]').replace(
+            '"imagePrompt": "b"}', f'"imagePrompt": "b","imageUrls":["{b}"]}}'
+        )
+        for a, b in ((first, second), (second, first))
+    ]
+    assert stored in one_of
+
+
+def test_a_duplicate_key_that_makes_the_target_ambiguous_is_refused_and_the_image_kept(
+    cli, db_url, log_dir
+):
+    from imgsave.loopback import LoopbackProvider
+
+    ambiguous = (
+        '{"scenes":[{"id":"s1","imagePrompt":"a","imageUrls":["https://old.test/1.png"],'
+        '"imageUrls":[]}]}'
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE projects ALTER COLUMN generated_output TYPE json")
+        conn.execute("INSERT INTO projects (id, generated_output) VALUES ('p1', %s)", (ambiguous,))
+    with LoopbackProvider() as api:
+        ran = cli(
+            "generate", "p1", "--allow-http", "--json", env={"IMGSAVE_BASE_URL": api.base_url}
+        )
+        (paid,) = api.served
+    assert ran.code == 1
+    assert "has the key 'imageUrls' 2 times; refusing to guess" in ran.stderr
+    with psycopg.connect(db_url) as conn:
+        (stored,) = conn.execute("SELECT generated_output::text FROM projects").fetchone()
+    assert stored == ambiguous, "nothing written"
+    assert paid in "".join(p.read_text() for p in log_dir.glob("*.jsonl")), "the image is logged"
+
+
+def test_a_jsonb_number_of_5001_digits_is_not_a_reason_to_refuse_the_document(cli, rows):
+    from imgsave.loopback import LoopbackProvider
+
+    rows.put("p1", '{"n": ' + "7" * 5001 + ', "scenes": [{"imagePrompt": "a"}]}', raw=True)
+    with LoopbackProvider() as api:
+        ran = cli("generate", "p1", "--allow-http", env={"IMGSAVE_BASE_URL": api.base_url})
+    assert ran.code == 0, ran.stderr
+    from imgsave.document import Shape, decode, scenes
+
+    text = rows.text("p1")
+    assert '"n": ' + "7" * 5001 in text, "the number kept digit for digit"
+    assert len(scenes(decode(text), Shape())[0].urls) == 1

@@ -70,6 +70,8 @@ class _Statements:
     update: sql.Composed
     upsert: sql.Composed
     key_type: str
+    # json and text columns keep the document's bytes as written; jsonb normalises them.
+    keeps_text: bool
 
 
 class Database:
@@ -175,6 +177,11 @@ class Database:
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             reraise=True,
         )
+
+    @property
+    def keeps_text(self) -> bool:
+        """Whether the document column stores text as written (json, text), not jsonb."""
+        return self._sql.keeps_text
 
     def normalise_key(self, project: str) -> str | None:
         """The project key as the key column's type spells it, or None if it can name no row.
@@ -401,6 +408,7 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
             "excluded.{d}{touch}"
         ).format(**fmt),
         key_type=key_type,
+        keeps_text=doc_type != "jsonb",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import simplejson
 
@@ -67,6 +68,8 @@ class Edit:
 
     document: Document
     outcomes: tuple[Outcome, ...] = field(default_factory=tuple)
+    # Scene position -> the URLs appended to its list, in order (what a text splice inserts).
+    appended: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -83,7 +86,7 @@ def decode(raw: str | None, *, project: str = "?") -> Document:
         raise MalformedDocument(f"project {project}: document is null")
     try:
         # Decimals, not floats: the app's 6.50 must be written back as 6.50, not 6.5.
-        value = simplejson.loads(raw, use_decimal=True)
+        value = simplejson.loads(raw, use_decimal=True, parse_int=_parse_int)
     except ValueError as exc:
         raise MalformedDocument(f"project {project}: document is not JSON ({exc})") from None
     except RecursionError:
@@ -92,7 +95,7 @@ def decode(raw: str | None, *, project: str = "?") -> Document:
     if isinstance(value, str):
         double = True
         try:
-            value = simplejson.loads(value, use_decimal=True)
+            value = simplejson.loads(value, use_decimal=True, parse_int=_parse_int)
         except RecursionError:
             raise MalformedDocument(f"project {project}: document is nested too deeply") from None
         except ValueError as exc:
@@ -103,6 +106,12 @@ def decode(raw: str | None, *, project: str = "?") -> Document:
         kind = type(value).__name__ if value is not None else "null"
         raise MalformedDocument(f"project {project}: document is {kind}, not an object")
     return Document(value, double)
+
+
+def _parse_int(digits: str) -> int | Decimal:
+    # Python refuses int() of more than 4,300 digits; JSON has no such limit, and the app's
+    # number is kept (as a Decimal, written back digit for digit) rather than the document lost.
+    return int(digits) if len(digits) <= 4000 else Decimal(digits)
 
 
 def encode(document: Document) -> str:
@@ -186,6 +195,7 @@ def append_urls(
     raw_scenes = document.data[shape.scenes_key]
     new_scenes: list | None = None
     new_lists: dict[int, list] = {}
+    appended: dict[int, list[str]] = {}
     outcomes: list[Outcome] = []
     for ref, url in additions:
         scene = find(all_scenes, ref)
@@ -201,6 +211,7 @@ def append_urls(
             continue
         current.append(url)
         new_lists[pos] = current
+        appended.setdefault(pos, []).append(url)
         outcomes.append(Outcome.ADDED)
     if not new_lists:
         return Edit(document, tuple(outcomes))
@@ -208,7 +219,11 @@ def append_urls(
     for pos, urls in new_lists.items():
         new_scenes[pos] = {**raw_scenes[pos], shape.urls_key: urls}
     data = {**document.data, shape.scenes_key: new_scenes}
-    return Edit(Document(data, document.double_encoded), tuple(outcomes))
+    return Edit(
+        Document(data, document.double_encoded),
+        tuple(outcomes),
+        {pos: tuple(urls) for pos, urls in appended.items()},
+    )
 
 
 def _raw_scenes(data: dict, shape: Shape, project: str) -> list:

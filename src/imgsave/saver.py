@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .db import Database
 from .document import Outcome, SceneRef, Shape, append_urls, decode, encode
+from .jsontext import splice_append
 
 
 @dataclass
@@ -91,7 +92,21 @@ class ProjectSaver:
         def change(raw: str | None) -> tuple[str | None, tuple[Outcome, ...]]:
             document = decode(raw, project=self._project)
             edit = append_urls(document, self._shape, additions, project=self._project)
-            return (encode(edit.document) if edit.changed else None), edit.outcomes
+            if not edit.changed:
+                return None, edit.outcomes
+            if self._db.keeps_text and raw is not None:
+                # A json or text column: only the appended-to arrays' bytes change.
+                shape = self._shape
+                return splice_append(
+                    raw,
+                    scenes_key=shape.scenes_key,
+                    urls_key=shape.urls_key,
+                    identity_keys=(shape.id_key, shape.index_key),
+                    appended=edit.appended,
+                    double_encoded=document.double_encoded,
+                    project=self._project,
+                ), edit.outcomes
+            return encode(edit.document), edit.outcomes
 
         try:
             outcomes = await self._db.locked_update(self._project, change)
