@@ -319,13 +319,19 @@ class Database:
 
     async def put(self, project: str, text: str | None) -> None:
         """Create or replace a project's document (demo and test set-up, not the save path)."""
-        async with self._pool.connection() as conn:
-            await conn.execute(self._sql.upsert, (project, text))
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(self._sql.upsert, (project, text))
+        except psycopg.Error as exc:
+            raise CannotWork(f"project {project}: could not write: {self._one_line(exc)}") from None
 
     async def overwrite_unlocked(self, project: str, text: str) -> None:
         """The incident's blind write: no lock, no check. Only the incident reproduction uses it."""
-        async with self._pool.connection() as conn:
-            await conn.execute(self._sql.update, (text, self.normalise_key(project)))
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(self._sql.update, (text, self.normalise_key(project)))
+        except psycopg.Error as exc:
+            raise CannotWork(f"project {project}: could not write: {self._one_line(exc)}") from None
 
 
 def _encodable(text: str) -> bool:
