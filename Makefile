@@ -24,6 +24,8 @@ pgbouncer:
 
 lint: $(BIN)/imgsave
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy --strict src/imgsave
 
 bench: $(BIN)/imgsave
 	$(BIN)/python scripts/bench.py

@@ -141,7 +141,11 @@ def settings(db_url: str, log_dir: Path) -> Settings:
         database_url=db_url,
         log_dir=log_dir,
         provider=ProviderSettings(
-            timeout=10.0, max_attempts=6, backoff_initial=0.01, backoff_max=0.05, max_retry_after=0.2
+            timeout=10.0,
+            max_attempts=6,
+            backoff_initial=0.01,
+            backoff_max=0.05,
+            max_retry_after=0.2,
         ),
         database=DatabaseSettings(lock_timeout=1.0, statement_timeout=10.0, max_attempts=8),
     )

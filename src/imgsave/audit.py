@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .config import Settings
 from .connect import open_database
@@ -29,7 +30,7 @@ class Finding:
     scene_id: str | None
     url: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "project": self.project,
             "scene": self.scene,
@@ -59,7 +60,10 @@ class AuditReport:
             return EXIT_CANNOT_WORK
         return EXIT_FINDINGS if self.lost or self.expired else EXIT_OK
 
-    def summary(self) -> dict:
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def summary(self) -> dict[str, Any]:
         return {
             "lost": len(self.lost),
             "stale": len(self.stale),
@@ -69,7 +73,7 @@ class AuditReport:
             "lines_skipped": self.stats.lines_skipped,
         }
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "summary": self.summary(),
             "lost": [f.to_json() for f in self.lost],

@@ -10,9 +10,9 @@ import asyncio
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 
@@ -283,8 +283,22 @@ def demo(
     _execute(work, config=config, as_json=False)
 
 
+class _Result(Protocol):
+    """What every command's library function returns."""
+
+    @property
+    def exit_code(self) -> int: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def stderr_lines(self) -> list[str]:
+        """What must reach stderr whatever the output mode: why a run stopped, and paid
+        images that only this printout records."""
+        ...
+
+
 def _execute(
-    work: Callable[[Any], Awaitable[Any]],
+    work: Callable[[Any], Coroutine[Any, Any, _Result]],
     *,
     config: Path | None,
     as_json: bool,
@@ -315,14 +329,8 @@ def _execute(
             secrets,
             as_json,
         )
-    # Paid images the log could not record go to stderr whatever the output mode (and -q):
-    # this is the only place they are written down.
-    from .output import unlogged_lines
-
-    if getattr(result, "fatal", None):
-        error(redact(result.fatal, secrets))
-    for line in unlogged_lines(getattr(getattr(result, "tally", None), "unlogged", [])):
-        error(line)
+    for line in result.stderr_lines():
+        error(redact(line, secrets))
     if as_json:
         print_json(result.to_json())
     elif not (quiet and result.exit_code == 0):

@@ -220,7 +220,8 @@ class Database:
                 raise CannotWork(f"project {project}: cannot read: {self._one_line(exc)}") from None
         if row is None:
             raise ProjectNotFound(f"project {project} not found")
-        return row[0]
+        text: str | None = row[0]
+        return text
 
     async def read_many(
         self, projects: Sequence[str]
@@ -372,7 +373,7 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
         (table.as_string(conn),),
     )
-    columns = dict(await cur.fetchall())
+    columns: dict[str, str] = dict(await cur.fetchall())
     if not columns:
         raise CannotWork(f"table {names.table} does not exist")
     for column in (names.key_column, names.document_column):
@@ -387,7 +388,7 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
     key_type = columns[names.key_column]
     key, doc = sql.Identifier(names.key_column), sql.Identifier(names.document_column)
     value = sql.SQL("%s::{}").format(_CASTS[doc_type]) if doc_type in _CASTS else sql.SQL("%s")
-    touch = sql.SQL("")
+    touch: sql.Composable = sql.SQL("")
     if columns.get(names.updated_at_column) in ("timestamptz", "timestamp"):
         touch = sql.SQL(", {} = now()").format(sql.Identifier(names.updated_at_column))
     fmt = {"t": table, "k": key, "d": doc, "v": value, "touch": touch}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -47,7 +48,10 @@ class DemoResult:
         whole = self.imgsave_saved == self.imgsave_requested
         return EXIT_OK if whole and self.naive_repaired == self.naive_logged else EXIT_FINDINGS
 
-    def to_json(self) -> dict:
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "naive": {
                 "logged_saved": self.naive_logged,

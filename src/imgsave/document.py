@@ -10,8 +10,9 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
-import simplejson
+import simplejson  # type: ignore[import-untyped]
 
 from .errors import MalformedDocument
 
@@ -52,7 +53,7 @@ class Scene:
 class Document:
     """A decoded document and the form it was stored in, so it can be written back the same way."""
 
-    data: dict
+    data: dict[str, Any]
     double_encoded: bool = False
 
 
@@ -121,7 +122,7 @@ def encode(document: Document) -> str:
         )
     except RecursionError:
         raise MalformedDocument("document is nested too deeply to write back") from None
-    return simplejson.dumps(text, ensure_ascii=False) if document.double_encoded else text
+    return str(simplejson.dumps(text, ensure_ascii=False)) if document.double_encoded else text
 
 
 def scenes(document: Document, shape: Shape, *, project: str = "?") -> list[Scene]:
@@ -193,8 +194,8 @@ def append_urls(
     """
     all_scenes = scenes(document, shape, project=project)
     raw_scenes = document.data[shape.scenes_key]
-    new_scenes: list | None = None
-    new_lists: dict[int, list] = {}
+    new_scenes: list[Any] | None = None
+    new_lists: dict[int, list[Any]] = {}
     appended: dict[int, list[str]] = {}
     outcomes: list[Outcome] = []
     for ref, url in additions:
@@ -226,7 +227,7 @@ def append_urls(
     )
 
 
-def _raw_scenes(data: dict, shape: Shape, project: str) -> list:
+def _raw_scenes(data: dict[str, Any], shape: Shape, project: str) -> list[Any]:
     if shape.scenes_key not in data:
         raise MalformedDocument(f"project {project}: document has no {shape.scenes_key!r} key")
     raw = data[shape.scenes_key]
@@ -237,7 +238,7 @@ def _raw_scenes(data: dict, shape: Shape, project: str) -> list:
     return raw
 
 
-def _prompt(raw: dict, shape: Shape) -> str | None:
+def _prompt(raw: dict[str, Any], shape: Shape) -> str | None:
     for key in shape.prompt_keys:
         value = raw.get(key)
         if isinstance(value, str) and value.strip():
@@ -245,7 +246,7 @@ def _prompt(raw: dict, shape: Shape) -> str | None:
     return None
 
 
-def _url_list(raw: dict, shape: Shape, where: str) -> list:
+def _url_list(raw: dict[str, Any], shape: Shape, where: str) -> list[Any]:
     value = raw.get(shape.urls_key)
     if value is None:
         return []

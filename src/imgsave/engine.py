@@ -257,7 +257,9 @@ class Execution:
             }
         )
 
-    def _failed(self, ref: SceneRef, message: str, url: str | None = None, *, count: bool = True):
+    def _failed(
+        self, ref: SceneRef, message: str, url: str | None = None, *, count: bool = True
+    ) -> None:
         if count:
             self.tally.failed += 1
         text = f"project {self._project}: scene {ref.index}: {message}"

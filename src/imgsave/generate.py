@@ -52,6 +52,12 @@ class GenerateResult:
         code = self.tally.exit_code
         return max(code, EXIT_FINDINGS) if self.unprompted_scenes and code == 0 else code
 
+    def stderr_lines(self) -> list[str]:
+        from .output import unlogged_lines
+
+        fatal = [self.tally.fatal] if self.tally.fatal else []
+        return fatal + unlogged_lines(self.tally.unlogged)
+
     def to_json(self) -> dict[str, Any]:
         t = self.tally
         return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from .db import Database
 from .document import SceneRef, Shape, append_urls, decode, encode, scenes
@@ -27,7 +27,7 @@ def app_log_line(project: str, scene: int, url: str, now: datetime | None = None
     return f"{now.isoformat()} [{project}] [Scene {scene}] Saved image to database: {url}"
 
 
-def incident_document(scene_count: int = 20) -> dict:
+def incident_document(scene_count: int = 20) -> dict[str, Any]:
     """A document shaped like the incident's: ids, indexes, prompts and app-owned keys."""
     return {
         "title": "The Lighthouse Keeper",

@@ -69,6 +69,8 @@ def _splice(
 ) -> str:
     top = _ws(text, 0)
     scenes_member = _only(_members(text, top), scenes_key, f"project {project}: the document")
+    if scenes_member is None:  # pragma: no cover - _only raised: the key is required here
+        raise MalformedDocument(f"project {project}: the document has no {scenes_key!r} key")
     elements = _elements(text, scenes_member.value_start)
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement), applied back to front
     for position, urls in appended.items():
@@ -164,7 +166,7 @@ def _members(text: str, i: int) -> list[_Member]:
     """The members of the object starting at `text[i]`, with their values' spans."""
     if text[i] != "{":
         raise MalformedDocument("expected an object")
-    members = []
+    members: list[_Member] = []
     i = _ws(text, i + 1)
     if text[i] == "}":
         return members

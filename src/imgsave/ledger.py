@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .document import SceneRef
 from .logread import Sighting
@@ -47,7 +47,7 @@ def spilled(sightings: Iterable[Sighting], partitions: int) -> Iterator[list[Pat
     with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as tmp:
         paths = [Path(tmp) / f"part-{n:03d}.bin" for n in range(partitions)]
         handles = [path.open("wb") for path in paths]
-        buffers: list[list[tuple]] = [[] for _ in range(partitions)]
+        buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(partitions)]
         try:
             for sighting in sightings:
                 bucket = zlib.crc32(sighting.project.encode()) % partitions
@@ -63,7 +63,7 @@ def spilled(sightings: Iterable[Sighting], partitions: int) -> Iterator[list[Pat
         yield paths
 
 
-def _flush(buffer: list[tuple], handle: BinaryIO) -> None:
+def _flush(buffer: list[tuple[Any, ...]], handle: BinaryIO) -> None:
     # marshal: the fastest round trip for lists of tuples of str/int/float/None, and these
     # files never outlive this process (nor leave this Python version).
     if buffer:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from .errors import UsageError
 from .urls import url_problem
@@ -93,7 +93,7 @@ class ReadStats:
             + self.too_long
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "files": self.files,
             "lines": self.lines,
@@ -161,7 +161,7 @@ def _linear_time(pattern: str) -> Matcher:
     37-byte line can hold `(a+)+$` for minutes. RE2 has no lookaround or backreferences, which
     log patterns do not need; a pattern using them is refused rather than run unbounded.
     """
-    import re2
+    import re2  # type: ignore[import-untyped]
 
     options = re2.Options()
     options.log_errors = False  # its C++ logger would print to stderr; we say it in one line
@@ -389,7 +389,7 @@ def _parse_pattern(
     stats.matched += 1
     groups = match.groupdict()
     try:
-        scene = int(groups["scene"])
+        scene = int(groups["scene"] or "")
     except (TypeError, ValueError):
         return Verdict.GARBAGE
     if scene < 1:
@@ -397,7 +397,8 @@ def _parse_pattern(
     project = groups.get("project") or query.project
     if not project:
         return Verdict.GARBAGE
-    ts = _parse_ts(groups["ts"]) if groups.get("ts") else None
+    ts_text = groups.get("ts")
+    ts = _parse_ts(ts_text) if ts_text else None
     return _checked(
         Sighting(
             project, scene, groups.get("scene_id"), groups["url"] or "", groups.get("run"), ts, True

@@ -146,7 +146,7 @@ class Provider:
             raise ImageFailed(
                 f"image API answered with a URL imgsave will not save ({problem}): {shown!r}"
             )
-        return url
+        return str(url)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -29,6 +29,9 @@ class PruneResult:
     def exit_code(self) -> int:
         return EXIT_OK
 
+    def stderr_lines(self) -> list[str]:
+        return []
+
     def to_json(self) -> dict[str, Any]:
         return {
             "executed": self.executed,

@@ -8,6 +8,7 @@ import contextlib
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 from .audit import AuditReport, Finding, audit
 from .config import Settings
@@ -47,7 +48,10 @@ class RepairResult:
             return EXIT_CANNOT_WORK
         return EXIT_FINDINGS if self.remaining or self.errors else EXIT_OK
 
-    def to_json(self) -> dict:
+    def stderr_lines(self) -> list[str]:
+        return [self.fatal] if self.fatal else []
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "executed": self.executed,
             "repaired": self.repaired,
