@@ -449,3 +449,17 @@ def test_integer_keys_are_normalised_and_out_of_range_ones_name_no_project(
     assert [(f["project"], f["url"]) for f in out["lost"]] == [("7", "https://i.test/seven")]
     assert [f["url"] for f in out["orphaned"]] == ["https://i.test/too-big"]
     assert out["errors"] == []
+
+
+def test_the_database_url_flag_beats_the_environment_and_help_names_both(cli, rows, db_url):
+    rows.put("p1", incident_document(1))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"postgresql://u@127.0.0.1:{sock.getsockname()[1]}/db"
+    assert cli("audit", "p1", env={"IMGSAVE_DATABASE_URL": nowhere}).code == 3
+    ran = cli("audit", "p1", "--database-url", db_url, env={"IMGSAVE_DATABASE_URL": nowhere})
+    assert ran.code == 0, ran.stderr
+    for command in ("generate", "audit", "repair"):
+        helped = cli(command, "--help").stdout
+        assert "IMGSAVE_DATABASE_URL, DATABASE_URL" in helped and "Example: imgsave" in helped
+        assert "<bool>" not in helped.split("--help")[0], "flags show no type placeholder"

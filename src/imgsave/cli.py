@@ -47,7 +47,9 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, metavar="", help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none."""
@@ -55,36 +57,67 @@ def _main(
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="Settings file (default: ./imgsave.toml when present)."),
+    typer.Option(
+        "--config", metavar="FILE", help="Settings file (default: ./imgsave.toml when present)."
+    ),
 ]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print exactly one JSON object on stdout, nothing else.")
+    bool,
+    typer.Option(
+        "--json", metavar="", help="Print exactly one JSON object on stdout, nothing else."
+    ),
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar=["IMGSAVE_DATABASE_URL", "DATABASE_URL"],
+        show_envvar=True,
+        metavar="URL",
+        help="PostgreSQL URL, or 'embedded' for imgsave's built-in server.",
+    ),
 ]
 AllowHttpOption = Annotated[
-    bool, typer.Option("--allow-http", help="Also accept plain http:// image URLs.")
+    bool, typer.Option("--allow-http", metavar="", help="Also accept plain http:// image URLs.")
 ]
 
 
 @app.command(epilog=EXIT_CODES)
 def generate(
-    project: Annotated[str, typer.Argument(help="The project's key in the projects table.")],
+    project: Annotated[
+        str, typer.Argument(metavar="PROJECT", help="The project's key in the projects table.")
+    ],
     images_per_scene: Annotated[
-        int, typer.Option("--images-per-scene", "-k", min=1, max=100, help="Images per scene.")
+        int,
+        typer.Option(
+            "--images-per-scene", "-k", min=1, max=100, metavar="K", help="Images per scene."
+        ),
     ] = 1,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, max=1024, help="Provider calls at once.")
+        int,
+        typer.Option(
+            "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
+        ),
     ] = 8,
     scenes: Annotated[
-        str | None, typer.Option("--scenes", help="Only these scenes, e.g. 1,3,5-8.")
+        str | None,
+        typer.Option("--scenes", metavar="LIST", help="Only these scenes, e.g. 1,3,5-8."),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Generate even for scenes that hold enough images.")
+        bool,
+        typer.Option(
+            "--force", metavar="", help="Generate even for scenes that hold enough images."
+        ),
     ] = False,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Generate images for a project's scenes and save every one of them."""
+    """Generate images for a project's scenes and save every one of them.
+
+    Example: imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
+    """
 
     async def work(settings: Any) -> Any:
         from . import generate as gen
@@ -101,17 +134,22 @@ def generate(
             reporter=ProgressReporter(),
         )
 
-    _execute(work, config=config, allow_http=allow_http, as_json=json_output)
+    _execute(
+        work, config=config, allow_http=allow_http, database_url=database_url, as_json=json_output
+    )
 
 
 ProjectsArgument = Annotated[
     list[str] | None,
-    typer.Argument(help="Only these projects (default: every project the logs name)."),
+    typer.Argument(
+        metavar="PROJECT", help="Only these projects (default: every project the logs name)."
+    ),
 ]
 LogOption = Annotated[
     list[str] | None,
     typer.Option(
         "--log",
+        metavar="PATH",
         help="Log file, directory or glob; .gz is fine. Repeatable. "
         "Default: imgsave's own log directory.",
     ),
@@ -120,6 +158,7 @@ PatternOption = Annotated[
     str | None,
     typer.Option(
         "--pattern",
+        metavar="REGEX",
         help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
         "url and scene (required); project (else --project), ts (ISO 8601 or epoch seconds/ms), "
         "run, scene_id (optional). Lines that do not match are counted, and a pattern that "
@@ -127,16 +166,26 @@ PatternOption = Annotated[
     ),
 ]
 ProjectOption = Annotated[
-    str | None, typer.Option("--project", help="The project for lines with no project group.")
+    str | None,
+    typer.Option("--project", metavar="ID", help="The project for lines with no project group."),
 ]
 SinceOption = Annotated[
-    str | None, typer.Option("--since", help="Only log lines since: ISO time or 2h, 7d.")
+    str | None,
+    typer.Option("--since", metavar="TIME", help="Only log lines since: ISO time or 2h, 7d."),
 ]
 RunGapOption = Annotated[
-    str, typer.Option("--run-gap", help="Lines without a run id farther apart start a new run.")
+    str,
+    typer.Option(
+        "--run-gap",
+        metavar="DURATION",
+        help="Lines without a run id farther apart start a new run.",
+    ),
 ]
 CheckUrlsOption = Annotated[
-    bool, typer.Option("--check-urls", help="Ask each lost URL's host whether it still serves it.")
+    bool,
+    typer.Option(
+        "--check-urls", metavar="", help="Ask each lost URL's host whether it still serves it."
+    ),
 ]
 
 
@@ -175,9 +224,15 @@ def audit(
     check_urls: CheckUrlsOption = False,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Find the images that were generated but are not in their scene."""
+    """Find the images that were generated but are not in their scene.
+
+    Example: imgsave audit --log /var/log/app/ --since 2d --pattern REGEX --json
+
+    (REGEX for the incident's console log, and for other log shapes: see the README.)
+    """
 
     async def work(settings: Any) -> Any:
         from .audit import run_audit
@@ -185,7 +240,9 @@ def audit(
         query = _log_query(projects, log, pattern, project, since, run_gap, settings.allow_http)
         return await run_audit(settings, query, check_urls=check_urls)
 
-    _execute(work, config=config, allow_http=allow_http, as_json=json_output)
+    _execute(
+        work, config=config, allow_http=allow_http, database_url=database_url, as_json=json_output
+    )
 
 
 @app.command(epilog=EXIT_CODES)
@@ -198,28 +255,37 @@ def repair(
     run_gap: RunGapOption = "30m",
     check_urls: CheckUrlsOption = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only show the plan (the default).")
+        bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
     ] = False,
-    execute: Annotated[bool, typer.Option("--execute", help="Restore the lost images.")] = False,
+    execute: Annotated[
+        bool, typer.Option("--execute", metavar="", help="Restore the lost images.")
+    ] = False,
     regenerate: Annotated[
         bool,
         typer.Option(
             "--regenerate",
+            metavar="",
             help="Generate new images for scenes left short "
             "(expired URLs, never-logged empty scenes).",
         ),
     ] = False,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, max=1024, help="For --regenerate.")
+        int,
+        typer.Option("--concurrency", "-c", min=1, max=1024, metavar="C", help="For --regenerate."),
     ] = 8,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print nothing unless something is wrong.")
+        bool,
+        typer.Option("--quiet", "-q", metavar="", help="Print nothing unless something is wrong."),
     ] = False,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Put lost images back (with --execute); never restores stale or orphaned URLs."""
+    """Put lost images back (with --execute); never restores stale or orphaned URLs.
+
+    Example: imgsave repair --execute --check-urls --json   (from cron: see the README)
+    """
 
     async def work(settings: Any) -> Any:
         from .errors import UsageError
@@ -239,17 +305,28 @@ def repair(
             reporter=ProgressReporter(quiet=quiet),
         )
 
-    _execute(work, config=config, allow_http=allow_http, as_json=json_output, quiet=quiet)
+    _execute(
+        work,
+        config=config,
+        allow_http=allow_http,
+        database_url=database_url,
+        as_json=json_output,
+        quiet=quiet,
+    )
 
 
 @app.command(epilog=EXIT_CODES)
 def prune(
     older_than: Annotated[
         str,
-        typer.Option("--older-than", help="Remove run logs last written before this: 30d, 12w."),
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Remove run logs last written before this: 30d, 12w.",
+        ),
     ] = "30d",
     execute: Annotated[
-        bool, typer.Option("--execute", help="Remove them (default: only list).")
+        bool, typer.Option("--execute", metavar="", help="Remove them (default: only list).")
     ] = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
@@ -303,6 +380,7 @@ def _execute(
     config: Path | None,
     as_json: bool,
     allow_http: bool = False,
+    database_url: str | None = None,
     quiet: bool = False,
 ) -> None:
     from .config import load_settings
@@ -311,7 +389,8 @@ def _execute(
 
     secrets: tuple[str, ...] = ()
     try:
-        settings = load_settings({"allow_http": allow_http or None}, config_path=config)
+        flags = {"allow_http": allow_http or None, "database_url": database_url}
+        settings = load_settings(flags, config_path=config)
         secrets = settings.secrets
         for message in weak_secret_warnings(settings.api_key, settings.database_url):
             warn(message)
