@@ -141,7 +141,9 @@ def test_sigkill_after_some_saves_then_repair_restores_the_rest(
         proc.communicate(timeout=30)
         generated = set(logged(log_dir, "image.generated"))
         assert set(stored(rows)) <= generated
-        cli("repair", "--execute")
+        repaired = cli("repair", "--execute", "--json")
+        assert repaired.code == 0, repaired.stderr
+        assert repaired.json()["remaining"] == 0
         assert set(stored(rows)) == generated
         rerun = cli("generate", "p1", "-k", "3", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
         assert rerun.code == 0
@@ -173,14 +175,32 @@ def test_a_row_locked_past_lock_timeout_is_retried_until_released(
     cli, rows, incident_project, db_url, tmp_path
 ):
     (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 0.2\nmax_attempts = 60\n")
-    with LoopbackProvider() as api, psycopg.connect(db_url) as holder:
+    with (
+        LoopbackProvider() as api,
+        psycopg.connect(db_url) as holder,
+        psycopg.connect(db_url, autocommit=True) as watch,
+    ):
         holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
-        release = threading.Timer(2.0, holder.rollback)
-        release.start()
-        ran = cli("generate", "p1", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
-        release.join()
-    assert ran.code == 0, ran.stderr
-    assert ran.json()["saved"] == 20
+        env = {"IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_BASE_URL": api.base_url}
+        proc = spawn(
+            ["generate", "p1", "--json"], {**env, "IMGSAVE_LOG_DIR": str(tmp_path)}, tmp_path
+        )
+
+        def imgsave_waits_for_the_row() -> bool:
+            return (
+                watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()[0]
+                > 0
+            )
+
+        # Released only once imgsave has really met the lock (and so timed out and retried).
+        wait_for(imgsave_waits_for_the_row)
+        holder.rollback()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["saved"] == 20
     assert len(stored(rows)) == 20
 
 
