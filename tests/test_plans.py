@@ -1,0 +1,67 @@
+"""Pure plans: which scenes generate asks for, and what repair says is still missing."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imgsave.audit import AuditReport, Finding
+from imgsave.document import Scene, SceneRef
+from imgsave.generate import parse_scene_selection, plan
+from imgsave.logread import ReadStats
+from imgsave.repair import remaining
+
+scenes_st = st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=8).map(
+    lambda specs: [
+        Scene(
+            SceneRef(n + 1, f"s{n + 1}"),
+            n,
+            "a prompt" if prompted else None,
+            tuple(f"https://i.test/{n}/{j}" for j in range(held)),
+        )
+        for n, (held, prompted) in enumerate(specs)
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenes_st, st.integers(1, 5), st.booleans(), st.data())
+def test_plan_puts_every_selected_scene_in_exactly_one_place(all_scenes, k, force, data):
+    chosen = data.draw(st.sets(st.sampled_from([s.ref.index for s in all_scenes])))
+    selection = parse_scene_selection(",".join(map(str, sorted(chosen)))) if chosen else None
+    the_plan = plan(all_scenes, k, selection=selection, force=force)
+    selected = [s for s in all_scenes if selection is None or s.ref.index in selection]
+    jobs = {job.scene.ref.index: job.count for job in the_plan.jobs}
+    for scene in selected:
+        need = k if force else k - len(scene.urls)
+        places = [
+            scene.ref.index in jobs,
+            scene.ref.index in the_plan.skipped_scenes,
+            scene.ref.index in the_plan.unprompted_scenes,
+        ]
+        assert places.count(True) == 1, scene
+        if need <= 0:
+            assert scene.ref.index in the_plan.skipped_scenes
+        elif scene.prompt is None:
+            assert scene.ref.index in the_plan.unprompted_scenes
+        else:
+            assert jobs[scene.ref.index] == need
+    assert set(jobs) <= {s.ref.index for s in selected}
+    assert the_plan.requested == sum(jobs.values())
+
+
+def test_remaining_counts_what_is_still_missing_scene_by_scene():
+    report = AuditReport(ReadStats())
+    report.lost = [
+        Finding("p", 1, None, "https://i.test/a"),
+        Finding("p", 1, None, "https://i.test/b"),
+    ]
+    report.expired = [Finding("p", 2, None, "https://i.test/c")]
+    report.empty_scenes = [("p", SceneRef(3))]
+    assert remaining(report, {}, {}) == 3
+    assert remaining(report, {("p", 1): 2}, {}) == 1
+    assert remaining(report, {("p", 1): 2}, {("p", 2): 1}) == 0
+    # More came back for a scene than it lost: it does not cover another scene's shortfall.
+    assert remaining(report, {("p", 1): 5}, {}) == 1
+    assert remaining(report, {("p", 1): 2}, {("p", 2): 1}, empty_scenes=True) == 1
+    assert remaining(report, {("p", 1): 2}, {("p", 2): 1, ("p", 3): 1}, empty_scenes=True) == 0
