@@ -271,6 +271,16 @@ def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     )
 
 
+def imgsave_waits_for_a_lock(watch: psycopg.Connection) -> bool:
+    """Whether one of imgsave's sessions is blocked on a lock right now (seen from `watch`, an
+    autocommit connection: inside a transaction, pg_stat_activity would stay one snapshot)."""
+    row = watch.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
+        "AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return row is not None and row[0] > 0
+
+
 def wait_for(predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

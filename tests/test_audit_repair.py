@@ -17,7 +17,7 @@ from imgsave.incident import APP_LOG_PATTERN, incident_document, naive_generate,
 from imgsave.loopback import LoopbackProvider
 from imgsave.provider import Provider
 
-from .conftest import spawn, wait_for
+from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
 
 SHAPE = Shape()
 
@@ -287,16 +287,7 @@ def test_a_second_repair_exits_4_while_one_is_running(cli, rows, log_dir, db_url
         holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
         first = spawn(["repair", "--execute", "--json"], env, tmp_path)
 
-        def first_is_waiting_for_the_row() -> bool:
-            return (
-                watch.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
-                    "AND wait_event_type = 'Lock'"
-                ).fetchone()[0]
-                > 0
-            )
-
-        wait_for(first_is_waiting_for_the_row)
+        wait_for(lambda: imgsave_waits_for_a_lock(watch))
         second = cli("repair", "--execute", "--json")
         assert second.code == 4, second.stderr
         assert "another imgsave repair is running" in second.stderr

@@ -16,7 +16,7 @@ from imgsave.incident import naive_save
 from imgsave.loopback import LoopbackProvider
 from imgsave.saver import ProjectSaver
 
-from .conftest import wait_for
+from .conftest import imgsave_waits_for_a_lock, wait_for
 
 SHAPE = Shape()
 
@@ -128,16 +128,7 @@ async def test_urls_that_wait_for_a_locked_row_are_committed_together(
         ):
             saves = asyncio.gather(*(saver.save(ref, url) for ref, url in items))
 
-            def waiting() -> bool:
-                return (
-                    watch.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
-                        "AND wait_event_type = 'Lock'"
-                    ).fetchone()[0]
-                    > 0
-                )
-
-            await asyncio.to_thread(wait_for, waiting)
+            await asyncio.to_thread(wait_for, lambda: imgsave_waits_for_a_lock(watch))
             holder.rollback()
             await saves
     assert saver.transactions <= 2, saver.transactions

@@ -17,7 +17,7 @@ from imgsave.config import ProviderSettings
 from imgsave.incident import incident_document
 from imgsave.loopback import LoopbackProvider, mixed_faults
 
-from .conftest import spawn, wait_for
+from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
 
 
 def logged(log_dir: Path, event: str) -> list[str]:
@@ -186,17 +186,8 @@ def test_a_row_locked_past_lock_timeout_is_retried_until_released(
             ["generate", "p1", "--json"], {**env, "IMGSAVE_LOG_DIR": str(tmp_path)}, tmp_path
         )
 
-        def imgsave_waits_for_the_row() -> bool:
-            return (
-                watch.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
-                    "AND wait_event_type = 'Lock'"
-                ).fetchone()[0]
-                > 0
-            )
-
         # Released only once imgsave has really met the lock (and so timed out and retried).
-        wait_for(imgsave_waits_for_the_row)
+        wait_for(lambda: imgsave_waits_for_a_lock(watch))
         holder.rollback()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
