@@ -27,11 +27,11 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from imgsave._demo.incident import incident_document
+from imgsave._demo.writes import DemoDatabase
 from imgsave.config import DatabaseSettings, ProviderSettings, Settings
-from imgsave.connect import open_database
 from imgsave.document import SceneRef
 from imgsave.generate import generate
-from imgsave.incident import incident_document
 from imgsave.provider import Provider
 from imgsave.saver import ProjectSaver
 
@@ -145,7 +145,7 @@ def pgbench_rate(clients: int, images: int) -> float:
 async def imgsave_rate(clients: int, images: int) -> tuple[float, int]:
     put("hot", incident_document(20))
     async with (
-        await open_database(settings()) as db,
+        await DemoDatabase.from_settings(settings()) as db,
         ProjectSaver(db, "hot", settings().shape) as saver,
     ):
         per_client = images // clients
@@ -250,7 +250,7 @@ def bench_e2e() -> list[dict]:
         with ProviderProcess(latency) as api:
             conf = settings(base_url=api.base_url)
             provider = Provider(api.base_url, None, None, conf.provider)
-            async with await open_database(conf) as db:
+            async with await DemoDatabase.from_settings(conf) as db:
                 started = time.perf_counter()
                 result = await generate(
                     db=db,

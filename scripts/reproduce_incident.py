@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from imgsave._demo.incident import APP_LOG_PATTERN, incident_document, naive_generate
+from imgsave._demo.loopback import LoopbackProvider
+from imgsave._demo.writes import DemoDatabase
 from imgsave.config import load_settings
-from imgsave.connect import open_database
 from imgsave.document import decode, encode, scenes
-from imgsave.incident import APP_LOG_PATTERN, incident_document, naive_generate
-from imgsave.loopback import LoopbackProvider
 from imgsave.provider import Provider
 
 
@@ -31,7 +31,7 @@ async def main() -> int:
     parser.add_argument("--app-log", type=Path, default=Path("app-console.log"))
     args = parser.parse_args()
     settings = load_settings()
-    async with await open_database(settings, max_size=8) as db:
+    async with await DemoDatabase.from_settings(settings, max_size=8) as db:
         await db.put(args.project, encode(decode(json.dumps(incident_document(args.scenes)))))
         with LoopbackProvider(latency=0.05, jitter=0.1) as api, args.app_log.open("a") as log:
             provider = Provider(api.base_url, None, None, settings.provider)

@@ -3,6 +3,7 @@ database per test cloned from a template, and a real loopback image API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +24,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from imgsave._demo.incident import incident_document
+from imgsave._demo.loopback import LoopbackProvider
 from imgsave.config import DatabaseSettings, ProviderSettings, Settings
-from imgsave.incident import incident_document
-from imgsave.loopback import LoopbackProvider
 
 TEMPLATE = f"imgsave_template_{os.getpid()}"
 
@@ -226,35 +228,50 @@ def imgsave_command() -> list[str]:
     return [str(script)] if script.exists() else [shutil.which("imgsave") or "imgsave"]
 
 
+# What a user's shell could hold that would change a run: every test states its own.
+_OUTSIDE = ("DATABASE_URL", "OPENAI_API_KEY")
+
+
 @pytest.fixture
-def cli(db_url: str, log_dir: Path, tmp_path: Path):
-    """Run the installed `imgsave` entry point in a subprocess with a clean environment."""
+def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run the `imgsave` command in-process (Typer's CliRunner, sqlite-utils' way): the same
+    parsing, settings, exit codes and output as the installed script, without a new interpreter.
+    Tests whose point is a signal, a SIGKILL or two processes use `spawn` instead."""
+    from typer.testing import CliRunner
+
+    from imgsave.cli import app
 
     # Fast retries for tests, through the real config-file path.
     (tmp_path / "imgsave.toml").write_text(
         "[provider]\ntimeout = 10\nbackoff_initial = 0.01\nbackoff_max = 0.05\n"
         "max_retry_after = 0.2\n[database]\nlock_timeout = 1\n"
     )
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Ran:
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("IMGSAVE_") and k not in ("DATABASE_URL", "OPENAI_API_KEY")
+    def run(*args: str, env: dict[str, str] | None = None) -> Ran:
+        environ: dict[str, str | None] = {
+            k: None for k in os.environ if k.startswith("IMGSAVE_") or k in _OUTSIDE
         }
         environ.update(
             {"IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_LOG_DIR": str(log_dir), "COLUMNS": "200"}
         )
         environ.update(env or {})
-        done = subprocess.run(
-            [*imgsave_command(), *args],
-            capture_output=True,
-            text=True,
-            env=environ,
-            cwd=tmp_path,
-            timeout=timeout,
-        )
-        return Ran(done.returncode, done.stdout, done.stderr)
+        outcome: list[object] = []
+
+        def invoke() -> None:
+            outcome.append(runner.invoke(app, list(args), env=environ, catch_exceptions=False))
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            invoke()
+        else:  # called from an async test: the command's asyncio.run needs a thread of its own
+            thread = threading.Thread(target=invoke)
+            thread.start()
+            thread.join()
+        (result,) = outcome
+        return Ran(result.exit_code, result.stdout, result.stderr)  # type: ignore[attr-defined]
 
     return run
 

@@ -11,10 +11,10 @@ import psycopg
 import pytest
 
 from imgsave import generate as gen
-from imgsave.connect import open_database
+from imgsave._demo.incident import APP_LOG_PATTERN, incident_document, naive_generate, naive_save
+from imgsave._demo.loopback import LoopbackProvider
+from imgsave._demo.writes import DemoDatabase
 from imgsave.document import SceneRef, Shape, append_urls, decode, encode
-from imgsave.incident import APP_LOG_PATTERN, incident_document, naive_generate, naive_save
-from imgsave.loopback import LoopbackProvider
 from imgsave.provider import Provider
 
 from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
@@ -52,7 +52,7 @@ async def incident(settings, rows, tmp_path):
     app_log = tmp_path / "app-console.log"
     with LoopbackProvider(latency=0.02, jitter=0.05) as api:
         provider = Provider(api.base_url, None, None, settings.provider)
-        async with await open_database(settings, max_size=8) as db:
+        async with await DemoDatabase.from_settings(settings, max_size=8) as db:
             with app_log.open("w") as log:
                 logged = await naive_generate(db, provider, "p1", SHAPE, 2, app_log=log, think=0.01)
         await provider.aclose()
@@ -308,7 +308,7 @@ async def test_generate_while_the_naive_writer_clobbers_then_repair_loses_nothin
     with LoopbackProvider(latency=0.01, jitter=0.03) as api:
         settings = replace(settings, base_url=api.base_url)
         provider = Provider(api.base_url, None, None, settings.provider)
-        async with await open_database(settings, max_size=8) as db:
+        async with await DemoDatabase.from_settings(settings, max_size=8) as db:
             # One request of the web route fetched the document before imgsave began...
             stale = await db.read("p1")
             run = asyncio.create_task(gen.run(settings, "p1", images_per_scene=3, concurrency=16))

@@ -9,11 +9,11 @@ from collections import Counter
 from dataclasses import replace
 
 from imgsave import generate as gen
+from imgsave._demo.incident import naive_save
+from imgsave._demo.loopback import LoopbackProvider
+from imgsave._demo.writes import DemoDatabase
 from imgsave.config import Settings
-from imgsave.connect import open_database
 from imgsave.document import SceneRef, Shape
-from imgsave.incident import naive_save
-from imgsave.loopback import LoopbackProvider
 from imgsave.saver import ProjectSaver
 
 from .conftest import imgsave_waits_for_a_lock, wait_for
@@ -45,7 +45,7 @@ def stored(rows, project: str) -> Counter:
 async def test_the_naive_write_loses_images_under_the_same_harness(
     settings, rows, incident_project
 ):
-    async with await open_database(settings, max_size=8) as db:
+    async with await DemoDatabase.from_settings(settings, max_size=8) as db:
         items = await hammer(
             lambda ref, url: naive_save(db, incident_project, SHAPE, ref, url), 500, 64
         )
@@ -55,7 +55,7 @@ async def test_the_naive_write_loses_images_under_the_same_harness(
 
 async def test_locked_group_commit_saves_every_image_exactly_once(settings, rows, incident_project):
     async with (
-        await open_database(settings, max_size=8) as db,
+        await DemoDatabase.from_settings(settings, max_size=8) as db,
         ProjectSaver(db, incident_project, SHAPE) as saver,
     ):
         items = await hammer(saver.save, 500, 64)
@@ -123,7 +123,7 @@ async def test_urls_that_wait_for_a_locked_row_are_committed_together(
         holder.execute("SELECT 1 FROM projects WHERE id = %s FOR UPDATE", (incident_project,))
         conf = replace(settings, database=replace(settings.database, lock_timeout=30.0))
         async with (
-            await open_database(conf, max_size=8) as db,
+            await DemoDatabase.from_settings(conf, max_size=8) as db,
             ProjectSaver(db, incident_project, SHAPE) as saver,
         ):
             saves = asyncio.gather(*(saver.save(ref, url) for ref, url in items))

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 
 from imgsave import generate as gen
+from imgsave._demo.incident import incident_document
+from imgsave._demo.loopback import LoopbackProvider, mixed_faults
 from imgsave.config import ProviderSettings
-from imgsave.incident import incident_document
-from imgsave.loopback import LoopbackProvider, mixed_faults
 
 from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
 

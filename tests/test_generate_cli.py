@@ -7,8 +7,8 @@ import json
 import psycopg
 import pytest
 
-from imgsave.incident import incident_document
-from imgsave.loopback import LoopbackProvider
+from imgsave._demo.incident import incident_document
+from imgsave._demo.loopback import LoopbackProvider
 
 
 def provider_env(api: LoopbackProvider, **extra: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from imgsave.incident import incident_document
+from imgsave._demo.incident import incident_document
 
 
 def test_permission_denied_on_the_table_is_one_clear_line_not_an_internal_error(cli, rows, db_url):
@@ -54,7 +54,7 @@ def test_a_huge_log_line_is_skipped_and_counted_in_bounded_memory(db_url, rows, 
     import subprocess
     import sys
 
-    from imgsave.incident import APP_LOG_PATTERN
+    from imgsave._demo.incident import APP_LOG_PATTERN
 
     rows.put("p1", incident_document(1))
     log = tmp_path / "app.log.gz"
@@ -99,7 +99,7 @@ def test_a_catastrophic_pattern_cannot_hold_audit_on_a_hostile_line(cli, rows, t
     log.write_text("1 " + "a" * 36 + "b\n" + "1 aaa\n")
     # Python's backtracking engine needs about 2**36 steps for the first line.
     pattern = r"^(?P<scene>\d) (?P<url>(?:a+)+)$"
-    ran = cli("audit", "--log", str(log), "--pattern", pattern, "--project", "p1", timeout=60)
+    ran = cli("audit", "--log", str(log), "--pattern", pattern, "--project", "p1")
     # The second line matches, and its URL is refused by the URL rule: both lines counted.
     assert ran.code == 0, ran.stderr
     assert "2 log lines in 1 file, 2 skipped (1 unmatched, 1 refused URLs)" in ran.stdout
@@ -118,7 +118,7 @@ async def test_dead_idle_pooled_connections_cost_a_retry_not_seconds_of_back_off
     import asyncio
     import time
 
-    from imgsave.connect import open_database
+    from imgsave._demo.writes import DemoDatabase
     from imgsave.document import SceneRef, Shape, append_urls, decode, encode
 
     rows.put("p1", incident_document(1))
@@ -130,7 +130,7 @@ async def test_dead_idle_pooled_connections_cost_a_retry_not_seconds_of_back_off
 
         return change
 
-    async with await open_database(settings, max_size=4) as db:
+    async with await DemoDatabase.from_settings(settings, max_size=4) as db:
 
         async def hold() -> None:
             async with db._pool.connection():
@@ -280,7 +280,7 @@ async def test_a_partition_after_select_for_update_neither_holds_the_lock_nor_th
             await asyncio.wait_for(save, 60)
             elapsed = time.monotonic() - started
     assert len(attempts) >= 2, "the silent attempt was given up on and retried"
-    assert elapsed < 40
+    assert elapsed < 9, f"the attempt outlived its 6 s deadline: {elapsed:.1f} s"
     with psycopg.connect(db_url) as conn:
         (doc,) = conn.execute("SELECT generated_output FROM projects").fetchone()
     assert doc["scenes"][0]["imageUrls"] == ["https://i.test/a"]
@@ -362,7 +362,7 @@ def test_no_database_password_in_any_output_and_no_other_byte_changed(
 def test_an_api_key_the_provider_echoes_is_in_no_output_and_no_log(db_url, rows, tmp_path, key):
     import re
 
-    from imgsave.loopback import LoopbackProvider
+    from imgsave._demo.loopback import LoopbackProvider
 
     rows.put("p1", incident_document(1))
     logs = tmp_path / "logs"
@@ -380,7 +380,9 @@ def test_an_api_key_the_provider_echoes_is_in_no_output_and_no_log(db_url, rows,
 
     with LoopbackProvider(faults=lambda n: "401") as api:
         reference = run("REFERENCE-KEY-0")
-        assume(not any(s in "".join(map(str, reference)) for s in _spellings(key)))
+        before = "".join(p.read_text() for p in logs.glob("*.jsonl"))
+        # A "key" that is also a word of the output (scene_id, generate) cannot be told apart.
+        assume(not any(s in "".join(map(str, reference)) + before for s in _spellings(key)))
         got = run(key)
     assert got[0] == 3 and "Incorrect API key provided: Bearer ***" in got[2]
     logged = "".join(p.read_text() for p in logs.glob("*.jsonl"))
@@ -417,7 +419,7 @@ ODD_DOCUMENT = (
 def test_generate_into_a_json_or_text_column_changes_only_the_appended_arrays(
     cli, db_url, column_type
 ):
-    from imgsave.loopback import LoopbackProvider
+    from imgsave._demo.loopback import LoopbackProvider
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
@@ -448,7 +450,7 @@ def test_generate_into_a_json_or_text_column_changes_only_the_appended_arrays(
 def test_a_duplicate_key_that_makes_the_target_ambiguous_is_refused_and_the_image_kept(
     cli, db_url, log_dir
 ):
-    from imgsave.loopback import LoopbackProvider
+    from imgsave._demo.loopback import LoopbackProvider
 
     ambiguous = (
         '{"scenes":[{"id":"s1","imagePrompt":"a","imageUrls":["https://old.test/1.png"],'
@@ -471,7 +473,7 @@ def test_a_duplicate_key_that_makes_the_target_ambiguous_is_refused_and_the_imag
 
 
 def test_a_jsonb_number_of_5001_digits_is_not_a_reason_to_refuse_the_document(cli, rows):
-    from imgsave.loopback import LoopbackProvider
+    from imgsave._demo.loopback import LoopbackProvider
 
     rows.put("p1", '{"n": ' + "7" * 5001 + ', "scenes": [{"imagePrompt": "a"}]}', raw=True)
     with LoopbackProvider() as api:

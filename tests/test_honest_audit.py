@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from imgsave.incident import APP_LOG_PATTERN, incident_document
-from imgsave.loopback import LoopbackProvider
+from imgsave._demo.incident import APP_LOG_PATTERN, incident_document
+from imgsave._demo.loopback import LoopbackProvider
 
 from .conftest import spawn
 
@@ -367,7 +367,7 @@ def test_the_loopback_provider_starts_from_the_command_line():
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imgsave.loopback", "--latency", "0"],
+        [sys.executable, "-m", "imgsave._demo.loopback", "--latency", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from imgsave.loopback import LoopbackProvider
+from imgsave._demo.loopback import LoopbackProvider
 
 from .conftest import imgsave_command, spawn, wait_for
 

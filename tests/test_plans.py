@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.audit import AuditReport, Finding
 from imgsave.document import Scene, SceneRef
+from imgsave.findings import AuditReport, Finding
 from imgsave.generate import parse_scene_selection, plan
 from imgsave.logread import ReadStats
 from imgsave.repair import remaining

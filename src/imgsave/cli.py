@@ -7,16 +7,23 @@ imported inside the commands so that `imgsave --help` starts fast.
 from __future__ import annotations
 
 import asyncio
-import os
+import functools
+import inspect
 import sys
-import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
 from .errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .config import Settings
+    from .logread import LogQuery
 
 EXIT_CODES = (
     "Exit codes: 0 done, nothing missing; 1 finished with findings (images lost or left "
@@ -67,6 +74,17 @@ JsonOption = Annotated[
         "--json", metavar="", help="Print exactly one JSON object on stdout, nothing else."
     ),
 ]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        envvar="IMGSAVE_DEBUG",
+        show_envvar=True,
+        metavar="",
+        help="Show imgsave's debug log (retries, batches) and the traceback of an internal error.",
+    ),
+]
 DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(
@@ -80,6 +98,24 @@ DatabaseUrlOption = Annotated[
 AllowHttpOption = Annotated[
     bool, typer.Option("--allow-http", metavar="", help="Also accept plain http:// image URLs.")
 ]
+ConcurrencyOption = Annotated[
+    int,
+    typer.Option(
+        "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options every command that touches the database takes."""
+
+    config: Path | None = None
+    as_json: bool = False
+    verbose: bool = False
+    allow_http: bool = False
+    database_url: str | None = None
+    quiet: bool = False
 
 
 @app.command(epilog=EXIT_CODES)
@@ -93,12 +129,7 @@ def generate(
             "--images-per-scene", "-k", min=1, max=100, metavar="K", help="Images per scene."
         ),
     ] = 1,
-    concurrency: Annotated[
-        int,
-        typer.Option(
-            "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
-        ),
-    ] = 8,
+    concurrency: ConcurrencyOption = 8,
     scenes: Annotated[
         str | None,
         typer.Option("--scenes", metavar="LIST", help="Only these scenes, e.g. 1,3,5-8."),
@@ -113,15 +144,16 @@ def generate(
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Generate images for a project's scenes and save every one of them.
 
     Example: imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
     """
 
-    async def work(settings: Any) -> Any:
+    async def work(settings: Settings) -> _Result:
         from . import generate as gen
-        from .output import ProgressReporter
+        from .progress import ProgressReporter
 
         selection = gen.parse_scene_selection(scenes) if scenes else None
         return await gen.run(
@@ -134,98 +166,164 @@ def generate(
             reporter=ProgressReporter(),
         )
 
-    _execute(
-        work, config=config, allow_http=allow_http, database_url=database_url, as_json=json_output
+    _execute(work, Common(config, json_output, verbose, allow_http, database_url))
+
+
+@dataclass(frozen=True)
+class LogSources:
+    """Where audit and repair read what was generated: the seven options they share."""
+
+    projects: list[str] | None
+    logs: list[str] | None
+    pattern: str | None
+    project: str | None
+    since: str | None
+    run_gap: str
+    check_urls: bool
+
+    def query(self, allow_http: bool) -> LogQuery:
+        from .logread import LogQuery, compile_pattern, parse_duration, parse_time
+
+        if self.pattern:
+            compile_pattern(self.pattern, self.project)
+        return LogQuery(
+            paths=tuple(self.logs or ()),
+            pattern=self.pattern,
+            project=self.project,
+            since=parse_time(self.since) if self.since else None,
+            run_gap=parse_duration(self.run_gap, "--run-gap"),
+            allow_http=allow_http,
+            only_projects=frozenset(self.projects or ()),
+        )
+
+
+_LOG_SOURCE_PARAMETERS = (
+    inspect.Parameter(
+        "projects",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            list[str] | None,
+            typer.Argument(
+                metavar="[PROJECT]...",
+                show_default=False,
+                help="Only these projects (default: every project the logs name).",
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "logs",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            list[str] | None,
+            typer.Option(
+                "--log",
+                metavar="PATH",
+                help="Log file, directory or glob; .gz is fine. Repeatable. "
+                "Default: imgsave's own log directory.",
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "pattern",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--pattern",
+                metavar="REGEX",
+                help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
+                "url and scene (required); project (else --project), ts (ISO 8601 or epoch "
+                "seconds/ms), run, scene_id (optional). Lines that do not match are counted, and "
+                "a pattern that matches no line is an error. The README has one example per "
+                "common log shape.",
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "project",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--project", metavar="ID", help="The project for lines with no project group."
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "since",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            str | None,
+            typer.Option(
+                "--since", metavar="TIME", help="Only log lines since: ISO time or 2h, 7d."
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "run_gap",
+        inspect.Parameter.KEYWORD_ONLY,
+        default="30m",
+        annotation=Annotated[
+            str,
+            typer.Option(
+                "--run-gap",
+                metavar="DURATION",
+                help="Lines without a run id farther apart start a new run.",
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "check_urls",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool,
+            typer.Option(
+                "--check-urls",
+                metavar="",
+                help="Ask each lost URL's host whether it still serves it.",
+            ),
+        ],
+    ),
+)
+
+
+def log_source_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the log-source options, collected into its `sources: LogSources`.
+
+    Typer reads a command's options from its signature, so the wrapper shows the seven
+    parameters in place of `sources`: one definition, and audit and repair cannot drift apart.
+    """
+    names = [p.name for p in _LOG_SOURCE_PARAMETERS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: object) -> None:
+        sources = LogSources(**{name: kwargs.pop(name) for name in names})  # type: ignore[arg-type]
+        command(sources=sources, **kwargs)
+
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()]
+    parameters = _LOG_SOURCE_PARAMETERS + tuple(
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "sources"
     )
-
-
-ProjectsArgument = Annotated[
-    list[str] | None,
-    typer.Argument(
-        metavar="PROJECT", help="Only these projects (default: every project the logs name)."
-    ),
-]
-LogOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--log",
-        metavar="PATH",
-        help="Log file, directory or glob; .gz is fine. Repeatable. "
-        "Default: imgsave's own log directory.",
-    ),
-]
-PatternOption = Annotated[
-    str | None,
-    typer.Option(
-        "--pattern",
-        metavar="REGEX",
-        help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
-        "url and scene (required); project (else --project), ts (ISO 8601 or epoch seconds/ms), "
-        "run, scene_id (optional). Lines that do not match are counted, and a pattern that "
-        "matches no line is an error. The README has one example per common log shape.",
-    ),
-]
-ProjectOption = Annotated[
-    str | None,
-    typer.Option("--project", metavar="ID", help="The project for lines with no project group."),
-]
-SinceOption = Annotated[
-    str | None,
-    typer.Option("--since", metavar="TIME", help="Only log lines since: ISO time or 2h, 7d."),
-]
-RunGapOption = Annotated[
-    str,
-    typer.Option(
-        "--run-gap",
-        metavar="DURATION",
-        help="Lines without a run id farther apart start a new run.",
-    ),
-]
-CheckUrlsOption = Annotated[
-    bool,
-    typer.Option(
-        "--check-urls", metavar="", help="Ask each lost URL's host whether it still serves it."
-    ),
-]
-
-
-def _log_query(
-    projects: list[str] | None,
-    logs: list[str] | None,
-    pattern: str | None,
-    project: str | None,
-    since: str | None,
-    run_gap: str,
-    allow_http: bool,
-) -> Any:
-    from .logread import LogQuery, compile_pattern, parse_duration, parse_time
-
-    if pattern:
-        compile_pattern(pattern, project)
-    return LogQuery(
-        paths=tuple(logs or ()),
-        pattern=pattern,
-        project=project,
-        since=parse_time(since) if since else None,
-        run_gap=parse_duration(run_gap, "--run-gap"),
-        allow_http=allow_http,
-        only_projects=frozenset(projects or ()),
-    )
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
 
 
 @app.command(epilog=EXIT_CODES)
+@log_source_options
 def audit(
-    projects: ProjectsArgument = None,
-    log: LogOption = None,
-    pattern: PatternOption = None,
-    project: ProjectOption = None,
-    since: SinceOption = None,
-    run_gap: RunGapOption = "30m",
-    check_urls: CheckUrlsOption = False,
+    sources: LogSources,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Find the images that were generated but are not in their scene.
 
@@ -234,26 +332,19 @@ def audit(
     (REGEX for the incident's console log, and for other log shapes: see the README.)
     """
 
-    async def work(settings: Any) -> Any:
+    async def work(settings: Settings) -> _Result:
         from .audit import run_audit
 
-        query = _log_query(projects, log, pattern, project, since, run_gap, settings.allow_http)
-        return await run_audit(settings, query, check_urls=check_urls)
+        query = sources.query(settings.allow_http)
+        return await run_audit(settings, query, check_urls=sources.check_urls)
 
-    _execute(
-        work, config=config, allow_http=allow_http, database_url=database_url, as_json=json_output
-    )
+    _execute(work, Common(config, json_output, verbose, allow_http, database_url))
 
 
 @app.command(epilog=EXIT_CODES)
+@log_source_options
 def repair(
-    projects: ProjectsArgument = None,
-    log: LogOption = None,
-    pattern: PatternOption = None,
-    project: ProjectOption = None,
-    since: SinceOption = None,
-    run_gap: RunGapOption = "30m",
-    check_urls: CheckUrlsOption = False,
+    sources: LogSources,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
     ] = False,
@@ -269,10 +360,7 @@ def repair(
             "(expired URLs, never-logged empty scenes).",
         ),
     ] = False,
-    concurrency: Annotated[
-        int,
-        typer.Option("--concurrency", "-c", min=1, max=1024, metavar="C", help="For --regenerate."),
-    ] = 8,
+    concurrency: ConcurrencyOption = 8,
     quiet: Annotated[
         bool,
         typer.Option("--quiet", "-q", metavar="", help="Print nothing unless something is wrong."),
@@ -281,38 +369,31 @@ def repair(
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
     Example: imgsave repair --execute --check-urls --json   (from cron: see the README)
     """
 
-    async def work(settings: Any) -> Any:
+    async def work(settings: Settings) -> _Result:
         from .errors import UsageError
-        from .output import ProgressReporter
+        from .progress import ProgressReporter
         from .repair import run_repair
 
         if dry_run and execute:
             raise UsageError("--dry-run and --execute exclude each other")
-        query = _log_query(projects, log, pattern, project, since, run_gap, settings.allow_http)
         return await run_repair(
             settings,
-            query,
+            sources.query(settings.allow_http),
             execute=execute,
             regenerate=regenerate,
-            check_urls=check_urls,
+            check_urls=sources.check_urls,
             concurrency=concurrency,
             reporter=ProgressReporter(quiet=quiet),
         )
 
-    _execute(
-        work,
-        config=config,
-        allow_http=allow_http,
-        database_url=database_url,
-        as_json=json_output,
-        quiet=quiet,
-    )
+    _execute(work, Common(config, json_output, verbose, allow_http, database_url, quiet))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -330,34 +411,36 @@ def prune(
     ] = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Remove imgsave's own generation logs older than a window (a retention rule for cron).
 
     Example: imgsave prune --older-than 30d --execute
     """
 
-    async def work(settings: Any) -> Any:
+    async def work(settings: Settings) -> _Result:
         from .logread import parse_duration
         from .prune import prune as run_prune
 
         window = parse_duration(older_than, "--older-than")
         return run_prune(settings.resolved_log_dir(), window, label=older_than, execute=execute)
 
-    _execute(work, config=config, as_json=json_output)
+    _execute(work, Common(config, json_output, verbose))
 
 
 @app.command(epilog=EXIT_CODES)
-def demo(
-    config: ConfigOption = None,
-) -> None:
-    """Tell the incident's story on the embedded database: no keys, no set-up."""
+def demo(config: ConfigOption = None, verbose: VerboseOption = False) -> None:
+    """Tell the incident's story on the embedded database: no keys, no set-up.
 
-    async def work(settings: Any) -> Any:
-        from .demo import run_demo
+    Example: imgsave demo
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from ._demo.demo import run_demo
 
         return await run_demo(settings)
 
-    _execute(work, config=config, as_json=False)
+    _execute(work, Common(config, verbose=verbose))
 
 
 class _Result(Protocol):
@@ -366,59 +449,61 @@ class _Result(Protocol):
     @property
     def exit_code(self) -> int: ...
 
-    def to_json(self) -> dict[str, Any]: ...
+    def to_json(self) -> dict[str, object]: ...
 
     def stderr_lines(self) -> list[str]:
         """What must reach stderr whatever the output mode: why a run stopped, and paid
         images that only this printout records."""
         ...
 
+    def render(self, console: Console) -> None:
+        """The summary for a person, on stdout."""
+        ...
 
-def _execute(
-    work: Callable[[Any], Coroutine[Any, Any, _Result]],
-    *,
-    config: Path | None,
-    as_json: bool,
-    allow_http: bool = False,
-    database_url: str | None = None,
-    quiet: bool = False,
-) -> None:
+
+def _execute(work: Callable[[Settings], Awaitable[_Result]], common: Common) -> None:
     from .config import load_settings
-    from .output import error, print_json, render, warn
+    from .consoles import error, print_json, stdout_console, warn
+    from .logs import configure_logging, log_internal_error
     from .redaction import redact, weak_secret_warnings
 
     secrets: tuple[str, ...] = ()
     try:
-        flags = {"allow_http": allow_http or None, "database_url": database_url}
-        settings = load_settings(flags, config_path=config)
+        flags = {"allow_http": common.allow_http or None, "database_url": common.database_url}
+        settings = load_settings(flags, config_path=common.config)
         secrets = settings.secrets
+        configure_logging(verbose=common.verbose, secrets=secrets)
         for message in weak_secret_warnings(settings.api_key, settings.database_url):
             warn(message)
-        result = asyncio.run(work(settings))
+        result = asyncio.run(_awaited(work, settings))
     except ImgsaveError as exc:
-        _fail(str(exc), exc.exit_code, secrets, as_json)
+        _fail(str(exc), exc.exit_code, secrets, common.as_json)
     except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED, secrets, as_json)
+        _fail("interrupted", EXIT_INTERRUPTED, secrets, common.as_json)
     except Exception as exc:  # a bug: say so in one line, never with a secret in it
-        if os.environ.get("IMGSAVE_DEBUG"):
-            sys.stderr.write(redact(traceback.format_exc(), secrets))
+        log_internal_error(exc)
+        hint = "" if common.verbose else " (-v shows the traceback)"
         _fail(
-            f"internal error: {type(exc).__name__}: {exc} (IMGSAVE_DEBUG=1 shows the traceback)",
+            f"internal error: {type(exc).__name__}: {exc}{hint}",
             EXIT_CANNOT_WORK,
             secrets,
-            as_json,
+            common.as_json,
         )
     for line in result.stderr_lines():
         error(redact(line, secrets))
-    if as_json:
+    if common.as_json:
         print_json(result.to_json())
-    elif not (quiet and result.exit_code == 0):
-        render(result)
+    elif not (common.quiet and result.exit_code == 0):
+        result.render(stdout_console())
     raise typer.Exit(result.exit_code)
 
 
+async def _awaited(work: Callable[[Settings], Awaitable[_Result]], settings: Settings) -> _Result:
+    return await work(settings)
+
+
 def _fail(message: str, code: int, secrets: tuple[str, ...], as_json: bool) -> None:
-    from .output import error, print_json
+    from .consoles import error, print_json
     from .redaction import redact
 
     message = redact(" ".join(message.split()), secrets)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -23,16 +22,26 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
 
-from .config import DatabaseSettings, Names
-from .errors import CannotWork, DatabaseUnavailable, MalformedDocument, ProjectNotFound
+from . import embedded
+from .config import DatabaseSettings, Names, Settings
+from .errors import (
+    CannotWork,
+    DatabaseUnavailable,
+    MalformedDocument,
+    ProjectNotFound,
+    UsageError,
+)
+from .logs import logger
 from .redaction import mask_url, redact, url_secrets
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Errors after which the same transaction, tried again, can succeed. A dropped connection is
 # among them: the outcome of its COMMIT is unknown, but every write is append-if-absent, so
@@ -47,12 +56,18 @@ TRANSIENT = (
     TimeoutError,  # our own deadline on an attempt: the network went silent
 )
 
-_CASTS = {"jsonb": sql.SQL("jsonb"), "json": sql.SQL("json")}
+# After an attempt's deadline, how long a cancelled query may take to stop before its
+# connection is closed instead (see _within).
+CANCEL_GRACE = 0.5
 
-# The pool logs every discarded or failed connection as a multi-line warning on stderr; the
-# retries below handle those, and what still fails is reported once, as one line.
-for _name in ("psycopg", "psycopg.pool"):
-    logging.getLogger(_name).setLevel(logging.CRITICAL)
+EMBEDDED = "embedded"
+
+NO_DATABASE = (
+    "no database given: set IMGSAVE_DATABASE_URL (or DATABASE_URL, or database_url in "
+    "imgsave.toml) to a PostgreSQL URL, or to 'embedded' for imgsave's built-in server"
+)
+
+_CASTS = {"jsonb": sql.SQL("jsonb"), "json": sql.SQL("json")}
 
 ChangeFn = Callable[[str | None], tuple[str | None, T]]
 
@@ -99,7 +114,7 @@ class Database:
         *,
         max_size: int = 4,
         create_table: bool = False,
-    ) -> Database:
+    ) -> Self:
         """Connect, check the table and columns exist, and prepare the statements."""
         # application_name lets a DBA (and the fault-injection tests) find imgsave's sessions.
         kwargs: dict[str, Any] = {
@@ -140,10 +155,29 @@ class Database:
         await pool.open()
         return cls(pool, statements, settings, url_secrets(url))
 
+    @classmethod
+    async def from_settings(cls, settings: Settings, *, max_size: int = 4) -> Self:
+        """The database the settings name: a URL, or the embedded server when asked for by name."""
+        # No silent fallback: a cron line that lost its environment must alert, not audit an
+        # empty embedded database and report a clean run.
+        if not settings.database_url:
+            raise UsageError(NO_DATABASE)
+        if settings.database_url.strip().lower() == EMBEDDED:
+            return await cls.open(
+                embedded.start(),
+                settings.names,
+                settings.database,
+                max_size=max_size,
+                create_table=True,
+            )
+        return await cls.open(
+            settings.database_url, settings.names, settings.database, max_size=max_size
+        )
+
     async def close(self) -> None:
         await self._pool.close()
 
-    async def __aenter__(self) -> Database:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -175,7 +209,17 @@ class Database:
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self._settings.max_attempts),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
+            before_sleep=self._log_retry,
             reraise=True,
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.debug(
+            "database: attempt %d failed (%s); retrying in %.2fs",
+            state.attempt_number,
+            self._one_line(exc) if exc else "?",
+            state.upcoming_sleep,
         )
 
     @property
@@ -208,14 +252,16 @@ class Database:
     async def read(self, project: str) -> str | None:
         """The stored text of one project's document, read without a lock."""
         key = self.normalise_key(project)
-        row = None
+        row: tuple[str | None] | None = None
+
+        async def once() -> tuple[str | None] | None:
+            async with self._connection() as conn:
+                cur = await conn.execute(self._sql.select_one, (key,))
+                return await cur.fetchone()
+
         if key is not None:
             try:
-                async for attempt in self._retrying():
-                    with attempt:
-                        async with asyncio.timeout(self._read_deadline), self._connection() as conn:
-                            cur = await conn.execute(self._sql.select_one, (key,))
-                            row = await cur.fetchone()
+                row = await self._retrying()(_within, self._read_deadline, once)
             except psycopg.Error as exc:
                 raise CannotWork(f"project {project}: cannot read: {self._one_line(exc)}") from None
         if row is None:
@@ -252,19 +298,19 @@ class Database:
         return {keys[key]: text for key, text in rows}, {}
 
     async def _fetch_many(self, keys: list[str]) -> list[tuple[str, str | None]]:
+        async def once() -> list[tuple[str, str | None]]:
+            async with self._connection() as conn:
+                cur = await conn.execute(self._sql.select_many, (keys,))
+                return await cur.fetchall()
+
         try:
-            async for attempt in self._retrying():
-                with attempt:
-                    async with asyncio.timeout(self._read_deadline), self._connection() as conn:
-                        cur = await conn.execute(self._sql.select_many, (keys,))
-                        return await cur.fetchall()
+            return await self._retrying()(_within, self._read_deadline, once)
         except TRANSIENT as exc:
             raise DatabaseUnavailable(
                 f"cannot read from the database: {self._one_line(exc)}"
             ) from None
         except psycopg.Error as exc:
             raise CannotWork(f"cannot read from the database: {self._one_line(exc)}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def locked_update(self, project: str, change: ChangeFn[T]) -> T:
         """Run `change` on the row's document under `SELECT ... FOR UPDATE`; write what it returns.
@@ -287,22 +333,21 @@ class Database:
         # The client's side of the same bound: one attempt may take no longer than its
         # statements may, plus a margin, however silent the network.
         deadline = self._settings.lock_timeout + 2 * self._settings.statement_timeout + 1
+
+        async def once() -> T:
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute(self._sql.set_timeouts, timeouts)
+                cur = await conn.execute(self._sql.select_for_update, (key,))
+                row = await cur.fetchone()
+                if row is None:
+                    raise ProjectNotFound(f"project {project} not found")
+                new_text, result = change(row[0])
+                if new_text is not None:
+                    await conn.execute(self._sql.update, (new_text, key))
+            return result
+
         try:
-            async for attempt in self._retrying():
-                with attempt:
-                    async with (
-                        asyncio.timeout(deadline),
-                        self._connection() as conn,
-                        conn.transaction(),
-                    ):
-                        await conn.execute(self._sql.set_timeouts, timeouts)
-                        cur = await conn.execute(self._sql.select_for_update, (key,))
-                        row = await cur.fetchone()
-                        if row is None:
-                            raise ProjectNotFound(f"project {project} not found")
-                        new_text, result = change(row[0])
-                        if new_text is not None:
-                            await conn.execute(self._sql.update, (new_text, key))
+            return await self._retrying()(_within, deadline, once)
         except TRANSIENT as exc:
             reason = f"no answer within {deadline:g}s" if isinstance(exc, TimeoutError) else ""
             raise DatabaseUnavailable(
@@ -316,23 +361,29 @@ class Database:
             ) from None
         except psycopg.Error as exc:
             raise CannotWork(f"project {project}: could not save: {self._one_line(exc)}") from None
-        return result
 
-    async def put(self, project: str, text: str | None) -> None:
-        """Create or replace a project's document (demo and test set-up, not the save path)."""
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(self._sql.upsert, (project, text))
-        except psycopg.Error as exc:
-            raise CannotWork(f"project {project}: could not write: {self._one_line(exc)}") from None
 
-    async def overwrite_unlocked(self, project: str, text: str) -> None:
-        """The incident's blind write: no lock, no check. Only the incident reproduction uses it."""
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(self._sql.update, (text, self.normalise_key(project)))
-        except psycopg.Error as exc:
-            raise CannotWork(f"project {project}: could not write: {self._one_line(exc)}") from None
+async def _within(seconds: float, work: Callable[[], Awaitable[R]]) -> R:
+    """`work()` with a deadline psycopg cannot stretch; TimeoutError when it passes.
+
+    Cancelled mid-query, psycopg asks the server to cancel the query and waits up to 5 s for
+    that and 5 s more for the query to end: on a silent network, ten seconds past any deadline
+    set with `asyncio.timeout`. Cancelled again, it closes the connection at once. So `work`
+    runs as a task of its own, cancelled at the deadline and then again after a short grace
+    (enough for a healthy server to confirm a cancel, so its connection can be reused).
+    """
+    task = asyncio.ensure_future(work())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        while not done:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task.cancelled():
+        raise TimeoutError
+    return task.result()
 
 
 def _encodable(text: str) -> bool:

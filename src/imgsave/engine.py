@@ -27,6 +27,7 @@ from .errors import (
 )
 from .genlog import RunLog
 from .interrupt import StopSignal
+from .jsondata import NOT_IN_JSON, fields_json
 from .provider import ImageFailed, Provider
 from .saver import ProjectSaver
 
@@ -82,11 +83,13 @@ class Tally:
     # The provider answered with a URL the scene already held: paid for, nothing gained.
     duplicates: int = 0
     errors: list[str] = field(default_factory=list)
-    fatal: str | None = None
-    log_error: str | None = None
+    # Why the run stopped early: the image API refused or was unreachable ...
+    fatal: str | None = field(default=None, metadata=NOT_IN_JSON)
+    # ... or the generation log stopped taking writes.
+    log_error: str | None = field(default=None, metadata=NOT_IN_JSON)
     interrupted: bool = False
     transactions: int = 0
-    saved_by_scene: Counter[int] = field(default_factory=Counter)
+    saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
     unlogged: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -98,6 +101,19 @@ class Tally:
         if self.failed or self.duplicates or self.log_error or self.saved < self.requested:
             return EXIT_FINDINGS
         return EXIT_OK
+
+    def to_json(self) -> dict[str, object]:
+        return {**fields_json(self), "stopped": self.fatal or self.log_error}
+
+    def unlogged_lines(self) -> list[str]:
+        """One line per paid image the generation log could not record, so it is never lost."""
+        return [
+            f"NOT IN THE LOG: project {u['project']} scene {u['scene']}"
+            + (f" ({u['scene_id']})" if u["scene_id"] else "")
+            + (" saved: " if u["saved"] else " NOT SAVED: ")
+            + u["url"]
+            for u in self.unlogged
+        ]
 
 
 class Execution:

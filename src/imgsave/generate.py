@@ -8,27 +8,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .config import Settings
-from .connect import open_database
+from .consoles import shown
 from .db import Database
 from .document import Scene, Shape, decode, scenes
 from .engine import Execution, Job, Plan, Reporter, Tally, finish_log
 from .errors import EXIT_FINDINGS, UsageError
 from .genlog import RunLog, new_run_id
 from .interrupt import StopSignal, sigint_stops
+from .jsondata import NOT_IN_JSON, fields_json, json_name
 from .provider import Provider
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
 class GenerateResult:
     project: str
     run: str
-    tally: Tally = field(default_factory=Tally)
+    tally: Tally = field(default_factory=Tally, metadata=NOT_IN_JSON)
     skipped_scenes: list[int] = field(default_factory=list)
     unprompted_scenes: list[int] = field(default_factory=list)
-    log_path: str | None = None
+    log_path: str | None = field(default=None, metadata=json_name("log"))
 
     # The engine's counts, under the names the JSON contract gives them.
     @property
@@ -44,38 +48,35 @@ class GenerateResult:
         return self.tally.failed
 
     @property
-    def fatal(self) -> str | None:
-        return self.tally.fatal
-
-    @property
     def exit_code(self) -> int:
         code = self.tally.exit_code
         return max(code, EXIT_FINDINGS) if self.unprompted_scenes and code == 0 else code
 
     def stderr_lines(self) -> list[str]:
-        from .output import unlogged_lines
-
         fatal = [self.tally.fatal] if self.tally.fatal else []
-        return fatal + unlogged_lines(self.tally.unlogged)
+        return fatal + self.tally.unlogged_lines()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
+        return {**fields_json(self), **self.tally.to_json()}
+
+    def render(self, console: Console) -> None:
         t = self.tally
-        return {
-            "project": self.project,
-            "run": self.run,
-            "requested": t.requested,
-            "saved": t.saved,
-            "failed": t.failed,
-            "duplicates": t.duplicates,
-            "skipped_scenes": self.skipped_scenes,
-            "unprompted_scenes": self.unprompted_scenes,
-            "transactions": t.transactions,
-            "interrupted": t.interrupted,
-            "stopped": t.fatal or t.log_error,
-            "unlogged": t.unlogged,
-            "errors": t.errors,
-            "log": self.log_path,
-        }
+        head = f"project {self.project}: {t.saved} of {t.requested} images saved"
+        if t.requested:
+            head += f" in {t.transactions} transaction{'s' if t.transactions != 1 else ''}"
+        parts = [head]
+        if t.failed:
+            parts.append(f"{t.failed} failed (in the log for `imgsave repair`)")
+        if t.duplicates:
+            parts.append(f"{t.duplicates} answered with a URL the scene already held (not saved)")
+        if self.skipped_scenes:
+            parts.append(f"{len(self.skipped_scenes)} scenes already complete")
+        if self.unprompted_scenes:
+            parts.append(f"{len(self.unprompted_scenes)} scenes without a prompt")
+        if t.interrupted:
+            parts.append("interrupted")
+        parts += [f"stopped: {why}" for why in (t.fatal, t.log_error) if why]
+        console.print(shown(", ".join(parts) + f" (run {self.run})"))
 
 
 @dataclass(frozen=True)
@@ -154,32 +155,25 @@ async def run(
     reporter: Reporter | None = None,
 ) -> GenerateResult:
     """The whole command: open the database and provider, generate, close everything."""
-    provider = Provider(
-        settings.base_url,
-        settings.api_key,
-        settings.model,
-        settings.provider,
-        allow_http=settings.allow_http,
-    )
     stop = StopSignal()
-    try:
-        async with await open_database(settings) as db:
-            with sigint_stops(stop):
-                return await generate(
-                    db=db,
-                    provider=provider,
-                    log_dir=settings.resolved_log_dir(),
-                    project=project,
-                    shape=settings.shape,
-                    images_per_scene=images_per_scene,
-                    concurrency=concurrency,
-                    selection=selection,
-                    force=force,
-                    stop=stop,
-                    reporter=reporter,
-                )
-    finally:
-        await provider.aclose()
+    async with (
+        Provider.from_settings(settings) as provider,
+        await Database.from_settings(settings) as db,
+    ):
+        with sigint_stops(stop):
+            return await generate(
+                db=db,
+                provider=provider,
+                log_dir=settings.resolved_log_dir(),
+                project=project,
+                shape=settings.shape,
+                images_per_scene=images_per_scene,
+                concurrency=concurrency,
+                selection=selection,
+                force=force,
+                stop=stop,
+                reporter=reporter,
+            )
 
 
 async def generate(

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 from .errors import UsageError
+from .jsondata import NOT_IN_JSON
 from .urls import url_problem
 
 # Events that say "this URL was generated for this scene". image.repaired is left out on
@@ -64,7 +65,7 @@ class Sighting(NamedTuple):
 class ReadStats:
     files: int = 0
     lines: int = 0
-    sightings: int = 0
+    sightings: int = field(default=0, metadata=NOT_IN_JSON)
     unmatched: int = 0
     garbage: int = 0
     undecodable: int = 0
@@ -74,9 +75,9 @@ class ReadStats:
     too_long: int = 0
     # Lines tried against --pattern (imgsave's own records in the same files are not), and
     # how many of those it matched.
-    pattern_lines: int = 0
-    matched: int = 0
-    untimed: int = 0
+    pattern_lines: int = field(default=0, metadata=NOT_IN_JSON)
+    matched: int = field(default=0, metadata=NOT_IN_JSON)
+    untimed: int = field(default=0, metadata=NOT_IN_JSON)
     before_since: int = 0
     truncated_files: list[str] = field(default_factory=list)
     refused_examples: list[str] = field(default_factory=list)
@@ -92,22 +93,6 @@ class ReadStats:
             + self.invalid
             + self.too_long
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "files": self.files,
-            "lines": self.lines,
-            "unmatched": self.unmatched,
-            "garbage": self.garbage,
-            "undecodable": self.undecodable,
-            "refused": self.refused,
-            "invalid": self.invalid,
-            "too_long": self.too_long,
-            "before_since": self.before_since,
-            "truncated_files": self.truncated_files,
-            "refused_examples": self.refused_examples,
-            "invalid_examples": self.invalid_examples,
-        }
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,16 @@ import asyncio
 import email.utils
 import random
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Self
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from .config import ProviderSettings
+from .config import ProviderSettings, Settings
 from .errors import CannotWork, ProviderRefused, ProviderUnreachable, UsageError
+from .logs import logger
 from .redaction import redact
 from .urls import shorten, url_problem
 
@@ -45,7 +49,12 @@ class Provider:
         settings: ProviderSettings,
         *,
         allow_http: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ):
+        """`transport`, `sleep` and `rng` are for tests: an `httpx.MockTransport` instead of
+        the network, a recorder instead of real waits, a seeded jitter."""
         if not base_url:
             raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
         problem = url_problem(base_url, allow_http=True)
@@ -64,7 +73,26 @@ class Provider:
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
             follow_redirects=False,
+            transport=transport,
         )
+        self._sleep = sleep
+        self._random = rng or random.Random()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(
+            settings.base_url,
+            settings.api_key,
+            settings.model,
+            settings.provider,
+            allow_http=settings.allow_http,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -75,12 +103,11 @@ class Provider:
             retry=retry_if_exception_type(_Retryable),
             stop=stop_after_attempt(self._settings.max_attempts),
             wait=self._wait,
+            sleep=self._sleep,
             reraise=True,
         )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._once(prompt)
+            return await retrying(self._once, prompt)
         except (ImageFailed, CannotWork) as exc:
             raise type(exc)(redact(str(exc), self._secrets)) from None
         except _Retryable as exc:
@@ -93,15 +120,20 @@ class Provider:
             raise ImageFailed(
                 f"gave up after {self._settings.max_attempts} attempts: {reason}"
             ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, self._settings.max_retry_after) + random.uniform(0, 0.05)
-        growth = 2 ** (state.attempt_number - 1)
-        ceiling = min(self._settings.backoff_max, self._settings.backoff_initial * growth)
-        return random.uniform(ceiling / 2, ceiling)
+        retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
+        pause = backoff(
+            state.attempt_number, self._settings, retry_after=retry_after, rng=self._random
+        )
+        logger.debug(
+            "image API: attempt %d failed (%s); retrying in %.2fs",
+            state.attempt_number,
+            redact(str(exc), self._secrets),
+            pause,
+        )
+        return pause
 
     async def _once(self, prompt: str) -> str:
         body: dict[str, object] = {"prompt": prompt, "n": 1, "size": self._settings.size}
@@ -149,8 +181,25 @@ class Provider:
         return str(url)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def backoff(
+    attempt: int,
+    settings: ProviderSettings,
+    *,
+    retry_after: float | None = None,
+    rng: random.Random,
+) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based): the server's Retry-After up to
+    a cap, else exponential backoff with jitter, bounded by `backoff_max`."""
+    if retry_after is not None:
+        return min(retry_after, settings.max_retry_after) + rng.uniform(0, 0.05)
+    ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** (attempt - 1))
+    # "Equal jitter": never less than half the ceiling, so retries spread out without
+    # collapsing to zero wait.
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header, in either form (seconds, or an HTTP date), as seconds from now."""
     if not value:
         return None
     try:
@@ -161,7 +210,13 @@ def _retry_after(response: httpx.Response) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read the same way
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    return retry_after_seconds(response.headers.get("retry-after"))
 
 
 def _detail(response: httpx.Response) -> str:

@@ -11,17 +11,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from .consoles import shown
 from .errors import EXIT_OK, CannotWork
 from .genlog import SUFFIX
+from .jsondata import fields_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
 class PruneResult:
     executed: bool
     older_than: str
-    removed: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
     kept: int = 0
     bytes: int = 0
 
@@ -32,15 +37,15 @@ class PruneResult:
     def stderr_lines(self) -> list[str]:
         return []
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "executed": self.executed,
-            "older_than": self.older_than,
-            "removed": len(self.removed),
-            "kept": self.kept,
-            "bytes": self.bytes,
-            "files": self.removed,
-        }
+    def to_json(self) -> dict[str, object]:
+        return {**fields_json(self), "removed": len(self.files)}
+
+    def render(self, console: Console) -> None:
+        verb = "removed" if self.executed else "would remove (run with --execute)"
+        console.print(
+            f"prune: {verb} {len(self.files)} run logs older than {shown(self.older_than)} "
+            f"({self.bytes / 1e6:.1f} MB); {self.kept} kept"
+        )
 
 
 def prune(
@@ -66,6 +71,6 @@ def prune(
                 continue
             except OSError as exc:
                 raise CannotWork(f"cannot remove {path}: {exc.strerror}") from None
-        result.removed.append(str(path))
+        result.files.append(str(path))
         result.bytes += info.st_size
     return result

@@ -8,33 +8,39 @@ import contextlib
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .audit import AuditReport, Finding, audit
+from rich.markup import escape
+
 from .config import Settings
-from .connect import open_database
+from .consoles import shown
 from .db import Database
 from .document import Outcome, SceneRef, Shape, decode, find, scenes
 from .engine import Execution, Job, Plan, Reporter
 from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, LogUnwritable
+from .findings import AuditReport, Finding, audit
 from .genlog import RunLog
 from .hostlock import exclusive
 from .interrupt import StopSignal, sigint_stops
+from .jsondata import NOT_IN_JSON, fields_json, json_name, plain
 from .logread import LogQuery
 from .provider import Provider
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
 class RepairResult:
-    report: AuditReport
+    report: AuditReport = field(metadata=NOT_IN_JSON)
     executed: bool
     repaired: int = 0
     regenerated: int = 0
     remaining: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
     run: str | None = None
     # Why regeneration stopped (the image API refused or could not be reached).
-    fatal: str | None = None
+    fatal: str | None = field(default=None, metadata=json_name("stopped"))
 
     @property
     def lost_before(self) -> int:
@@ -51,22 +57,35 @@ class RepairResult:
     def stderr_lines(self) -> list[str]:
         return [self.fatal] if self.fatal else []
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
+        report = self.report
         return {
-            "executed": self.executed,
-            "repaired": self.repaired,
-            "regenerated": self.regenerated,
-            "remaining": self.remaining,
+            **fields_json(self),
             "lost_before": self.lost_before,
-            "run": self.run,
-            "stopped": self.fatal,
-            "summary": self.report.summary(),
-            "plan": [f.to_json() for f in self.report.lost],
-            "expired": [f.to_json() for f in self.report.expired],
-            "stale": [f.to_json() for f in self.report.stale],
-            "orphaned": [f.to_json() for f in self.report.orphaned],
-            "errors": self.report.errors + self.errors,
+            "summary": report.summary(),
+            "plan": plain(report.lost),
+            **{
+                status: plain(getattr(report, status))
+                for status in ("expired", "stale", "orphaned")
+            },
+            "errors": report.errors + self.errors,
         }
+
+    def render(self, console: Console) -> None:
+        self.report.report_problems(self.errors)
+        if not self.executed:
+            self.report.render_findings(console, "Repair plan (dry run: nothing written)")
+            console.print(escape(self.report.summary_line(prefix="repair plan")))
+            if self.report.lost:
+                console.print("Run again with --execute to restore the lost images.")
+            return
+        run = f" (run {self.run})" if self.run else ""
+        console.print(
+            shown(
+                f"repair: restored {self.repaired} of {self.lost_before} missing images, "
+                f"regenerated {self.regenerated}, {self.remaining} still missing{run}"
+            )
+        )
 
 
 async def restore(
@@ -151,36 +170,27 @@ async def run_repair(
 ) -> RepairResult:
     """Audit, then (with `execute`) restore every lost URL and, with `regenerate`, generate new
     images for scenes left short. Only one executing repair runs on a host at a time."""
-    provider = None
-    if regenerate and execute:
-        provider = Provider(
-            settings.base_url,
-            settings.api_key,
-            settings.model,
-            settings.provider,
-            allow_http=settings.allow_http,
-        )
     log_dir = settings.resolved_log_dir()
     lock = exclusive(log_dir / "repair.lock", "imgsave repair") if execute else nullcontext()
-    try:
-        with lock:
-            async with await open_database(settings) as db:
-                report = await audit(
-                    db, query, log_dir=log_dir, shape=settings.shape, check_urls=check_urls
-                )
-                result = RepairResult(report, executed=execute)
-                work = report.lost or (provider and (report.expired or report.empty_scenes))
-                if execute and work:
-                    # Only a repair with something to do leaves a log file behind: cron runs
-                    # every few minutes, and audit rereads every file.
-                    with RunLog(log_dir) as log:
-                        await _repair(db, provider, log, settings, result, concurrency, reporter)
-                elif execute:
-                    result.remaining = remaining(report, {}, {})
-                return result
-    finally:
-        if provider is not None:
-            await provider.aclose()
+    # The image API is only opened (and its settings only checked) when it may be called.
+    api: contextlib.AbstractAsyncContextManager[Provider | None] = (
+        Provider.from_settings(settings) if regenerate and execute else nullcontext()
+    )
+    with lock:
+        async with api as provider, await Database.from_settings(settings) as db:
+            report = await audit(
+                db, query, log_dir=log_dir, shape=settings.shape, check_urls=check_urls
+            )
+            result = RepairResult(report, executed=execute)
+            work = report.lost or (provider and (report.expired or report.empty_scenes))
+            if execute and work:
+                # Only a repair with something to do leaves a log file behind: cron runs
+                # every few minutes, and audit rereads every file.
+                with RunLog(log_dir) as log:
+                    await _repair(db, provider, log, settings, result, concurrency, reporter)
+            elif execute:
+                result.remaining = remaining(report, {}, {})
+            return result
 
 
 async def _repair(

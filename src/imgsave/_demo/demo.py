@@ -11,56 +11,72 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from . import embedded
-from .audit import audit
-from .config import Settings
-from .db import Database
-from .document import decode, encode, scenes
-from .errors import EXIT_FINDINGS, EXIT_OK
-from .genlog import RunLog, new_run_id
+if TYPE_CHECKING:
+    from rich.console import Console
+
+from .. import embedded
+from ..config import Settings
+from ..consoles import stdout_console
+from ..document import decode, encode, scenes
+from ..errors import EXIT_FINDINGS, EXIT_OK
+from ..findings import audit
+from ..generate import generate
+from ..genlog import RunLog, new_run_id
+from ..interrupt import StopSignal, sigint_stops
+from ..jsondata import fields_json
+from ..logread import LogQuery
+from ..provider import Provider
+from ..repair import restore
 from .incident import APP_LOG_PATTERN, incident_document, naive_generate
-from .interrupt import StopSignal, sigint_stops
-from .logread import LogQuery
 from .loopback import LoopbackProvider
-from .output import stdout_console
-from .provider import Provider
-from .repair import restore
+from .writes import DemoDatabase
 
 SCENES = 20
 IMAGES_PER_SCENE = 2
 
 
 @dataclass
+class RouteCounts:
+    logged_saved: int
+    in_database: int
+    after_repair: int
+
+
+@dataclass
+class ImgsaveCounts:
+    requested: int
+    saved: int
+
+
+@dataclass
 class DemoResult:
-    naive_logged: int
-    naive_kept: int
-    naive_repaired: int
-    imgsave_requested: int
-    imgsave_saved: int
+    naive: RouteCounts
+    imgsave: ImgsaveCounts
     log_dir: str
 
     @property
     def exit_code(self) -> int:
-        whole = self.imgsave_saved == self.imgsave_requested
-        return EXIT_OK if whole and self.naive_repaired == self.naive_logged else EXIT_FINDINGS
+        whole = self.imgsave.saved == self.imgsave.requested
+        repaired = self.naive.after_repair == self.naive.logged_saved
+        return EXIT_OK if whole and repaired else EXIT_FINDINGS
 
     def stderr_lines(self) -> list[str]:
         return []
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "naive": {
-                "logged_saved": self.naive_logged,
-                "in_database": self.naive_kept,
-                "after_repair": self.naive_repaired,
-            },
-            "imgsave": {"requested": self.imgsave_requested, "saved": self.imgsave_saved},
-            "log_dir": self.log_dir,
-        }
+    def to_json(self) -> dict[str, object]:
+        return fields_json(self)
+
+    def render(self, console: Console) -> None:
+        verdict = "every image saved" if self.exit_code == 0 else "images missing"
+        console.print(
+            f"demo: the route kept {self.naive.in_database} of {self.naive.logged_saved} images "
+            f"it logged as saved, {self.naive.after_repair} after repair; imgsave saved "
+            f"{self.imgsave.saved} of {self.imgsave.requested} ({verdict})."
+        )
 
 
 def _counts(db_text: str | None, settings: Settings) -> dict[int, int]:
@@ -69,8 +85,6 @@ def _counts(db_text: str | None, settings: Settings) -> dict[int, int]:
 
 
 async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoResult:
-    from .generate import generate
-
     out = stdout_console()
     # The demo always runs on the embedded database and its own log folder: it must never
     # create demo projects in a real database, nor demo entries in the logs cron repairs from.
@@ -84,7 +98,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
     naive_project, safe_project = f"demo-{stamp}-route", f"demo-{stamp}-imgsave"
     document = encode(decode(json.dumps(incident_document(SCENES))))
     total = SCENES * IMAGES_PER_SCENE
-    async with await Database.open(
+    async with await DemoDatabase.open(
         url, settings.names, settings.database, max_size=8, create_table=True
     ) as db:
         await db.put(naive_project, document)
@@ -181,10 +195,9 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
         f"database; imgsave's generation log is in {log_dir}."
     )
     return DemoResult(
-        naive_logged=len(logged),
-        naive_kept=kept,
-        naive_repaired=sum(repaired.values()),
-        imgsave_requested=result.requested,
-        imgsave_saved=sum(safe.values()),
+        naive=RouteCounts(
+            logged_saved=len(logged), in_database=kept, after_repair=sum(repaired.values())
+        ),
+        imgsave=ImgsaveCounts(requested=result.requested, saved=sum(safe.values())),
         log_dir=str(log_dir),
     )

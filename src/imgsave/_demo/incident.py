@@ -11,9 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .db import Database
-from .document import SceneRef, Shape, append_urls, decode, encode, scenes
-from .provider import ImageFailed, Provider
+from ..document import SceneRef, Shape, append_urls, decode, encode, scenes
+from ..provider import ImageFailed, Provider
+from .writes import DemoDatabase
 
 # The app's console line, as an on-call engineer would export it; `audit --pattern` reads it.
 APP_LOG_PATTERN = (
@@ -47,7 +47,7 @@ def incident_document(scene_count: int = 20) -> dict[str, Any]:
 
 
 async def naive_save(
-    db: Database, project: str, shape: Shape, ref: SceneRef, url: str, *, think: float = 0.0
+    db: DemoDatabase, project: str, shape: Shape, ref: SceneRef, url: str, *, think: float = 0.0
 ) -> None:
     """saveImageToDatabase as it was: fetch, modify in memory, write the whole document back."""
     document = decode(await db.read(project), project=project)
@@ -58,7 +58,7 @@ async def naive_save(
 
 
 async def naive_generate(
-    db: Database,
+    db: DemoDatabase,
     provider: Provider,
     project: str,
     shape: Shape,

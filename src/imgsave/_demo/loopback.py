@@ -71,7 +71,11 @@ class LoopbackProvider:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = _Server(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # shutdown() waits for the serving loop's next poll: 20 ms, not the default half second
+        # that every test using the provider would pay at its end.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m imgsave.loopback",
+        prog="python -m imgsave._demo.loopback",
         description="An OpenAI-compatible image API on 127.0.0.1 for trying imgsave: it answers "
         "every prompt with a new image URL. Point IMGSAVE_BASE_URL at the URL it prints.",
     )

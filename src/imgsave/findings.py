@@ -1,0 +1,281 @@
+"""Diff what the logs say was generated against what the documents hold: what audit reports and
+repair acts on.
+
+For each (project, scene) the ledger says which logged URLs the scene should still hold (see
+`ledger.history`). Absent ones are lost; absent superseded ones are stale (the scene was
+deliberately regenerated); URLs of projects or scenes that no longer exist are orphaned.
+A source that yields nothing usable is an error, never a clean bill of health.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+
+from .consoles import error, printable, shown, warn
+from .db import Database
+from .document import SceneRef, Shape, decode, find, scenes
+from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, CannotWork, ImgsaveError, UsageError
+from .jsondata import NOT_IN_JSON, fields_json, json_name
+from .ledger import SceneHistory, build, load, partition_count, spilled
+from .logread import (
+    MAX_LINE_BYTES,
+    LogQuery,
+    ReadStats,
+    Sighting,
+    expand_paths,
+    read_sightings,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    project: str
+    scene: int
+    scene_id: str | None
+    url: str
+
+
+STATUS_COLOURS = {"lost": "red", "expired": "magenta", "stale": "yellow", "orphaned": "dim"}
+MAX_ROWS = 200
+
+
+@dataclass
+class AuditReport:
+    stats: ReadStats = field(metadata=json_name("skipped"))
+    lost: list[Finding] = field(default_factory=list)
+    stale: list[Finding] = field(default_factory=list)
+    orphaned: list[Finding] = field(default_factory=list)
+    expired: list[Finding] = field(default_factory=list)
+    present: int = field(default=0, metadata=NOT_IN_JSON)
+    unchecked: int = field(default=0, metadata=NOT_IN_JSON)
+    # Projects that could not be audited (not found when named, unreadable document): each is
+    # that project's error; every other project is still audited.
+    errors: list[str] = field(default_factory=list)
+    # Scenes that hold no image and were never logged: candidates for --regenerate.
+    empty_scenes: list[tuple[str, SceneRef]] = field(default_factory=list, metadata=NOT_IN_JSON)
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return EXIT_CANNOT_WORK
+        return EXIT_FINDINGS if self.lost or self.expired else EXIT_OK
+
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "lost": len(self.lost),
+            "stale": len(self.stale),
+            "orphaned": len(self.orphaned),
+            "present": self.present,
+            "expired": len(self.expired),
+            "lines_skipped": self.stats.lines_skipped,
+        }
+
+    def to_json(self) -> dict[str, object]:
+        return {"summary": self.summary(), **fields_json(self)}
+
+    def render(self, console: Console) -> None:
+        self.render_findings(console, "Lost and unrecoverable images")
+        self.report_problems()
+        console.print(escape(self.summary_line()))
+
+    # The parts repair's dry run shares.
+
+    def render_findings(self, console: Console, title: str) -> None:
+        from rich.table import Table
+
+        rows = [(status, f) for status in STATUS_COLOURS for f in getattr(self, status)]
+        if not rows:
+            return
+        rows.sort(key=lambda row: (row[1].project, row[1].scene, row[0], row[1].url))
+        table = Table(title=title, title_justify="left")
+        for column in ("project", "scene", "status", "url"):
+            table.add_column(column, overflow="fold" if column == "url" else "ellipsis")
+        previous = None
+        for status, f in rows[:MAX_ROWS]:
+            key = (f.project, f.scene)
+            first = key != previous
+            previous = key
+            scene = f"{f.scene}" + (f" ({f.scene_id})" if f.scene_id else "")
+            table.add_row(
+                shown(f.project) if first else "",
+                shown(scene) if first else "",
+                f"[{STATUS_COLOURS[status]}]{status}[/]",
+                shown(f.url),
+            )
+        console.print(table)
+        if len(rows) > MAX_ROWS:
+            console.print(f"… and {len(rows) - MAX_ROWS} more rows (--json lists them all)")
+
+    def report_problems(self, extra: list[str] | tuple[str, ...] = ()) -> None:
+        for message in [*self.errors, *extra]:
+            error(message)
+        if self.stats.files == 0:
+            warn("no log files were read (give --log, or check IMGSAVE_LOG_DIR)")
+        for where in self.stats.truncated_files:
+            warn(f"{where}: last line cut short")
+
+    def summary_line(self, prefix: str = "audit") -> str:
+        s = self.summary()
+        stats = self.stats
+        text = (
+            f"{prefix}: {s['lost']} lost, {s['expired']} expired, {s['stale']} stale, "
+            f"{s['orphaned']} orphaned, {s['present']} present; "
+            f"{stats.lines} log lines in {stats.files} file{'s' if stats.files != 1 else ''}, "
+            f"{s['lines_skipped']} skipped"
+        )
+        detail = [
+            f"{count} {name}"
+            for name, count in (
+                ("unmatched", stats.unmatched),
+                ("garbage", stats.garbage),
+                ("not UTF-8", stats.undecodable),
+                ("refused URLs", stats.refused),
+                ("invalid", stats.invalid),
+                (f"longer than {MAX_LINE_BYTES // (1 << 20)} MiB", stats.too_long),
+            )
+            if count
+        ]
+        if detail:
+            text += f" ({', '.join(detail)})"
+        if self.unchecked:
+            text += f"; {self.unchecked} lost URLs could not be checked"
+        return printable(text)
+
+
+async def audit(
+    db: Database,
+    query: LogQuery,
+    *,
+    log_dir: Path,
+    shape: Shape,
+    check_urls: bool = False,
+) -> AuditReport:
+    stats = ReadStats()
+    report = AuditReport(stats)
+    files = expand_paths(query.paths, log_dir)
+    gap = query.run_gap.total_seconds()
+    named = {db.normalise_key(p) or p: p for p in query.only_projects}
+    query = replace(query, only_projects=frozenset(named))
+    seen: set[str] = set()
+    found = 0
+    sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
+    with spilled(sightings, partition_count(files)) as parts:
+        for part in parts:
+            logged = build(load(part), gap)
+            seen.update(logged)
+            found += await _classify_all(db, logged, shape, report)
+    _check_sources(query, stats, logged_projects=len(seen), found=found)
+    # Projects named on the command line that no log mentions are still looked at: they may
+    # not exist, or hold empty scenes for --regenerate.
+    unseen: dict[str, dict[SceneRef, SceneHistory]] = {p: {} for p in set(named) - seen}
+    await _classify_all(db, unseen, shape, report)
+    if check_urls and report.lost:
+        from .urlcheck import check_urls as check
+
+        alive = await check(f.url for f in report.lost)
+        still_lost = []
+        for finding in report.lost:
+            verdict = alive.get(finding.url)
+            if verdict is False:
+                report.expired.append(finding)
+            else:
+                report.unchecked += verdict is None
+                still_lost.append(finding)
+        report.lost = still_lost
+    return report
+
+
+def _normalised(sighting: Sighting, db: Database) -> Sighting:
+    """The project key spelled as the key column spells it (a uuid's case, an int's zeros)."""
+    key = db.normalise_key(sighting.project)
+    return sighting if key is None or key == sighting.project else sighting._replace(project=key)
+
+
+def _check_sources(query: LogQuery, stats: ReadStats, *, logged_projects: int, found: int) -> None:
+    """Refuse answers that say nothing: they would read as "nothing lost"."""
+    if query.pattern and stats.pattern_lines and not stats.matched:
+        raise UsageError(
+            f"--pattern matched none of the {stats.pattern_lines} lines read from "
+            f"{stats.files} file(s): check the pattern against a line of the log (see --help)"
+        )
+    if query.since is not None and stats.untimed:
+        raise UsageError(
+            f"--since cannot be applied: {stats.untimed} matching lines carry no time imgsave "
+            "can read (give --pattern a (?P<ts>...) group with an ISO 8601 or epoch time)"
+        )
+    if logged_projects and not found:
+        raise CannotWork(
+            f"none of the {logged_projects} projects the logs name exists in this database "
+            "(wrong database, table or key column?)"
+        )
+
+
+async def _classify_all(
+    db: Database,
+    logged: dict[str, dict[SceneRef, SceneHistory]],
+    shape: Shape,
+    report: AuditReport,
+) -> int:
+    """Classify every logged URL of these projects; returns how many of them exist."""
+    projects = sorted(logged)
+    found = 0
+    for start in range(0, len(projects), BATCH):
+        batch = projects[start : start + BATCH]
+        documents, failures = await db.read_many(batch)
+        found += len(documents)
+        for message in failures.values():
+            report.errors.append(f"{message} (not audited)")
+        for project in batch:
+            if project not in failures:
+                _classify(project, documents, logged[project], shape, report)
+    return found
+
+
+def _classify(
+    project: str,
+    documents: dict[str, str | None],
+    logged: dict[SceneRef, SceneHistory],
+    shape: Shape,
+    report: AuditReport,
+) -> None:
+    if project not in documents:
+        for ref, scene_log in logged.items():
+            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
+        if not logged:
+            report.errors.append(f"project {project} not found")
+        return
+    try:
+        all_scenes = scenes(decode(documents[project], project=project), shape, project=project)
+    except ImgsaveError as exc:
+        report.errors.append(f"{exc} (not audited)")
+        return
+    seen = set()
+    for ref, scene_log in logged.items():
+        scene = find(all_scenes, ref)
+        if scene is None:
+            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
+            continue
+        seen.add(scene.position)
+        held = set(scene.urls)
+        for url, current in scene_log.urls.items():
+            if url in held:
+                report.present += 1
+            elif current:
+                report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
+            else:
+                report.stale.append(Finding(project, scene.ref.index, scene.ref.id, url))
+    for scene in all_scenes:
+        if scene.position not in seen and not scene.urls and scene.prompt:
+            report.empty_scenes.append((project, scene.ref))

@@ -1,0 +1,162 @@
+"""The image API client's retry logic against httpx.MockTransport: fast, and every branch.
+
+The loopback HTTP server (tests/test_faults.py, test_generate_cli.py) stays the end-to-end proof;
+these pin the arithmetic: Retry-After in both forms and capped, backoff bounds, what is retried,
+what stops the run, and that a key the provider echoes is masked.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imgsave.config import ProviderSettings
+from imgsave.errors import ProviderRefused, ProviderUnreachable
+from imgsave.provider import ImageFailed, Provider, backoff, retry_after_seconds
+
+SETTINGS = ProviderSettings(max_attempts=6, max_retry_after=60.0, backoff_initial=0.5)
+OK = httpx.Response(200, json={"data": [{"url": "https://img.example/1.png"}]})
+KEY = "sk-test-0123456789abcdef"
+
+
+class Api:
+    """A scripted provider: answers in order, then repeats the last; records what it got."""
+
+    def __init__(self, *answers: httpx.Response | Callable[[], httpx.Response]):
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+        self.sleeps: list[float] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return answer() if callable(answer) else answer
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+    def provider(self, settings: ProviderSettings = SETTINGS) -> Provider:
+        return Provider(
+            "https://api.example/v1",
+            KEY,
+            "gpt-image-1",
+            settings,
+            transport=httpx.MockTransport(self.handle),
+            sleep=self.sleep,
+            rng=random.Random(7),
+        )
+
+
+async def generate(api: Api, settings: ProviderSettings = SETTINGS) -> str:
+    async with api.provider(settings) as provider:
+        return await provider.generate("a lighthouse")
+
+
+async def test_a_429_with_retry_after_in_seconds_waits_that_long_then_succeeds():
+    api = Api(httpx.Response(429, headers={"Retry-After": "7"}), OK)
+    assert await generate(api) == "https://img.example/1.png"
+    assert len(api.requests) == 2
+    assert len(api.sleeps) == 1 and 7.0 <= api.sleeps[0] <= 7.05
+
+
+async def test_retry_after_as_an_http_date_waits_until_then():
+    def later() -> httpx.Response:
+        when = email.utils.formatdate(time.time() + 30, usegmt=True)
+        return httpx.Response(503, headers={"Retry-After": when})
+
+    api = Api(later, OK)
+    assert await generate(api) == "https://img.example/1.png"
+    # One second of slack each way: the header has whole seconds.
+    assert 28.5 <= api.sleeps[0] <= 31.05
+
+
+async def test_retry_after_beyond_the_cap_waits_only_the_cap():
+    api = Api(httpx.Response(429, headers={"Retry-After": "86400"}), OK)
+    await generate(api)
+    assert 60.0 <= api.sleeps[0] <= 60.05
+
+
+async def test_without_retry_after_the_backoff_grows_and_stays_within_its_bounds():
+    api = Api(*[httpx.Response(500)] * 5, OK)
+    await generate(api)
+    assert len(api.requests) == 6
+    for attempt, slept in enumerate(api.sleeps, start=1):
+        ceiling = min(SETTINGS.backoff_max, SETTINGS.backoff_initial * 2 ** (attempt - 1))
+        assert ceiling / 2 <= slept <= ceiling
+
+
+async def test_it_gives_up_after_max_attempts_with_that_number_in_the_message():
+    api = Api(httpx.Response(502))
+    with pytest.raises(ImageFailed, match="gave up after 6 attempts: server error 502"):
+        await generate(api)
+    assert len(api.requests) == 6 and len(api.sleeps) == 5
+
+
+async def test_an_answer_without_an_image_url_is_retried():
+    api = Api(httpx.Response(200, json={"data": []}), httpx.Response(200, text="<html>"), OK)
+    assert await generate(api) == "https://img.example/1.png"
+    assert len(api.requests) == 3
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_a_refusal_stops_at_once_and_the_echoed_key_is_masked(status: int):
+    body = {"error": {"message": f"Incorrect API key provided: {KEY}"}}
+    api = Api(httpx.Response(status, json=body))
+    with pytest.raises(ProviderRefused) as raised:
+        await generate(api)
+    assert len(api.requests) == 1 and api.sleeps == []
+    assert KEY not in str(raised.value) and str(status) in str(raised.value)
+    assert api.requests[0].headers["authorization"] == f"Bearer {KEY}"
+
+
+async def test_a_rejected_prompt_fails_only_that_image_without_retrying():
+    api = Api(httpx.Response(400, json={"error": {"message": "content policy"}}))
+    with pytest.raises(ImageFailed, match="rejected the prompt: 400: content policy"):
+        await generate(api)
+    assert len(api.requests) == 1
+
+
+async def test_no_connection_at_all_is_unreachable_after_every_attempt():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    api = Api(OK)
+    api.handle = refuse  # type: ignore[method-assign]
+    with pytest.raises(ProviderUnreachable, match="cannot reach the image API at https://api"):
+        await generate(api)
+    assert len(api.sleeps) == SETTINGS.max_attempts - 1
+
+
+def test_retry_after_parsing_in_both_forms():
+    now = 1_700_000_000.0
+    in_90s = email.utils.formatdate(now + 90, usegmt=True)
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds("1.5") == 1.5
+    assert retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds(in_90s, now=now) == pytest.approx(90.0)
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 0.0  # past
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("") is None
+    assert retry_after_seconds(None) is None
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=64),
+    initial=st.floats(min_value=0.01, max_value=10),
+    cap=st.floats(min_value=0.01, max_value=120),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_backoff_is_never_zero_and_never_beyond_its_cap(
+    attempt: int, initial: float, cap: float, seed: int
+):
+    settings = ProviderSettings(backoff_initial=initial, backoff_max=cap)
+    pause = backoff(attempt, settings, rng=random.Random(seed))
+    ceiling = min(cap, initial * 2 ** (attempt - 1))
+    assert ceiling / 2 <= pause <= ceiling
