@@ -1,5 +1,6 @@
 """A loopback TCP proxy a test can partition: while `partitioned`, nothing is forwarded in
-either direction and no connection is closed, as when a network drops packets silently."""
+either direction and no connection is closed, as when a network drops packets silently.
+The upstream is (host, port), or a Unix socket path (the embedded server listens on one)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 
 
 class PartitionableProxy:
-    def __init__(self, upstream: tuple[str, int]):
+    def __init__(self, upstream: tuple[str, int] | str):
         self._upstream = upstream
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -29,6 +30,13 @@ class PartitionableProxy:
         for sock in self._sockets:
             sock.close()
 
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self._upstream, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(self._upstream)
+            return sock
+        return socket.create_connection(self._upstream)
+
     def _run(self) -> None:
         selector = selectors.DefaultSelector()
         selector.register(self._listener, selectors.EVENT_READ, None)
@@ -41,7 +49,7 @@ class PartitionableProxy:
                         client, _ = self._listener.accept()
                     except OSError:
                         return
-                    server = socket.create_connection(self._upstream)
+                    server = self._connect_upstream()
                     self._sockets += [client, server]
                     selector.register(client, selectors.EVENT_READ, server)
                     selector.register(server, selectors.EVENT_READ, client)

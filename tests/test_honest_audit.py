@@ -366,17 +366,22 @@ def test_pattern_help_and_hints(cli):
 def test_the_loopback_provider_starts_from_the_command_line():
     import sys
 
-    proc = subprocess.Popen(
+    import httpx
+
+    with subprocess.Popen(
         [sys.executable, "-m", "imgsave._demo.loopback", "--latency", "0"],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        first = proc.stdout.readline()
-        assert first.startswith("IMGSAVE_BASE_URL=http://127.0.0.1:")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    ) as proc:
+        try:
+            first = proc.stdout.readline()
+            assert first.startswith("IMGSAVE_BASE_URL=http://127.0.0.1:")
+            base = first.strip().split("=", 1)[1]
+            answer = httpx.post(f"{base}/images/generations", json={"prompt": "a", "n": 1})
+            assert answer.json()["data"][0]["url"].startswith("https://")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def test_regenerating_two_expired_urls_when_one_fails_leaves_the_other_reported(cli, rows, log_dir):
@@ -459,7 +464,12 @@ def test_the_database_url_flag_beats_the_environment_and_help_names_both(cli, ro
     assert cli("audit", "p1", env={"IMGSAVE_DATABASE_URL": nowhere}).code == 3
     ran = cli("audit", "p1", "--database-url", db_url, env={"IMGSAVE_DATABASE_URL": nowhere})
     assert ran.code == 0, ran.stderr
-    for command in ("generate", "audit", "repair"):
+    for command in ("generate", "audit", "repair", "prune", "demo"):
         helped = cli(command, "--help").stdout
-        assert "IMGSAVE_DATABASE_URL, DATABASE_URL" in helped and "Example: imgsave" in helped
-        assert "<bool>" not in helped.split("--help")[0], "flags show no type placeholder"
+        lines = helped.splitlines()
+        example = next(i for i, line in enumerate(lines) if line.strip().startswith("Example"))
+        assert lines[example + 1].strip().startswith(f"imgsave {command}"), helped
+        assert "<bool>" not in helped, "flags show no type placeholder"
+        assert "IMGSAVE_DEBUG" in helped and "Exit codes: 0 done" in helped
+        if command not in ("prune", "demo"):
+            assert "[env var: IMGSAVE_DATABASE_URL, DATABASE_URL]" in " ".join(helped.split())

@@ -39,6 +39,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help, as click writes it: no type placeholders such as <bool> beside flags.
+    rich_markup_mode=None,
 )
 
 
@@ -148,7 +150,9 @@ def generate(
 ) -> None:
     """Generate images for a project's scenes and save every one of them.
 
-    Example: imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
+    \b
+    Example:
+      imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
     """
 
     async def work(settings: Settings) -> _Result:
@@ -205,7 +209,7 @@ _LOG_SOURCE_PARAMETERS = (
         annotation=Annotated[
             list[str] | None,
             typer.Argument(
-                metavar="[PROJECT]...",
+                metavar="PROJECT",
                 show_default=False,
                 help="Only these projects (default: every project the logs name).",
             ),
@@ -327,7 +331,9 @@ def audit(
 ) -> None:
     """Find the images that were generated but are not in their scene.
 
-    Example: imgsave audit --log /var/log/app/ --since 2d --pattern REGEX --json
+    \b
+    Example:
+      imgsave audit --log /var/log/app/ --since 2d --pattern REGEX --json
 
     (REGEX for the incident's console log, and for other log shapes: see the README.)
     """
@@ -373,7 +379,9 @@ def repair(
 ) -> None:
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
-    Example: imgsave repair --execute --check-urls --json   (from cron: see the README)
+    \b
+    Example (from cron: see the README):
+      imgsave repair --execute --check-urls --json
     """
 
     async def work(settings: Settings) -> _Result:
@@ -415,7 +423,9 @@ def prune(
 ) -> None:
     """Remove imgsave's own generation logs older than a window (a retention rule for cron).
 
-    Example: imgsave prune --older-than 30d --execute
+    \b
+    Example:
+      imgsave prune --older-than 30d --execute
     """
 
     async def work(settings: Settings) -> _Result:
@@ -432,7 +442,9 @@ def prune(
 def demo(config: ConfigOption = None, verbose: VerboseOption = False) -> None:
     """Tell the incident's story on the embedded database: no keys, no set-up.
 
-    Example: imgsave demo
+    \b
+    Example:
+      imgsave demo
     """
 
     async def work(settings: Settings) -> _Result:
