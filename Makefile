@@ -26,7 +26,7 @@ pgbouncer:
 lint: $(BIN)/imgsave
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
-	$(BIN)/mypy --strict src/imgsave
+	$(BIN)/mypy --strict src/imgsave scripts
 
 bench: $(BIN)/imgsave
 	$(BIN)/python scripts/bench.py

@@ -1,0 +1,139 @@
+"""End to end: `generate` against a provider with a fixed latency, against the ideal
+(ceil(images / concurrency) x latency) and a bare httpx loop making the same requests."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from imgsave._demo.incident import incident_document
+from imgsave._demo.writes import DemoDatabase
+from imgsave.generate import generate
+from imgsave.provider import Provider
+
+from .common import HERE, IMGSAVE, URL, Result, check, put, settings
+
+LATENCY, IMAGES, CONCURRENCY = 0.25, 320, 32
+
+
+class ProviderProcess:
+    """provider_server.py in a process of its own, like a real provider."""
+
+    def __init__(self, latency: float):
+        self._proc = subprocess.Popen(
+            [sys.executable, str(HERE / "provider_server.py"), str(latency)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self._proc.stdout is None:
+            raise RuntimeError("no pipe to the provider process")
+        self.base_url = self._proc.stdout.readline().strip()
+
+    def __enter__(self) -> ProviderProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        self._proc.wait(timeout=10)
+        if self._proc.stdout:
+            self._proc.stdout.close()
+
+
+async def library_run() -> float:
+    """imgsave's engine alone: no interpreter start-up, no connection set-up in the time."""
+    with ProviderProcess(LATENCY) as api, tempfile.TemporaryDirectory() as logs:
+        conf = settings(base_url=api.base_url)
+        async with (
+            Provider.from_settings(conf) as provider,
+            await DemoDatabase.from_settings(conf) as db,
+        ):
+            started = time.perf_counter()
+            result = await generate(
+                db=db,
+                provider=provider,
+                log_dir=Path(logs),
+                project="e2e",
+                shape=conf.shape,
+                images_per_scene=IMAGES // 20,
+                concurrency=CONCURRENCY,
+            )
+            elapsed = time.perf_counter() - started
+    check(result.saved == IMAGES, f"saved {result.saved} of {IMAGES}")
+    return elapsed
+
+
+async def bare_client() -> float:
+    """The floor set by the HTTP client: the same requests, same concurrency, nothing else."""
+    with ProviderProcess(LATENCY) as api:
+        async with httpx.AsyncClient() as client:
+            semaphore = asyncio.Semaphore(CONCURRENCY)
+
+            async def one() -> None:
+                async with semaphore:
+                    answer = await client.post(
+                        f"{api.base_url}/images/generations", json={"prompt": "p", "n": 1}
+                    )
+                    answer.json()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(IMAGES)))
+            return time.perf_counter() - started
+
+
+def cli_wall() -> float:
+    with ProviderProcess(LATENCY) as api, tempfile.TemporaryDirectory() as logs:
+        env = {
+            **os.environ,
+            "IMGSAVE_DATABASE_URL": URL,
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_LOG_DIR": logs,
+        }
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                IMGSAVE,
+                "generate",
+                "e2e-cli",
+                "-k",
+                str(IMAGES // 20),
+                "-c",
+                str(CONCURRENCY),
+                "--json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        return time.perf_counter() - started
+
+
+def run() -> list[Result]:
+    put("e2e", incident_document(20))
+    put("e2e-cli", incident_document(20))
+    elapsed = asyncio.run(library_run())
+    floor = asyncio.run(bare_client())
+    wall = cli_wall()
+    ideal = math.ceil(IMAGES / CONCURRENCY) * LATENCY
+    return [
+        Result(
+            benchmark=f"end-to-end `generate`, {IMAGES} images, concurrency {CONCURRENCY}, "
+            f"provider latency {LATENCY * 1000:.0f} ms",
+            imgsave=f"{elapsed:.2f} s (CLI wall {wall:.2f} s: start-up + connect "
+            f"{max(0.0, wall - elapsed):.2f} s)",
+            baseline=f"ideal ceil({IMAGES}/{CONCURRENCY}) × {LATENCY * 1000:.0f} ms = "
+            f"{ideal:.2f} s; a bare httpx loop making the same requests: {floor:.2f} s",
+            ratio=ideal / elapsed,
+            goal="≥ 0.9",
+            measured={"seconds": elapsed, "cli_wall_s": wall, "ideal_s": ideal, "httpx_s": floor},
+        )
+    ]
