@@ -167,6 +167,8 @@ def settings(db_url: str, log_dir: Path) -> Settings:
         provider=ProviderSettings(
             timeout=10.0,
             max_attempts=6,
+            # The fault tests answer garbage on purpose, more than once per image.
+            max_billed_retries=5,
             backoff_initial=0.01,
             backoff_max=0.05,
             max_retry_after=0.2,
@@ -266,6 +268,7 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # Fast retries for tests, through the real config-file path.
     (tmp_path / "imgsave.toml").write_text(
         "[provider]\ntimeout = 10\nbackoff_initial = 0.01\nbackoff_max = 0.05\n"
+        "max_billed_retries = 5\n"
         "max_retry_after = 0.2\n[database]\nlock_timeout = 1\n"
     )
     monkeypatch.chdir(tmp_path)

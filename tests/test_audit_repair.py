@@ -74,6 +74,7 @@ async def test_incident_audit_finds_exactly_the_lost_and_repair_restores_them(cl
         "orphaned": 0,
         "present": 40 - len(truth),
         "expired": 0,
+        "spooled": 0,
         "lines_skipped": 0,
     }
     assert all(

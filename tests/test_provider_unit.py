@@ -54,9 +54,10 @@ class Api:
         )
 
 
-async def generate(api: Api, settings: ProviderSettings = SETTINGS) -> str:
+async def generate(api: Api, settings: ProviderSettings = SETTINGS) -> str | None:
     async with api.provider(settings) as provider:
-        return await provider.generate("a lighthouse")
+        answer = await provider.generate("a lighthouse")
+    return answer.images[0].url
 
 
 async def test_a_429_with_retry_after_in_seconds_waits_that_long_then_succeeds():
@@ -99,10 +100,59 @@ async def test_it_gives_up_after_max_attempts_with_that_number_in_the_message():
     assert len(api.requests) == 6 and len(api.sleeps) == 5
 
 
-async def test_an_answer_without_an_image_url_is_retried():
-    api = Api(httpx.Response(200, json={"data": []}), httpx.Response(200, text="<html>"), OK)
-    assert await generate(api) == "https://img.example/1.png"
-    assert len(api.requests) == 3
+async def test_answers_without_an_image_are_possibly_billed_retries_bounded_on_their_own():
+    empty, html = httpx.Response(200, json={"data": []}), httpx.Response(200, text="<html>")
+    generous = ProviderSettings(max_attempts=6, max_billed_retries=2, backoff_initial=0.01)
+    api = Api(empty, html, OK)
+    async with api.provider(generous) as provider:
+        answer = await provider.generate("a lighthouse")
+    assert answer.images[0].url == "https://img.example/1.png"
+    assert answer.possibly_billed_retries == 2 and len(api.requests) == 3
+
+    api = Api(empty, html, OK)  # the default bound: one such retry, then the image fails
+    with pytest.raises(ImageFailed, match="may have billed") as raised:
+        await generate(api)
+    assert len(api.requests) == 2 and raised.value.possibly_billed_retries == 1
+
+
+async def test_5xx_and_429_retries_are_not_counted_as_billed():
+    api = Api(httpx.Response(500), httpx.Response(429), OK)
+    async with api.provider() as provider:
+        answer = await provider.generate("a lighthouse")
+    assert answer.possibly_billed_retries == 0 and len(api.requests) == 3
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+
+async def test_b64_answers_many_images_usage_and_params_pass_through():
+    import base64
+    import json
+
+    encoded = base64.b64encode(PNG).decode()
+    body = {
+        "data": [{"b64_json": encoded}, {"b64_json": "abc"}, {"b64_json": "%%%"}],
+        "usage": {"input_tokens": 10, "output_tokens": 4160, "total_tokens": 4170, "x": "y"},
+    }
+    api = Api(httpx.Response(201, json=body))
+    settings = ProviderSettings(params={"quality": "high", "output_format": "png"})
+    async with api.provider(settings) as provider:
+        answer = await provider.generate("a lighthouse")
+    assert [image.data for image in answer.images] == [PNG]
+    assert answer.usage == {"input_tokens": 10, "output_tokens": 4160, "total_tokens": 4170}
+    assert len(answer.problems) == 2, "the two bad entries are reported, the good one kept"
+    sent = json.loads(api.requests[0].content)
+    assert sent["quality"] == "high" and sent["output_format"] == "png"
+    assert sent["model"] == "gpt-image-1" and sent["n"] == 1
+
+
+async def test_a_200_with_one_good_image_among_refused_urls_keeps_the_good_one():
+    body = {"data": [{"url": "javascript:alert(1)"}, {"url": "https://img.example/ok.png"}]}
+    api = Api(httpx.Response(200, json=body))
+    async with api.provider() as provider:
+        answer = await provider.generate("a lighthouse")
+    assert [i.url for i in answer.images] == ["https://img.example/ok.png"]
+    assert "will not save" in answer.problems[0] and len(api.requests) == 1
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])

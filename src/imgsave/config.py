@@ -28,12 +28,38 @@ class Names:
 
 @dataclass(frozen=True)
 class ProviderSettings:
-    timeout: float = 120.0
+    # GPT image models take a minute or more at high quality; a shorter deadline would pay for
+    # images it then abandons.
+    timeout: float = 600.0
     max_attempts: int = 6
+    # Retries after a request the provider may already have billed (a timeout once the body was
+    # sent, a 200 that was cut off or unreadable): bounded apart from other retries.
+    max_billed_retries: int = 1
     max_retry_after: float = 60.0
     backoff_initial: float = 0.5
     backoff_max: float = 20.0
     size: str = "1024x1024"
+    # [provider.params]: passed through in every request (quality, output_format, background,
+    # moderation, ...).
+    params: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where image bytes are kept: `s3://BUCKET[/PREFIX]` or `file:///DIR`."""
+
+    url: str | None = None
+    # The base that turns an object key into the URL saved in the document.
+    public_url: str | None = None
+    # S3 API: unset values come from the usual AWS_* variables.
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    allow_http: bool = False
+    max_image_bytes: int = 50_000_000
+    cache_control: str = "public, max-age=31536000, immutable"
 
 
 @dataclass(frozen=True)
@@ -56,11 +82,21 @@ class Settings:
     shape: Shape = field(default_factory=Shape)
     provider: ProviderSettings = field(default_factory=ProviderSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never reach any output."""
-        found = (self.api_key,) if self.api_key else ()
+        found = tuple(
+            s
+            for s in (
+                self.api_key,
+                self.store.secret_access_key,
+                os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                os.environ.get("AWS_SESSION_TOKEN"),
+            )
+            if s
+        )
         return found + url_secrets(self.database_url or "")
 
     def resolved_log_dir(self) -> Path:
@@ -77,6 +113,8 @@ ENVIRONMENT = {
     "api_key": ("IMGSAVE_API_KEY", "OPENAI_API_KEY"),
     "model": ("IMGSAVE_MODEL",),
     "log_dir": ("IMGSAVE_LOG_DIR",),
+    "store_url": ("IMGSAVE_STORE",),
+    "public_url": ("IMGSAVE_PUBLIC_URL",),
 }
 
 _TOP_KEYS = {"database_url", "base_url", "api_key", "model", "log_dir", "allow_http"}
@@ -84,6 +122,7 @@ _SECTIONS: dict[str, tuple[type, ...]] = {
     "names": (Names, Shape),
     "provider": (ProviderSettings,),
     "database": (DatabaseSettings,),
+    "store": (StoreSettings,),
 }
 
 
@@ -150,6 +189,11 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
                 f"config file {path}: unknown setting [{section}] {sorted(given)[0]!r}"
             )
     log_dir = merged.get("log_dir")
+    store: StoreSettings = built["StoreSettings"]
+    if merged.get("store_url"):
+        store = replace(store, url=str(merged["store_url"]))
+    if merged.get("public_url"):
+        store = replace(store, public_url=str(merged["public_url"]))
     return Settings(
         database_url=_opt_str(merged.get("database_url")),
         base_url=_opt_str(merged.get("base_url")),
@@ -161,10 +205,16 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
         shape=built["Shape"],
         provider=built["ProviderSettings"],
         database=built["DatabaseSettings"],
+        store=store,
     )
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, dict):
+        scalar = str | int | float | bool
+        if not isinstance(value, dict) or not all(isinstance(v, scalar) for v in value.values()):
+            raise UsageError(f"config file {where} must be a table of strings, numbers or booleans")
+        return dict(value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             raise UsageError(f"config file {where} must be a non-empty list of strings")

@@ -1,8 +1,9 @@
 """The engine every command that spends money shares: run a plan of provider calls, log each
 image durably, save it through the project's batched writer.
 
-Order per image: answer → `image.generated` fsynced → locked save → `image.saved`. Provider
-calls run under a semaphore; no row lock is held during a network call. When the log stops
+Order per image: answer → bytes → put in the store → `image.generated` (permanent URL, key,
+sha256) fsynced → locked save → `image.saved` (keeper.py has the store half). Provider calls run
+under a semaphore; no row lock is held during a network call. When the log stops
 taking writes (disk full), no new request starts, every image already in hand is still saved,
 and each one the log could not record is kept in `Tally.unlogged` so it is printed, not lost.
 """
@@ -28,7 +29,8 @@ from .errors import (
 from .genlog import RunLog
 from .interrupt import StopSignal
 from .jsondata import NOT_IN_JSON, fields_json
-from .provider import ImageFailed, Provider
+from .keeper import Keeper, NotKept
+from .provider import Answer, ImageFailed, Provider, Received
 from .saver import ProjectSaver
 
 
@@ -89,6 +91,12 @@ class Tally:
     log_error: str | None = field(default=None, metadata=NOT_IN_JSON)
     interrupted: bool = False
     transactions: int = 0
+    # Images the answers carried (an answer may hold more than the one asked for).
+    received: int = 0
+    # Paid images whose bytes wait in the spool for `imgsave repair` (the store refused).
+    spooled: int = 0
+    possibly_billed_retries: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
     saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
     unlogged: list[dict[str, Any]] = field(default_factory=list)
 
@@ -98,12 +106,19 @@ class Tally:
             return EXIT_INTERRUPTED
         if self.fatal:
             return EXIT_CANNOT_WORK
-        if self.failed or self.duplicates or self.log_error or self.saved < self.requested:
+        short = self.saved < self.requested
+        if self.failed or self.duplicates or self.log_error or self.spooled or short:
             return EXIT_FINDINGS
         return EXIT_OK
 
     def to_json(self) -> dict[str, object]:
         return {**fields_json(self), "stopped": self.fatal or self.log_error}
+
+    def count(self, answer: Answer) -> None:
+        self.received += len(answer.images)
+        self.possibly_billed_retries += answer.possibly_billed_retries
+        for name, tokens in answer.usage.items():
+            self.usage[name] = self.usage.get(name, 0) + tokens
 
     def unlogged_lines(self) -> list[str]:
         """One line per paid image the generation log could not record, so it is never lost."""
@@ -124,6 +139,7 @@ class Execution:
         *,
         db: Database,
         provider: Provider,
+        keeper: Keeper,
         log: RunLog,
         project: str,
         shape: Shape,
@@ -133,13 +149,14 @@ class Execution:
     ):
         self._db = db
         self._provider = provider
+        self._keeper = keeper
         self._log = log
         self._project = project
         self._shape = shape
         self._semaphore = asyncio.Semaphore(concurrency)
         self._stop = stop or StopSignal()
         self._reporter = reporter
-        self._calls: set[asyncio.Future[str]] = set()
+        self._calls: set[asyncio.Future[Answer]] = set()
         self._announced: set[str] = set()
         self.tally = Tally()
 
@@ -170,10 +187,30 @@ class Execution:
         return self.tally
 
     async def _one(self, saver: ProjectSaver, scene: Scene, replaces: tuple[str, ...]) -> None:
-        url = await self._request(scene)
-        if url is None:
+        answer = await self._request(scene)
+        if answer is None:
             return
-        logged = await self._record_generated(scene, url, replaces)
+        self.tally.count(answer)
+        for problem in answer.problems:  # entries without an image, beside ones with
+            self._note(scene.ref, problem)
+        # Every image an answer carries was paid for: each is kept and saved. The first stands
+        # in for the replaced URL, if any.
+        for n, received in enumerate(answer.images):
+            await self._keep_and_save(saver, scene, received, replaces if n == 0 else ())
+
+    async def _keep_and_save(
+        self, saver: ProjectSaver, scene: Scene, received: Received, replaces: tuple[str, ...]
+    ) -> None:
+        try:
+            kept = await self._keeper.keep(self._project, scene.ref, received, replaces)
+        except NotKept as exc:
+            self._not_kept(scene.ref, exc)
+            return
+        except CannotWork as exc:  # not even the spool could take the bytes
+            self._stop_run(str(exc))
+            return
+        url = kept.url
+        logged = await self._record_generated(scene, url, replaces, kept.fields)
         try:
             outcome = await saver.save(scene.ref, url)
         except Exception as exc:  # whatever the save hit, the paid URL is reported, not dropped
@@ -199,8 +236,33 @@ class Execution:
             if self._reporter:
                 self._reporter.advance(ok=True)
 
-    async def _request(self, scene: Scene) -> str | None:
-        """The provider's URL for one image of `scene`, or None (failed, stopped or refused)."""
+    def _not_kept(self, ref: SceneRef, exc: NotKept) -> None:
+        if exc.spooled is not None:
+            self.tally.spooled += 1
+            self._write("image.spooled", ref, spool=str(exc.spooled), error=str(exc))
+        if exc.fatal:
+            self._stop_run(str(exc))
+            if self._reporter:
+                self._reporter.advance(ok=False)
+            return
+        self._failed(ref, str(exc), count=exc.spooled is None)
+        if exc.spooled is not None and self._reporter:
+            self._reporter.advance(ok=False)
+
+    def _stop_run(self, reason: str) -> None:
+        if self.tally.fatal is None:
+            self.tally.fatal = reason
+            self.tally.errors.append(reason)
+        self._stop.halt()
+
+    def _note(self, ref: SceneRef, message: str) -> None:
+        text = f"project {self._project}: {ref}: {message}"
+        self.tally.errors.append(text)
+        if self._reporter:
+            self._reporter.warn(text)
+
+    async def _request(self, scene: Scene) -> Answer | None:
+        """The provider's answer for one image of `scene`, or None (failed, stopped, refused)."""
         if scene.prompt is None:  # plans hold prompted scenes only; never spend on None
             self._failed(scene.ref, "the scene has no prompt")
             return None
@@ -216,19 +278,19 @@ class Execution:
                     return None
                 raise
             except ImageFailed as exc:
+                self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 self._failed(scene.ref, str(exc))
             except CannotWork as exc:  # refused (401/403/404) or unreachable: stop the run
-                if self.tally.fatal is None:
-                    self.tally.fatal = str(exc)
-                    self.tally.errors.append(str(exc))
-                self._stop.halt()
+                self._stop_run(str(exc))
             finally:
                 self._calls.discard(call)
         return None
 
-    async def _record_generated(self, scene: Scene, url: str, replaces: tuple[str, ...]) -> bool:
+    async def _record_generated(
+        self, scene: Scene, url: str, replaces: tuple[str, ...], fields: dict[str, Any]
+    ) -> bool:
         """Durably log a paid image before saving it; False when the log would not take it."""
-        extra: dict[str, Any] = {"replaces": list(replaces)} if replaces else {}
+        extra: dict[str, Any] = {**fields, **({"replaces": list(replaces)} if replaces else {})}
         try:
             await self._log.record(
                 "image.generated",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
+from . import spool
 from .consoles import error, printable, shown, warn
 from .db import Database
 from .document import SceneRef, Shape, decode, find, scenes
@@ -56,6 +57,8 @@ class AuditReport:
     orphaned: list[Finding] = field(default_factory=list)
     expired: list[Finding] = field(default_factory=list)
     present: int = field(default=0, metadata=NOT_IN_JSON)
+    # Paid images whose bytes wait in the spool for a store (`imgsave repair` uploads them).
+    spooled: int = field(default=0, metadata=NOT_IN_JSON)
     unchecked: int = field(default=0, metadata=NOT_IN_JSON)
     # Projects that could not be audited (not found when named, unreadable document): each is
     # that project's error; every other project is still audited.
@@ -67,7 +70,7 @@ class AuditReport:
     def exit_code(self) -> int:
         if self.errors:
             return EXIT_CANNOT_WORK
-        return EXIT_FINDINGS if self.lost or self.expired else EXIT_OK
+        return EXIT_FINDINGS if self.lost or self.expired or self.spooled else EXIT_OK
 
     def stderr_lines(self) -> list[str]:
         return []
@@ -79,6 +82,7 @@ class AuditReport:
             "orphaned": len(self.orphaned),
             "present": self.present,
             "expired": len(self.expired),
+            "spooled": self.spooled,
             "lines_skipped": self.stats.lines_skipped,
         }
 
@@ -151,6 +155,8 @@ class AuditReport:
             text += f" ({', '.join(detail)})"
         if self.unchecked:
             text += f"; {self.unchecked} lost URLs could not be checked"
+        if self.spooled:
+            text += f"; {self.spooled} paid images wait in the spool (repair uploads them)"
         return printable(text)
 
 
@@ -163,7 +169,7 @@ async def audit(
     check_urls: bool = False,
 ) -> AuditReport:
     stats = ReadStats()
-    report = AuditReport(stats)
+    report = AuditReport(stats, spooled=len(spool.pending(log_dir)))
     files = expand_paths(query.paths, log_dir)
     gap = query.run_gap.total_seconds()
     named = {db.normalise_key(p) or p: p for p in query.only_projects}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import Settings
+from .config import Settings, StoreSettings
 from .consoles import shown
 from .db import Database
 from .document import Scene, Shape, decode, scenes
@@ -19,7 +19,9 @@ from .errors import EXIT_FINDINGS, UsageError
 from .genlog import RunLog, new_run_id
 from .interrupt import StopSignal, sigint_stops
 from .jsondata import NOT_IN_JSON, fields_json, json_name
+from .keeper import Keeper, opened_keeper
 from .provider import Provider
+from .store import Store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -156,15 +158,20 @@ async def run(
 ) -> GenerateResult:
     """The whole command: open the database and provider, generate, close everything."""
     stop = StopSignal()
+    store = Store.from_settings(settings)
+    log_dir = settings.resolved_log_dir()
     async with (
         Provider.from_settings(settings) as provider,
         await Database.from_settings(settings) as db,
+        opened_keeper(settings, store, log_dir) as keeper,
     ):
+        if store is not None:
+            await store.probe()  # before anything is spent
         with sigint_stops(stop):
             return await generate(
                 db=db,
                 provider=provider,
-                log_dir=settings.resolved_log_dir(),
+                log_dir=log_dir,
                 project=project,
                 shape=settings.shape,
                 images_per_scene=images_per_scene,
@@ -173,6 +180,7 @@ async def run(
                 force=force,
                 stop=stop,
                 reporter=reporter,
+                keeper=keeper,
             )
 
 
@@ -189,7 +197,13 @@ async def generate(
     force: bool = False,
     stop: StopSignal | None = None,
     reporter: Reporter | None = None,
+    keeper: Keeper | None = None,
 ) -> GenerateResult:
+    """Plan and carry out one project's images. Without a `keeper`, URL answers are saved as the
+    provider's URLs and a bytes answer stops the run (there is no store to put it in)."""
+    keeper = keeper or Keeper(
+        store=None, fetcher=None, log_dir=log_dir, max_image_bytes=StoreSettings().max_image_bytes
+    )
     document = decode(await db.read(project), project=project)
     the_plan = plan(
         scenes(document, shape, project=project),
@@ -225,6 +239,7 @@ async def generate(
         execution = Execution(
             db=db,
             provider=provider,
+            keeper=keeper,
             log=log,
             project=project,
             shape=shape,

@@ -1,20 +1,27 @@
-"""An OpenAI-compatible image API client: `POST {base}/images/generations`, URLs in `data[].url`.
+"""An OpenAI-compatible image API client: `POST {base}/images/generations`, images answered as
+`data[].b64_json` (bytes) or `data[].url` (a link that expires), as many as the answer holds.
 
 Transient trouble (429, 5xx, timeouts, dropped connections, answers that are not the JSON we
-expect) is retried with backoff and jitter, honouring `Retry-After` up to a cap. A refusal that
-no retry will change stops the run (401, 403, 404); one that concerns a single prompt (another
-4xx, such as a content-policy 400) fails that image and lets the others go on.
+expect) is retried with backoff and jitter, honouring `Retry-After` up to a cap. A retry after a
+request the provider may already have billed (a timeout once the body was sent, a cut or
+unreadable 200) is counted and bounded on its own (`max_billed_retries`). A refusal that no retry
+will change stops the run (401, 403, 404); one that concerns a single prompt (another 4xx, such
+as a content-policy 400) fails that image and lets the others go on. A 200 or 201 that carries a
+usable image is never thrown away, whatever else it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.utils
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Self
+from typing import Any, Self
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -28,16 +35,59 @@ from .urls import shorten, url_problem
 FATAL_STATUSES = frozenset({401, 403, 404})
 
 
+# base64 this long is decoded in a worker thread: a few ms of CPU would stall every other
+# request and save on the event loop.
+DECODE_OFF_LOOP = 256 * 1024
+
+
 class ImageFailed(Exception):
     """This one image could not be had; the run goes on."""
 
+    def __init__(self, reason: str, *, possibly_billed_retries: int = 0):
+        super().__init__(reason)
+        self.possibly_billed_retries = possibly_billed_retries
+
+
+@dataclass(frozen=True)
+class Received:
+    """One image of an answer: its bytes (b64_json), or the provider's URL (url), or both."""
+
+    data: bytes | None = None
+    url: str | None = None
+
+
+@dataclass
+class Answer:
+    images: list[Received]
+    # The provider's token counts for this request, summed by name.
+    usage: dict[str, int] = field(default_factory=dict)
+    possibly_billed_retries: int = 0
+    # Entries of the answer that held no usable image, each said in one line.
+    problems: list[str] = field(default_factory=list)
+
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None, *, unreachable: bool = False):
+    def __init__(
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        *,
+        unreachable: bool = False,
+        billed: bool = False,
+    ):
         super().__init__(reason)
         self.retry_after = retry_after
         # No connection could be made at all: the API is down or misnamed, not this prompt.
         self.unreachable = unreachable
+        # The provider may have made (and billed) the image this attempt did not get.
+        self.billed = billed
+
+
+@dataclass
+class _Call:
+    """One image's attempts: how many retries followed a possibly billed failure."""
+
+    billed_retries: int = 0
 
 
 class Provider:
@@ -97,18 +147,23 @@ class Provider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def generate(self, prompt: str) -> str:
-        """One image URL for `prompt`; raises ImageFailed or ProviderRefused."""
+    async def generate(self, prompt: str) -> Answer:
+        """The images the API answers for `prompt`; raises ImageFailed or ProviderRefused."""
+        call = _Call()
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Retryable),
             stop=stop_after_attempt(self._settings.max_attempts),
-            wait=self._wait,
+            wait=lambda state: self._wait(state, call),
             sleep=self._sleep,
             reraise=True,
         )
         try:
-            return await retrying(self._once, prompt)
-        except (ImageFailed, CannotWork) as exc:
+            answer: Answer = await retrying(self._once, prompt, call)
+        except ImageFailed as exc:
+            raise ImageFailed(
+                redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
+            ) from None
+        except CannotWork as exc:
             raise type(exc)(redact(str(exc), self._secrets)) from None
         except _Retryable as exc:
             reason = redact(str(exc), self._secrets)
@@ -118,12 +173,17 @@ class Provider:
                     f"{self._settings.max_attempts} attempts: {reason}"
                 ) from None
             raise ImageFailed(
-                f"gave up after {self._settings.max_attempts} attempts: {reason}"
+                f"gave up after {self._settings.max_attempts} attempts: {reason}",
+                possibly_billed_retries=call.billed_retries,
             ) from None
+        answer.possibly_billed_retries = call.billed_retries
+        return answer
 
-    def _wait(self, state: RetryCallState) -> float:
+    def _wait(self, state: RetryCallState, call: _Call) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
+        if isinstance(exc, _Retryable) and exc.billed:
+            call.billed_retries += 1
         pause = backoff(
             state.attempt_number, self._settings, retry_after=retry_after, rng=self._random
         )
@@ -135,8 +195,25 @@ class Provider:
         )
         return pause
 
-    async def _once(self, prompt: str) -> str:
-        body: dict[str, object] = {"prompt": prompt, "n": 1, "size": self._settings.size}
+    async def _once(self, prompt: str, call: _Call) -> Answer:
+        try:
+            return await self._attempt(prompt)
+        except _Retryable as exc:
+            if exc.billed and call.billed_retries >= self._settings.max_billed_retries:
+                raise ImageFailed(
+                    f"{exc}; not retried: the provider may have billed this attempt, and "
+                    f"{call.billed_retries} such retr{'y' if call.billed_retries == 1 else 'ies'}"
+                    f" is the limit (max_billed_retries)"
+                ) from None
+            raise
+
+    async def _attempt(self, prompt: str) -> Answer:
+        body: dict[str, object] = {
+            "prompt": prompt,
+            "n": 1,
+            "size": self._settings.size,
+            **self._settings.params,
+        }
         if self._model:
             body["model"] = self._model
         try:
@@ -145,15 +222,24 @@ class Provider:
             async with asyncio.timeout(self._settings.timeout):
                 response = await self._client.post(self._endpoint, json=body)
         except TimeoutError:
-            raise _Retryable(f"no complete answer within {self._settings.timeout:g}s") from None
+            raise _Retryable(
+                f"no complete answer within {self._settings.timeout:g}s", billed=True
+            ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
             raise _Retryable(
                 f"connection failed: {type(exc).__name__}: {exc}", unreachable=True
             ) from None
-        except httpx.TimeoutException:
-            raise _Retryable(f"no answer within {self._settings.timeout:g}s") from None
+        except httpx.TimeoutException as exc:
+            raise _Retryable(
+                f"no answer within {self._settings.timeout:g}s",
+                billed=isinstance(exc, httpx.ReadTimeout),
+            ) from None
         except httpx.TransportError as exc:
-            raise _Retryable(f"connection failed: {type(exc).__name__}: {exc}") from None
+            # Cut while the answer was coming: the request reached the provider.
+            billed = isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError)
+            raise _Retryable(
+                f"connection failed: {type(exc).__name__}: {exc}", billed=billed
+            ) from None
         status = response.status_code
         if status == 429:
             raise _Retryable("rate limited (429)", _retry_after(response))
@@ -166,19 +252,66 @@ class Provider:
             )
         if status >= 400:
             raise ImageFailed(f"image API rejected the prompt: {status}{_detail(response)}")
-        if status != 200:
+        if status not in (200, 201):
             raise _Retryable(f"unexpected status {status}")
+        return await self._images(response)
+
+    async def _images(self, response: httpx.Response) -> Answer:
         try:
-            url = response.json()["data"][0]["url"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable("answer is not the expected JSON with data[0].url") from None
-        problem = url_problem(url, allow_http=self._allow_http)
-        if problem:
-            shown = shorten(url) if isinstance(url, str) else repr(url)
-            raise ImageFailed(
-                f"image API answered with a URL imgsave will not save ({problem}): {shown!r}"
-            )
-        return str(url)
+            payload = response.json()
+        except ValueError:
+            raise _Retryable("the answer is not JSON", billed=True) from None
+        items = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items:
+            raise _Retryable("the answer holds no data[] with an image", billed=True)
+        answer = Answer([], usage=_usage(payload.get("usage")))
+        refused = 0
+        for n, item in enumerate(items):
+            entry: dict[str, Any] = item if isinstance(item, dict) else {}
+            b64, url = entry.get("b64_json"), entry.get("url")
+            if not isinstance(url, str):
+                url = None
+            elif problem := url_problem(url, allow_http=self._allow_http):
+                answer.problems.append(
+                    f"image API answered with a URL imgsave will not save ({problem}): "
+                    f"{shorten(url)!r}"
+                )
+                refused += 1
+                url = None
+            if isinstance(b64, str) and b64:
+                data = await _decoded(b64)
+                if data is None:
+                    answer.problems.append(f"data[{n}].b64_json is not valid base64")
+                else:
+                    answer.images.append(Received(data=data, url=url))
+            elif url is not None:
+                answer.images.append(Received(url=url))
+            elif not isinstance(entry.get("url"), str):
+                answer.problems.append(f"data[{n}] holds neither b64_json nor url")
+        if not answer.images:
+            if refused:  # the provider's answer, not a fault: asking again would pay again
+                raise ImageFailed("; ".join(answer.problems))
+            raise _Retryable(f"the answer holds no image: {answer.problems[0]}", billed=True)
+        return answer
+
+
+async def _decoded(text: str) -> bytes | None:
+    def decode() -> bytes | None:
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+
+    return await asyncio.to_thread(decode) if len(text) > DECODE_OFF_LOOP else decode()
+
+
+def _usage(value: Any) -> dict[str, int]:
+    """The answer's top-level token counts (input_tokens, output_tokens, total_tokens, ...)."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k): int(v) for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)
+    }
 
 
 def backoff(

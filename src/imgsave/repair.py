@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
+from . import spool
 from .config import Settings
 from .consoles import shown
 from .db import Database
@@ -23,8 +24,10 @@ from .genlog import RunLog
 from .hostlock import exclusive
 from .interrupt import StopSignal, sigint_stops
 from .jsondata import NOT_IN_JSON, fields_json, json_name, plain
+from .keeper import Keeper, NotKept, opened_keeper
 from .logread import LogQuery
-from .provider import Provider
+from .provider import Provider, Received
+from .store import Store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -35,6 +38,8 @@ class RepairResult:
     report: AuditReport = field(metadata=NOT_IN_JSON)
     executed: bool
     repaired: int = 0
+    # Spooled images put in the store and saved.
+    uploaded: int = 0
     regenerated: int = 0
     remaining: int = 0
     errors: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
@@ -176,26 +181,40 @@ async def run_repair(
     api: contextlib.AbstractAsyncContextManager[Provider | None] = (
         Provider.from_settings(settings) if regenerate and execute else nullcontext()
     )
+    store = Store.from_settings(settings)
     with lock:
-        async with api as provider, await Database.from_settings(settings) as db:
+        async with (
+            api as provider,
+            await Database.from_settings(settings) as db,
+            opened_keeper(settings, store, log_dir) as keeper,
+        ):
             report = await audit(
                 db, query, log_dir=log_dir, shape=settings.shape, check_urls=check_urls
             )
             result = RepairResult(report, executed=execute)
-            work = report.lost or (provider and (report.expired or report.empty_scenes))
+            work = (
+                report.lost
+                or (report.spooled and store)
+                or (provider and (report.expired or report.empty_scenes))
+            )
             if execute and work:
+                if store is not None and (provider or report.spooled):
+                    await store.probe()
                 # Only a repair with something to do leaves a log file behind: cron runs
                 # every few minutes, and audit rereads every file.
                 with RunLog(log_dir) as log:
-                    await _repair(db, provider, log, settings, result, concurrency, reporter)
+                    await _repair(
+                        db, provider, keeper, log, settings, result, concurrency, reporter
+                    )
             elif execute:
-                result.remaining = remaining(report, {}, {})
+                result.remaining = remaining(report, {}, {}) + report.spooled
             return result
 
 
 async def _repair(
     db: Database,
     provider: Provider | None,
+    keeper: Keeper,
     log: RunLog,
     settings: Settings,
     result: RepairResult,
@@ -217,16 +236,20 @@ async def _repair(
         result.remaining = remaining(report, {}, {}, empty_scenes=provider is not None)
         return
     restored, result.errors = await restore(db, report, log, settings.shape)
+    result.uploaded = await _upload_spooled(db, keeper, log, settings, result)
     regenerated: dict[tuple[str, int], int] = {}
     if provider is not None:
         stop = StopSignal()
         with sigint_stops(stop):
             regenerated = await _regenerate(
-                db, provider, log, settings.shape, report, concurrency, stop, reporter, result
-            )
+                db, provider, keeper, log, settings.shape, report, concurrency, stop, reporter,
+                result,
+            )  # fmt: skip
     result.repaired = sum(restored.values())
     result.regenerated = sum(regenerated.values())
-    result.remaining = remaining(report, restored, regenerated, empty_scenes=provider is not None)
+    result.remaining = remaining(
+        report, restored, regenerated, empty_scenes=provider is not None
+    ) + (report.spooled - result.uploaded)
     with contextlib.suppress(LogUnwritable):  # already reported by the write that failed first
         log.write(
             "run.finished",
@@ -238,9 +261,62 @@ async def _repair(
         )
 
 
+async def _upload_spooled(
+    db: Database, keeper: Keeper, log: RunLog, settings: Settings, result: RepairResult
+) -> int:
+    """Put each spooled image in the store and save it in its scene; its spool files go only
+    once it is saved (or its scene already holds it)."""
+    waiting = spool.pending(settings.resolved_log_dir())
+    if not waiting:
+        return 0
+    if keeper.store is None:
+        result.errors.append(
+            f"{len(waiting)} paid images wait in the spool for a store: set IMGSAVE_STORE and "
+            "IMGSAVE_PUBLIC_URL, then run repair again"
+        )
+        return 0
+    from .saver import ProjectSaver
+
+    uploaded = 0
+    for item in waiting:
+        ref = item.ref
+        try:
+            data = item.path.read_bytes()
+            kept = await keeper.keep(item.project, ref, Received(data, item.source_url))
+            fields = {**kept.fields, **({"replaces": list(item.replaces)} if item.replaces else {})}
+            await log.record(
+                "image.generated",
+                project=item.project,
+                scene=ref.index,
+                scene_id=ref.id,
+                url=kept.url,
+                spool=str(item.path),
+                **fields,
+            )
+            async with ProjectSaver(db, item.project, settings.shape) as saver:
+                outcome = await saver.save(ref, kept.url)
+        except (OSError, NotKept, ImgsaveError) as exc:
+            result.errors.append(
+                f"project {item.project}: {ref}: spooled image not restored: "
+                f"{_one_line(exc)} ({item.path})"
+            )
+            continue
+        if outcome is Outcome.NO_SCENE:
+            result.errors.append(
+                f"project {item.project}: {ref} no longer exists; spooled image kept in {item.path}"
+            )
+            continue
+        log.write("image.saved", project=item.project, scene=ref.index, scene_id=ref.id,
+                  url=kept.url)  # fmt: skip
+        item.remove()
+        uploaded += outcome is Outcome.ADDED
+    return uploaded
+
+
 async def _regenerate(
     db: Database,
     provider: Provider,
+    keeper: Keeper,
     log: RunLog,
     shape: Shape,
     report: AuditReport,
@@ -275,6 +351,7 @@ async def _regenerate(
         execution = Execution(
             db=db,
             provider=provider,
+            keeper=keeper,
             log=log,
             project=project,
             shape=shape,

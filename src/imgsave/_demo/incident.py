@@ -75,8 +75,11 @@ async def naive_generate(
 
     async def one(ref: SceneRef, prompt: str) -> None:
         try:
-            url = await provider.generate(prompt)
+            answer = await provider.generate(prompt)
         except ImageFailed:
+            return
+        url = answer.images[0].url
+        if url is None:  # the route as written only knew URL answers
             return
         await naive_save(db, project, shape, ref, url, think=think)
         saved.append((ref, url))

@@ -1,0 +1,139 @@
+"""From a provider's answer to a URL worth saving: bytes (decoded, or downloaded while the
+provider's link still works) → checked by signature → put in the user's store → permanent URL.
+
+When the store keeps refusing, the bytes go to the spool (never discarded). Without a store, a
+URL answer is kept as the provider's URL (it expires; the run warns once), and a bytes answer
+cannot be saved anywhere: it is spooled and the run must stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import spool
+from .config import Settings
+from .document import SceneRef
+from .fetch import DownloadFailed, Fetcher
+from .images import Image, NotAnImage, checked, object_key
+from .provider import Received
+from .store import Store, StoreUnavailable
+
+# Checking and hashing this many bytes runs in a worker thread, off the event loop.
+HASH_OFF_LOOP = 256 * 1024
+# One provider image, downloaded: generous, but not the minutes a generation may take.
+DOWNLOAD_DEADLINE = 120.0
+
+NO_STORE = (
+    "the image API answers with image bytes (b64_json) and no store is configured, so there is "
+    "nowhere to keep them: set IMGSAVE_STORE (s3://BUCKET/PREFIX or file:///DIR) and "
+    "IMGSAVE_PUBLIC_URL (see the README's Storage section); the image is kept in {path}"
+)
+
+
+@dataclass(frozen=True)
+class Kept:
+    url: str
+    # What image.generated records beside the URL: key, sha256, bytes, source_url.
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class NotKept(Exception):
+    """This image has no URL to save; `spooled` says where its bytes are, `fatal` that no later
+    image can do better (no store for a bytes answer), `expired` that the provider's link died."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        spooled: Path | None = None,
+        fatal: bool = False,
+        expired: bool = False,
+    ):
+        super().__init__(reason)
+        self.spooled = spooled
+        self.fatal = fatal
+        self.expired = expired
+
+
+class Keeper:
+    def __init__(
+        self,
+        *,
+        store: Store | None,
+        fetcher: Fetcher | None,
+        log_dir: Path,
+        max_image_bytes: int,
+    ):
+        self.store = store
+        self._fetcher = fetcher
+        self._log_dir = log_dir
+        self._max_bytes = max_image_bytes
+        # Provider URLs kept as they are (no store): they expire, and the run says so.
+        self.expiring = 0
+
+    async def keep(
+        self, project: str, ref: SceneRef, received: Received, replaces: tuple[str, ...] = ()
+    ) -> Kept:
+        if self.store is None:
+            if received.data is None and received.url is not None:
+                self.expiring += 1
+                return Kept(received.url)
+            image = await self._checked(received.data or b"")
+            path = spool.put(
+                self._log_dir, project, ref, image, replaces=replaces, source_url=received.url
+            )
+            raise NotKept(NO_STORE.format(path=path), spooled=path, fatal=True)
+        data = received.data
+        if data is None:
+            data = await self._download(received.url or "")
+        image = await self._checked(data)
+        key = object_key(self.store.prefix, project, ref, image)
+        try:
+            await self.store.put(key, image)
+        except StoreUnavailable as exc:
+            path = spool.put(
+                self._log_dir, project, ref, image, replaces=replaces, source_url=received.url
+            )
+            raise NotKept(f"{exc}; the image is kept in {path}", spooled=path) from None
+        fields: dict[str, Any] = {"key": key, "sha256": image.sha256, "bytes": image.size}
+        if received.url:
+            fields["source_url"] = received.url
+        return Kept(self.store.public_url(key), fields)
+
+    async def _download(self, url: str) -> bytes:
+        if self._fetcher is None:  # pragma: no cover - a Keeper with a store has a fetcher
+            raise NotKept("no downloader for the provider's URL")
+        try:
+            return await self._fetcher.download(url)
+        except DownloadFailed as exc:
+            raise NotKept(f"{exc} ({url})", expired=exc.expired) from None
+
+    async def _checked(self, data: bytes) -> Image:
+        try:
+            if len(data) > HASH_OFF_LOOP:
+                return await asyncio.to_thread(checked, data, max_bytes=self._max_bytes)
+            return checked(data, max_bytes=self._max_bytes)
+        except NotAnImage as exc:
+            raise NotKept(f"the answer is not an image imgsave stores: {exc}") from None
+
+
+@contextlib.asynccontextmanager
+async def opened_keeper(
+    settings: Settings, store: Store | None, log_dir: Path
+) -> AsyncIterator[Keeper]:
+    """A Keeper with its downloader open for as long as the run lasts."""
+    max_bytes = settings.store.max_image_bytes
+    if store is None:
+        yield Keeper(store=None, fetcher=None, log_dir=log_dir, max_image_bytes=max_bytes)
+        return
+    async with Fetcher(
+        max_bytes=max_bytes,
+        timeout=min(settings.provider.timeout, DOWNLOAD_DEADLINE),
+        allow_http=settings.allow_http,
+    ) as fetcher:
+        yield Keeper(store=store, fetcher=fetcher, log_dir=log_dir, max_image_bytes=max_bytes)
