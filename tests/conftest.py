@@ -329,3 +329,12 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
+
+
+@pytest.fixture
+def s3() -> Iterator[object]:
+    """An S3-compatible server on loopback (moto) with a public bucket."""
+    from .storage import moto_s3
+
+    with moto_s3() as server:
+        yield server

@@ -100,6 +100,17 @@ DatabaseUrlOption = Annotated[
 AllowHttpOption = Annotated[
     bool, typer.Option("--allow-http", metavar="", help="Also accept plain http:// image URLs.")
 ]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="IMGSAVE_STORE",
+        show_envvar=True,
+        metavar="URL",
+        help="Where image bytes are kept: s3://BUCKET[/PREFIX] or file:///DIR "
+        "(with IMGSAVE_PUBLIC_URL, the base of the URLs saved).",
+    ),
+]
 ConcurrencyOption = Annotated[
     int,
     typer.Option(
@@ -118,6 +129,7 @@ class Common:
     allow_http: bool = False
     database_url: str | None = None
     quiet: bool = False
+    store: str | None = None
 
 
 @app.command(epilog=EXIT_CODES)
@@ -142,6 +154,7 @@ def generate(
             "--force", metavar="", help="Generate even for scenes that hold enough images."
         ),
     ] = False,
+    store: StoreOption = None,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
@@ -170,7 +183,7 @@ def generate(
             reporter=ProgressReporter(),
         )
 
-    _execute(work, Common(config, json_output, verbose, allow_http, database_url))
+    _execute(work, Common(config, json_output, verbose, allow_http, database_url, store=store))
 
 
 @dataclass(frozen=True)
@@ -323,6 +336,7 @@ def log_source_options(command: Callable[..., None]) -> Callable[..., None]:
 @log_source_options
 def audit(
     sources: LogSources,
+    store: StoreOption = None,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
@@ -344,7 +358,7 @@ def audit(
         query = sources.query(settings.allow_http)
         return await run_audit(settings, query, check_urls=sources.check_urls)
 
-    _execute(work, Common(config, json_output, verbose, allow_http, database_url))
+    _execute(work, Common(config, json_output, verbose, allow_http, database_url, store=store))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -367,6 +381,7 @@ def repair(
         ),
     ] = False,
     concurrency: ConcurrencyOption = 8,
+    store: StoreOption = None,
     quiet: Annotated[
         bool,
         typer.Option("--quiet", "-q", metavar="", help="Print nothing unless something is wrong."),
@@ -401,7 +416,9 @@ def repair(
             reporter=ProgressReporter(quiet=quiet),
         )
 
-    _execute(work, Common(config, json_output, verbose, allow_http, database_url, quiet))
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
 
 
 @app.command(epilog=EXIT_CODES)
@@ -481,7 +498,11 @@ def _execute(work: Callable[[Settings], Awaitable[_Result]], common: Common) -> 
 
     secrets: tuple[str, ...] = ()
     try:
-        flags = {"allow_http": common.allow_http or None, "database_url": common.database_url}
+        flags = {
+            "allow_http": common.allow_http or None,
+            "database_url": common.database_url,
+            "store_url": common.store,
+        }
         settings = load_settings(flags, config_path=common.config)
         secrets = settings.secrets
         configure_logging(verbose=common.verbose, secrets=secrets)

@@ -44,7 +44,11 @@ class Store:
         where: str,
         settings: StoreSettings,
         secrets: tuple[str, ...],
+        attributes: bool = True,
     ):
+        # A local directory keeps no Content-Type or Cache-Control (obstore refuses them there);
+        # the web server in front of it sets them from the extension.
+        self._attributes = attributes
         self._store = store
         self.prefix = prefix
         self._public = public_url.rstrip("/")
@@ -84,6 +88,7 @@ class Store:
             ) from None
         return cls(
             LocalStore(root),
+            attributes=False,
             prefix="",
             public_url=_checked_public_url(conf.public_url, settings),
             where=conf.url or "",
@@ -167,10 +172,11 @@ class Store:
         """Write the object; StoreUnavailable after PUT_ATTEMPTS failures."""
         import obstore
 
-        attributes = {
-            "Content-Type": image.content_type,
-            "Cache-Control": self._settings.cache_control,
-        }
+        attributes = (
+            {"Content-Type": image.content_type, "Cache-Control": self._settings.cache_control}
+            if self._attributes
+            else None
+        )
         for attempt in range(1, PUT_ATTEMPTS + 1):
             try:
                 await obstore.put_async(self._store, key, image.data, attributes=attributes)

@@ -7,9 +7,12 @@ request number, so tests can script 429s, 500s, hangs and garbage.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import itertools
 import json
+import os
 import random
 import threading
 import time
@@ -17,7 +20,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
-# "401", "400", "badurl" (a javascript: URL), "repeat" (the same URL as the last "repeat").
+# "401", "400", "badurl" (a javascript: URL), "repeat" (the same URL as the last "repeat"),
+# "svg" (an SVG where an image should be, in the answer's own form), "two" (two images at once).
 Fault = str
 
 
@@ -57,7 +61,23 @@ class LoopbackProvider:
         faults: Callable[[int], Fault] | None = None,
         image_base: str = "https://images.imgsave.test/",
         hang_seconds: float = 30.0,
+        answer: str = "url",
+        image_bytes: int = 256,
+        expire_after: float | None = None,
     ):
+        """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
+        as every current OpenAI GPT image model does). Images are distinct PNGs of
+        `image_bytes`; their URLs (under `image_base`; this server serves them when it is
+        `origin + "/"`) stop resolving `expire_after` seconds after they were answered."""
+        if answer not in ("url", "b64"):
+            raise ValueError(f"answer must be 'url' or 'b64', not {answer!r}")
+        self.answer = answer
+        self.image_bytes = image_bytes
+        self.expire_after = expire_after
+        self._salt = os.urandom(8)
+        self._answered_at: dict[str, float] = {}
+        # sha256 of every image answered, in answer order (b64 and url alike).
+        self.sent: list[str] = []
         self.latency = latency
         self.jitter = jitter
         self.faults = faults or (lambda _: "ok")
@@ -108,6 +128,31 @@ class LoopbackProvider:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def png(self, n: int) -> bytes:
+        """Image n: a PNG signature, then bytes no other image of any server shares."""
+        head = b"\x89PNG\r\n\x1a\n" + self._salt + n.to_bytes(8, "big")
+        filler = hashlib.sha256(head).digest() * (self.image_bytes // 32 + 1)
+        return (head + filler)[: max(self.image_bytes, len(head))]
+
+    def _image_item(self, n: int) -> dict[str, str]:
+        data = self.png(n)
+        with self._lock:
+            self.sent.append(hashlib.sha256(data).hexdigest())
+        if self.answer == "b64":
+            return {"b64_json": base64.b64encode(data).decode()}
+        url = f"{self.image_base}img/{n:06d}.png"
+        with self._lock:
+            self.served.append(url)
+            self._answered_at[f"/img/{n:06d}.png"] = time.monotonic()
+        return {"url": url}
+
+    def _expired(self, path: str) -> bool:
+        if self.expire_after is None:
+            return False
+        with self._lock:
+            answered = self._answered_at.get(path)
+        return answered is not None and time.monotonic() - answered > self.expire_after
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         provider = self
 
@@ -156,11 +201,15 @@ class LoopbackProvider:
                     )
                 elif fault == "badurl":
                     self._json({"created": 0, "data": [{"url": "javascript:alert(1)"}]})
+                elif fault == "svg" and provider.answer == "b64":
+                    svg = base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>')
+                    self._json({"created": 0, "data": [{"b64_json": svg.decode()}]})
                 else:
-                    url = f"{provider.image_base}img/{n:06d}.png"
-                    with provider._lock:
-                        provider.served.append(url)
-                    self._json({"created": int(time.time()), "data": [{"url": url}]})
+                    count = 2 if fault == "two" else 1
+                    items = [provider._image_item(n * 10 + k) for k in range(count)]
+                    usage = {"input_tokens": 12, "output_tokens": 1056 * count}
+                    usage["total_tokens"] = 12 + 1056 * count
+                    self._json({"created": int(time.time()), "data": items, "usage": usage})
 
             def do_HEAD(self) -> None:
                 self._image(head=True)
@@ -169,13 +218,15 @@ class LoopbackProvider:
                 self._image(head=False)
 
             def _image(self, *, head: bool) -> None:
-                if self.path in provider.forbidden_paths:
+                if self.path in provider.forbidden_paths or provider._expired(self.path):
                     # What an expired signed URL (S3, Azure SAS) answers.
                     self._send(403, b"Signature expired", head=head)
                 elif self.path in provider.dead_paths or not self.path.startswith("/img/"):
                     self._send(404, b"not found", head=head)
                 else:
-                    self._send(200, b"\x89PNG fake", {"Content-Type": "image/png"}, head=head)
+                    stem = self.path.removeprefix("/img/").removesuffix(".png")
+                    body = provider.png(int(stem)) if stem.isdigit() else b"\x89PNG fake"
+                    self._send(200, body, {"Content-Type": "image/png"}, head=head)
 
             def _json(self, payload: object) -> None:
                 self._send(200, json.dumps(payload).encode())

@@ -1,0 +1,231 @@
+"""Durable images: answers in base64 or as expiring URLs end up as bytes in the user's store,
+saved as permanent URLs, against a real S3 API (moto) and a real loopback provider."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+from imgsave import generate as gen
+from imgsave._demo.incident import incident_document
+from imgsave._demo.loopback import LoopbackProvider
+from imgsave.config import Settings
+
+from .storage import S3
+
+
+def saved_urls(rows, project: str = "p1") -> list[str]:
+    return [u for urls in rows.urls(project).values() for u in urls]
+
+
+def served(urls: list[str]) -> Counter[str]:
+    """sha256 of what each URL serves, checking each is a stored PNG under its content's hash."""
+    digests: Counter[str] = Counter()
+    with httpx.Client() as client:
+        for url in urls:
+            answer = client.get(url)
+            assert answer.status_code == 200, url
+            digest = hashlib.sha256(answer.content).hexdigest()
+            assert url.endswith(f"/{digest}.png"), "the key is the content's own hash"
+            digests[digest] += 1
+    return digests
+
+
+def content_type(url: str) -> str:
+    return httpx.get(url).headers["content-type"]
+
+
+def log_records(log_dir: Path) -> list[dict]:
+    import json
+
+    return [
+        json.loads(line)
+        for path in log_dir.glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+
+
+async def test_b64_answers_land_in_s3_and_every_public_url_serves_the_exact_bytes(
+    settings: Settings, rows, s3: S3
+):
+    rows.put("p1", incident_document(20))
+    started = time.monotonic()
+    with LoopbackProvider(answer="b64", image_bytes=1_000_000) as api:
+        conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
+        result = await gen.run(conf, "p1", images_per_scene=10, concurrency=32)
+        sent = list(api.sent)
+    elapsed = time.monotonic() - started
+    assert (result.requested, result.saved, result.failed) == (200, 200, 0), result.tally.errors
+    urls = saved_urls(rows)
+    assert len(urls) == len(set(urls)) == 200
+    assert all(url.startswith(f"{s3.public_url}/scenes/p1/scene-") for url in urls)
+    assert served(urls) == Counter(sent), "every image the provider sent is stored, once"
+    assert content_type(urls[0]) == "image/png"
+    assert result.tally.usage["output_tokens"] == 200 * 1056
+    print(f"200 x 1 MB b64 images through S3 in {elapsed:.1f} s")
+
+
+async def test_url_answers_are_downloaded_before_they_expire_and_dead_links_fail(
+    settings: Settings, rows, s3: S3, log_dir: Path
+):
+    rows.put("p1", incident_document(4))
+    with LoopbackProvider(answer="url", expire_after=5.0) as api:
+        api.image_base = api.origin + "/"
+        conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
+        result = await gen.run(conf, "p1", images_per_scene=2, concurrency=4)
+        sent = list(api.sent)
+    assert (result.saved, result.failed) == (8, 0), result.tally.errors
+    urls = saved_urls(rows)
+    assert all(u.startswith(s3.public_url + "/") for u in urls), "not the provider's URLs"
+    assert served(urls) == Counter(sent)
+    generated = [r for r in log_records(log_dir) if r["event"] == "image.generated"]
+    assert all(r["source_url"].startswith(api.origin + "/img/") for r in generated)
+    assert all(r["key"].startswith("scenes/p1/") and r["bytes"] == 256 for r in generated)
+
+    rows.put("p2", incident_document(2))
+    with LoopbackProvider(answer="url", expire_after=0.0) as dead:
+        dead.image_base = dead.origin + "/"
+        conf = replace(settings, base_url=dead.base_url, store=s3.settings(), allow_http=True)
+        result = await gen.run(conf, "p2", images_per_scene=1, concurrency=2)
+    assert (result.saved, result.failed) == (0, 2)
+    assert all("the image URL answered 403" in e for e in result.tally.errors), result.tally.errors
+    assert saved_urls(rows, "p2") == []
+
+
+def test_a_wrong_bucket_or_endpoint_costs_nothing(cli, rows, s3: S3):
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(answer="b64") as api:
+        env = {
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_STORE": "s3://no-such-bucket/x",
+            "IMGSAVE_PUBLIC_URL": "https://cdn.example",
+            "AWS_ENDPOINT_URL": s3.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": "us-east-1",
+            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
+        }
+        wrong_bucket = cli("generate", "p1", "--json", "--allow-http", env=env)
+        env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
+        dead_endpoint = cli("generate", "p1", "--json", "--allow-http", env=env)
+        requests = api.requests
+    for ran in (wrong_bucket, dead_endpoint):
+        assert ran.code == 3, ran.stderr
+        assert "does not take writes" in ran.stderr and "nothing was generated" in ran.stderr
+        assert "testing-secret-key" not in ran.stderr + ran.stdout
+    assert requests == 0, "a store that cannot be written is found before any image is bought"
+    assert saved_urls(rows) == []
+
+
+def test_b64_answers_without_a_store_are_spooled_and_stop_the_run(cli, rows, log_dir: Path):
+    rows.put("p1", incident_document(20))
+    with LoopbackProvider(answer="b64", latency=0.05) as api:
+        ran = cli("generate", "p1", "-c", "4", "--json", env={"IMGSAVE_BASE_URL": api.base_url})
+        requests, sent = api.requests, set(api.sent)
+    assert ran.code == 3, ran.stderr
+    assert "no store is configured" in ran.stderr and "IMGSAVE_STORE" in ran.stderr
+    assert requests <= 4 + 1, "at most the requests already in flight are spent"
+    spooled = {p.stem for p in (log_dir / "spool").glob("*.png")}
+    assert spooled == sent, "every image paid for is kept"
+    assert saved_urls(rows) == []
+    audit = cli("audit", "p1", "--json")
+    assert audit.code == 1 and audit.json()["summary"]["spooled"] == len(sent)
+
+
+async def test_svg_html_unknown_and_oversized_answers_are_refused_not_stored(
+    settings: Settings, rows, s3: S3
+):
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(answer="b64", faults=lambda n: "svg" if n == 1 else "ok") as api:
+        conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
+        result = await gen.run(conf, "p1", images_per_scene=1, concurrency=1)
+    assert (result.saved, result.failed) == (1, 1)
+    assert any("not a png, jpeg, webp or gif (SVG)" in e for e in result.tally.errors)
+    assert len(s3.keys()) == 1
+
+    rows.put("p2", incident_document(1))
+    small = replace(s3.settings(), max_image_bytes=100)
+    with LoopbackProvider(answer="b64", image_bytes=4096) as api:
+        conf = replace(settings, base_url=api.base_url, store=small, allow_http=True)
+        result = await gen.run(conf, "p2", images_per_scene=1, concurrency=1)
+    assert (result.saved, result.failed) == (0, 1)
+    assert "4,096 bytes, more than the 100 allowed" in result.tally.errors[0]
+    assert len(s3.keys()) == 1, "nothing more was stored"
+
+
+def test_an_image_of_n_per_answer_is_each_kept_and_saved(cli, rows, tmp_path: Path):
+    rows.put("p1", incident_document(1))
+    root = tmp_path / "store"
+    with LoopbackProvider(answer="b64", faults=lambda n: "two") as api:
+        env = {
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_STORE": root.as_uri(),
+            "IMGSAVE_PUBLIC_URL": "https://cdn.example.test/img",
+        }
+        ran = cli("generate", "p1", "--json", env=env)
+        sent = list(api.sent)
+    assert ran.code == 0, ran.stderr
+    out = ran.json()
+    assert (out["requested"], out["received"], out["saved"]) == (1, 2, 2)
+    assert out["usage"] == {"input_tokens": 12, "output_tokens": 2112, "total_tokens": 2124}
+    assert out["possibly_billed_retries"] == 0
+    files = sorted(p for p in root.rglob("*.png"))
+    assert sorted(p.stem for p in files) == sorted(sent)
+    assert all(f.relative_to(root).parts[:2] == ("p1", "scene-1") for f in files)
+    assert sorted(saved_urls(rows)) == sorted(
+        f"https://cdn.example.test/img/p1/scene-1/{digest}.png" for digest in sent
+    )
+
+
+def test_a_store_that_fails_mid_run_spools_and_repair_uploads_every_spooled_image(
+    cli, rows, log_dir: Path, s3: S3
+):
+    import threading
+
+    rows.put("p1", incident_document(10))
+    Path("imgsave.toml").write_text(
+        Path("imgsave.toml").read_text()
+        + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
+        'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
+        "allow_http = true\n"
+    )
+
+    def stop_after_some() -> None:
+        deadline = time.monotonic() + 30
+        while sum(map(len, rows.urls("p1").values())) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s3.stop()
+
+    with LoopbackProvider(answer="b64", latency=0.05) as api:
+        env = {
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_STORE": s3.settings().url or "",
+            "IMGSAVE_PUBLIC_URL": s3.public_url,
+        }
+        stopper = threading.Thread(target=stop_after_some)
+        stopper.start()
+        ran = cli("generate", "p1", "-c", "2", "--json", "--allow-http", env=env)
+        stopper.join()
+        sent = set(api.sent)
+    out = ran.json()
+    assert ran.code == 1, ran.stderr
+    assert out["spooled"] > 0 and out["saved"] + out["spooled"] == 10 == len(sent)
+    assert "the image is kept in" in ran.stderr
+    audit = cli("audit", "p1", "--json")
+    assert audit.code == 1 and audit.json()["summary"]["spooled"] == out["spooled"]
+
+    s3.start_again()
+    repaired = cli("repair", "--execute", "--json", "--allow-http", env=env)
+    assert repaired.code == 0, repaired.stderr
+    assert repaired.json()["uploaded"] == out["spooled"]
+    urls = saved_urls(rows)
+    assert len(urls) == 10
+    assert set(served(urls)) == sent, "every paid image is in its scene, served by the store"
+    assert not list((log_dir / "spool").glob("*.png")), "the spool is emptied"
+    assert cli("audit", "p1", "--json").json()["summary"]["spooled"] == 0
