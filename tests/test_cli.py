@@ -56,7 +56,7 @@ def test_an_internal_error_is_one_masked_line_and_its_traceback_only_with_verbos
 # -- layout: the rules the README's Development section promises ----------------------------
 
 PACKAGE = Path(__file__).parents[1] / "src" / "imgsave"
-COMMANDS = {"generate", "audit", "repair", "prune"}
+COMMANDS = {"generate", "audit", "repair", "prune", "rehost"}
 
 
 def _imports() -> dict[str, set[str]]:

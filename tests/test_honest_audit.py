@@ -464,12 +464,12 @@ def test_the_database_url_flag_beats_the_environment_and_help_names_both(cli, ro
     assert cli("audit", "p1", env={"IMGSAVE_DATABASE_URL": nowhere}).code == 3
     ran = cli("audit", "p1", "--database-url", db_url, env={"IMGSAVE_DATABASE_URL": nowhere})
     assert ran.code == 0, ran.stderr
-    for command in ("generate", "audit", "repair", "prune", "demo"):
+    for command in ("generate", "audit", "repair", "rehost", "prune", "demo"):
         helped = cli(command, "--help").stdout
         lines = helped.splitlines()
         example = next(i for i, line in enumerate(lines) if line.strip().startswith("Example"))
         assert lines[example + 1].strip().startswith(f"imgsave {command}"), helped
         assert "<bool>" not in helped, "flags show no type placeholder"
         assert "IMGSAVE_DEBUG" in helped and "Exit codes: 0 done" in helped
-        if command not in ("prune", "demo"):
+        if command not in ("prune", "demo"):  # neither touches the database
             assert "[env var: IMGSAVE_DATABASE_URL, DATABASE_URL]" in " ".join(helped.split())

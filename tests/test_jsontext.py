@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.document import SceneRef, Shape, append_urls, decode
+from imgsave.document import Outcome, SceneRef, Shape, append_urls, decode, replace_urls
 from imgsave.errors import MalformedDocument
-from imgsave.jsontext import splice_append
+from imgsave.jsontext import splice_append, splice_replace
 
 SHAPE = Shape()
 
@@ -84,6 +84,60 @@ def test_splicing_equals_the_decoded_append_and_changes_no_other_byte(scenes, in
         assert op == "insert" or raw[a1:a2] in "null", (raw[a1:a2], result[b1:b2])
         inserted = result[b1:b2]
         assert set(inserted) <= set('[],"imageUrls:https/antesxy.12'), inserted
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(scene_st, min_size=1, max_size=5, unique_by=lambda s: s["id"]),
+    st.sampled_from([None, 2]),
+    st.booleans(),
+    st.data(),
+)
+def test_replacing_in_place_equals_the_decoded_replace_and_changes_no_other_byte(
+    scenes, indent, double, data
+):
+    """rehost's write: each old URL's bytes become the new URL's, in the same position."""
+    raw = render({"title": "x", "scenes": scenes, "tail": "1e400"}, indent, odd=True)
+    stored = json.dumps(raw) if double else raw
+    document = decode(stored)
+    replacements = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from([s["id"] for s in scenes]),
+                st.sampled_from(["https://a.test/1", "https://a.test/2", "https://gone.test/x"]),
+                st.sampled_from(["https://cdn.test/n1.png", "https://cdn.test/n2.png"]),
+            ),
+            max_size=5,
+        )
+    )
+    edit = replace_urls(document, SHAPE, [(SceneRef(0, sid), o, n) for sid, o, n in replacements])
+    result = splice_replace(
+        stored,
+        scenes_key="scenes",
+        urls_key="imageUrls",
+        identity_keys=("id", "index"),
+        replaced=edit.replaced,
+        double_encoded=double,
+    )
+    assert decode(result).data == edit.document.data
+    assert decode(result).double_encoded == double
+    if not double:
+        matcher = difflib.SequenceMatcher(None, raw, result, autojunk=False)
+        for op, a1, a2, b1, b2 in matcher.get_opcodes():
+            if op != "equal":  # only the URL strings themselves
+                assert set(raw[a1:a2]) <= set('"https:/a.test12gonex'), raw[a1:a2]
+                assert set(result[b1:b2]) <= set('"https:/cdn.test/n12.png'), result[b1:b2]
+
+
+def test_replace_keeps_the_position_and_only_replaces_what_is_still_there():
+    doc = decode(json.dumps({"scenes": [{"id": "s", "imageUrls": ["a", "b", "c"]}]}))
+    ref = SceneRef(1, "s")
+    edit = replace_urls(doc, SHAPE, [(ref, "b", "B"), (ref, "x", "X"), (ref, "c", "a")])
+    assert edit.outcomes == (Outcome.ADDED, Outcome.ABSENT, Outcome.PRESENT)
+    assert edit.document.data["scenes"][0]["imageUrls"] == ["a", "B", "c"]
+    assert edit.replaced == {0: {1: "B"}}
+    again = replace_urls(edit.document, SHAPE, [(ref, "b", "B")])
+    assert again.outcomes == (Outcome.PRESENT,) and not again.changed
 
 
 def test_what_a_round_trip_would_respell_is_kept_exactly():

@@ -229,3 +229,51 @@ def test_a_store_that_fails_mid_run_spools_and_repair_uploads_every_spooled_imag
     assert set(served(urls)) == sent, "every paid image is in its scene, served by the store"
     assert not list((log_dir / "spool").glob("*.png")), "the spool is emptied"
     assert cli("audit", "p1", "--json").json()["summary"]["spooled"] == 0
+
+
+def test_rehost_replaces_live_links_in_place_reports_dead_ones_and_a_second_run_is_a_no_op(
+    cli, rows, s3: S3, log_dir: Path
+):
+    with LoopbackProvider() as host:
+        live = [f"{host.origin}/img/{n:06d}.png" for n in (11, 12, 13)]
+        dead = f"{host.origin}/img/000099.png"
+        host.dead_paths.add("/img/000099.png")
+        ours = f"{s3.public_url}/scenes/p1/scene-1/{'0' * 64}.png"
+        document = incident_document(2)
+        document["scenes"][0]["imageUrls"] = [live[0], ours, dead, live[1]]
+        document["scenes"][1]["imageUrls"] = [live[2]]
+        rows.put("p1", document)
+        before = rows.doc("p1")
+        env = {
+            "IMGSAVE_STORE": s3.settings().url or "",
+            "IMGSAVE_PUBLIC_URL": s3.public_url,
+        }
+        Path("imgsave.toml").write_text(
+            Path("imgsave.toml").read_text()
+            + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
+            'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
+            "allow_http = true\n"
+        )
+        plan = cli("rehost", "p1", "--json", "--allow-http", env=env)
+        assert plan.code == 1 and len(plan.json()["plan"]) == 4 and rows.doc("p1") == before
+        ran = cli("rehost", "p1", "--execute", "--json", "--allow-http", env=env)
+        again = cli("rehost", "p1", "--execute", "--json", "--allow-http", env=env)
+        expected = {url: host.png(int(url[-10:-4])) for url in live}
+    out = ran.json()
+    assert ran.code == 1, ran.stderr
+    assert (out["rehosted"], [e["url"] for e in out["expired"]], out["remaining"]) == (3, [dead], 1)
+    after = rows.doc("p1")
+    first, second = after["scenes"][0]["imageUrls"], after["scenes"][1]["imageUrls"]
+    assert first[1:3] == [ours, dead], "the store's own URL and the dead link stay in place"
+    for old, new in ((live[0], first[0]), (live[1], first[3]), (live[2], second[0])):
+        assert new.startswith(s3.public_url + "/scenes/p1/")
+        assert httpx.get(new).content == expected[old]
+    for scene_before, scene_after in zip(before["scenes"], after["scenes"], strict=True):
+        assert {k: v for k, v in scene_before.items() if k != "imageUrls"} == {
+            k: v for k, v in scene_after.items() if k != "imageUrls"
+        }
+    assert again.json()["rehosted"] == 0 and rows.doc("p1") == after, "a second run changes nothing"
+    rehosted = [r for r in log_records(log_dir) if r["event"] == "image.rehosted"]
+    assert sorted(r["replaces"][0] for r in rehosted) == sorted(live)
+    audit = cli("audit", "p1", "--json")
+    assert audit.json()["summary"]["lost"] == 0, "a rehosted link is superseded, not lost"

@@ -422,6 +422,63 @@ def repair(
 
 
 @app.command(epilog=EXIT_CODES)
+def rehost(
+    projects: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="PROJECT", show_default=False, help="The projects to rehost."),
+    ] = None,
+    all_projects: Annotated[
+        bool, typer.Option("--all", metavar="", help="Every project in the table.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
+    ] = False,
+    execute: Annotated[
+        bool, typer.Option("--execute", metavar="", help="Copy and replace the links.")
+    ] = False,
+    regenerate: Annotated[
+        bool,
+        typer.Option(
+            "--regenerate", metavar="", help="New images for links that no longer resolve."
+        ),
+    ] = False,
+    concurrency: ConcurrencyOption = 8,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Copy images behind a provider's expiring links into your store and replace each link in
+    place; links that no longer resolve are reported expired.
+
+    \b
+    Example:
+      imgsave rehost --all --execute --json
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from .errors import UsageError
+        from .progress import ProgressReporter
+        from .rehost import run_rehost
+
+        if dry_run and execute:
+            raise UsageError("--dry-run and --execute exclude each other")
+        return await run_rehost(
+            settings,
+            list(projects or ()),
+            all_projects=all_projects,
+            execute=execute,
+            regenerate=regenerate,
+            concurrency=concurrency,
+            reporter=ProgressReporter(),
+        )
+
+    _execute(work, Common(config, json_output, verbose, allow_http, database_url, store=store))
+
+
+@app.command(epilog=EXIT_CODES)
 def prune(
     older_than: Annotated[
         str,

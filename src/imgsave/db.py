@@ -84,6 +84,7 @@ class _Statements:
     select_many: sql.Composed
     update: sql.Composed
     upsert: sql.Composed
+    keys_after: sql.Composed
     key_type: str
     # json and text columns keep the document's bytes as written; jsonb normalises them.
     keeps_text: bool
@@ -268,6 +269,27 @@ class Database:
             raise ProjectNotFound(f"project {project} not found")
         text: str | None = row[0]
         return text
+
+    async def project_keys(self, *, batch: int = 500) -> AsyncIterator[list[str]]:
+        """Every project key in the table, a batch at a time (never all in memory)."""
+        after = ""
+        while True:
+
+            async def once(after: str = after) -> list[tuple[str]]:
+                async with self._connection() as conn:
+                    cur = await conn.execute(self._sql.keys_after, (after, batch))
+                    return await cur.fetchall()
+
+            try:
+                rows: list[tuple[str]] = await self._retrying()(_within, self._read_deadline, once)
+            except TRANSIENT as exc:
+                raise DatabaseUnavailable(f"cannot list projects: {self._one_line(exc)}") from None
+            except psycopg.Error as exc:
+                raise CannotWork(f"cannot list projects: {self._one_line(exc)}") from None
+            if not rows:
+                return
+            yield [row[0] for row in rows]
+            after = rows[-1][0]
 
     async def read_many(
         self, projects: Sequence[str]
@@ -461,6 +483,9 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
             kt=sql.Identifier(key_type), **fmt
         ),
         update=sql.SQL("UPDATE {t} SET {d} = {v}{touch} WHERE {k} = %s").format(**fmt),
+        keys_after=sql.SQL(
+            "SELECT {k}::text FROM {t} WHERE {k}::text > %s ORDER BY {k}::text LIMIT %s"
+        ).format(**fmt),
         upsert=sql.SQL(
             "INSERT INTO {t} ({k}, {d}) VALUES (%s, {v}) ON CONFLICT ({k}) DO UPDATE SET {d} = "
             "excluded.{d}{touch}"

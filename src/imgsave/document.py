@@ -61,6 +61,8 @@ class Outcome(enum.Enum):
     ADDED = "added"
     PRESENT = "present"
     NO_SCENE = "no_scene"
+    # replace_urls: the URL to replace is no longer in its scene (someone changed it meanwhile).
+    ABSENT = "absent"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class Edit:
     outcomes: tuple[Outcome, ...] = field(default_factory=tuple)
     # Scene position -> the URLs appended to its list, in order (what a text splice inserts).
     appended: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # Scene position -> {position in its URL list: the URL now there} (replace_urls).
+    replaced: dict[int, dict[int, str]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -225,6 +229,50 @@ def append_urls(
         tuple(outcomes),
         {pos: tuple(urls) for pos, urls in appended.items()},
     )
+
+
+def replace_urls(
+    document: Document,
+    shape: Shape,
+    replacements: Iterable[tuple[SceneRef, str, str]],
+    *,
+    project: str = "?",
+) -> Edit:
+    """Put each new URL where its old one is, in the same position, only if the old one is
+    still there; touch nothing else. ADDED when replaced, ABSENT when the old URL is gone,
+    PRESENT when the new one is already in the scene (the old one is then left alone)."""
+    all_scenes = scenes(document, shape, project=project)
+    raw_scenes = document.data[shape.scenes_key]
+    new_lists: dict[int, list[Any]] = {}
+    replaced: dict[int, dict[int, str]] = {}
+    outcomes: list[Outcome] = []
+    for ref, old, new in replacements:
+        scene = find(all_scenes, ref)
+        if scene is None:
+            outcomes.append(Outcome.NO_SCENE)
+            continue
+        pos = scene.position
+        current = new_lists.get(pos)
+        if current is None:
+            current = list(_url_list(raw_scenes[pos], shape, ""))
+        if new in current:
+            outcomes.append(Outcome.PRESENT)
+            continue
+        if old not in current:
+            outcomes.append(Outcome.ABSENT)
+            continue
+        at = current.index(old)
+        current[at] = new
+        new_lists[pos] = current
+        replaced.setdefault(pos, {})[at] = new
+        outcomes.append(Outcome.ADDED)
+    if not new_lists:
+        return Edit(document, tuple(outcomes))
+    new_scenes = list(raw_scenes)
+    for pos, urls in new_lists.items():
+        new_scenes[pos] = {**raw_scenes[pos], shape.urls_key: urls}
+    data = {**document.data, shape.scenes_key: new_scenes}
+    return Edit(Document(data, document.double_encoded), tuple(outcomes), replaced=replaced)
 
 
 def _raw_scenes(data: dict[str, Any], shape: Shape, project: str) -> list[Any]:

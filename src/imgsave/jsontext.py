@@ -1,4 +1,5 @@
-"""Appending URLs inside the stored text of a document, changing no other byte. Pure.
+"""Appending (and replacing) URLs inside the stored text of a document, changing no other
+byte. Pure.
 
 PostgreSQL keeps `json` and `text` columns as the app wrote them: key order, duplicate keys,
 `-0`, `1e400`, `\\u00e9`, `\\/`, pretty-printing, even `\\ud800`. Decoding such a document and
@@ -48,6 +49,54 @@ def splice_append(
         spliced = _splice(inner, scenes_key, urls_key, identity_keys, appended, project)
         return _quote(spliced)
     return _splice(raw, scenes_key, urls_key, identity_keys, appended, project)
+
+
+def splice_replace(
+    raw: str,
+    *,
+    scenes_key: str,
+    urls_key: str,
+    identity_keys: Sequence[str],
+    replaced: Mapping[int, Mapping[int, str]],
+    double_encoded: bool,
+    project: str = "?",
+) -> str:
+    """`raw` with the URL at each (scene position, list position) rewritten; no other byte moves."""
+    if double_encoded:
+        return _quote(
+            _replace(json.loads(raw), scenes_key, urls_key, identity_keys, replaced, project)
+        )
+    return _replace(raw, scenes_key, urls_key, identity_keys, replaced, project)
+
+
+def _replace(
+    text: str,
+    scenes_key: str,
+    urls_key: str,
+    identity_keys: Sequence[str],
+    replaced: Mapping[int, Mapping[int, str]],
+    project: str,
+) -> str:
+    scenes_member = _only(_members(text, _ws(text, 0)), scenes_key, f"project {project}")
+    if scenes_member is None:  # pragma: no cover - _only raised: the key is required here
+        raise MalformedDocument(f"project {project}: the document has no {scenes_key!r} key")
+    elements = _elements(text, scenes_member.value_start)
+    edits: list[tuple[int, int, str]] = []
+    for position, by_index in replaced.items():
+        where = f"project {project}: scene at position {position + 1}"
+        members = _members(text, elements[position][0])
+        for key in identity_keys:
+            _only(members, key, where, missing_ok=True)
+        target = _only(members, urls_key, where)
+        if target is None:  # pragma: no cover - _only raised: a replaced URL's list exists
+            raise MalformedDocument(f"{where} has no {urls_key!r} key")
+        items = _elements(text, target.value_start)
+        for index, url in by_index.items():
+            start, end = items[index]
+            edits.append((start, end, json.dumps(url)))
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
 
 
 def _quote(text: str) -> str:

@@ -25,7 +25,8 @@ from .urls import url_problem
 # Events that say "this URL was generated for this scene". image.repaired is left out on
 # purpose: it repeats a URL already logged, under the repair run's id, and counting it would make
 # the repair run look like the scene's newest generation.
-SIGHTING_EVENTS = frozenset({"image.generated", "image.saved"})
+# image.rehosted names the store's copy and `replaces` the provider's link it stands in for.
+SIGHTING_EVENTS = frozenset({"image.generated", "image.saved", "image.rehosted"})
 OWN_EVENTS = frozenset(
     {
         "run.started",
@@ -33,6 +34,8 @@ OWN_EVENTS = frozenset(
         "image.saved",
         "image.failed",
         "image.repaired",
+        "image.spooled",
+        "image.rehosted",
         "run.finished",
     }
 )

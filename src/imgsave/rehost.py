@@ -1,0 +1,302 @@
+"""`imgsave rehost`: rescue documents whose URLs are a provider's expiring links.
+
+Every URL not under the store's public URL is downloaded while it still resolves, stored like a
+new image, and replaced in place (same position) in one locked write per project, only where the
+old URL is still there. `image.rehosted` logs the new URL with `replaces: [old]`, so audit counts
+the old link superseded, not lost. Links that no longer resolve are reported expired; with
+`--regenerate`, new images are made for their scenes, each logged as replacing one of them.
+A second run finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import Settings
+from .consoles import shown
+from .db import Database
+from .document import Outcome, SceneRef, decode, encode, replace_urls, scenes
+from .engine import Reporter
+from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, UsageError
+from .genlog import RunLog
+from .interrupt import StopSignal, sigint_stops
+from .jsondata import NOT_IN_JSON, fields_json, json_name
+from .jsontext import splice_replace
+from .keeper import Keeper, Kept, NotKept, opened_keeper
+from .provider import ImageFailed, Provider, Received
+from .store import Store
+from .urls import url_problem
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class Link:
+    project: str
+    scene: int
+    scene_id: str | None
+    url: str
+    prompt: str | None = field(default=None, metadata=NOT_IN_JSON)
+
+    @property
+    def ref(self) -> SceneRef:
+        return SceneRef(self.scene, self.scene_id)
+
+
+@dataclass
+class RehostResult:
+    executed: bool
+    rehosted: int = 0
+    expired: list[Link] = field(default_factory=list)
+    regenerated: int = 0
+    # Links left as they were: not yet rehosted (dry run), failed, or expired and not replaced.
+    remaining: int = 0
+    plan: list[Link] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    run: str | None = None
+    fatal: str | None = field(default=None, metadata=json_name("stopped"))
+    projects: int = field(default=0, metadata=NOT_IN_JSON)
+
+    @property
+    def exit_code(self) -> int:
+        if self.fatal:
+            return EXIT_CANNOT_WORK
+        return EXIT_FINDINGS if self.remaining or self.errors else EXIT_OK
+
+    def stderr_lines(self) -> list[str]:
+        return [self.fatal] if self.fatal else []
+
+    def to_json(self) -> dict[str, object]:
+        return fields_json(self)
+
+    def render(self, console: Console) -> None:
+        for error in self.errors:
+            console.print(f"[yellow]warning:[/] {shown(error)}")
+        if not self.executed:
+            console.print(
+                f"rehost plan: {len(self.plan)} provider links in {self.projects} projects "
+                "would be copied into the store (run again with --execute)"
+            )
+            return
+        run = f" (run {self.run})" if self.run else ""
+        console.print(
+            shown(
+                f"rehost: {self.rehosted} links copied into the store and replaced, "
+                f"{len(self.expired)} expired, {self.regenerated} regenerated, "
+                f"{self.remaining} left{run}"
+            )
+        )
+
+
+def foreign_links(project: str, raw: str | None, settings: Settings, store: Store) -> list[Link]:
+    """The URLs of a document that are not the store's (and that the URL rule accepts)."""
+    found = []
+    for scene in scenes(decode(raw, project=project), settings.shape, project=project):
+        for url in scene.urls:
+            if not store.owns(url) and url_problem(url, allow_http=settings.allow_http) is None:
+                found.append(Link(project, scene.ref.index, scene.ref.id, url, scene.prompt))
+    return found
+
+
+async def run_rehost(
+    settings: Settings,
+    projects: list[str],
+    *,
+    all_projects: bool,
+    execute: bool,
+    regenerate: bool = False,
+    concurrency: int = 8,
+    reporter: Reporter | None = None,
+) -> RehostResult:
+    if bool(projects) == all_projects:
+        raise UsageError("name the projects to rehost, or give --all")
+    store = Store.from_settings(settings)
+    if store is None:
+        raise UsageError(
+            "rehost copies images into your store: set IMGSAVE_STORE (s3://BUCKET/PREFIX or "
+            "file:///DIR) and IMGSAVE_PUBLIC_URL"
+        )
+    log_dir = settings.resolved_log_dir()
+    result = RehostResult(executed=execute)
+    async with await Database.from_settings(settings) as db:
+        links: list[Link] = []
+        async for batch in _batches(db, projects, all_projects):
+            documents, failures = await db.read_many(batch)
+            result.errors += failures.values()
+            for name in batch:
+                if name not in documents and name not in failures and not all_projects:
+                    raise ImgsaveError(f"project {name} not found")
+            for name, raw in documents.items():
+                result.projects += 1
+                try:
+                    links += foreign_links(name, raw, settings, store)
+                except ImgsaveError as exc:
+                    result.errors.append(str(exc))
+        result.plan = links
+        result.remaining = len(links)
+        if not execute or not links:
+            return result
+        await store.probe()
+        async with opened_keeper(settings, store, log_dir) as keeper:
+            with RunLog(log_dir) as log, sigint_stops(stop := StopSignal()):
+                result.run = log.run_id
+                log.write("run.started", command="rehost", mode="replace", links=len(links))
+                rehost = Rehosting(db, keeper, log, settings, result, concurrency, stop, reporter)
+                await rehost.run(links, rehost.download)
+                if regenerate and result.expired and not stop.requested:
+                    async with Provider.from_settings(settings) as provider:
+                        rehost.provider = provider
+                        await rehost.run(list(result.expired), rehost.generate)
+                result.remaining = len(links) - result.rehosted - result.regenerated
+                log.write(
+                    "run.finished",
+                    command="rehost",
+                    rehosted=result.rehosted,
+                    expired=len(result.expired),
+                    regenerated=result.regenerated,
+                    remaining=result.remaining,
+                    interrupted=stop.requested,
+                )
+    return result
+
+
+class Rehosting:
+    """One rehost run: get an image for each link (downloaded, or newly generated for a dead
+    one), keep it in the store, then replace the links in place, one locked write per project."""
+
+    def __init__(
+        self,
+        db: Database,
+        keeper: Keeper,
+        log: RunLog,
+        settings: Settings,
+        result: RehostResult,
+        concurrency: int,
+        stop: StopSignal,
+        reporter: Reporter | None,
+    ):
+        self._reporter = reporter
+        self._db = db
+        self._keeper = keeper
+        self._log = log
+        self._settings = settings
+        self._result = result
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._stop = stop
+        self.provider: Provider | None = None
+
+    async def download(self, link: Link) -> Received:
+        return Received(url=link.url)
+
+    async def generate(self, link: Link) -> Received:
+        if self.provider is None or link.prompt is None:
+            raise NotKept("the scene has no prompt to regenerate from")
+        try:
+            answer = await self.provider.generate(link.prompt)
+        except ImageFailed as exc:
+            raise NotKept(str(exc)) from None
+        return answer.images[0]
+
+    async def run(self, links: list[Link], source: Callable[[Link], Awaitable[Received]]) -> None:
+        regenerating = source == self.generate
+        kept: dict[str, list[tuple[Link, Kept]]] = defaultdict(list)
+        if self._reporter:
+            verb = "regenerating" if regenerating else "rehosting"
+            self._reporter.start(len(links), f"{verb} {len(links)} links")
+
+        async def one(link: Link) -> None:
+            async with self._semaphore:
+                if self._stop.requested:
+                    return
+                try:
+                    received = await source(link)
+                    image = await self._keeper.keep(link.project, link.ref, received)
+                except NotKept as exc:
+                    if exc.expired:
+                        self._result.expired.append(link)
+                    else:
+                        self._result.errors.append(f"project {link.project}: {link.ref}: {exc}")
+                    if self._reporter:
+                        self._reporter.advance(ok=False)
+                    return
+                kept[link.project].append((link, image))
+                if self._reporter:
+                    self._reporter.advance(ok=True)
+
+        try:
+            await asyncio.gather(*(one(link) for link in links))
+        finally:
+            if self._reporter:
+                self._reporter.finish()
+        for project, items in kept.items():
+            await self._replace(project, items, regenerating)
+
+    async def _replace(
+        self, project: str, items: list[tuple[Link, Kept]], regenerating: bool
+    ) -> None:
+        shape = self._settings.shape
+        replacements = [(link.ref, link.url, image.url) for link, image in items]
+
+        def change(raw: str | None) -> tuple[str | None, tuple[Outcome, ...]]:
+            document = decode(raw, project=project)
+            edit = replace_urls(document, shape, replacements, project=project)
+            if not edit.changed:
+                return None, edit.outcomes
+            if self._db.keeps_text and raw is not None:
+                text = splice_replace(
+                    raw,
+                    scenes_key=shape.scenes_key,
+                    urls_key=shape.urls_key,
+                    identity_keys=(shape.id_key, shape.index_key),
+                    replaced=edit.replaced,
+                    double_encoded=document.double_encoded,
+                    project=project,
+                )
+                return text, edit.outcomes
+            return encode(edit.document), edit.outcomes
+
+        try:
+            outcomes = await self._db.locked_update(project, change)
+        except ImgsaveError as exc:
+            self._result.errors.append(f"{exc} ({len(items)} links not replaced)")
+            return
+        for (link, image), outcome in zip(items, outcomes, strict=True):
+            if outcome is Outcome.ABSENT or outcome is Outcome.NO_SCENE:
+                self._result.errors.append(
+                    f"project {project}: {link.ref}: {link.url} changed meanwhile; left as it is"
+                )
+                continue
+            # After the commit: the log then never claims a replacement the document lacks.
+            await self._log.record(
+                "image.rehosted",
+                project=project,
+                scene=link.scene,
+                scene_id=link.scene_id,
+                url=image.url,
+                replaces=[link.url],
+                regenerated=regenerating,
+                **image.fields,
+            )
+            if outcome is Outcome.ADDED:
+                if regenerating:
+                    self._result.regenerated += 1
+                else:
+                    self._result.rehosted += 1
+
+
+async def _batches(
+    db: Database, projects: list[str], all_projects: bool
+) -> AsyncIterator[list[str]]:
+    if all_projects:
+        async for keys in db.project_keys(batch=BATCH):
+            yield keys
+        return
+    for start in range(0, len(projects), BATCH):
+        yield projects[start : start + BATCH]
