@@ -32,12 +32,13 @@ TEMPLATE = f"imgsave_template_{os.getpid()}"
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`make test` runs `pytest -n auto`: one worker per core (at most 4) on a server given by
-    IMGSAVE_TEST_DATABASE_URL; one worker on the embedded server, which each worker would
-    otherwise start a copy of. Every test has its own database and log folder either way."""
+    """`make test` runs `pytest -n auto`: two workers per core (most tests wait on PostgreSQL,
+    HTTP or a sleep, not the CPU), at most 8, on a server given by IMGSAVE_TEST_DATABASE_URL;
+    one on the embedded server, which each worker would otherwise start a copy of. Every test
+    has its own database and log folder either way."""
     if not os.environ.get("IMGSAVE_TEST_DATABASE_URL"):
         return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(8, 2 * (os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

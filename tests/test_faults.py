@@ -65,7 +65,7 @@ async def test_dropped_database_connections_are_survived(settings, rows, inciden
 
     def terminate_twice() -> None:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            for delay in (0.6, 0.9):
+            for delay in (0.3, 0.4):
                 time.sleep(delay)
                 rows_killed = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -74,7 +74,7 @@ async def test_dropped_database_connections_are_survived(settings, rows, inciden
                 killed.append(len(rows_killed))
 
     rows.put("clean", incident_document(20))
-    with LoopbackProvider(latency=0.1) as api:
+    with LoopbackProvider(latency=0.05) as api:
         conf = replace(settings, base_url=api.base_url)
         started = time.monotonic()
         await gen.run(conf, "clean", images_per_scene=10, concurrency=8)

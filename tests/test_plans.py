@@ -65,3 +65,13 @@ def test_remaining_counts_what_is_still_missing_scene_by_scene():
     assert remaining(report, {("p", 1): 5}, {}) == 1
     assert remaining(report, {("p", 1): 2}, {("p", 2): 1}, empty_scenes=True) == 1
     assert remaining(report, {("p", 1): 2}, {("p", 2): 1, ("p", 3): 1}, empty_scenes=True) == 0
+
+
+@given(st.text(min_size=1, max_size=30))
+def test_a_key_segment_is_url_safe_and_reversible(text: str):
+    from imgsave.images import key_segment, segment_text
+
+    segment = key_segment(text)
+    assert segment not in (".", "..") and "/" not in segment
+    assert all(c.isascii() and (c.isalnum() or c in "._-") for c in segment)
+    assert segment_text(segment) == text

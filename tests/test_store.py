@@ -277,3 +277,40 @@ def test_rehost_replaces_live_links_in_place_reports_dead_ones_and_a_second_run_
     assert sorted(r["replaces"][0] for r in rehosted) == sorted(live)
     audit = cli("audit", "p1", "--json")
     assert audit.json()["summary"]["lost"] == 0, "a rehosted link is superseded, not lost"
+
+
+def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_saves_it(
+    cli, rows, s3: S3
+):
+    import asyncio
+
+    from imgsave.config import Settings as AppSettings
+    from imgsave.document import SceneRef
+    from imgsave.images import checked, object_key
+    from imgsave.store import Store
+
+    rows.put("p1", incident_document(2))
+    store = Store.from_settings(AppSettings(store=s3.settings(), allow_http=True))
+    assert store is not None
+    # The state a crash leaves between the put and the log line: an object, nothing else.
+    crashed = checked(b"\x89PNG\r\n\x1a\n crashed after the put", max_bytes=1000)
+    gone = checked(b"\x89PNG\r\n\x1a\n its scene was deleted", max_bytes=1000)
+    for ref, image in ((SceneRef(2, "scene-2"), crashed), (SceneRef(9, "scene-9"), gone)):
+        asyncio.run(store.put(object_key(store.prefix, "p1", ref, image), image))
+    env = {"IMGSAVE_STORE": s3.settings().url or "", "IMGSAVE_PUBLIC_URL": s3.public_url}
+    Path("imgsave.toml").write_text(
+        Path("imgsave.toml").read_text()
+        + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
+        'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\nallow_http = true\n'
+    )
+    audit = cli("audit", "p1", "--json", "--allow-http", env=env)
+    assert audit.code == 1, audit.stderr
+    lost, orphaned = audit.json()["lost"], audit.json()["orphaned"]
+    assert [(f["scene"], f["url"].rsplit("/", 1)[1]) for f in lost] == [
+        (2, f"{crashed.sha256}.png")
+    ]
+    assert [f["url"].rsplit("/", 1)[1] for f in orphaned] == [f"{gone.sha256}.png"]
+    repaired = cli("repair", "p1", "--execute", "--json", "--allow-http", env=env)
+    assert repaired.code == 0 and repaired.json()["repaired"] == 1, repaired.stderr
+    assert rows.urls("p1")[2] == [lost[0]["url"]]
+    assert cli("audit", "p1", "--json", "--allow-http", env=env).json()["summary"]["lost"] == 0

@@ -20,6 +20,7 @@ from .consoles import error, printable, shown, warn
 from .db import Database
 from .document import SceneRef, Shape, decode, find, scenes
 from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, CannotWork, ImgsaveError, UsageError
+from .images import key_segment, segment_text
 from .jsondata import NOT_IN_JSON, fields_json, json_name
 from .ledger import SceneHistory, build, load, partition_count, spilled
 from .logread import (
@@ -30,6 +31,7 @@ from .logread import (
     expand_paths,
     read_sightings,
 )
+from .store import PROBE_DIR, Store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,6 +61,8 @@ class AuditReport:
     present: int = field(default=0, metadata=NOT_IN_JSON)
     # Paid images whose bytes wait in the spool for a store (`imgsave repair` uploads them).
     spooled: int = field(default=0, metadata=NOT_IN_JSON)
+    # audit --store: objects in the store that no log mentions and no document holds.
+    unlogged_objects: int = field(default=0, metadata=NOT_IN_JSON)
     unchecked: int = field(default=0, metadata=NOT_IN_JSON)
     # Projects that could not be audited (not found when named, unreadable document): each is
     # that project's error; every other project is still audited.
@@ -167,6 +171,7 @@ async def audit(
     log_dir: Path,
     shape: Shape,
     check_urls: bool = False,
+    store: Store | None = None,
 ) -> AuditReport:
     stats = ReadStats()
     report = AuditReport(stats, spooled=len(spool.pending(log_dir)))
@@ -187,6 +192,8 @@ async def audit(
     # not exist, or hold empty scenes for --regenerate.
     unseen: dict[str, dict[SceneRef, SceneHistory]] = {p: {} for p in set(named) - seen}
     await _classify_all(db, unseen, shape, report)
+    if store is not None:
+        await _store_objects(db, store, shape, report, set(named))
     if check_urls and report.lost:
         from .urlcheck import check_urls as check
 
@@ -201,6 +208,57 @@ async def audit(
                 still_lost.append(finding)
         report.lost = still_lost
     return report
+
+
+async def _store_objects(
+    db: Database, store: Store, shape: Shape, report: AuditReport, named: set[str]
+) -> None:
+    """Objects in the store that no document holds and no finding names: images that were paid
+    for and put, then never logged or saved (a crash between the put and the log). Each is lost
+    (repair appends it), or orphaned when its scene is gone."""
+    known = {f.url for f in (*report.lost, *report.stale, *report.orphaned, *report.expired)}
+    by_project: dict[str, list[tuple[str, str]]] = {}
+    prefix = "/".join(p for p in store.prefix.split("/") if p)
+    async for key in store.keys(f"{prefix}/" if prefix else ""):
+        parts = key[len(prefix) + 1 if prefix else 0 :].split("/")
+        if len(parts) != 3 or parts[0] == PROBE_DIR:
+            continue
+        project = segment_text(parts[0])
+        if project is None or (named and project not in named):
+            continue
+        by_project.setdefault(project, []).append((parts[1], store.public_url(key)))
+    if not by_project:
+        return
+    documents, failures = await db.read_many(list(by_project))
+    report.errors += failures.values()
+    for project, objects in by_project.items():
+        if project not in documents:
+            if project not in failures:
+                report.orphaned += [Finding(project, 0, None, url) for _, url in objects]
+            continue
+        try:
+            all_scenes = scenes(decode(documents[project], project=project), shape)
+        except ImgsaveError as exc:
+            report.errors.append(str(exc))
+            continue
+        held = {url for scene in all_scenes for url in scene.urls}
+        for segment, url in objects:
+            if url in held or url in known:
+                continue
+            scene = next(
+                (
+                    sc
+                    for sc in all_scenes
+                    if (sc.ref.id is not None and key_segment(sc.ref.id) == segment)
+                    or (sc.ref.id is None and str(sc.ref.index) == segment)
+                ),
+                None,
+            )
+            if scene is None:
+                report.orphaned.append(Finding(project, 0, None, url))
+            else:
+                report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
+            report.unlogged_objects += 1
 
 
 def _normalised(sighting: Sighting, db: Database) -> Sighting:

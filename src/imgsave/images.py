@@ -84,6 +84,27 @@ def key_segment(text: str) -> str:
     return segment if segment.strip(".") else "".join(f"_{ord(c):02x}" for c in text) or "_"
 
 
+def segment_text(segment: str) -> str | None:
+    """key_segment undone; None when `segment` is not one it could have written."""
+    out = bytearray()
+    i = 0
+    while i < len(segment):
+        char = segment[i]
+        if char == "_":
+            try:
+                out.append(int(segment[i + 1 : i + 3], 16))
+            except ValueError:
+                return None
+            i += 3
+        else:
+            out += char.encode()
+            i += 1
+    try:
+        return out.decode("utf-8", "surrogatepass") or None
+    except UnicodeDecodeError:
+        return None
+
+
 def object_key(prefix: str, project: str, ref: SceneRef, image: Image) -> str:
     """PREFIX/PROJECT/SCENE/SHA256.EXT: SCENE is the scene's id, else its index. The same bytes
     for the same scene are the same key, so writing one twice is harmless."""

@@ -189,7 +189,12 @@ async def run_repair(
             opened_keeper(settings, store, log_dir) as keeper,
         ):
             report = await audit(
-                db, query, log_dir=log_dir, shape=settings.shape, check_urls=check_urls
+                db,
+                query,
+                log_dir=log_dir,
+                shape=settings.shape,
+                check_urls=check_urls,
+                store=store,
             )
             result = RepairResult(report, executed=execute)
             work = (
