@@ -15,7 +15,7 @@ demo: $(BIN)/imgsave
 
 # -n auto: one worker per core (see pytest_xdist_auto_num_workers in tests/conftest.py).
 test: $(BIN)/imgsave lint pgbouncer
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 # The tests prove imgsave works behind a transaction-mode pooler (Supabase's port 6543) with a
 # real PgBouncer; Debian's package, installed when missing (needs root, as on CI).

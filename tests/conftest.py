@@ -315,11 +315,12 @@ def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
 
 
 def imgsave_waits_for_a_lock(watch: psycopg.Connection) -> bool:
-    """Whether one of imgsave's sessions is blocked on a lock right now (seen from `watch`, an
-    autocommit connection: inside a transaction, pg_stat_activity would stay one snapshot)."""
+    """Whether one of imgsave's sessions in this test's database is blocked on a lock right now
+    (seen from `watch`, an autocommit connection: inside a transaction, pg_stat_activity would
+    stay one snapshot). Other tests' sessions, running in parallel, are in other databases."""
     row = watch.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imgsave' "
-        "AND wait_event_type = 'Lock'"
+        "AND wait_event_type = 'Lock' AND datname = current_database()"
     ).fetchone()
     return row is not None and row[0] > 0
 

@@ -9,6 +9,7 @@ import pytest
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
+from imgsave.engine import EXPIRING
 
 PASSWORD = "s3cret-Passw0rd-xyz"
 
@@ -24,7 +25,7 @@ def test_verbose_shows_retries_and_is_silent_without_it(cli, rows):
     alias = run("p3", env={"IMGSAVE_DEBUG": "1"})
     assert quiet.code == loud.code == alias.code == 0
     retry = "imgsave: DEBUG: image API: attempt 1 failed (server error 500); retrying in"
-    assert quiet.stderr == ""
+    assert quiet.stderr == f"warning: {EXPIRING}\n", "no debug lines without -v"
     assert retry in loud.stderr and retry in alias.stderr
     assert loud.json()["saved"] == 1, "stdout stays one JSON object with -v"
 

@@ -34,6 +34,13 @@ from .provider import Answer, ImageFailed, Provider, Received
 from .saver import ProjectSaver
 
 
+EXPIRING = (
+    "no store is configured: the provider's image URLs are saved as they are, and such URLs "
+    "usually expire within hours; set IMGSAVE_STORE and IMGSAVE_PUBLIC_URL to keep the images "
+    "(`imgsave rehost` copies the links saved so far)"
+)
+
+
 class Reporter(Protocol):
     def start(self, total: int, description: str) -> None: ...
     def advance(self, *, ok: bool) -> None: ...
@@ -158,6 +165,7 @@ class Execution:
         self._reporter = reporter
         self._calls: set[asyncio.Future[Answer]] = set()
         self._announced: set[str] = set()
+        self._warned_expiring = False
         self.tally = Tally()
 
     async def run(self, plan: Plan) -> Tally:
@@ -210,6 +218,10 @@ class Execution:
             self._stop_run(str(exc))
             return
         url = kept.url
+        if self._keeper.store is None and not self._warned_expiring:
+            self._warned_expiring = True
+            if self._reporter:
+                self._reporter.warn(EXPIRING)
         logged = await self._record_generated(scene, url, replaces, kept.fields)
         try:
             outcome = await saver.save(scene.ref, url)
@@ -365,6 +377,10 @@ def finish_log(log: RunLog, tally: Tally, **fields: Any) -> None:
             saved=tally.saved,
             failed=tally.failed,
             duplicates=tally.duplicates,
+            received=tally.received,
+            spooled=tally.spooled,
+            possibly_billed_retries=tally.possibly_billed_retries,
+            usage=tally.usage,
             interrupted=tally.interrupted,
             stopped=tally.fatal or tally.log_error,
             **fields,

@@ -67,6 +67,14 @@ class GenerateResult:
         if t.requested:
             head += f" in {t.transactions} transaction{'s' if t.transactions != 1 else ''}"
         parts = [head]
+        if t.received != t.requested and t.received:
+            parts.append(f"{t.received} received")
+        if t.usage.get("total_tokens"):
+            parts.append(f"{t.usage['total_tokens']:,} tokens")
+        if t.spooled:
+            parts.append(f"{t.spooled} kept in the spool for `imgsave repair` (the store failed)")
+        if t.possibly_billed_retries:
+            parts.append(f"{t.possibly_billed_retries} retries the provider may have billed")
         if t.failed:
             parts.append(f"{t.failed} failed (in the log for `imgsave repair`)")
         if t.duplicates:
