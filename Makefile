@@ -13,7 +13,7 @@ $(BIN)/imgsave: pyproject.toml
 demo: $(BIN)/imgsave
 	$(BIN)/imgsave demo
 
-# -n auto: one worker per core (see pytest_xdist_auto_num_workers in tests/conftest.py).
+# -n auto: two workers per core (see pytest_xdist_auto_num_workers in tests/conftest.py).
 test: $(BIN)/imgsave lint pgbouncer
 	$(BIN)/python -m pytest -n auto --dist worksteal
 

@@ -33,7 +33,6 @@ from .keeper import Keeper, NotKept
 from .provider import Answer, ImageFailed, Provider, Received
 from .saver import ProjectSaver
 
-
 EXPIRING = (
     "no store is configured: the provider's image URLs are saved as they are, and such URLs "
     "usually expire within hours; set IMGSAVE_STORE and IMGSAVE_PUBLIC_URL to keep the images "
