@@ -67,5 +67,6 @@ def test_demo_shows_the_loss_and_imgsave_losing_none(tmp_path):
     assert last.startswith("demo: the route kept ")
     assert last.endswith("40 after repair; imgsave saved 40 of 40 (every image saved).")
     assert "a second audit finds 0 lost" in ran.stdout
+    assert "answers in base64" in ran.stdout and "the store 40 images" in ran.stdout
     kept = int(last.split("kept ")[1].split(" ")[0])
     assert kept < 40

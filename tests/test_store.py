@@ -115,11 +115,16 @@ def test_a_wrong_bucket_or_endpoint_costs_nothing(cli, rows, s3: S3):
         env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
         dead_endpoint = cli("generate", "p1", "--json", "--allow-http", env=env)
         requests = api.requests
+    assert "NoSuchBucket" in wrong_bucket.stderr or "404" in wrong_bucket.stderr
+    assert "builder error" not in wrong_bucket.stderr + dead_endpoint.stderr
     for ran in (wrong_bucket, dead_endpoint):
         assert ran.code == 3, ran.stderr
         assert "does not take writes" in ran.stderr and "nothing was generated" in ran.stderr
         assert "testing-secret-key" not in ran.stderr + ran.stdout
     assert requests == 0, "a store that cannot be written is found before any image is bought"
+    env.pop("AWS_ALLOW_HTTP")
+    plain_http = cli("generate", "p1", "--json", "--allow-http", env=env)
+    assert plain_http.code == 2 and "set [store] allow_http = true" in plain_http.stderr
     assert saved_urls(rows) == []
 
 

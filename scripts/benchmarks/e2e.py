@@ -27,9 +27,15 @@ LATENCY, IMAGES, CONCURRENCY = 0.25, 320, 32
 class ProviderProcess:
     """provider_server.py in a process of its own, like a real provider."""
 
-    def __init__(self, latency: float):
+    def __init__(self, latency: float, mode: str = "url", image_bytes: int = 1_500_000):
         self._proc = subprocess.Popen(
-            [sys.executable, str(HERE / "provider_server.py"), str(latency)],
+            [
+                sys.executable,
+                str(HERE / "provider_server.py"),
+                str(latency),
+                mode,
+                str(image_bytes),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -2,21 +2,35 @@
 end-to-end benchmark: a fixed latency and next to no overhead of its own, so what is measured
 is imgsave, not a thread-per-request test server competing for imgsave's interpreter lock.
 
-    python provider_server.py LATENCY_SECONDS    # prints its base URL; stops when stdin closes
+    python provider_server.py LATENCY_SECONDS [url|b64 [IMAGE_BYTES]]
+        # prints its base URL; stops when stdin closes
+
+In b64 mode every answer carries a distinct IMAGE_BYTES-long image (a PNG signature, then
+random bytes) as data[].b64_json, as OpenAI's GPT image models answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
+import os
 import sys
 
 counter = itertools.count(1)
 
 
+def b64_image(size: int) -> str:
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(size - 8)).decode()
+
+
 async def handle(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    latency: float,
+    mode: str,
+    size: int,
 ) -> None:
     try:
         while True:
@@ -27,8 +41,11 @@ async def handle(
                     length = int(line.split(b":")[1])
             await reader.readexactly(length)
             await asyncio.sleep(latency)
-            url = f"https://images.bench.test/img/{next(counter):06d}.png"
-            body = json.dumps({"created": 0, "data": [{"url": url}]}).encode()
+            if mode == "b64":
+                item = {"b64_json": await asyncio.to_thread(b64_image, size)}
+            else:
+                item = {"url": f"https://images.bench.test/img/{next(counter):06d}.png"}
+            body = json.dumps({"created": 0, "data": [item]}).encode()
             # Head and body in one write: two would cost a delayed ACK (40 ms) per request.
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -39,9 +56,9 @@ async def handle(
         writer.close()
 
 
-async def main(latency: float) -> None:
+async def main(latency: float, mode: str, size: int) -> None:
     server = await asyncio.start_server(
-        lambda r, w: handle(r, w, latency), "127.0.0.1", 0, backlog=1024
+        lambda r, w: handle(r, w, latency, mode, size), "127.0.0.1", 0, backlog=1024
     )
     port = server.sockets[0].getsockname()[1]
     print(f"http://127.0.0.1:{port}/v1", flush=True)
@@ -50,4 +67,6 @@ async def main(latency: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(float(sys.argv[1])))
+    mode = sys.argv[2] if len(sys.argv) > 2 else "url"
+    size = int(sys.argv[3]) if len(sys.argv) > 3 else 1_500_000
+    asyncio.run(main(float(sys.argv[1]), mode, size))

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import email.utils
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -258,7 +259,13 @@ class Provider:
 
     async def _images(self, response: httpx.Response) -> Answer:
         try:
-            payload = response.json()
+            # A base64 answer is megabytes of JSON: parsed in a worker thread, so other
+            # requests and saves are not held up meanwhile.
+            content = response.content
+            if len(content) > DECODE_OFF_LOOP:
+                payload = await asyncio.to_thread(json.loads, content)
+            else:
+                payload = json.loads(content)
         except ValueError:
             raise _Retryable("the answer is not JSON", billed=True) from None
         items = payload.get("data") if isinstance(payload, dict) else None

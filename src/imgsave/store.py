@@ -9,6 +9,7 @@ conditional put is needed (Supabase's S3 endpoint ignores them).
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -102,8 +103,12 @@ class Store:
 
         if not bucket:
             raise UsageError(f"store {conf.url!r}: no bucket, use s3://BUCKET[/PREFIX]")
-        endpoint = conf.endpoint
-        if endpoint and urlsplit(endpoint).scheme == "http" and not conf.allow_http:
+        # The usual AWS_* variables count as much as [store]: obstore reads them too.
+        endpoint = (
+            conf.endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+        )
+        allow_http = conf.allow_http or os.environ.get("AWS_ALLOW_HTTP", "").lower() == "true"
+        if endpoint and urlsplit(endpoint).scheme == "http" and not allow_http:
             # obstore says only "builder error" here.
             raise UsageError(
                 f"store endpoint {endpoint} is plain http: set [store] allow_http = true "
@@ -134,7 +139,7 @@ class Store:
                 bucket,
                 config=config,  # type: ignore[arg-type]
                 client_options={
-                    "allow_http": conf.allow_http,
+                    "allow_http": allow_http,
                     "timeout": "60s",
                     "connect_timeout": "10s",
                 },

@@ -28,15 +28,19 @@ from ..generate import generate
 from ..genlog import RunLog, new_run_id
 from ..interrupt import StopSignal, sigint_stops
 from ..jsondata import fields_json
+from ..keeper import opened_keeper
 from ..logread import LogQuery
 from ..provider import Provider
 from ..repair import restore
+from ..store import Store
 from .incident import APP_LOG_PATTERN, incident_document, naive_generate
 from .loopback import LoopbackProvider
 from .writes import DemoDatabase
 
 SCENES = 20
 IMAGES_PER_SCENE = 2
+# Where a CDN in front of the demo's store folder would serve it; nothing is fetched from it.
+DEMO_CDN = "https://images.demo.imgsave.test"
 
 
 @dataclass
@@ -91,6 +95,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
     settings = replace(settings, database_url=None)
     log_dir = settings.resolved_log_dir() / "demo"
     app_log = log_dir / "route-console.log"
+    store_dir = log_dir / "store"
     out.rule("[bold]imgsave demo[/]: the lost-images incident, replayed")
     out.print("Starting the embedded PostgreSQL (first start takes a few seconds)…")
     url = embedded.start(data_dir)
@@ -104,8 +109,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
         await db.put(naive_project, document)
         await db.put(safe_project, document)
         with LoopbackProvider(latency=0.05, jitter=0.1) as api:
-            provider = Provider(api.base_url, None, None, settings.provider)
-            try:
+            async with Provider(api.base_url, None, None, settings.provider) as provider:
                 out.print(
                     f"Two copies of a {SCENES}-scene project; an OpenAI-compatible image API on "
                     f"{api.base_url} answers in 50–150 ms.\n"
@@ -133,26 +137,42 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
                     f"[bold red]{len(logged) - kept} images lost[/], silently.\n"
                 )
                 out.print(
-                    f"[bold]2. imgsave generate[/]: the same {total} images, concurrency 8, "
-                    "each saved under SELECT … FOR UPDATE, ready URLs committed together."
+                    f"[bold]2. imgsave generate[/]: the same {total} images from an API that "
+                    "answers in base64, as OpenAI's GPT image models do. Each image is put in "
+                    "your store, and its permanent URL saved under SELECT … FOR UPDATE."
                 )
+        store_settings = replace(
+            settings,
+            store=replace(settings.store, url=store_dir.as_uri(), public_url=DEMO_CDN),
+        )
+        store = Store.from_settings(store_settings)
+        with LoopbackProvider(latency=0.05, jitter=0.1, answer="b64", image_bytes=50_000) as api:
+            async with (
+                Provider(api.base_url, None, None, settings.provider) as b64_provider,
+                opened_keeper(store_settings, store, log_dir) as keeper,
+            ):
+                if store is not None:
+                    await store.probe()
                 with sigint_stops(StopSignal()):
                     result = await generate(
                         db=db,
-                        provider=provider,
+                        provider=b64_provider,
                         log_dir=log_dir,
                         project=safe_project,
                         shape=settings.shape,
                         images_per_scene=IMAGES_PER_SCENE,
                         concurrency=8,
+                        keeper=keeper,
                     )
-            finally:
-                await provider.aclose()
         safe = _counts(await db.read(safe_project), settings)
+        stored = sorted(store_dir.rglob("*.png"))
+        example = scenes(decode(await db.read(safe_project)), settings.shape)[0].urls[0]
         out.print(
             f"   {result.saved} of {result.requested} saved in "
             f"{result.tally.transactions} transactions; "
-            f"the document holds [bold green]{sum(safe.values())}[/].\n"
+            f"the document holds [bold green]{sum(safe.values())}[/], and the store "
+            f"{len(stored)} images ({store_dir}).\n   Saved URLs are permanent, e.g. {example}\n"
+            f"   (served from that folder by whatever serves {DEMO_CDN}).\n"
         )
         out.print(
             f"[bold]3. imgsave audit[/] reads the route's console log ({app_log.name}) with "
