@@ -14,7 +14,7 @@ import httpx
 from imgsave import generate as gen
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
-from imgsave.config import Settings
+from imgsave.config import Settings, StoreSettings
 
 from .storage import S3
 
@@ -319,3 +319,63 @@ def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_save
     assert repaired.code == 0 and repaired.json()["repaired"] == 1, repaired.stderr
     assert rows.urls("p1")[2] == [lost[0]["url"]]
     assert cli("audit", "p1", "--json", "--allow-http", env=env).json()["summary"]["lost"] == 0
+
+
+def test_no_write_relies_on_conditional_puts_which_supabase_ignores(settings: Settings, rows):
+    """An S3 endpoint that ignores If-None-Match / If-Match (as Supabase Storage's does) and
+    records what it was sent: imgsave's probe and puts work and never ask for a condition."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    class Lenient(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _ok(self, status: int = 200) -> None:
+            seen.append((self.command, self.path, dict(self.headers)))
+            length = int(self.headers.get("content-length") or 0)
+            self.rfile.read(length)
+            self.send_response(status)
+            self.send_header("ETag", '"etag"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_PUT(self) -> None:
+            self._ok()
+
+        def do_DELETE(self) -> None:
+            self._ok(204)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Lenient)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    rows.put("p1", incident_document(2))
+    store = StoreSettings(
+        url="s3://lenient/scenes",
+        public_url="https://cdn.example.test",
+        endpoint=endpoint,
+        region="us-east-1",
+        path_style=True,
+        access_key_id="k",
+        secret_access_key="lenient-secret-key",
+        allow_http=True,
+    )
+    try:
+        with LoopbackProvider(answer="b64") as api:
+            conf = replace(settings, base_url=api.base_url, store=store, allow_http=True)
+            result = asyncio.run(gen.run(conf, "p1", images_per_scene=2, concurrency=2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.saved, result.failed) == (4, 0), result.tally.errors
+    puts = [(path, headers) for method, path, headers in seen if method == "PUT"]
+    assert len(puts) == 5, "the probe and four images"
+    for path, headers in puts:
+        lowered = {k.lower() for k in headers}
+        assert not lowered & {"if-none-match", "if-match"}, (path, headers)
+    images = [{k.lower(): v for k, v in h.items()} for p, h in puts if p.endswith(".png")]
+    assert all(h["content-type"] == "image/png" for h in images), images
+    assert all("immutable" in h["cache-control"] for h in images)

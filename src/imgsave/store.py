@@ -203,12 +203,15 @@ class Store:
         key = "/".join(p for p in (self.prefix, PROBE_DIR, secrets.token_hex(8)) if p)
         try:
             await obstore.put_async(self._store, key, b"imgsave probe")
-            await obstore.delete_async(self._store, key)
         except Exception as exc:
             raise StoreUnavailable(
                 f"store {self.where} does not take writes: {_one_line(exc, self._secrets)} "
                 "(nothing was generated; check the bucket, endpoint and keys)"
             ) from None
+        try:
+            await obstore.delete_async(self._store, key)
+        except Exception as exc:  # writes work, which is what counts; a stray probe is harmless
+            logger.debug("store: probe %s left in place: %s", key, _one_line(exc, self._secrets))
 
     async def keys(self, prefix: str) -> AsyncIterator[str]:
         """Every object key under `prefix`."""
