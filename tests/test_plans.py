@@ -75,3 +75,28 @@ def test_a_key_segment_is_url_safe_and_reversible(text: str):
     assert segment not in (".", "..") and "/" not in segment
     assert all(c.isascii() and (c.isalnum() or c in "._-") for c in segment)
     assert segment_text(segment) == text
+
+
+def test_only_png_jpeg_webp_and_gif_are_images_and_the_cap_holds():
+    import pytest
+
+    from imgsave.images import NotAnImage, checked
+
+    for data, ext in (
+        (b"\x89PNG\r\n\x1a\n...", "png"),
+        (b"\xff\xd8\xff\xe0...", "jpg"),
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "webp"),
+        (b"GIF89a...", "gif"),
+    ):
+        assert checked(data, max_bytes=100).ext == ext
+    for data, why in (
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "(SVG)"),
+        (b"  <svg onload='alert(1)'/>", "(SVG)"),
+        (b"<!DOCTYPE html><html><script>", "(HTML)"),
+        (b"%PDF-1.7", "(starts 255044462d312e37)"),
+        (b"", "(empty)"),
+    ):
+        with pytest.raises(NotAnImage, match=f"not a png, jpeg, webp or gif \\{why[:-1]}\\)"):
+            checked(data, max_bytes=100)
+    with pytest.raises(NotAnImage, match="101 bytes, more than the 100 allowed"):
+        checked(b"\x89PNG\r\n\x1a\n" + b"\0" * 93, max_bytes=100)

@@ -379,3 +379,34 @@ def test_no_write_relies_on_conditional_puts_which_supabase_ignores(settings: Se
     images = [{k.lower(): v for k, v in h.items()} for p, h in puts if p.endswith(".png")]
     assert all(h["content-type"] == "image/png" for h in images), images
     assert all("immutable" in h["cache-control"] for h in images)
+
+
+def test_rehost_regenerate_puts_a_new_image_where_each_dead_link_was(cli, rows, s3: S3):
+    with LoopbackProvider(answer="b64") as api:
+        dead = [f"{api.origin}/img/00009{n}.png" for n in (1, 2)]
+        api.dead_paths.update({"/img/000091.png", "/img/000092.png"})
+        document = incident_document(2)
+        document["scenes"][0]["imageUrls"] = [dead[0], "https://keep.test/a.png"]
+        document["scenes"][1]["imageUrls"] = [dead[1]]
+        rows.put("p1", document)
+        Path("imgsave.toml").write_text(
+            Path("imgsave.toml").read_text()
+            + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
+            'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
+            "allow_http = true\n"
+        )
+        env = {
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_STORE": s3.settings().url or "",
+            "IMGSAVE_PUBLIC_URL": s3.public_url,
+        }
+        ran = cli("rehost", "p1", "--execute", "--regenerate", "--json", "--allow-http", env=env)
+        sent = list(api.sent)
+    out = ran.json()
+    assert (out["regenerated"], len(out["expired"]), out["remaining"]) == (2, 2, 1), ran.stderr
+    assert len(out["errors"]) == 1 and "keep.test" in out["errors"][0], "unreachable, not dead"
+    first, second = rows.urls("p1")[1], rows.urls("p1")[2]
+    assert first[1] == "https://keep.test/a.png", "a link that could not be fetched stays"
+    new = [first[0], second[0]]
+    assert all(u.startswith(s3.public_url + "/") for u in new), new
+    assert set(served(new)) == set(sent) and len(sent) == 2, "one new image per dead link"
