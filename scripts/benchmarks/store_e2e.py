@@ -1,10 +1,12 @@
 """Durable images at speed: `generate` with base64 answers of 1.5 MB put in an S3 store, against
 the same run with URL answers and no store, at the same provider latency and concurrency.
 
-The S3 server is moto's, in a process of its own (like a real store, it does not share
-imgsave's interpreter). Peak memory is the imgsave process's own (measure_rss.py). Event-loop
-stalls are measured in-process: a task that asks to wake every 10 ms records how late it wakes;
-base64 decoding and hashing of large images run in worker threads so that it stays small.
+The S3 API is s3_sink.py, in a process of its own: it takes each put whole and forgets it, as
+a remote store costs this machine nothing (tests/test_store.py proves the bytes against moto).
+The provider's images are encoded before it starts, for the same reason. Peak memory is the
+imgsave process's own (measure_rss.py). Event-loop stalls are measured in-process: a task that
+asks to wake every 10 ms records how late it wakes; base64 decoding, JSON parsing and hashing
+of large answers run in worker threads so that it stays small.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,8 +21,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import httpx
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.writes import DemoDatabase
@@ -32,39 +31,31 @@ from imgsave.provider import Provider
 from imgsave.store import Store
 
 from .audit_scale import measured_run
-from .common import IMGSAVE, URL, Result, check, put, settings, stored_count
+from .common import HERE, IMGSAVE, URL, Result, check, put, settings, stored_count
 from .e2e import ProviderProcess
 
 IMAGES, CONCURRENCY, LATENCY, IMAGE_BYTES = 500, 64, 1.0, 1_500_000
 BUCKET = "bench-images"
 
 
-class MotoProcess:
+class SinkProcess:
+    """s3_sink.py in a process of its own: an S3 API that costs next to nothing."""
+
     def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [sys.executable, str(HERE / "s3_sink.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.put(f"{self.endpoint}/{BUCKET}").raise_for_status()
-                return
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    self._proc.kill()
-                    raise
-                time.sleep(0.2)
+        if self._proc.stdout is None:
+            raise RuntimeError("no pipe to the S3 sink")
+        self.endpoint = self._proc.stdout.readline().strip()
 
     def store(self, prefix: str) -> StoreSettings:
         return StoreSettings(
             url=f"s3://{BUCKET}/{prefix}",
-            public_url=f"{self.endpoint}/{BUCKET}",
+            public_url=f"https://cdn.bench.test/{BUCKET}",
             endpoint=self.endpoint,
             region="us-east-1",
             path_style=True,
@@ -73,12 +64,15 @@ class MotoProcess:
             allow_http=True,
         )
 
-    def __enter__(self) -> MotoProcess:
+    def __enter__(self) -> SinkProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._proc.terminate()
+        if self._proc.stdin:
+            self._proc.stdin.close()
         self._proc.wait(timeout=10)
+        if self._proc.stdout:
+            self._proc.stdout.close()
 
 
 def cli_run(project: str, env: dict[str, str]) -> tuple[float, float, dict[str, object]]:
@@ -105,7 +99,7 @@ def cli_run(project: str, env: dict[str, str]) -> tuple[float, float, dict[str, 
         return elapsed, peak, json.loads(out.read_text())
 
 
-async def loop_lag_during_store_run(moto: MotoProcess) -> tuple[float, float]:
+async def loop_lag_during_store_run(sink: SinkProcess) -> tuple[float, float]:
     """(max, p99) milliseconds the event loop woke late during an in-process store run."""
     put("lag", incident_document(20))
     lags: list[float] = []
@@ -120,7 +114,7 @@ async def loop_lag_during_store_run(moto: MotoProcess) -> tuple[float, float]:
         ProviderProcess(LATENCY, "b64", IMAGE_BYTES) as api,
         tempfile.TemporaryDirectory() as logs,
     ):
-        conf = replace(settings(base_url=api.base_url), store=moto.store("lag"), allow_http=True)
+        conf = replace(settings(base_url=api.base_url), store=sink.store("lag"), allow_http=True)
         store = Store.from_settings(conf)
         async with (
             Provider.from_settings(conf) as provider,
@@ -146,16 +140,16 @@ async def loop_lag_during_store_run(moto: MotoProcess) -> tuple[float, float]:
 def run() -> list[Result]:
     put("urls", incident_document(20))
     put("stored", incident_document(20))
-    with MotoProcess() as moto:
+    with SinkProcess() as sink:
         with ProviderProcess(LATENCY, "url") as api:
             url_s, url_mb, url_out = cli_run("urls", {"IMGSAVE_BASE_URL": api.base_url})
         with ProviderProcess(LATENCY, "b64", IMAGE_BYTES) as api:
-            conf = moto.store("stored")
+            conf = sink.store("stored")
             env = {
                 "IMGSAVE_BASE_URL": api.base_url,
                 "IMGSAVE_STORE": conf.url or "",
                 "IMGSAVE_PUBLIC_URL": conf.public_url or "",
-                "AWS_ENDPOINT_URL": moto.endpoint,
+                "AWS_ENDPOINT_URL": sink.endpoint,
                 "AWS_ACCESS_KEY_ID": "bench",
                 "AWS_SECRET_ACCESS_KEY": "bench-secret",
                 "AWS_REGION": "us-east-1",
@@ -163,7 +157,7 @@ def run() -> list[Result]:
                 "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
             }
             store_s, store_mb, store_out = cli_run("stored", env)
-        lag_max, lag_p99 = asyncio.run(loop_lag_during_store_run(moto))
+        lag_max, lag_p99 = asyncio.run(loop_lag_during_store_run(sink))
     for name, out in (("URL", url_out), ("store", store_out)):
         check(out.get("saved") == IMAGES, f"{name} run saved {out.get('saved')} of {IMAGES}")
     check(stored_count("stored") == IMAGES, "the store run's document holds every image")
