@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import psycopg
 from psycopg import sql
@@ -23,6 +25,32 @@ BENCH_DB = "imgsave_bench"
 URL = make_conninfo(SERVER, dbname=BENCH_DB)
 IMGSAVE = str(Path(sys.executable).with_name("imgsave"))
 HERE = Path(__file__).parent
+
+
+class PipedServer:
+    """A loopback server script of ours in a process of its own: it prints its address on its
+    first line and stops when its stdin closes."""
+
+    def __init__(self, script: str, *args: str):
+        self._proc = subprocess.Popen(
+            [sys.executable, str(HERE / script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self._proc.stdout is None:
+            raise RuntimeError(f"no pipe to {script}")
+        self.address = self._proc.stdout.readline().strip()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        self._proc.wait(timeout=10)
+        if self._proc.stdout:
+            self._proc.stdout.close()
 
 
 class BenchmarkFailed(Exception):

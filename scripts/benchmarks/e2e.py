@@ -7,7 +7,6 @@ import asyncio
 import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,40 +18,17 @@ from imgsave._demo.writes import DemoDatabase
 from imgsave.generate import generate
 from imgsave.provider import Provider
 
-from .common import HERE, IMGSAVE, URL, Result, check, put, settings
+from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings
 
 LATENCY, IMAGES, CONCURRENCY = 0.25, 320, 32
 
 
-class ProviderProcess:
+class ProviderProcess(PipedServer):
     """provider_server.py in a process of its own, like a real provider."""
 
     def __init__(self, latency: float, mode: str = "url", image_bytes: int = 1_500_000):
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "provider_server.py"),
-                str(latency),
-                mode,
-                str(image_bytes),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if self._proc.stdout is None:
-            raise RuntimeError("no pipe to the provider process")
-        self.base_url = self._proc.stdout.readline().strip()
-
-    def __enter__(self) -> ProviderProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._proc.stdin:
-            self._proc.stdin.close()
-        self._proc.wait(timeout=10)
-        if self._proc.stdout:
-            self._proc.stdout.close()
+        super().__init__("provider_server.py", str(latency), mode, str(image_bytes))
+        self.base_url = self.address
 
 
 async def library_run() -> float:

@@ -15,8 +15,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -31,26 +29,19 @@ from imgsave.provider import Provider
 from imgsave.store import Store
 
 from .audit_scale import measured_run
-from .common import HERE, IMGSAVE, URL, Result, check, put, settings, stored_count
+from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings, stored_count
 from .e2e import ProviderProcess
 
 IMAGES, CONCURRENCY, LATENCY, IMAGE_BYTES = 500, 64, 1.0, 1_500_000
 BUCKET = "bench-images"
 
 
-class SinkProcess:
+class SinkProcess(PipedServer):
     """s3_sink.py in a process of its own: an S3 API that costs next to nothing."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, str(HERE / "s3_sink.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if self._proc.stdout is None:
-            raise RuntimeError("no pipe to the S3 sink")
-        self.endpoint = self._proc.stdout.readline().strip()
+        super().__init__("s3_sink.py")
+        self.endpoint = self.address
 
     def store(self, prefix: str) -> StoreSettings:
         return StoreSettings(
@@ -63,16 +54,6 @@ class SinkProcess:
             secret_access_key="bench-secret",
             allow_http=True,
         )
-
-    def __enter__(self) -> SinkProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._proc.stdin:
-            self._proc.stdin.close()
-        self._proc.wait(timeout=10)
-        if self._proc.stdout:
-            self._proc.stdout.close()
 
 
 def cli_run(project: str, env: dict[str, str]) -> tuple[float, float, dict[str, object]]:
@@ -121,6 +102,8 @@ async def loop_lag_during_store_run(sink: SinkProcess) -> tuple[float, float]:
             await DemoDatabase.from_settings(conf) as db,
             opened_keeper(conf, store, Path(logs)) as keeper,
         ):
+            if store is not None:
+                await store.probe()  # as `imgsave generate` does before its first request
             watcher = asyncio.create_task(watch())
             result = await generate(
                 db=db,

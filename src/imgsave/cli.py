@@ -214,12 +214,17 @@ class LogSources:
         )
 
 
+def _keyword(name: str, default: object, annotation: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
 _LOG_SOURCE_PARAMETERS = (
-    inspect.Parameter(
+    _keyword(
         "projects",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        None,
+        Annotated[
             list[str] | None,
             typer.Argument(
                 metavar="PROJECT",
@@ -228,11 +233,10 @@ _LOG_SOURCE_PARAMETERS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _keyword(
         "logs",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        None,
+        Annotated[
             list[str] | None,
             typer.Option(
                 "--log",
@@ -242,11 +246,10 @@ _LOG_SOURCE_PARAMETERS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _keyword(
         "pattern",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        None,
+        Annotated[
             str | None,
             typer.Option(
                 "--pattern",
@@ -259,33 +262,30 @@ _LOG_SOURCE_PARAMETERS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _keyword(
         "project",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        None,
+        Annotated[
             str | None,
             typer.Option(
                 "--project", metavar="ID", help="The project for lines with no project group."
             ),
         ],
     ),
-    inspect.Parameter(
+    _keyword(
         "since",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
+        None,
+        Annotated[
             str | None,
             typer.Option(
                 "--since", metavar="TIME", help="Only log lines since: ISO time or 2h, 7d."
             ),
         ],
     ),
-    inspect.Parameter(
+    _keyword(
         "run_gap",
-        inspect.Parameter.KEYWORD_ONLY,
-        default="30m",
-        annotation=Annotated[
+        "30m",
+        Annotated[
             str,
             typer.Option(
                 "--run-gap",
@@ -294,11 +294,10 @@ _LOG_SOURCE_PARAMETERS = (
             ),
         ],
     ),
-    inspect.Parameter(
+    _keyword(
         "check_urls",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[
+        False,
+        Annotated[
             bool,
             typer.Option(
                 "--check-urls",

@@ -198,7 +198,6 @@ def append_urls(
     """
     all_scenes = scenes(document, shape, project=project)
     raw_scenes = document.data[shape.scenes_key]
-    new_scenes: list[Any] | None = None
     new_lists: dict[int, list[Any]] = {}
     appended: dict[int, list[str]] = {}
     outcomes: list[Outcome] = []
@@ -220,12 +219,8 @@ def append_urls(
         outcomes.append(Outcome.ADDED)
     if not new_lists:
         return Edit(document, tuple(outcomes))
-    new_scenes = list(raw_scenes)
-    for pos, urls in new_lists.items():
-        new_scenes[pos] = {**raw_scenes[pos], shape.urls_key: urls}
-    data = {**document.data, shape.scenes_key: new_scenes}
     return Edit(
-        Document(data, document.double_encoded),
+        _with_lists(document, shape, new_lists),
         tuple(outcomes),
         {pos: tuple(urls) for pos, urls in appended.items()},
     )
@@ -268,11 +263,16 @@ def replace_urls(
         outcomes.append(Outcome.ADDED)
     if not new_lists:
         return Edit(document, tuple(outcomes))
+    return Edit(_with_lists(document, shape, new_lists), tuple(outcomes), replaced=replaced)
+
+
+def _with_lists(document: Document, shape: Shape, new_lists: dict[int, list[Any]]) -> Document:
+    """The document with these scenes' URL lists; only the containers on the way are copied."""
+    raw_scenes = document.data[shape.scenes_key]
     new_scenes = list(raw_scenes)
     for pos, urls in new_lists.items():
         new_scenes[pos] = {**raw_scenes[pos], shape.urls_key: urls}
-    data = {**document.data, shape.scenes_key: new_scenes}
-    return Edit(Document(data, document.double_encoded), tuple(outcomes), replaced=replaced)
+    return Document({**document.data, shape.scenes_key: new_scenes}, document.double_encoded)
 
 
 def _raw_scenes(data: dict[str, Any], shape: Shape, project: str) -> list[Any]:

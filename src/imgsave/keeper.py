@@ -73,16 +73,13 @@ class Keeper:
         self._fetcher = fetcher
         self._log_dir = log_dir
         self._max_bytes = max_image_bytes
-        # Provider URLs kept as they are (no store): they expire, and the run says so.
-        self.expiring = 0
 
     async def keep(
         self, project: str, ref: SceneRef, received: Received, replaces: tuple[str, ...] = ()
     ) -> Kept:
         if self.store is None:
             if received.data is None and received.url is not None:
-                self.expiring += 1
-                return Kept(received.url)
+                return Kept(received.url)  # it expires: the engine warns once per run
             image = await self._checked(received.data or b"")
             path = spool.put(
                 self._log_dir, project, ref, image, replaces=replaces, source_url=received.url

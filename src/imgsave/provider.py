@@ -257,14 +257,14 @@ class Provider:
         return await self._images(response)
 
     async def _images(self, response: httpx.Response) -> Answer:
+        content = response.content
         try:
-            # A base64 answer is megabytes of JSON: parsed in a worker thread, so other
-            # requests and saves are not held up meanwhile.
-            content = response.content
+            # A base64 answer is megabytes: parsed and decoded in one worker-thread hop, so
+            # other requests and saves are not held up meanwhile.
             if len(content) > DECODE_OFF_LOOP:
-                payload = await asyncio.to_thread(json.loads, content)
+                payload, decoded = await asyncio.to_thread(_parsed, content)
             else:
-                payload = json.loads(content)
+                payload, decoded = _parsed(content)
         except ValueError:
             raise _Retryable("the answer is not JSON", billed=True) from None
         items = payload.get("data") if isinstance(payload, dict) else None
@@ -274,7 +274,7 @@ class Provider:
         refused = 0
         for n, item in enumerate(items):
             entry: dict[str, Any] = item if isinstance(item, dict) else {}
-            b64, url = entry.get("b64_json"), entry.get("url")
+            url = entry.get("url")
             if not isinstance(url, str):
                 url = None
             elif problem := url_problem(url, allow_http=self._allow_http):
@@ -284,8 +284,8 @@ class Provider:
                 )
                 refused += 1
                 url = None
-            if isinstance(b64, str) and b64:
-                data = await _decoded(b64)
+            if n in decoded:
+                data = decoded[n]
                 if data is None:
                     answer.problems.append(f"data[{n}].b64_json is not valid base64")
                 else:
@@ -301,16 +301,23 @@ class Provider:
         return answer
 
 
-async def _decoded(text: str) -> bytes | None:
-    def decode() -> bytes | None:
-        try:
-            # Strict, and in C: b64decode(validate=True) first runs a regex over the whole
-            # text, which cost more than the decoding itself.
-            return binascii.a2b_base64(text, strict_mode=True)
-        except (binascii.Error, ValueError):
-            return None
-
-    return await asyncio.to_thread(decode) if len(text) > DECODE_OFF_LOOP else decode()
+def _parsed(content: bytes) -> tuple[Any, dict[int, bytes | None]]:
+    """The answer's JSON, and each data[n].b64_json decoded (None where it is not base64).
+    The base64 text is dropped from the payload as soon as it is decoded: megabytes each."""
+    payload = json.loads(content)
+    decoded: dict[int, bytes | None] = {}
+    items = payload.get("data") if isinstance(payload, dict) else None
+    for n, item in enumerate(items if isinstance(items, list) else ()):
+        text = item.get("b64_json") if isinstance(item, dict) else None
+        if isinstance(text, str) and text:
+            try:
+                # Strict, and in C: b64decode(validate=True) first runs a regex over the whole
+                # text, which cost more than the decoding itself.
+                decoded[n] = binascii.a2b_base64(text, strict_mode=True)
+            except (binascii.Error, ValueError):
+                decoded[n] = None
+            item["b64_json"] = None
+    return payload, decoded
 
 
 def _usage(value: Any) -> dict[str, int]:
