@@ -410,3 +410,53 @@ def test_rehost_regenerate_puts_a_new_image_where_each_dead_link_was(cli, rows, 
     new = [first[0], second[0]]
     assert all(u.startswith(s3.public_url + "/") for u in new), new
     assert set(served(new)) == set(sent) and len(sent) == 2, "one new image per dead link"
+
+
+def test_a_store_that_refuses_the_keys_costs_nothing_and_says_so(cli, rows):
+    """What S3 answers a wrong access key (403 InvalidAccessKeyId), from a server that checks
+    nothing else: the probe fails, no image is bought, the secret is not printed."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    refusal = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+        b"<Message>The AWS Access Key Id you provided does not exist in our records.</Message>"
+        b"</Error>"
+    )
+
+    class Refusing(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(refusal)))
+            self.end_headers()
+            self.wfile.write(refusal)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows.put("p1", incident_document(2))
+    Path("imgsave.toml").write_text(
+        Path("imgsave.toml").read_text()
+        + f'\n[store]\nendpoint = "http://127.0.0.1:{server.server_address[1]}"\n'
+        'region = "us-east-1"\npath_style = true\naccess_key_id = "AKIAWRONG"\n'
+        'secret_access_key = "wrong-secret-key-123"\nallow_http = true\n'
+    )
+    try:
+        with LoopbackProvider(answer="b64") as api:
+            env = {
+                "IMGSAVE_BASE_URL": api.base_url,
+                "IMGSAVE_STORE": "s3://images/scenes",
+                "IMGSAVE_PUBLIC_URL": "https://cdn.example.test",
+            }
+            ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+            requests = api.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ran.code == 3 and requests == 0, ran.stderr
+    assert "does not take writes" in ran.stderr and "InvalidAccessKeyId" in ran.stderr
+    assert "wrong-secret-key-123" not in ran.stderr + ran.stdout
