@@ -141,6 +141,9 @@ def test_b64_answers_without_a_store_are_spooled_and_stop_the_run(cli, rows, log
     assert saved_urls(rows) == []
     audit = cli("audit", "p1", "--json")
     assert audit.code == 1 and audit.json()["summary"]["spooled"] == len(sent)
+    told = cli("audit", "p1")
+    assert f"; {len(sent)} paid images wait in the spool (repair uploads them)" in told.stdout
+    assert ran.json()["spooled"] == len(sent)
 
 
 async def test_svg_html_unknown_and_oversized_answers_are_refused_not_stored(

@@ -72,7 +72,7 @@ class GenerateResult:
         if t.usage.get("total_tokens"):
             parts.append(f"{t.usage['total_tokens']:,} tokens")
         if t.spooled:
-            parts.append(f"{t.spooled} kept in the spool for `imgsave repair` (the store failed)")
+            parts.append(f"{t.spooled} kept in the spool for `imgsave repair`")
         if t.possibly_billed_retries:
             parts.append(f"{t.possibly_billed_retries} retries the provider may have billed")
         if t.failed:

@@ -81,8 +81,9 @@ class RehostResult:
             console.print(f"[yellow]warning:[/] {shown(error)}")
         if not self.executed:
             console.print(
-                f"rehost plan: {len(self.plan)} provider links in {self.projects} projects "
-                "would be copied into the store (run again with --execute)"
+                f"rehost plan: {_count(len(self.plan), 'provider link')} in "
+                f"{_count(self.projects, 'project')} would be copied into the store"
+                + (" (run again with --execute)" if self.plan else "")
             )
             return
         run = f" (run {self.run})" if self.run else ""
@@ -93,6 +94,10 @@ class RehostResult:
                 f"{self.remaining} left{run}"
             )
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def foreign_links(project: str, raw: str | None, settings: Settings, store: Store) -> list[Link]:

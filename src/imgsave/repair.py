@@ -88,7 +88,12 @@ class RepairResult:
         console.print(
             shown(
                 f"repair: restored {self.repaired} of {self.lost_before} missing images, "
-                f"regenerated {self.regenerated}, {self.remaining} still missing{run}"
+                + (
+                    f"saved {self.uploaded} of {self.report.spooled} spooled images, "
+                    if self.report.spooled
+                    else ""
+                )
+                + f"regenerated {self.regenerated}, {self.remaining} still missing{run}"
             )
         )
 
