@@ -210,3 +210,19 @@ def test_backoff_is_never_zero_and_never_beyond_its_cap(
     pause = backoff(attempt, settings, rng=random.Random(seed))
     ceiling = min(cap, initial * 2 ** (attempt - 1))
     assert ceiling / 2 <= pause <= ceiling
+
+
+async def test_a_refusal_after_a_possibly_billed_retry_still_counts_it():
+    calls = {"n": 0}
+
+    def cut_then_refuse(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ReadError("connection reset while reading the answer", request=request)
+        return httpx.Response(401, json={"error": {"message": "key revoked"}})
+
+    api = Api(OK)
+    api.handle = cut_then_refuse  # type: ignore[method-assign]
+    with pytest.raises(ProviderRefused) as raised:
+        await generate(api)
+    assert raised.value.possibly_billed_retries == 1 and calls["n"] == 2

@@ -25,6 +25,7 @@ from .errors import (
     EXIT_OK,
     CannotWork,
     LogUnwritable,
+    ProviderStopped,
 )
 from .genlog import RunLog
 from .interrupt import StopSignal
@@ -291,7 +292,8 @@ class Execution:
             except ImageFailed as exc:
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 self._failed(scene.ref, str(exc))
-            except CannotWork as exc:  # refused (401/403/404) or unreachable: stop the run
+            except ProviderStopped as exc:  # refused (401/403/404) or unreachable
+                self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 self._stop_run(str(exc))
             finally:
                 self._calls.discard(call)

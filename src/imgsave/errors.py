@@ -44,11 +44,19 @@ class MalformedDocument(CannotWork):
     """The document cannot be read, or cannot be written without guessing."""
 
 
-class ProviderRefused(CannotWork):
-    """The image provider said no in a way retrying will not change (401, 403, 400...)."""
+class ProviderStopped(CannotWork):
+    """The image API stops the run; it may have billed some of the attempts made before."""
+
+    def __init__(self, message: str, *, possibly_billed_retries: int = 0):
+        super().__init__(message)
+        self.possibly_billed_retries = possibly_billed_retries
 
 
-class ProviderUnreachable(CannotWork):
+class ProviderRefused(ProviderStopped):
+    """The image provider said no in a way retrying will not change (401, 403, 404)."""
+
+
+class ProviderUnreachable(ProviderStopped):
     """The image API could not be reached at all (connection refused, DNS, TLS) after retries."""
 
 

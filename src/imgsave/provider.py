@@ -27,7 +27,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from .config import ProviderSettings, Settings
-from .errors import CannotWork, ProviderRefused, ProviderUnreachable, UsageError
+from .errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
 from .logs import logger
 from .redaction import redact
 from .urls import shorten, url_problem
@@ -163,14 +163,17 @@ class Provider:
             raise ImageFailed(
                 redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
             ) from None
-        except CannotWork as exc:
-            raise type(exc)(redact(str(exc), self._secrets)) from None
+        except ProviderStopped as exc:
+            raise type(exc)(
+                redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
+            ) from None
         except _Retryable as exc:
             reason = redact(str(exc), self._secrets)
             if exc.unreachable:
                 raise ProviderUnreachable(
                     f"cannot reach the image API at {self._endpoint} after "
-                    f"{self._settings.max_attempts} attempts: {reason}"
+                    f"{self._settings.max_attempts} attempts: {reason}",
+                    possibly_billed_retries=call.billed_retries,
                 ) from None
             raise ImageFailed(
                 f"gave up after {self._settings.max_attempts} attempts: {reason}",
