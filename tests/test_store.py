@@ -463,3 +463,18 @@ def test_a_store_that_refuses_the_keys_costs_nothing_and_says_so(cli, rows):
     assert ran.code == 3 and requests == 0, ran.stderr
     assert "does not take writes" in ran.stderr and "InvalidAccessKeyId" in ran.stderr
     assert "wrong-secret-key-123" not in ran.stderr + ran.stdout
+
+
+def test_rehost_usage_and_unknown_projects(cli, rows, tmp_path: Path):
+    rows.put("p1", incident_document(1))
+    store = {"IMGSAVE_STORE": (tmp_path / "s").as_uri(), "IMGSAVE_PUBLIC_URL": "https://cdn.test"}
+    neither = cli("rehost", env=store)
+    both = cli("rehost", "p1", "--all", env=store)
+    no_store = cli("rehost", "p1")
+    missing = cli("rehost", "nope", "--json", env=store)
+    assert (neither.code, both.code, no_store.code, missing.code) == (2, 2, 2, 3)
+    assert "name the projects to rehost, or give --all" in neither.stderr + both.stderr
+    assert "rehost copies images into your store: set IMGSAVE_STORE" in no_store.stderr
+    assert missing.json() == {"error": "project nope not found", "exit_code": 3}
+    clean = cli("rehost", "--all", "--json", env=store)
+    assert clean.code == 0 and clean.json()["plan"] == [], "nothing foreign to rehost"

@@ -11,6 +11,7 @@ A second run finds nothing to do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ from .consoles import shown
 from .db import Database
 from .document import Outcome, SceneRef, decode, encode, replace_urls, scenes
 from .engine import Reporter
-from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, UsageError
+from .errors import (
+    EXIT_CANNOT_WORK,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    ImgsaveError,
+    LogUnwritable,
+    ProjectNotFound,
+    UsageError,
+)
 from .genlog import RunLog
 from .interrupt import StopSignal, sigint_stops
 from .jsondata import NOT_IN_JSON, fields_json, json_name
@@ -137,7 +146,7 @@ async def run_rehost(
             result.errors += failures.values()
             for name in batch:
                 if name not in documents and name not in failures and not all_projects:
-                    raise ImgsaveError(f"project {name} not found")
+                    raise ProjectNotFound(f"project {name} not found")
             for name, raw in documents.items():
                 result.projects += 1
                 try:
@@ -160,15 +169,16 @@ async def run_rehost(
                         rehost.provider = provider
                         await rehost.run(list(result.expired), rehost.generate)
                 result.remaining = len(links) - result.rehosted - result.regenerated
-                log.write(
-                    "run.finished",
-                    command="rehost",
-                    rehosted=result.rehosted,
-                    expired=len(result.expired),
-                    regenerated=result.regenerated,
-                    remaining=result.remaining,
-                    interrupted=stop.requested,
-                )
+                with contextlib.suppress(LogUnwritable):  # the document is already right
+                    log.write(
+                        "run.finished",
+                        command="rehost",
+                        rehosted=result.rehosted,
+                        expired=len(result.expired),
+                        regenerated=result.regenerated,
+                        remaining=result.remaining,
+                        interrupted=stop.requested,
+                    )
     return result
 
 
