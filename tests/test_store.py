@@ -478,3 +478,29 @@ def test_rehost_usage_and_unknown_projects(cli, rows, tmp_path: Path):
     assert missing.json() == {"error": "project nope not found", "exit_code": 3}
     clean = cli("rehost", "--all", "--json", env=store)
     assert clean.code == 0 and clean.json()["plan"] == [], "nothing foreign to rehost"
+
+
+async def test_a_url_answer_that_cannot_be_downloaded_yet_is_kept_as_the_providers_url(
+    settings: Settings, rows, s3: S3
+):
+    """Never dropped: saved as the provider's link (with a warning), and rehost copies it into
+    the store once the image host answers again."""
+    from imgsave.rehost import run_rehost
+
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(answer="url") as api:
+        api.image_base = api.origin + "/"
+        api.images_unavailable = True
+        conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
+        result = await gen.run(conf, "p1", images_per_scene=1, concurrency=2)
+        kept = saved_urls(rows)
+        api.images_unavailable = False
+        rehosted = await run_rehost(conf, ["p1"], all_projects=False, execute=True)
+        sent = list(api.sent)
+    assert (result.saved, result.failed, result.tally.provisional, result.exit_code) == (2, 0, 2, 1)
+    assert sorted(kept) == sorted(api.served), "the provider's own links, not nothing"
+    assert all(
+        "the image URL answered 503" in e and "imgsave rehost" in e for e in result.tally.errors
+    )
+    assert rehosted.rehosted == 2 and rehosted.remaining == 0
+    assert served(saved_urls(rows)) == Counter(sent), "now in the store, the same bytes"

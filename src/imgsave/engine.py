@@ -102,6 +102,9 @@ class Tally:
     received: int = 0
     # Paid images whose bytes wait in the spool for `imgsave repair` (the store refused).
     spooled: int = 0
+    # Saved as the provider's expiring URL although a store is configured (the download
+    # failed): `imgsave rehost` copies them while they still resolve.
+    provisional: int = 0
     possibly_billed_retries: int = 0
     usage: dict[str, int] = field(default_factory=dict)
     saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
@@ -114,7 +117,8 @@ class Tally:
         if self.fatal:
             return EXIT_CANNOT_WORK
         short = self.saved < self.requested
-        if self.failed or self.duplicates or self.log_error or self.spooled or short:
+        unfinished = self.spooled or self.provisional
+        if self.failed or self.duplicates or self.log_error or unfinished or short:
             return EXIT_FINDINGS
         return EXIT_OK
 
@@ -218,6 +222,13 @@ class Execution:
             self._stop_run(str(exc))
             return
         url = kept.url
+        if kept.provisional:
+            self.tally.provisional += 1
+            self._note(
+                scene.ref,
+                f"{kept.provisional}; the provider's URL is saved as it is: run `imgsave "
+                "rehost` to copy it into the store while it still resolves",
+            )
         if self._keeper.store is None and not self._warned_expiring:
             self._warned_expiring = True
             if self._reporter:
@@ -249,16 +260,17 @@ class Execution:
                 self._reporter.advance(ok=True)
 
     def _not_kept(self, ref: SceneRef, exc: NotKept) -> None:
-        if exc.spooled is not None:
-            self.tally.spooled += 1
-            self._write("image.spooled", ref, spool=str(exc.spooled), error=str(exc))
+        if exc.spooled is None:  # no image to keep (refused bytes, a dead link): it failed
+            self._failed(ref, str(exc))
+            return
+        # Paid, and kept on disk for `imgsave repair`: spooled, not failed.
+        self.tally.spooled += 1
+        self._write("image.spooled", ref, spool=str(exc.spooled), error=str(exc))
         if exc.fatal:
             self._stop_run(str(exc))
-            if self._reporter:
-                self._reporter.advance(ok=False)
-            return
-        self._failed(ref, str(exc), count=exc.spooled is None)
-        if exc.spooled is not None and self._reporter:
+        else:
+            self._note(ref, str(exc))
+        if self._reporter:
             self._reporter.advance(ok=False)
 
     def _stop_run(self, reason: str) -> None:

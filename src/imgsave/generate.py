@@ -73,6 +73,8 @@ class GenerateResult:
             parts.append(f"{t.usage['total_tokens']:,} tokens")
         if t.spooled:
             parts.append(f"{t.spooled} kept in the spool for `imgsave repair`")
+        if t.provisional:
+            parts.append(f"{t.provisional} saved as the provider's URL (run `imgsave rehost`)")
         if t.possibly_billed_retries:
             parts.append(f"{t.possibly_billed_retries} retries the provider may have billed")
         if t.failed:

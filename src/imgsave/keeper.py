@@ -40,6 +40,8 @@ class Kept:
     url: str
     # What image.generated records beside the URL: key, sha256, bytes, source_url.
     fields: dict[str, Any] = field(default_factory=dict)
+    # Why this is the provider's own (expiring) URL although a store is configured.
+    provisional: str | None = None
 
 
 class NotKept(Exception):
@@ -87,7 +89,15 @@ class Keeper:
             raise NotKept(NO_STORE.format(path=path), spooled=path, fatal=True)
         data = received.data
         if data is None:
-            data = await self._download(received.url or "")
+            url = received.url or ""
+            try:
+                data = await self._download(url)
+            except NotKept as exc:
+                if exc.expired:
+                    raise
+                # The link may still work for a while: the image stays reachable in its scene,
+                # and `imgsave rehost` copies it into the store, rather than it being dropped.
+                return Kept(url, {"source_url": url}, provisional=str(exc))
         image = await self._checked(data)
         key = object_key(self.store.prefix, project, ref, image)
         try:

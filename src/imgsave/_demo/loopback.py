@@ -84,6 +84,8 @@ class LoopbackProvider:
         self.image_base = image_base
         self.hang_seconds = hang_seconds
         self.dead_paths: set[str] = set()
+        # While set, every image GET answers 503: an image host having a bad minute.
+        self.images_unavailable = False
         self.forbidden_paths: set[str] = set()
         self.served: list[str] = []
         self.statuses: list[int] = []  # of image-generation requests, in answer order
@@ -218,7 +220,9 @@ class LoopbackProvider:
                 self._image(head=False)
 
             def _image(self, *, head: bool) -> None:
-                if self.path in provider.forbidden_paths or provider._expired(self.path):
+                if provider.images_unavailable:
+                    self._send(503, b"try again later", head=head)
+                elif self.path in provider.forbidden_paths or provider._expired(self.path):
                     # What an expired signed URL (S3, Azure SAS) answers.
                     self._send(403, b"Signature expired", head=head)
                 elif self.path in provider.dead_paths or not self.path.startswith("/img/"):
