@@ -241,6 +241,13 @@ class Rehosting:
                     if self._reporter:
                         self._reporter.advance(ok=False)
                     return
+                if image.provisional:  # not in the store: the link stays as it is, for later
+                    self._result.errors.append(
+                        f"project {link.project}: {link.ref}: {image.provisional}; left as it is"
+                    )
+                    if self._reporter:
+                        self._reporter.advance(ok=False)
+                    return
                 kept[link.project].append((link, image))
                 if self._reporter:
                     self._reporter.advance(ok=True)
