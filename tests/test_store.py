@@ -143,6 +143,9 @@ def test_b64_answers_without_a_store_are_spooled_and_stop_the_run(cli, rows, log
     assert audit.code == 1 and audit.json()["summary"]["spooled"] == len(sent)
     told = cli("audit", "p1")
     assert f"; {len(sent)} paid images wait in the spool (repair uploads them)" in told.stdout
+    whole_dir = cli("audit", "p1", "--log", str(log_dir), "--json")
+    skipped = whole_dir.json()["summary"]["lines_skipped"]
+    assert skipped == 0, "spooled images and their records are not log lines"
     assert ran.json()["spooled"] == len(sent)
 
 

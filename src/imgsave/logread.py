@@ -188,9 +188,14 @@ def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
     return found
 
 
+_SPOOLED = re.compile(r"\.?[0-9a-f]{64}\.(png|jpg|webp|gif)(\.json)?(\.partial)?")
+
+
 def _ignored(path: Path) -> bool:
-    """imgsave's own non-log files in a log directory (the host lock)."""
-    return path.suffix == ".lock"
+    """imgsave's own non-log files in a log directory: the host lock, and spooled images."""
+    return path.suffix == ".lock" or (
+        path.parent.name == "spool" and _SPOOLED.fullmatch(path.name) is not None
+    )
 
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
