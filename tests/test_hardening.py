@@ -486,3 +486,28 @@ def test_a_jsonb_number_of_5001_digits_is_not_a_reason_to_refuse_the_document(cl
     text = rows.text("p1")
     assert '"n": ' + "7" * 5001 in text, "the number kept digit for digit"
     assert len(scenes(decode(text), Shape())[0].urls) == 1
+
+
+@pytest.mark.parametrize("key_type", ["uuid", "text", "bigint"])
+async def test_every_project_key_is_listed_once_a_batch_at_a_time(db_url, key_type):
+    """What `rehost --all` walks: every key, in the key's own order, no batch repeating one."""
+    import uuid as uuid_module
+
+    from imgsave.config import DatabaseSettings, Names
+    from imgsave.db import Database
+
+    values = {
+        "uuid": [str(uuid_module.uuid4()) for _ in range(7)],
+        "text": ["b", "a", "B", "a b", "ä", "z", "0"],
+        "bigint": ["10", "9", "-3", "100", "0", "7", "8"],
+    }[key_type]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE keyed (k {key_type} PRIMARY KEY, doc jsonb)")
+        for value in values:
+            conn.execute(f"INSERT INTO keyed VALUES (%s::{key_type}, '{{}}')", (value,))
+        expected = [r[0] for r in conn.execute("SELECT k::text FROM keyed ORDER BY keyed.k")]
+    names = Names(table="keyed", key_column="k", document_column="doc")
+    async with await Database.open(db_url, names, DatabaseSettings()) as db:
+        batches = [keys async for keys in db.project_keys(batch=3)]
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert [k for b in batches for k in b] == expected

@@ -84,6 +84,7 @@ class _Statements:
     select_many: sql.Composed
     update: sql.Composed
     upsert: sql.Composed
+    keys_first: sql.Composed
     keys_after: sql.Composed
     key_type: str
     # json and text columns keep the document's bytes as written; jsonb normalises them.
@@ -272,12 +273,15 @@ class Database:
 
     async def project_keys(self, *, batch: int = 500) -> AsyncIterator[list[str]]:
         """Every project key in the table, a batch at a time (never all in memory)."""
-        after = ""
+        after: str | None = None
         while True:
 
-            async def once(after: str = after) -> list[tuple[str]]:
+            async def once(after: str | None = after) -> list[tuple[str]]:
                 async with self._connection() as conn:
-                    cur = await conn.execute(self._sql.keys_after, (after, batch))
+                    if after is None:
+                        cur = await conn.execute(self._sql.keys_first, (batch,))
+                    else:
+                        cur = await conn.execute(self._sql.keys_after, (after, batch))
                     return await cur.fetchall()
 
             try:
@@ -483,9 +487,14 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
             kt=sql.Identifier(key_type), **fmt
         ),
         update=sql.SQL("UPDATE {t} SET {d} = {v}{touch} WHERE {k} = %s").format(**fmt),
+        # In the key's own order, so the primary key's index serves each batch.
+        # (The output is named apart: ORDER BY a bare name would sort by the text.)
+        keys_first=sql.SQL("SELECT {k}::text AS project FROM {t} ORDER BY {k} LIMIT %s").format(
+            **fmt
+        ),
         keys_after=sql.SQL(
-            "SELECT {k}::text FROM {t} WHERE {k}::text > %s ORDER BY {k}::text LIMIT %s"
-        ).format(**fmt),
+            "SELECT {k}::text AS project FROM {t} WHERE {k} > %s::{kt} ORDER BY {k} LIMIT %s"
+        ).format(kt=sql.Identifier(key_type), **fmt),
         upsert=sql.SQL(
             "INSERT INTO {t} ({k}, {d}) VALUES (%s, {v}) ON CONFLICT ({k}) DO UPDATE SET {d} = "
             "excluded.{d}{touch}"
