@@ -507,3 +507,30 @@ async def test_a_url_answer_that_cannot_be_downloaded_yet_is_kept_as_the_provide
     )
     assert rehosted.rehosted == 2 and rehosted.remaining == 0
     assert served(saved_urls(rows)) == Counter(sent), "now in the store, the same bytes"
+
+
+def test_rehost_regenerate_keeps_every_image_an_answer_holds(cli, rows, s3: S3):
+    with LoopbackProvider(answer="b64", faults=lambda n: "two") as api:
+        dead = f"{api.origin}/img/000091.png"
+        api.dead_paths.add("/img/000091.png")
+        document = incident_document(1)
+        document["scenes"][0]["imageUrls"] = [dead]
+        rows.put("p1", document)
+        Path("imgsave.toml").write_text(
+            Path("imgsave.toml").read_text()
+            + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
+            'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
+            "allow_http = true\n"
+        )
+        env = {
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_STORE": s3.settings().url or "",
+            "IMGSAVE_PUBLIC_URL": s3.public_url,
+        }
+        ran = cli("rehost", "p1", "--execute", "--regenerate", "--json", "--allow-http", env=env)
+        sent = list(api.sent)
+    out = ran.json()
+    assert ran.code == 0, ran.stderr
+    assert (out["regenerated"], out["added"], out["remaining"]) == (1, 1, 0)
+    urls = rows.urls("p1")[1]
+    assert len(urls) == 2 and set(served(urls)) == set(sent), "both paid images are in the scene"

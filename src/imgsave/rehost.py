@@ -65,6 +65,8 @@ class RehostResult:
     rehosted: int = 0
     expired: list[Link] = field(default_factory=list)
     regenerated: int = 0
+    # Images an answer held beyond the one asked for, kept and appended to their scene.
+    added: int = 0
     # Links left as they were: not yet rehosted (dry run), failed, or expired and not replaced.
     remaining: int = 0
     plan: list[Link] = field(default_factory=list)
@@ -168,6 +170,7 @@ async def run_rehost(
                     async with Provider.from_settings(settings) as provider:
                         rehost.provider = provider
                         await rehost.run(list(result.expired), rehost.generate)
+                        await rehost.save_extras()
                 result.remaining = len(links) - result.rehosted - result.regenerated
                 with contextlib.suppress(LogUnwritable):  # the document is already right
                     log.write(
@@ -206,6 +209,7 @@ class Rehosting:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._stop = stop
         self.provider: Provider | None = None
+        self._extras: dict[str, list[tuple[SceneRef, Received]]] = defaultdict(list)
 
     async def download(self, link: Link) -> Received:
         return Received(url=link.url)
@@ -217,7 +221,34 @@ class Rehosting:
             answer = await self.provider.generate(link.prompt)
         except ImageFailed as exc:
             raise NotKept(str(exc)) from None
+        # The first takes the dead link's place; any more were paid for too, and are added.
+        self._extras[link.project] += [(link.ref, extra) for extra in answer.images[1:]]
         return answer.images[0]
+
+    async def save_extras(self) -> None:
+        """Images an answer held beyond the one asked for: kept, logged, appended like any
+        generated image."""
+        from .saver import ProjectSaver
+
+        for project, extras in self._extras.items():
+            async with ProjectSaver(self._db, project, self._settings.shape) as saver:
+                for ref, received in extras:
+                    try:
+                        image = await self._keeper.keep(project, ref, received)
+                        await self._log.record(
+                            "image.generated",
+                            project=project,
+                            scene=ref.index,
+                            scene_id=ref.id,
+                            url=image.url,
+                            **image.fields,
+                        )
+                        outcome = await saver.save(ref, image.url)
+                    except (NotKept, ImgsaveError) as exc:
+                        self._result.errors.append(f"project {project}: {ref}: {exc}")
+                        continue
+                    self._result.added += outcome is Outcome.ADDED
+        self._extras.clear()
 
     async def run(self, links: list[Link], source: Callable[[Link], Awaitable[Received]]) -> None:
         regenerating = source == self.generate
