@@ -261,11 +261,14 @@ def test_check_urls_marks_dead_urls_expired_and_regenerate_replaces_them(cli, ro
         assert (plain.json()["repaired"], plain.json()["remaining"]) == (1, 2)
         assert stored_urls(rows, "p1") == {alive}
 
+        # The first regeneration answer is unreadable: a retry the provider may have billed.
+        host.faults = lambda n: "garbage" if n == 1 else "ok"
         redo = cli(
             "repair", "--allow-http", "--check-urls", "--execute", "--regenerate", "--json", env=env
         )
         assert redo.code == 0, redo.stderr
         out = redo.json()
+        assert out["possibly_billed_retries"] == 1 and out["usage"]["total_tokens"] == 2 * 1068
         assert (out["repaired"], out["regenerated"], out["remaining"]) == (0, 2, 0)
         held = rows.urls("p1")
         assert [len(held[i]) for i in (1, 2, 3)] == [1, 1, 1]

@@ -510,7 +510,8 @@ async def test_a_url_answer_that_cannot_be_downloaded_yet_is_kept_as_the_provide
 
 
 def test_rehost_regenerate_keeps_every_image_an_answer_holds(cli, rows, s3: S3):
-    with LoopbackProvider(answer="b64", faults=lambda n: "two") as api:
+    faults = {1: "garbage"}  # an unreadable answer first: a retry that may have been billed
+    with LoopbackProvider(answer="b64", faults=lambda n: faults.get(n, "two")) as api:
         dead = f"{api.origin}/img/000091.png"
         api.dead_paths.add("/img/000091.png")
         document = incident_document(1)
@@ -532,5 +533,30 @@ def test_rehost_regenerate_keeps_every_image_an_answer_holds(cli, rows, s3: S3):
     out = ran.json()
     assert ran.code == 0, ran.stderr
     assert (out["regenerated"], out["added"], out["remaining"]) == (1, 1, 0)
+    assert out["possibly_billed_retries"] == 1 and out["usage"]["total_tokens"] == 2124
     urls = rows.urls("p1")[1]
     assert len(urls) == 2 and set(served(urls)) == set(sent), "both paid images are in the scene"
+
+
+def test_rehost_regenerate_stops_at_a_refusal_with_one_line(cli, rows, tmp_path: Path):
+    with LoopbackProvider(answer="b64", faults=lambda n: "401") as api:
+        dead = [f"{api.origin}/img/00009{n}.png" for n in (1, 2)]
+        api.dead_paths.update({"/img/000091.png", "/img/000092.png"})
+        document = incident_document(1)
+        document["scenes"][0]["imageUrls"] = dead
+        rows.put("p1", document)
+        env = {
+            "IMGSAVE_BASE_URL": api.base_url,
+            "IMGSAVE_API_KEY": "sk-refused-0123456789",
+            "IMGSAVE_STORE": (tmp_path / "store").as_uri(),
+            "IMGSAVE_PUBLIC_URL": "https://cdn.test",
+        }
+        ran = cli(
+            "rehost", "p1", "--execute", "--regenerate", "-c", "1", "--json", "--allow-http",
+            env=env,
+        )  # fmt: skip
+        requests = api.requests
+    assert ran.code == 3 and requests == 1, "no request starts after the refusal"
+    assert "refused the request with 401" in ran.json()["stopped"]
+    assert ran.stderr.count("imgsave: error:") == 1 and "sk-refused" not in ran.stderr + ran.stdout
+    assert rows.urls("p1")[1] == dead, "the document is as it was"

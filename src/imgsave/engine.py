@@ -31,7 +31,7 @@ from .genlog import RunLog
 from .interrupt import StopSignal
 from .jsondata import NOT_IN_JSON, fields_json
 from .keeper import Keeper, NotKept
-from .provider import Answer, ImageFailed, Provider, Received
+from .provider import Answer, ImageFailed, Provider, Received, add_usage
 from .saver import ProjectSaver
 
 EXPIRING = (
@@ -128,8 +128,7 @@ class Tally:
     def count(self, answer: Answer) -> None:
         self.received += len(answer.images)
         self.possibly_billed_retries += answer.possibly_billed_retries
-        for name, tokens in answer.usage.items():
-            self.usage[name] = self.usage.get(name, 0) + tokens
+        add_usage(self.usage, answer.usage)
 
     def unlogged_lines(self) -> list[str]:
         """One line per paid image the generation log could not record, so it is never lost."""

@@ -323,6 +323,12 @@ def _parsed(content: bytes) -> tuple[Any, dict[int, bytes | None]]:
     return payload, decoded
 
 
+def add_usage(total: dict[str, int], usage: dict[str, int]) -> None:
+    """Token counts summed by name, into `total`."""
+    for name, tokens in usage.items():
+        total[name] = total.get(name, 0) + tokens
+
+
 def _usage(value: Any) -> dict[str, int]:
     """The answer's top-level token counts (input_tokens, output_tokens, total_tokens, ...)."""
     if not isinstance(value, dict):

@@ -29,6 +29,7 @@ from .errors import (
     ImgsaveError,
     LogUnwritable,
     ProjectNotFound,
+    ProviderStopped,
     UsageError,
 )
 from .genlog import RunLog
@@ -36,7 +37,7 @@ from .interrupt import StopSignal, sigint_stops
 from .jsondata import NOT_IN_JSON, fields_json, json_name
 from .jsontext import splice_replace
 from .keeper import Keeper, Kept, NotKept, opened_keeper
-from .provider import ImageFailed, Provider, Received
+from .provider import ImageFailed, Provider, Received, add_usage
 from .store import Store
 from .urls import url_problem
 
@@ -67,6 +68,9 @@ class RehostResult:
     regenerated: int = 0
     # Images an answer held beyond the one asked for, kept and appended to their scene.
     added: int = 0
+    # What --regenerate spent: retries the provider may have billed, and its token counts.
+    possibly_billed_retries: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
     # Links left as they were: not yet rehosted (dry run), failed, or expired and not replaced.
     remaining: int = 0
     plan: list[Link] = field(default_factory=list)
@@ -220,7 +224,15 @@ class Rehosting:
         try:
             answer = await self.provider.generate(link.prompt)
         except ImageFailed as exc:
+            self._result.possibly_billed_retries += exc.possibly_billed_retries
             raise NotKept(str(exc)) from None
+        except ProviderStopped as exc:  # refused or unreachable: no further link is tried
+            self._result.possibly_billed_retries += exc.possibly_billed_retries
+            self._result.fatal = self._result.fatal or str(exc)
+            self._stop.halt()
+            raise NotKept(str(exc), fatal=True) from None
+        self._result.possibly_billed_retries += answer.possibly_billed_retries
+        add_usage(self._result.usage, answer.usage)
         # The first takes the dead link's place; any more were paid for too, and are added.
         self._extras[link.project] += [(link.ref, extra) for extra in answer.images[1:]]
         return answer.images[0]
@@ -267,7 +279,7 @@ class Rehosting:
                 except NotKept as exc:
                     if exc.expired:
                         self._result.expired.append(link)
-                    else:
+                    elif not exc.fatal:  # a fatal one is the run's `stopped`, said once
                         self._result.errors.append(f"project {link.project}: {link.ref}: {exc}")
                     if self._reporter:
                         self._reporter.advance(ok=False)

@@ -26,7 +26,7 @@ from .interrupt import StopSignal, sigint_stops
 from .jsondata import NOT_IN_JSON, fields_json, json_name, plain
 from .keeper import Keeper, NotKept, opened_keeper
 from .logread import LogQuery
-from .provider import Provider, Received
+from .provider import Provider, Received, add_usage
 from .store import Store
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ class RepairResult:
     run: str | None = None
     # Why regeneration stopped (the image API refused or could not be reached).
     fatal: str | None = field(default=None, metadata=json_name("stopped"))
+    # What --regenerate spent: retries the provider may have billed, and its token counts.
+    possibly_billed_retries: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
 
     @property
     def lost_before(self) -> int:
@@ -371,6 +374,8 @@ async def _regenerate(
         )
         tally = await execution.run(Plan(jobs))
         result.errors.extend(e for e in tally.errors if e != tally.fatal)
+        result.possibly_billed_retries += tally.possibly_billed_retries
+        add_usage(result.usage, tally.usage)
         for index, saved in tally.saved_by_scene.items():
             regenerated[(project, index)] = saved
         if tally.fatal:
