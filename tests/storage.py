@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from moto.server import ThreadedMotoServer
@@ -49,6 +50,19 @@ class S3:
             allow_http=True,
             **extra,  # type: ignore[arg-type]
         )
+
+    def configure(self, config: Path = Path("imgsave.toml")) -> None:
+        """Add this server's [store] connection settings to the test's imgsave.toml (the URL
+        and public URL come from the environment, as a user's cron line would give them)."""
+        config.write_text(
+            config.read_text()
+            + f'\n[store]\nendpoint = "{self.endpoint}"\nregion = "{REGION}"\npath_style = true\n'
+            'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
+            "allow_http = true\n"
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"IMGSAVE_STORE": self.settings().url or "", "IMGSAVE_PUBLIC_URL": self.public_url}
 
     def keys(self) -> list[str]:
         answer = httpx.get(f"{self.public_url}?list-type=2&max-keys=1000")

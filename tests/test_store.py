@@ -200,12 +200,7 @@ def test_a_store_that_fails_mid_run_spools_and_repair_uploads_every_spooled_imag
     import threading
 
     rows.put("p1", incident_document(10))
-    Path("imgsave.toml").write_text(
-        Path("imgsave.toml").read_text()
-        + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
-        'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
-        "allow_http = true\n"
-    )
+    s3.configure()
 
     def stop_after_some() -> None:
         deadline = time.monotonic() + 30
@@ -216,8 +211,7 @@ def test_a_store_that_fails_mid_run_spools_and_repair_uploads_every_spooled_imag
     with LoopbackProvider(answer="b64", latency=0.05) as api:
         env = {
             "IMGSAVE_BASE_URL": api.base_url,
-            "IMGSAVE_STORE": s3.settings().url or "",
-            "IMGSAVE_PUBLIC_URL": s3.public_url,
+            **s3.env(),
         }
         stopper = threading.Thread(target=stop_after_some)
         stopper.start()
@@ -256,15 +250,9 @@ def test_rehost_replaces_live_links_in_place_reports_dead_ones_and_a_second_run_
         rows.put("p1", document)
         before = rows.doc("p1")
         env = {
-            "IMGSAVE_STORE": s3.settings().url or "",
-            "IMGSAVE_PUBLIC_URL": s3.public_url,
+            **s3.env(),
         }
-        Path("imgsave.toml").write_text(
-            Path("imgsave.toml").read_text()
-            + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
-            'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
-            "allow_http = true\n"
-        )
+        s3.configure()
         plan = cli("rehost", "p1", "--json", "--allow-http", env=env)
         assert plan.code == 1 and len(plan.json()["plan"]) == 4 and rows.doc("p1") == before
         ran = cli("rehost", "p1", "--execute", "--json", "--allow-http", env=env)
@@ -308,12 +296,10 @@ def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_save
     gone = checked(b"\x89PNG\r\n\x1a\n its scene was deleted", max_bytes=1000)
     for ref, image in ((SceneRef(2, "scene-2"), crashed), (SceneRef(9, "scene-9"), gone)):
         asyncio.run(store.put(object_key(store.prefix, "p1", ref, image), image))
-    env = {"IMGSAVE_STORE": s3.settings().url or "", "IMGSAVE_PUBLIC_URL": s3.public_url}
-    Path("imgsave.toml").write_text(
-        Path("imgsave.toml").read_text()
-        + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
-        'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\nallow_http = true\n'
-    )
+    env = {
+        **s3.env(),
+    }
+    s3.configure()
     audit = cli("audit", "p1", "--json", "--allow-http", env=env)
     assert audit.code == 1, audit.stderr
     lost, orphaned = audit.json()["lost"], audit.json()["orphaned"]
@@ -395,16 +381,10 @@ def test_rehost_regenerate_puts_a_new_image_where_each_dead_link_was(cli, rows, 
         document["scenes"][0]["imageUrls"] = [dead[0], "https://keep.test/a.png"]
         document["scenes"][1]["imageUrls"] = [dead[1]]
         rows.put("p1", document)
-        Path("imgsave.toml").write_text(
-            Path("imgsave.toml").read_text()
-            + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
-            'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
-            "allow_http = true\n"
-        )
+        s3.configure()
         env = {
             "IMGSAVE_BASE_URL": api.base_url,
-            "IMGSAVE_STORE": s3.settings().url or "",
-            "IMGSAVE_PUBLIC_URL": s3.public_url,
+            **s3.env(),
         }
         ran = cli("rehost", "p1", "--execute", "--regenerate", "--json", "--allow-http", env=env)
         sent = list(api.sent)
@@ -472,6 +452,8 @@ def test_rehost_usage_and_unknown_projects(cli, rows, tmp_path: Path):
     rows.put("p1", incident_document(1))
     store = {"IMGSAVE_STORE": (tmp_path / "s").as_uri(), "IMGSAVE_PUBLIC_URL": "https://cdn.test"}
     neither = cli("rehost", env=store)
+    two_modes = cli("rehost", "p1", "--dry-run", "--execute", env=store)
+    assert two_modes.code == 2 and "exclude each other" in two_modes.stderr
     both = cli("rehost", "p1", "--all", env=store)
     no_store = cli("rehost", "p1")
     missing = cli("rehost", "nope", "--json", env=store)
@@ -517,16 +499,10 @@ def test_rehost_regenerate_keeps_every_image_an_answer_holds(cli, rows, s3: S3):
         document = incident_document(1)
         document["scenes"][0]["imageUrls"] = [dead]
         rows.put("p1", document)
-        Path("imgsave.toml").write_text(
-            Path("imgsave.toml").read_text()
-            + f'\n[store]\nendpoint = "{s3.endpoint}"\nregion = "us-east-1"\npath_style = true\n'
-            'access_key_id = "testing"\nsecret_access_key = "testing-secret-key"\n'
-            "allow_http = true\n"
-        )
+        s3.configure()
         env = {
             "IMGSAVE_BASE_URL": api.base_url,
-            "IMGSAVE_STORE": s3.settings().url or "",
-            "IMGSAVE_PUBLIC_URL": s3.public_url,
+            **s3.env(),
         }
         ran = cli("rehost", "p1", "--execute", "--regenerate", "--json", "--allow-http", env=env)
         sent = list(api.sent)

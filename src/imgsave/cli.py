@@ -111,6 +111,9 @@ StoreOption = Annotated[
         "(with IMGSAVE_PUBLIC_URL, the base of the URLs saved).",
     ),
 ]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
+]
 ConcurrencyOption = Annotated[
     int,
     typer.Option(
@@ -364,9 +367,7 @@ def audit(
 @log_source_options
 def repair(
     sources: LogSources,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
-    ] = False,
+    dry_run: DryRunOption = False,
     execute: Annotated[
         bool, typer.Option("--execute", metavar="", help="Restore the lost images.")
     ] = False,
@@ -399,12 +400,10 @@ def repair(
     """
 
     async def work(settings: Settings) -> _Result:
-        from .errors import UsageError
         from .progress import ProgressReporter
         from .repair import run_repair
 
-        if dry_run and execute:
-            raise UsageError("--dry-run and --execute exclude each other")
+        _one_mode(dry_run=dry_run, execute=execute)
         return await run_repair(
             settings,
             sources.query(settings.allow_http),
@@ -429,9 +428,7 @@ def rehost(
     all_projects: Annotated[
         bool, typer.Option("--all", metavar="", help="Every project in the table.")
     ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
-    ] = False,
+    dry_run: DryRunOption = False,
     execute: Annotated[
         bool, typer.Option("--execute", metavar="", help="Copy and replace the links.")
     ] = False,
@@ -458,12 +455,10 @@ def rehost(
     """
 
     async def work(settings: Settings) -> _Result:
-        from .errors import UsageError
         from .progress import ProgressReporter
         from .rehost import run_rehost
 
-        if dry_run and execute:
-            raise UsageError("--dry-run and --execute exclude each other")
+        _one_mode(dry_run=dry_run, execute=execute)
         return await run_rehost(
             settings,
             list(projects or ()),
@@ -526,6 +521,13 @@ def demo(config: ConfigOption = None, verbose: VerboseOption = False) -> None:
         return await run_demo(settings)
 
     _execute(work, Common(config, verbose=verbose))
+
+
+def _one_mode(*, dry_run: bool, execute: bool) -> None:
+    if dry_run and execute:
+        from .errors import UsageError
+
+        raise UsageError("--dry-run and --execute exclude each other")
 
 
 class _Result(Protocol):

@@ -314,16 +314,8 @@ class Execution:
         self, scene: Scene, url: str, replaces: tuple[str, ...], fields: dict[str, Any]
     ) -> bool:
         """Durably log a paid image before saving it; False when the log would not take it."""
-        extra: dict[str, Any] = {**fields, **({"replaces": list(replaces)} if replaces else {})}
         try:
-            await self._log.record(
-                "image.generated",
-                project=self._project,
-                scene=scene.ref.index,
-                scene_id=scene.ref.id,
-                url=url,
-                **extra,
-            )
+            await record_generated(self._log, self._project, scene.ref, url, fields, replaces)
         except LogUnwritable as exc:
             self._log_failed(str(exc))
             return False
@@ -378,6 +370,27 @@ class Execution:
         await self._stop.hard.wait()
         for call in list(self._calls):
             call.cancel()
+
+
+async def record_generated(
+    log: RunLog,
+    project: str,
+    ref: SceneRef,
+    url: str,
+    fields: dict[str, Any],
+    replaces: tuple[str, ...] = (),
+) -> None:
+    """`image.generated`, on disk before this returns: a paid image's record, made before the
+    save that could fail. `replaces` names the URLs it stands in for (audit reads it)."""
+    await log.record(
+        "image.generated",
+        project=project,
+        scene=ref.index,
+        scene_id=ref.id,
+        url=url,
+        **fields,
+        **({"replaces": list(replaces)} if replaces else {}),
+    )
 
 
 def finish_log(log: RunLog, tally: Tally, **fields: Any) -> None:

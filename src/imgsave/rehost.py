@@ -21,7 +21,7 @@ from .config import Settings
 from .consoles import shown
 from .db import Database
 from .document import Outcome, SceneRef, decode, encode, replace_urls, scenes
-from .engine import Reporter
+from .engine import Reporter, record_generated
 from .errors import (
     EXIT_CANNOT_WORK,
     EXIT_FINDINGS,
@@ -247,14 +247,7 @@ class Rehosting:
                 for ref, received in extras:
                     try:
                         image = await self._keeper.keep(project, ref, received)
-                        await self._log.record(
-                            "image.generated",
-                            project=project,
-                            scene=ref.index,
-                            scene_id=ref.id,
-                            url=image.url,
-                            **image.fields,
-                        )
+                        await record_generated(self._log, project, ref, image.url, image.fields)
                         outcome = await saver.save(ref, image.url)
                     except (NotKept, ImgsaveError) as exc:
                         self._result.errors.append(f"project {project}: {ref}: {exc}")

@@ -17,14 +17,14 @@ from .config import Settings
 from .consoles import shown
 from .db import Database
 from .document import Outcome, SceneRef, Shape, decode, find, scenes
-from .engine import Execution, Job, Plan, Reporter
+from .engine import Execution, Job, Plan, Reporter, record_generated
 from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, LogUnwritable
 from .findings import AuditReport, Finding, audit
 from .genlog import RunLog
 from .hostlock import exclusive
 from .interrupt import StopSignal, sigint_stops
 from .jsondata import NOT_IN_JSON, fields_json, json_name, plain
-from .keeper import Keeper, NotKept, opened_keeper
+from .keeper import Keeper, Kept, NotKept, opened_keeper
 from .logread import LogQuery
 from .provider import Provider, Received, add_usage
 from .store import Store
@@ -290,39 +290,49 @@ async def _upload_spooled(
         return 0
     from .saver import ProjectSaver
 
-    uploaded = 0
+    by_project: dict[str, list[spool.Spooled]] = defaultdict(list)
     for item in waiting:
-        ref = item.ref
-        try:
-            data = item.path.read_bytes()
-            kept = await keeper.keep(item.project, ref, Received(data, item.source_url))
-            fields = {**kept.fields, **({"replaces": list(item.replaces)} if item.replaces else {})}
-            await log.record(
-                "image.generated",
-                project=item.project,
-                scene=ref.index,
-                scene_id=ref.id,
-                url=kept.url,
-                spool=str(item.path),
-                **fields,
-            )
-            async with ProjectSaver(db, item.project, settings.shape) as saver:
-                outcome = await saver.save(ref, kept.url)
-        except (OSError, NotKept, ImgsaveError) as exc:
+        by_project[item.project].append(item)
+    uploaded = 0
+    for project, items in by_project.items():
+        kept: list[tuple[spool.Spooled, Kept]] = []
+        for item in items:
+            try:
+                received = Received(item.path.read_bytes(), item.source_url)
+                image = await keeper.keep(project, item.ref, received)
+                fields = {**image.fields, "spool": str(item.path)}
+                await record_generated(log, project, item.ref, image.url, fields, item.replaces)
+            except (OSError, NotKept, ImgsaveError) as exc:
+                result.errors.append(
+                    f"project {project}: {item.ref}: spooled image not restored: "
+                    f"{_one_line(exc)} ({item.path})"
+                )
+                continue
+            kept.append((item, image))
+        if not kept:
+            continue
+        try:  # the project's spooled images in one locked transaction
+            async with ProjectSaver(db, project, settings.shape) as saver:
+                outcomes = await saver.save_many([(item.ref, image.url) for item, image in kept])
+        except ImgsaveError as exc:
             result.errors.append(
-                f"project {item.project}: {ref}: spooled image not restored: "
-                f"{_one_line(exc)} ({item.path})"
+                f"{_one_line(exc)} ({len(kept)} spooled images stored, not saved; they stay "
+                "in the spool)"
             )
             continue
-        if outcome is Outcome.NO_SCENE:
-            result.errors.append(
-                f"project {item.project}: {ref} no longer exists; spooled image kept in {item.path}"
-            )
-            continue
-        log.write("image.saved", project=item.project, scene=ref.index, scene_id=ref.id,
-                  url=kept.url)  # fmt: skip
-        item.remove()
-        uploaded += outcome is Outcome.ADDED
+        for (item, image), outcome in zip(kept, outcomes, strict=True):
+            if outcome is Outcome.NO_SCENE:
+                result.errors.append(
+                    f"project {project}: {item.ref} no longer exists; spooled image kept in "
+                    f"{item.path}"
+                )
+                continue
+            log.write(
+                "image.saved", project=project, scene=item.ref.index, scene_id=item.ref.id,
+                url=image.url,
+            )  # fmt: skip
+            item.remove()
+            uploaded += outcome is Outcome.ADDED
     return uploaded
 
 
