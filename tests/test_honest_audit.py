@@ -473,3 +473,4 @@ def test_the_database_url_flag_beats_the_environment_and_help_names_both(cli, ro
         assert "IMGSAVE_DEBUG" in helped and "Exit codes: 0 done" in helped
         if command not in ("prune", "demo"):  # neither touches the database
             assert "[env var: IMGSAVE_DATABASE_URL, DATABASE_URL]" in " ".join(helped.split())
+            assert "[env var: IMGSAVE_STORE]" in " ".join(helped.split())
