@@ -20,7 +20,8 @@ from .common import BENCH_DB, HERE, URL, Result, check, put, settings, stored_co
 IMAGES = 6400
 
 
-def pgbench_rate(clients: int, images: int) -> float:
+def pgbench_rate(clients: int, images: int, script: str = "hot_row.sql") -> float:
+    """Images per second of `script` (one image per transaction) on the hot row."""
     put("hot", incident_document(20))
     params = conninfo_to_dict(URL)
     env = {
@@ -42,7 +43,7 @@ def pgbench_rate(clients: int, images: int) -> float:
             "-t",
             str(per_client),
             "-f",
-            str(HERE / "hot_row.sql"),
+            str(HERE / script),
         ],
         env=env,
         capture_output=True,

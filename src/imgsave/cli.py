@@ -200,6 +200,7 @@ class LogSources:
     since: str | None
     run_gap: str
     check_urls: bool
+    journal: bool
 
     def query(self, allow_http: bool) -> LogQuery:
         from .logread import LogQuery, compile_pattern, parse_duration, parse_time
@@ -214,6 +215,7 @@ class LogSources:
             run_gap=parse_duration(self.run_gap, "--run-gap"),
             allow_http=allow_http,
             only_projects=frozenset(self.projects or ()),
+            journal=self.journal,
         )
 
 
@@ -306,6 +308,20 @@ _LOG_SOURCE_PARAMETERS = (
                 "--check-urls",
                 metavar="",
                 help="Ask each lost URL's host whether it still serves it.",
+            ),
+        ],
+    ),
+    _keyword(
+        "journal",
+        False,
+        Annotated[
+            bool,
+            typer.Option(
+                "--journal",
+                metavar="",
+                help="Also read the database's own journal of every URL written and removed "
+                "(imgsave sql --journal installs it); where it speaks, it beats the logs. "
+                "--since applies to it too.",
             ),
         ],
     ),
@@ -504,6 +520,102 @@ def prune(
         return run_prune(settings.resolved_log_dir(), window, label=older_than, execute=execute)
 
     _execute(work, Common(config, json_output, verbose))
+
+
+@app.command(name="sql", epilog=EXIT_CODES)
+def sql_command(
+    journal: Annotated[
+        bool,
+        typer.Option(
+            "--journal",
+            metavar="",
+            help="Also the journal: a table and a trigger that record every URL added to or "
+            "removed from a scene, by any writer (read by audit --journal).",
+        ),
+    ] = False,
+    apply: Annotated[
+        bool,
+        typer.Option("--apply", metavar="", help="Run it, in one transaction (default: print it)."),
+    ] = False,
+    remove: Annotated[
+        bool,
+        typer.Option(
+            "--uninstall",
+            metavar="",
+            help="The SQL that removes it instead (the journal's table only with --journal).",
+        ),
+    ] = False,
+    allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Print (or apply) SQL that fixes the app's own route: a function that appends image URLs
+    under a row lock, to call instead of a fetch-modify-write, and optionally a journal.
+
+    The function is imgsave_append_image_urls(project, scene, urls), scene being an id or an
+    index; it returns how many URLs it appended. Column types are read from the database.
+    EXECUTE goes to [sql] grant in imgsave.toml (default: authenticated and service_role
+    where they exist, as on Supabase), never to PUBLIC.
+
+    \b
+    Example:
+      imgsave sql --journal > supabase/migrations/20261126_imgsave.sql
+      imgsave sql --journal --apply
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from .sql import run_sql
+
+        return await run_sql(settings, journal=journal, apply=apply, remove=remove)
+
+    _execute(
+        work, Common(config, verbose=verbose, allow_http=allow_http, database_url=database_url)
+    )
+
+
+journal_app = typer.Typer(
+    help="The database's journal of image URLs (imgsave sql --journal).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command(name="prune", epilog=EXIT_CODES)
+def journal_prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Remove journal rows written before this: 30d, 12w. Losses older than this "
+            "can no longer be found from the journal.",
+        ),
+    ] = "30d",
+    execute: Annotated[
+        bool, typer.Option("--execute", metavar="", help="Remove them (default: only count).")
+    ] = False,
+    json_output: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Keep the journal small: remove rows older than a window (a retention rule for cron).
+
+    \b
+    Example:
+      imgsave journal prune --older-than 30d --execute
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from .logread import parse_duration
+        from .sql import run_journal_prune
+
+        window = parse_duration(older_than, "--older-than")
+        return await run_journal_prune(settings, window, label=older_than, execute=execute)
+
+    _execute(work, Common(config, json_output, verbose, database_url=database_url))
 
 
 @app.command(epilog=EXIT_CODES)

@@ -71,6 +71,14 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class SqlSettings:
+    """`imgsave sql`: who may call the append function."""
+
+    # Roles given EXECUTE; empty: `authenticated` and `service_role` where they exist (Supabase).
+    grant: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str | None = field(default=None, repr=False)
     base_url: str | None = None
@@ -83,6 +91,7 @@ class Settings:
     provider: ProviderSettings = field(default_factory=ProviderSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    sql: SqlSettings = field(default_factory=SqlSettings)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -123,6 +132,7 @@ _SECTIONS: dict[str, tuple[type, ...]] = {
     "provider": (ProviderSettings,),
     "database": (DatabaseSettings,),
     "store": (StoreSettings,),
+    "sql": (SqlSettings,),
 }
 
 
@@ -206,6 +216,7 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
         provider=built["ProviderSettings"],
         database=built["DatabaseSettings"],
         store=store,
+        sql=built["SqlSettings"],
     )
 
 

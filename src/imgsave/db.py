@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Self, TypeVar
 
 import psycopg
@@ -37,7 +38,9 @@ from .errors import (
     ProjectNotFound,
     UsageError,
 )
+from .journal import JournalRow
 from .logs import logger
+from .migration import JOURNAL, Table
 from .redaction import mask_url, redact, url_secrets
 
 T = TypeVar("T")
@@ -89,6 +92,8 @@ class _Statements:
     key_type: str
     # json and text columns keep the document's bytes as written; jsonb normalises them.
     keeps_text: bool
+    table: Table
+    journal: sql.Identifier
 
 
 class Database:
@@ -338,6 +343,99 @@ class Database:
         except psycopg.Error as exc:
             raise CannotWork(f"cannot read from the database: {self._one_line(exc)}") from None
 
+    @property
+    def table(self) -> Table:
+        """The app's table as the catalog describes it (what `imgsave sql` writes SQL for)."""
+        return self._sql.table
+
+    async def apply(self, script: str, what: str) -> None:
+        """Run a migration in one transaction: all of it, or (on any error) none of it."""
+        try:
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute(script.encode())
+        except psycopg.Error as exc:
+            raise CannotWork(f"could not {what}: {self._one_line(exc)}") from None
+
+    async def journal_installed(self) -> bool:
+        async def once() -> bool:
+            async with self._connection() as conn:
+                cur = await conn.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL", (self._sql.journal.as_string(conn),)
+                )
+                row = await cur.fetchone()
+                return bool(row and row[0])
+
+        return await self._reading("read the journal", once)
+
+    async def journal_rows(
+        self, since: datetime | None, *, batch: int = 20_000
+    ) -> AsyncIterator[list[JournalRow]]:
+        """The journal in the order it was written, a batch at a time (never all in memory)."""
+        after = 0
+        while True:
+
+            async def once(after: int = after) -> list[JournalRow]:
+                async with self._connection() as conn:
+                    cur = await conn.execute(
+                        sql.SQL(
+                            "SELECT id, extract(epoch FROM at)::float8, txid::text, project, "
+                            "scene_index, scene_id, url, "
+                            "change = 'added', scene_replaced FROM {j} WHERE id > %s "
+                            "AND (%s::timestamptz IS NULL OR at >= %s) ORDER BY id LIMIT %s"
+                        ).format(j=self._sql.journal),
+                        (after, since, since, batch),
+                    )
+                    return [JournalRow._make(row) for row in await cur.fetchall()]
+
+            rows = await self._reading("read the journal", once)
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+
+    async def prune_journal(self, before: datetime, *, execute: bool, batch: int = 10_000) -> int:
+        """Delete (or, without `execute`, count) journal rows older than `before`, in batches:
+        short transactions that never hold up the app's writes for long."""
+        journal = self._sql.journal
+        if not execute:
+
+            async def count() -> int:
+                async with self._connection() as conn:
+                    cur = await conn.execute(
+                        sql.SQL("SELECT count(*) FROM {j} WHERE at < %s").format(j=journal),
+                        (before,),
+                    )
+                    row = await cur.fetchone()
+                    return int(row[0]) if row else 0
+
+            return await self._reading("read the journal", count)
+        deleted = 0
+        while True:
+
+            async def once() -> int:
+                async with self._connection() as conn:
+                    cur = await conn.execute(
+                        sql.SQL(
+                            "DELETE FROM {j} WHERE id IN "
+                            "(SELECT id FROM {j} WHERE at < %s ORDER BY id LIMIT %s)"
+                        ).format(j=journal),
+                        (before, batch),
+                    )
+                    return cur.rowcount
+
+            done = await self._reading("prune the journal", once)
+            deleted += done
+            if done < batch:
+                return deleted
+
+    async def _reading(self, what: str, once: Callable[[], Awaitable[R]]) -> R:
+        try:
+            return await self._retrying()(_within, self._read_deadline, once)
+        except TRANSIENT as exc:
+            raise DatabaseUnavailable(f"could not {what}: {self._one_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise CannotWork(f"could not {what}: {self._one_line(exc)}") from None
+
     async def locked_update(self, project: str, change: ChangeFn[T]) -> T:
         """Run `change` on the row's document under `SELECT ... FOR UPDATE`; write what it returns.
 
@@ -446,13 +544,17 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
     """Look the table up once and compose every statement with its real column types."""
     table = _table(names)
     cur = await conn.execute(
-        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "SELECT a.attname, t.typname, format_type(a.atttypid, a.atttypmod), n.nspname, c.relname "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
         (table.as_string(conn),),
     )
-    columns: dict[str, str] = dict(await cur.fetchall())
-    if not columns:
+    found = await cur.fetchall()
+    if not found:
         raise CannotWork(f"table {names.table} does not exist")
+    columns: dict[str, str] = {row[0]: row[1] for row in found}
+    formatted: dict[str, str] = {row[0]: row[2] for row in found}
     for column in (names.key_column, names.document_column):
         if column not in columns:
             raise CannotWork(f"table {names.table} has no column {column}")
@@ -466,7 +568,8 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
     key, doc = sql.Identifier(names.key_column), sql.Identifier(names.document_column)
     value = sql.SQL("%s::{}").format(_CASTS[doc_type]) if doc_type in _CASTS else sql.SQL("%s")
     touch: sql.Composable = sql.SQL("")
-    if columns.get(names.updated_at_column) in ("timestamptz", "timestamp"):
+    has_updated_at = columns.get(names.updated_at_column) in ("timestamptz", "timestamp")
+    if has_updated_at:
         touch = sql.SQL(", {} = now()").format(sql.Identifier(names.updated_at_column))
     fmt = {"t": table, "k": key, "d": doc, "v": value, "touch": touch}
     return _Statements(
@@ -501,6 +604,16 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
         ).format(**fmt),
         key_type=key_type,
         keeps_text=doc_type != "jsonb",
+        table=Table(
+            schema=found[0][3],
+            name=found[0][4],
+            key_column=names.key_column,
+            key_type=formatted[names.key_column],
+            document_column=names.document_column,
+            document_type=formatted[names.document_column],
+            updated_at_column=names.updated_at_column if has_updated_at else None,
+        ),
+        journal=sql.Identifier(found[0][3], JOURNAL),
     )
 
 

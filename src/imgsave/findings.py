@@ -21,6 +21,7 @@ from .db import Database
 from .document import SceneRef, Shape, decode, find, scenes
 from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, CannotWork, ImgsaveError, UsageError
 from .images import key_segment, segment_text
+from .journal import JournalLedger, Verdicts, overlay
 from .jsondata import NOT_IN_JSON, fields_json, json_name
 from .ledger import SceneHistory, build, load, partition_count, spilled
 from .logread import (
@@ -64,6 +65,8 @@ class AuditReport:
     # audit --store: objects in the store that no log mentions and no document holds.
     unlogged_objects: int = field(default=0, metadata=NOT_IN_JSON)
     unchecked: int = field(default=0, metadata=NOT_IN_JSON)
+    # audit --journal: how many journal rows were read (None: the journal was not asked for).
+    journal_rows: int | None = field(default=None, metadata=NOT_IN_JSON)
     # Projects that could not be audited (not found when named, unreadable document): each is
     # that project's error; every other project is still audited.
     errors: list[str] = field(default_factory=list)
@@ -88,7 +91,7 @@ class AuditReport:
             "expired": len(self.expired),
             "spooled": self.spooled,
             "lines_skipped": self.stats.lines_skipped,
-        }
+        } | ({} if self.journal_rows is None else {"journal_rows": self.journal_rows})
 
     def to_json(self) -> dict[str, object]:
         return {"summary": self.summary(), **fields_json(self)}
@@ -129,7 +132,7 @@ class AuditReport:
     def report_problems(self, extra: list[str] | tuple[str, ...] = ()) -> None:
         for message in [*self.errors, *extra]:
             error(message)
-        if self.stats.files == 0:
+        if self.stats.files == 0 and self.journal_rows is None:
             warn("no log files were read (give --log, or check IMGSAVE_LOG_DIR)")
         for where in self.stats.truncated_files:
             warn(f"{where}: last line cut short")
@@ -157,6 +160,8 @@ class AuditReport:
         ]
         if detail:
             text += f" ({', '.join(detail)})"
+        if self.journal_rows is not None:
+            text += f"; {self.journal_rows} journal rows"
         if self.unchecked:
             text += f"; {self.unchecked} lost URLs could not be checked"
         if self.spooled:
@@ -181,12 +186,17 @@ async def audit(
     query = replace(query, only_projects=frozenset(named))
     seen: set[str] = set()
     found = 0
+    journal = await _journal(db, query, report) if query.journal else {}
     sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
     with spilled(sightings, partition_count(files)) as parts:
         for part in parts:
             logged = build(load(part), gap)
+            overlay(logged, journal)
             seen.update(logged)
             found += await _classify_all(db, logged, shape, report)
+    # Projects only the journal names.
+    seen.update(journal)
+    found += await _classify_all(db, journal, shape, report)
     _check_sources(query, stats, logged_projects=len(seen), found=found)
     # Projects named on the command line that no log mentions are still looked at: they may
     # not exist, or hold empty scenes for --regenerate.
@@ -259,6 +269,19 @@ async def _store_objects(
             else:
                 report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
             report.unlogged_objects += 1
+
+
+async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:
+    if not await db.journal_installed():
+        raise CannotWork(
+            "--journal: this database has no imgsave journal (install it with "
+            "`imgsave sql --journal --apply`; it records writes from then on)"
+        )
+    ledger = JournalLedger(query.run_gap.total_seconds())
+    async for rows in db.journal_rows(query.since):
+        ledger.add(rows)
+    report.journal_rows = ledger.rows
+    return ledger.verdicts(query.only_projects)
 
 
 def _normalised(sighting: Sighting, db: Database) -> Sighting:

@@ -107,6 +107,8 @@ class LogQuery:
     run_gap: timedelta = timedelta(minutes=30)
     allow_http: bool = False
     only_projects: frozenset[str] = frozenset()
+    # Also read the database's journal (imgsave sql --journal); its verdicts beat the logs'.
+    journal: bool = False
 
 
 PATTERN_GROUPS = ("url", "scene", "project", "ts", "run", "scene_id")
