@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+from .errors import EXIT_OK
+
 # Field metadata: `field(metadata=json_name("log"))` renames a field in the JSON, and
 # `field(metadata=NOT_IN_JSON)` leaves it out (it is shown some other way, or is internal).
 _KEY = "json"
@@ -41,3 +43,18 @@ def plain(value: Any) -> object:
     if isinstance(value, Mapping):
         return {str(key): plain(item) for key, item in value.items()}
     return value
+
+
+class FieldsResult:
+    """For a dataclass result whose return means the work was done: exit 0, nothing that must
+    reach stderr, and `--json` from its fields."""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK
+
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def to_json(self) -> dict[str, object]:
+        return fields_json(self)

@@ -14,28 +14,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .consoles import shown
-from .errors import EXIT_OK, CannotWork
+from .errors import CannotWork
 from .genlog import SUFFIX
-from .jsondata import fields_json
+from .jsondata import FieldsResult, fields_json
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 
 @dataclass
-class PruneResult:
+class PruneResult(FieldsResult):
     executed: bool
     older_than: str
     files: list[str] = field(default_factory=list)
     kept: int = 0
     bytes: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK
-
-    def stderr_lines(self) -> list[str]:
-        return []
 
     def to_json(self) -> dict[str, object]:
         return {**fields_json(self), "removed": len(self.files)}

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from .config import Settings
 from .consoles import shown
 from .db import Database
-from .errors import EXIT_OK, CannotWork
-from .jsondata import NOT_IN_JSON, fields_json
+from .errors import CannotWork
+from .jsondata import NOT_IN_JSON, FieldsResult
 from .migration import APPEND, JOURNAL, SUPABASE_ROLES, Options, install, uninstall
 
 if TYPE_CHECKING:
@@ -19,23 +19,13 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SqlResult:
+class SqlResult(FieldsResult):
     script: str = field(metadata=NOT_IN_JSON)
     applied: bool
     journal: bool
     uninstall: bool
     table: str
     granted: str
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK
-
-    def stderr_lines(self) -> list[str]:
-        return []
-
-    def to_json(self) -> dict[str, object]:
-        return fields_json(self)
 
     def render(self, console: Console) -> None:
         if not self.applied:
@@ -73,20 +63,10 @@ async def run_sql(settings: Settings, *, journal: bool, apply: bool, remove: boo
 
 
 @dataclass
-class JournalPruneResult:
+class JournalPruneResult(FieldsResult):
     executed: bool
     older_than: str
     removed: int
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK
-
-    def stderr_lines(self) -> list[str]:
-        return []
-
-    def to_json(self) -> dict[str, object]:
-        return fields_json(self)
 
     def render(self, console: Console) -> None:
         verb = "removed" if self.executed else "would remove (run with --execute)"
