@@ -174,7 +174,7 @@ def test_journal_prune_counts_then_removes_whole_writes_older_than_the_window(
 def rows_of(*events: tuple[float, str, int, str, bool, bool]) -> list[JournalRow]:
     """(time, txid, scene index, url, added, scene_replaced) for project p, in commit order."""
     return [
-        JournalRow(n, at, txid, "p", scene, None, url, added, replaced)
+        JournalRow(n, at, txid, "p", scene, None, f"https://i.test/{url}", added, replaced)
         for n, (at, txid, scene, url, added, replaced) in enumerate(events, 1)
     ]
 
@@ -182,7 +182,11 @@ def rows_of(*events: tuple[float, str, int, str, bool, bool]) -> list[JournalRow
 def verdicts(rows: list[JournalRow], run_gap: float = 1800) -> dict[str, bool]:
     ledger = JournalLedger(run_gap)
     ledger.add(rows)
-    return {url: meant for h in ledger.verdicts()["p"].values() for url, meant in h.urls.items()}
+    return {
+        url.removeprefix("https://i.test/"): meant
+        for h in ledger.verdicts()["p"].values()
+        for url, meant in h.urls.items()
+    }
 
 
 def test_a_url_removed_by_a_write_that_added_others_is_lost():
@@ -239,6 +243,17 @@ def test_a_removal_of_a_url_added_before_the_rows_read_is_judged_as_long_ago():
         "u1": False,
         "u2": True,
     }
+
+
+def test_a_url_that_breaks_the_url_rule_is_refused_never_restored(journal, rows, cli):
+    """The app may have written anything; repair only ever writes what the URL rule allows."""
+    rows.put(
+        "p", {"scenes": [{"id": "a", "imageUrls": ["javascript:alert(1)", "https://i.test/1"]}]}
+    )
+    rows.put("p", {"scenes": [{"id": "a", "imageUrls": ["https://i.test/2"]}]})
+    report = cli("audit", "--journal", "--json").json()
+    assert lost_urls(report) == {"https://i.test/1"}
+    assert report["summary"]["lines_skipped"] == 2  # its addition and its removal
 
 
 def test_the_journal_beats_the_logs_for_the_urls_it_knows():

@@ -23,11 +23,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from imgsave.document import SceneRef, Shape, append_urls, decode, encode, scenes
 from imgsave.errors import MalformedDocument
-from imgsave.jsontext import splice_append
 from imgsave.migration import Options, Table, install, uninstall
 from imgsave.urls import url_problem
 
 from .test_concurrency import hammer, stored
+from .test_jsontext import splice
 
 SHAPE = Shape()
 
@@ -133,6 +133,23 @@ def test_sql_reads_the_column_types_from_the_catalog(cli, db_url, tmp_path):
         assert conn.execute("SELECT doc FROM app.stories").fetchone() == (
             '{ "scenes" : [ { "id":"a","imageUrls":["https://img.test/1.png"] } ] }',
         )
+
+
+def test_the_url_rule_follows_allow_http_and_help_shows_an_example_and_the_environment(
+    cli, rows, db_url
+):
+    rows.put("p", {"scenes": [{"id": "a"}]})
+    assert cli("sql", "--allow-http", "--apply").code == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT imgsave_append_image_urls('p', 'a', ARRAY['http://i.test/1'])"
+        ).fetchone() == (1,)
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("SELECT imgsave_append_image_urls('p', 'a', ARRAY['ftp://i.test/1'])")
+    for command in (["sql"], ["journal", "prune"]):
+        helped = cli(*command, "--help")
+        assert helped.code == 0
+        assert "Example:" in helped.stdout and "IMGSAVE_DATABASE_URL" in helped.stdout, command
 
 
 def test_sql_without_a_database_is_a_usage_error(cli):
@@ -524,15 +541,7 @@ def python_save(raw: str, keeps_text: bool, name: str, urls: list[str]) -> tuple
         if not edit.changed:
             return raw, 0
         if keeps_text:
-            text = splice_append(
-                raw,
-                scenes_key="scenes",
-                urls_key="imageUrls",
-                identity_keys=("id", "index"),
-                appended=edit.appended,
-                double_encoded=document.double_encoded,
-            )
-            return text, added
+            return splice(raw, edit.appended, document.double_encoded), added
         return encode(edit.document), added
     except MalformedDocument:
         return None

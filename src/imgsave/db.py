@@ -289,12 +289,7 @@ class Database:
                         cur = await conn.execute(self._sql.keys_after, (after, batch))
                     return await cur.fetchall()
 
-            try:
-                rows: list[tuple[str]] = await self._retrying()(_within, self._read_deadline, once)
-            except TRANSIENT as exc:
-                raise DatabaseUnavailable(f"cannot list projects: {self._one_line(exc)}") from None
-            except psycopg.Error as exc:
-                raise CannotWork(f"cannot list projects: {self._one_line(exc)}") from None
+            rows = await self._reading("list projects", once)
             if not rows:
                 return
             yield [row[0] for row in rows]
@@ -334,14 +329,7 @@ class Database:
                 cur = await conn.execute(self._sql.select_many, (keys,))
                 return await cur.fetchall()
 
-        try:
-            return await self._retrying()(_within, self._read_deadline, once)
-        except TRANSIENT as exc:
-            raise DatabaseUnavailable(
-                f"cannot read from the database: {self._one_line(exc)}"
-            ) from None
-        except psycopg.Error as exc:
-            raise CannotWork(f"cannot read from the database: {self._one_line(exc)}") from None
+        return await self._reading("read from the database", once)
 
     @property
     def table(self) -> Table:
@@ -429,12 +417,14 @@ class Database:
                 return deleted
 
     async def _reading(self, what: str, once: Callable[[], Awaitable[R]]) -> R:
+        """`once()`, a read, retried on transient errors; its failure as imgsave's error: the
+        database unavailable (transient to the end), or unable to do this (anything else)."""
         try:
             return await self._retrying()(_within, self._read_deadline, once)
         except TRANSIENT as exc:
-            raise DatabaseUnavailable(f"could not {what}: {self._one_line(exc)}") from None
+            raise DatabaseUnavailable(f"cannot {what}: {self._one_line(exc)}") from None
         except psycopg.Error as exc:
-            raise CannotWork(f"could not {what}: {self._one_line(exc)}") from None
+            raise CannotWork(f"cannot {what}: {self._one_line(exc)}") from None
 
     async def locked_update(self, project: str, change: ChangeFn[T]) -> T:
         """Run `change` on the row's document under `SELECT ... FOR UPDATE`; write what it returns.

@@ -277,10 +277,11 @@ async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdic
             "--journal: this database has no imgsave journal (install it with "
             "`imgsave sql --journal --apply`; it records writes from then on)"
         )
-    ledger = JournalLedger(query.run_gap.total_seconds())
+    ledger = JournalLedger(query.run_gap.total_seconds(), allow_http=query.allow_http)
     async for rows in db.journal_rows(query.since):
         ledger.add(rows)
     report.journal_rows = ledger.rows
+    report.stats.refused += ledger.refused
     return ledger.verdicts(query.only_projects)
 
 

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from .document import SceneRef
 from .ledger import SceneHistory
+from .urls import url_problem
 
 Verdicts = dict[str, dict[SceneRef, SceneHistory]]
 
@@ -52,9 +53,12 @@ class _Last(NamedTuple):
 class JournalLedger:
     """Folds journal rows, read in id order, into what each scene should hold."""
 
-    def __init__(self, run_gap: float) -> None:
+    def __init__(self, run_gap: float, *, allow_http: bool = False) -> None:
         self.rows = 0
+        # Rows whose URL breaks the URL rule: whoever wrote it there, repair never writes it.
+        self.refused = 0
         self._run_gap = run_gap
+        self._allow_http = allow_http
         self._last: dict[tuple[str, str | int, str], _Last] = {}
         self._added_at: dict[tuple[str, str | int, str], float] = {}
         self._adding: set[tuple[str, str]] = set()
@@ -62,6 +66,9 @@ class JournalLedger:
     def add(self, rows: Iterable[JournalRow]) -> None:
         for row in rows:
             self.rows += 1
+            if url_problem(row.url, allow_http=self._allow_http) is not None:
+                self.refused += 1
+                continue
             scene: str | int = row.scene_id if row.scene_id is not None else row.scene_index
             key = (row.project, scene, row.url)
             if row.added:
