@@ -195,7 +195,11 @@ def test_unreachable_database_exits_3_with_the_password_masked(cli, api):
         (["generate", "p1", "--scenes", "21"], "project p1 has no scene 21"),
         (["generate", "p1", "--scenes", "1-20000000"], "project p1 has no scene 21"),
         (["generate", "p1", "--concurrency", "0"], "Invalid value"),
-        (["generate"], "Missing argument"),
+        (["generate"], "name the projects to generate for, or give --all"),
+        (["generate", "p1", "--all"], "name the projects to generate for, or give --all"),
+        (["generate", "p1", "--rate", "fast"], "--rate: 'fast' is not a rate like 600/min"),
+        (["generate", "p1", "--rate", "0.5/min"], "below the least rate, 1/min"),
+        (["generate", "p1", "--max-images", "0"], "Invalid value"),
     ],
 )
 def test_usage_errors_exit_2(cli, api, incident_project, args, message):

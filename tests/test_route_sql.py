@@ -66,7 +66,7 @@ def test_sql_prints_a_migration_that_psql_can_apply_twice_and_uninstall_removes_
     printed = cli("sql", "--journal")
     assert printed.code == 0, printed.stderr
     assert printed.stdout.startswith(
-        '-- imgsave: the append function and the journal for "public"."projects" '
+        '-- imgsave: the append function, the claims table and the journal for "public"."projects" '
         '("id" text, "generated_output" jsonb).\n'
     )
     assert "SECURITY INVOKER" in printed.stdout and "SECURITY DEFINER" in printed.stdout
@@ -87,6 +87,9 @@ def test_sql_prints_a_migration_that_psql_can_apply_twice_and_uninstall_removes_
         "relation imgsave_journal_project",
         "relation imgsave_journal_pkey",
         "relation imgsave_journal_id_seq",
+        "relation imgsave_claims",
+        "relation imgsave_claims_pkey",
+        "relation imgsave_claims_run",
     }
     # Without --journal, uninstall leaves the journal (and the trigger the app writes through).
     removed = cli("sql", "--uninstall", "--apply")
@@ -636,7 +639,8 @@ def test_the_function_and_imgsaves_save_write_the_same_document(
 def test_uninstall_drops_exactly_the_functions_install_made():
     script = uninstall(table(), Options())
     assert "imgsave_journal" not in script
-    assert uninstall(table(), Options(journal=True)).count("DROP") == 9
+    assert "imgsave_claims" in script
+    assert uninstall(table(), Options(journal=True)).count("DROP") == 10
 
 
 def test_documents_are_written_back_in_the_form_they_were_found(fn, rows):

@@ -11,7 +11,7 @@ import functools
 import inspect
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Protocol
 
@@ -137,9 +137,18 @@ class Common:
 
 @app.command(epilog=EXIT_CODES)
 def generate(
-    project: Annotated[
-        str, typer.Argument(metavar="PROJECT", help="The project's key in the projects table.")
-    ],
+    projects: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PROJECT...",
+            show_default=False,
+            help="The projects' keys in the projects table.",
+        ),
+    ] = None,
+    all_projects: Annotated[
+        bool,
+        typer.Option("--all", metavar="", help="Every project with a scene short of K images."),
+    ] = False,
     images_per_scene: Annotated[
         int,
         typer.Option(
@@ -147,6 +156,26 @@ def generate(
         ),
     ] = 1,
     concurrency: ConcurrencyOption = 8,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate",
+            metavar="N/min",
+            show_default=False,
+            help="Requests started per minute, across all projects, evenly spaced; slows "
+            "down by itself on 429s. Also [provider] rate.",
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option(
+            "--max-images",
+            min=1,
+            metavar="N",
+            show_default=False,
+            help="Request at most N images in this run; what is left is reported (exit 1).",
+        ),
+    ] = None,
     scenes: Annotated[
         str | None,
         typer.Option("--scenes", metavar="LIST", help="Only these scenes, e.g. 1,3,5-8."),
@@ -164,25 +193,36 @@ def generate(
     config: ConfigOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Generate images for a project's scenes and save every one of them.
+    """Generate images for projects' scenes and save every one of them.
+
+    With several projects or --all, one concurrency bound and one pace hold across all of
+    them, and runs on other hosts never generate the scenes this one has claimed.
 
     \b
     Example:
       imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
+      imgsave generate --all -k 2 --concurrency 32 --rate 600/min --max-images 5000
     """
 
     async def work(settings: Settings) -> _Result:
         from . import generate as gen
+        from .pace import parse_rate
         from .progress import ProgressReporter
 
         selection = gen.parse_scene_selection(scenes) if scenes else None
+        if rate is not None:
+            parse_rate(rate)
+            settings = replace(settings, provider=replace(settings.provider, rate=rate))
+        named = projects or []
         return await gen.run(
             settings,
-            project,
+            named[0] if len(named) == 1 and not all_projects else named,
+            all_projects=all_projects,
             images_per_scene=images_per_scene,
             concurrency=concurrency,
             selection=selection,
             force=force,
+            max_images=max_images,
             reporter=ProgressReporter(),
         )
 

@@ -39,6 +39,9 @@ class ProviderSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 20.0
     size: str = "1024x1024"
+    # Requests started per minute across the whole run (`--rate`): "600/min", "10/s"; unset:
+    # as fast as --concurrency allows, slowing down only when the provider answers 429.
+    rate: str | None = None
     # [provider.params]: passed through in every request (quality, output_format, background,
     # moderation, ...).
     params: dict[str, str | int | float | bool] = field(default_factory=dict)
@@ -71,6 +74,17 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class ClaimSettings:
+    """How long a scene claimed by a run stays claimed without being extended (seconds).
+
+    A live run extends its claims every quarter of this; a dead host's scenes return to the
+    pool after it. It must outlast any stretch in which a live host cannot reach the database
+    (claims.py)."""
+
+    expiry: float = 600.0
+
+
+@dataclass(frozen=True)
 class SqlSettings:
     """`imgsave sql`: who may call the append function."""
 
@@ -92,6 +106,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     sql: SqlSettings = field(default_factory=SqlSettings)
+    claims: ClaimSettings = field(default_factory=ClaimSettings)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -133,6 +148,7 @@ _SECTIONS: dict[str, tuple[type, ...]] = {
     "database": (DatabaseSettings,),
     "store": (StoreSettings,),
     "sql": (SqlSettings,),
+    "claims": (ClaimSettings,),
 }
 
 
@@ -217,6 +233,7 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
         database=built["DatabaseSettings"],
         store=store,
         sql=built["SqlSettings"],
+        claims=built["ClaimSettings"],
     )
 
 

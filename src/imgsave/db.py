@@ -2,8 +2,8 @@
 
 Every write goes through `Database.locked_update`: one transaction that takes the row with
 `SELECT ... FOR UPDATE`, asks a pure function what the new document is, writes it and commits.
-Nothing depends on session state (no prepared statements, no session settings, no advisory
-locks), so the same code works through Supabase's transaction pooler.
+Nothing depends on session state (no prepared statements, no session settings, no session
+advisory locks), so the same code works through Supabase's transaction pooler.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from tenacity import (
 
 from . import embedded
 from .config import DatabaseSettings, Names, Settings
+from .document import Shape
 from .errors import (
     CannotWork,
+    ClaimsUnavailable,
     DatabaseUnavailable,
     MalformedDocument,
     ProjectNotFound,
@@ -40,7 +42,7 @@ from .errors import (
 )
 from .journal import JournalRow
 from .logs import logger
-from .migration import JOURNAL, Table
+from .migration import CLAIMS, JOURNAL, Table, claims_table
 from .redaction import mask_url, redact, url_secrets
 
 T = TypeVar("T")
@@ -94,6 +96,10 @@ class _Statements:
     keeps_text: bool
     table: Table
     journal: sql.Identifier
+    claims: sql.Identifier
+    # Keys of projects with a scene short of K images (jsonb documents; None: every key).
+    short_first: sql.Composed | None
+    short_after: sql.Composed | None
 
 
 class Database:
@@ -121,6 +127,7 @@ class Database:
         *,
         max_size: int = 4,
         create_table: bool = False,
+        shape: Shape | None = None,
     ) -> Self:
         """Connect, check the table and columns exist, and prepare the statements."""
         # application_name lets a DBA (and the fault-injection tests) find imgsave's sessions.
@@ -141,7 +148,7 @@ class Database:
             ) as conn:
                 if create_table:
                     await _create_table(conn, names)
-                statements = await _prepare(conn, names)
+                statements = await _prepare(conn, names, shape or Shape())
         except psycopg.Error as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {mask_url(url)}: "
@@ -176,9 +183,14 @@ class Database:
                 settings.database,
                 max_size=max_size,
                 create_table=True,
+                shape=settings.shape,
             )
         return await cls.open(
-            settings.database_url, settings.names, settings.database, max_size=max_size
+            settings.database_url,
+            settings.names,
+            settings.database,
+            max_size=max_size,
+            shape=settings.shape,
         )
 
     async def close(self) -> None:
@@ -416,6 +428,150 @@ class Database:
             if done < batch:
                 return deleted
 
+    async def projects_short_of(self, k: int, *, batch: int = 500) -> AsyncIterator[list[str]]:
+        """Keys of the projects that may hold a scene with fewer than `k` images, a batch at a
+        time, by one query on the primary key's order: documents stay in the database."""
+        if self._sql.short_first is None or self._sql.short_after is None:
+            async for keys in self.project_keys(batch=batch):
+                yield keys
+            return
+        first, following = self._sql.short_first, self._sql.short_after
+        after: str | None = None
+        while True:
+
+            async def once(after: str | None = after) -> list[tuple[str]]:
+                async with self._connection() as conn:
+                    query = first if after is None else following
+                    cur = await conn.execute(query, {"k": k, "n": batch, "after": after})
+                    return await cur.fetchall()
+
+            rows = await self._reading("list the projects to generate for", once)
+            if not rows:
+                return
+            yield [row[0] for row in rows]
+            after = rows[-1][0]
+
+    async def ensure_claims(self) -> None:
+        """Create the claims table if it is not there (`imgsave sql` also creates it)."""
+
+        async def exists() -> bool:
+            async with self._connection() as conn:
+                cur = await conn.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL", (self._sql.claims.as_string(conn),)
+                )
+                row = await cur.fetchone()
+                return bool(row and row[0])
+
+        if await self._reading("look for the claims table", exists):
+            return
+        schema = self._sql.table.schema
+        try:
+            async with self._connection() as conn, conn.transaction():
+                # Two hosts starting at once would both try to create it; a lock that ends with
+                # the transaction (so the pooler is no trouble) lets one do it.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (CLAIMS,))
+                await conn.execute(claims_table(schema).encode())
+        except psycopg.Error as exc:
+            # The primary message only: the statement psycopg quotes is the whole DDL.
+            reason = exc.diag.message_primary or type(exc).__name__
+            raise ClaimsUnavailable(
+                f"cannot create the claims table {self._sql.claims.as_string(None)}: "
+                f"{redact(reason, self._secrets)} (run `imgsave sql --apply` as the table's "
+                "owner, or grant CREATE on its schema)"
+            ) from None
+
+    async def claim(
+        self,
+        project: str,
+        scenes: Sequence[str],
+        *,
+        run: str,
+        host: str,
+        process: str,
+        expiry: float,
+        dead: Sequence[str] = (),
+    ) -> list[str]:
+        """Claim `scenes` of `project` for `run`: those free, expired, already this run's, or
+        held by one of the `dead` processes. One statement: concurrent claims of one scene are
+        serialised by its key, and one wins."""
+
+        async def once() -> list[str]:
+            async with self._connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {c} AS c (project, scene, run, host, process, claimed_at, "
+                        "expires_at) SELECT %(p)s, s, %(run)s, %(host)s, %(process)s, now(), "
+                        "now() + make_interval(secs => %(expiry)s) FROM unnest(%(scenes)s::text[]) "
+                        "AS s ON CONFLICT (project, scene) DO UPDATE SET run = excluded.run, "
+                        "host = excluded.host, process = excluded.process, claimed_at = "
+                        "excluded.claimed_at, expires_at = excluded.expires_at WHERE "
+                        "c.expires_at < now() OR c.run = excluded.run OR c.process = "
+                        "ANY(%(dead)s::text[]) RETURNING scene"
+                    ).format(c=self._sql.claims),
+                    {
+                        "p": project,
+                        "run": run,
+                        "host": host,
+                        "process": process,
+                        "expiry": expiry,
+                        "scenes": list(scenes),
+                        "dead": list(dead),
+                    },
+                )
+                return [row[0] for row in await cur.fetchall()]
+
+        return await self._reading(f"claim scenes of project {project}", once)
+
+    async def claim_holders(
+        self, project: str, scenes: Sequence[str]
+    ) -> list[tuple[str, str, str, str, float]]:
+        """Who holds these scenes: (scene, host, process, run, seconds until it expires)."""
+
+        async def once() -> list[tuple[str, str, str, str, float]]:
+            async with self._connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "SELECT scene, host, process, run, greatest(0, extract(epoch FROM "
+                        "expires_at - now()))::float8 FROM {c} "
+                        "WHERE project = %s AND scene = ANY(%s::text[])"
+                    ).format(c=self._sql.claims),
+                    (project, list(scenes)),
+                )
+                return list(await cur.fetchall())
+
+        return await self._reading(f"read the claims of project {project}", once)
+
+    async def extend_claims(self, run: str, expiry: float) -> list[tuple[str, str]]:
+        """Push back the expiry of every claim `run` still holds; returns (project, scene) of
+        each one extended (a claim that expired and was taken by another run is not)."""
+
+        async def once() -> list[tuple[str, str]]:
+            async with self._connection() as conn:
+                cur = await conn.execute(
+                    sql.SQL(
+                        "UPDATE {c} SET expires_at = now() + make_interval(secs => %s) "
+                        "WHERE run = %s RETURNING project, scene"
+                    ).format(c=self._sql.claims),
+                    (expiry, run),
+                )
+                return list(await cur.fetchall())
+
+        return await self._reading("extend the run's claims", once)
+
+    async def release_claims(self, run: str, project: str | None = None) -> None:
+        """Drop `run`'s claims (on one project, or all of them)."""
+
+        async def once() -> None:
+            async with self._connection() as conn:
+                await conn.execute(
+                    sql.SQL(
+                        "DELETE FROM {c} WHERE run = %s AND (%s::text IS NULL OR project = %s)"
+                    ).format(c=self._sql.claims),
+                    (run, project, project),
+                )
+
+        await self._reading("release the run's claims", once)
+
     async def _reading(self, what: str, once: Callable[[], Awaitable[R]]) -> R:
         """`once()`, a read, retried on transient errors; its failure as imgsave's error: the
         database unavailable (transient to the end), or unable to do this (anything else)."""
@@ -530,7 +686,7 @@ async def _create_table(conn: psycopg.AsyncConnection, names: Names) -> None:
     )
 
 
-async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
+async def _prepare(conn: psycopg.AsyncConnection, names: Names, shape: Shape) -> _Statements:
     """Look the table up once and compose every statement with its real column types."""
     table = _table(names)
     cur = await conn.execute(
@@ -604,7 +760,37 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names) -> _Statements:
             updated_at_column=names.updated_at_column if has_updated_at else None,
         ),
         journal=sql.Identifier(found[0][3], JOURNAL),
+        claims=sql.Identifier(found[0][3], CLAIMS),
+        **_short_statements(fmt, key_type, doc_type, shape),
     )
+
+
+def _short_statements(
+    fmt: dict[str, Any], key_type: str, doc_type: str, shape: Shape
+) -> dict[str, sql.Composed | None]:
+    """Keys of the projects that may have a scene with fewer than K images, in key order (the
+    primary key's index serves each batch). Only a jsonb document can be judged in the query;
+    one that cannot be judged there (a JSON string, json or text) is listed, and the plan, which
+    reads the document, decides."""
+    if doc_type != "jsonb":
+        return {"short_first": None, "short_after": None}
+    complete = sql.SQL(
+        "(jsonb_typeof({d}) = 'object' AND jsonb_typeof({d} -> {sk}) = 'array' AND NOT EXISTS ("
+        "SELECT FROM jsonb_array_elements({d} -> {sk}) AS s(scene) "
+        "WHERE jsonb_typeof(scene) IS DISTINCT FROM 'object' "
+        "OR jsonb_typeof(scene -> {uk}) IS DISTINCT FROM 'array' "
+        "OR (SELECT count(*) FROM jsonb_array_elements(scene -> {uk}) AS u(url) "
+        "WHERE jsonb_typeof(url) = 'string') < %(k)s)) IS NOT TRUE"
+    ).format(d=fmt["d"], sk=sql.Literal(shape.scenes_key), uk=sql.Literal(shape.urls_key))
+    return {
+        "short_first": sql.SQL(
+            "SELECT {k}::text AS project FROM {t} WHERE {c} ORDER BY {k} LIMIT %(n)s"
+        ).format(c=complete, **fmt),
+        "short_after": sql.SQL(
+            "SELECT {k}::text AS project FROM {t} WHERE {k} > %(after)s::{kt} AND {c} "
+            "ORDER BY {k} LIMIT %(n)s"
+        ).format(c=complete, kt=sql.Identifier(key_type), **fmt),
+    }
 
 
 def _one_line(exc: BaseException, secrets: tuple[str, ...]) -> str:

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .claims import Claims
 from .db import Database
 from .document import Outcome, Scene, SceneRef, Shape
 from .errors import (
@@ -33,6 +34,7 @@ from .jsondata import NOT_IN_JSON, fields_json
 from .keeper import Keeper, NotKept
 from .provider import Answer, ImageFailed, Provider, Received, add_usage
 from .saver import ProjectSaver
+from .slots import Slots
 
 EXPIRING = (
     "no store is configured: the provider's image URLs are saved as they are, and such URLs "
@@ -106,6 +108,9 @@ class Tally:
     # failed): `imgsave rehost` copies them while they still resolve.
     provisional: int = 0
     possibly_billed_retries: int = 0
+    # Planned images never asked for: the run stopped, --max-images was reached, or the
+    # scene's claim could no longer be vouched for.
+    not_requested: int = 0
     usage: dict[str, int] = field(default_factory=dict)
     saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
     unlogged: list[dict[str, Any]] = field(default_factory=list)
@@ -153,17 +158,24 @@ class Execution:
         log: RunLog,
         project: str,
         shape: Shape,
-        concurrency: int,
+        slots: Slots | int,
         stop: StopSignal | None = None,
         reporter: Reporter | None = None,
+        claims: Claims | None = None,
+        linger: float = 0.0,
     ):
+        """`slots` is the run's shared concurrency bound (or a number, for a run of one
+        project); with `claims`, no request starts for a scene the run does not hold;
+        `linger` lets a save wait for the project's other answers (saver.py)."""
         self._db = db
         self._provider = provider
         self._keeper = keeper
         self._log = log
         self._project = project
         self._shape = shape
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._slots = Slots(slots) if isinstance(slots, int) else slots
+        self._claims = claims
+        self._linger = linger
         self._stop = stop or StopSignal()
         self._reporter = reporter
         self._calls: set[asyncio.Future[Answer]] = set()
@@ -177,7 +189,13 @@ class Execution:
             self._reporter.start(plan.requested, f"project {self._project}")
         watcher = asyncio.create_task(self._abandon_calls_on_hard_stop())
         try:
-            async with ProjectSaver(self._db, self._project, self._shape) as saver:
+            async with ProjectSaver(
+                self._db,
+                self._project,
+                self._shape,
+                linger=self._linger,
+                expecting=lambda: len(self._calls),
+            ) as saver:
                 # Image i of a job stands in for the job's i-th replaced URL, if any: one new
                 # image supersedes exactly one old one, so a failure leaves the other reported.
                 await asyncio.gather(
@@ -193,7 +211,7 @@ class Execution:
             if self._reporter:
                 self._reporter.finish()
         self.tally.interrupted = (
-            self._stop.requested and self.tally.fatal is None and self.tally.log_error is None
+            self._stop.signalled and self.tally.fatal is None and self.tally.log_error is None
         )
         return self.tally
 
@@ -289,8 +307,11 @@ class Execution:
         if scene.prompt is None:  # plans hold prompted scenes only; never spend on None
             self._failed(scene.ref, "the scene has no prompt")
             return None
-        async with self._semaphore:
-            if self._stop.requested:
+        async with self._slots.slot(self._project):
+            if self._stop.requested or not self._may_start(scene.ref):
+                self.tally.not_requested += 1
+                if self._reporter:
+                    self._reporter.advance(ok=False)
                 return None
             call = asyncio.ensure_future(self._provider.generate(scene.prompt))
             self._calls.add(call)
@@ -309,6 +330,24 @@ class Execution:
             finally:
                 self._calls.discard(call)
         return None
+
+    def _may_start(self, ref: SceneRef) -> bool:
+        if self._claims is not None and not self._claims.holds(self._project, ref):
+            self._note_once(
+                ref,
+                "the scene's claim could not be extended in time (is the database reachable?); "
+                "not requested, so that no other host pays for it twice",
+            )
+            return False
+        if not self._slots.spend():
+            self._note_once(ref, f"--max-images {self._slots.budget} reached; not requested")
+            return False
+        return True
+
+    def _note_once(self, ref: SceneRef, message: str) -> None:
+        if message not in self._announced:
+            self._announced.add(message)
+            self._note(ref, message)
 
     async def _record_generated(
         self, scene: Scene, url: str, replaces: tuple[str, ...], fields: dict[str, Any]

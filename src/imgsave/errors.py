@@ -36,6 +36,10 @@ class DatabaseUnavailable(CannotWork):
     pass
 
 
+class ClaimsUnavailable(CannotWork):
+    """The claims table cannot be made or used: no scene can be claimed, so none is generated."""
+
+
 class ProjectNotFound(CannotWork):
     pass
 

@@ -13,8 +13,11 @@ class StopSignal:
     def __init__(self) -> None:
         self.soft = asyncio.Event()
         self.hard = asyncio.Event()
+        # Someone asked (Ctrl-C, SIGTERM), as opposed to the run halting itself on an error.
+        self.signalled = False
 
     def request(self) -> None:
+        self.signalled = True
         if self.soft.is_set():
             self.hard.set()
         self.soft.set()

@@ -34,6 +34,7 @@ JOURNAL = "imgsave_journal"
 JOURNAL_RECORD = "imgsave_journal_record"
 JOURNAL_SCENES = "imgsave_journal_scenes"
 JOURNAL_PARSE = "imgsave_journal_parse"
+CLAIMS = "imgsave_claims"
 # A transaction-local setting: what the append function's own UPDATE adds (see _append).
 APPENDED = "imgsave.appended"
 # On Supabase these are the API's roles: `authenticated` (a signed-in user, under row-level
@@ -83,6 +84,7 @@ def install(table: Table, shape: Shape, options: Options) -> str:
         parts.append(_splice(table, shape))
     parts.append(_append(table, shape, journaled=options.journal))
     parts.append(_privileges(table, options))
+    parts.append(claims_table(table.schema))
     if options.journal:
         parts.append(_journal(table, shape))
     return "\n\n".join(parts) + "\n"
@@ -95,6 +97,7 @@ def uninstall(table: Table, options: Options) -> str:
         f"DROP FUNCTION IF EXISTS {_fn(table, APPEND)}({table.key_type}, text, text[]);",
         f"DROP FUNCTION IF EXISTS {_fn(table, SPLICE)}(text, integer, text[]);",
         f"DROP FUNCTION IF EXISTS {_fn(table, URL_PROBLEM)}(text);",
+        f"DROP TABLE IF EXISTS {_fn(table, CLAIMS)};",
     ]
     if options.journal:
         statements += [
@@ -109,7 +112,7 @@ def uninstall(table: Table, options: Options) -> str:
 
 
 def _header(table: Table, options: Options) -> str:
-    what = "the append function" + (" and the journal" if options.journal else "")
+    what = "the append function, the claims table" + (" and the journal" if options.journal else "")
     # Names quoted even in a comment: a newline in one must not end the comment.
     return (
         f"-- imgsave: {what} for {_table(table)}"
@@ -600,21 +603,52 @@ def _roles(roles: Sequence[str]) -> str:
     return ", ".join(_id(r) for r in roles)
 
 
-def _journal(table: Table, shape: Shape) -> str:
-    journal = _fn(table, JOURNAL)
-    key, doc = _id(table.key_column), _id(table.document_column)
-    scenes_key, urls_key = _lit(shape.scenes_key), _lit(shape.urls_key)
-    id_key, index_key = _lit(shape.id_key), _lit(shape.index_key)
-    revoke_api = f"""\
+def claims_table(schema: str) -> str:
+    """The table through which runs on several hosts share out scenes (claims.py): a claim
+    names its run and host and expires unless the run extends it."""
+    claims = sql.Identifier(schema, CLAIMS).as_string(None)
+    return f"""\
+CREATE TABLE IF NOT EXISTS {claims} (
+  project text NOT NULL,
+  scene text NOT NULL,
+  run text NOT NULL,
+  host text NOT NULL,
+  -- Which process on that host: a run on the same host takes over at once from one that died.
+  process text NOT NULL DEFAULT '',
+  claimed_at timestamptz NOT NULL DEFAULT now(),
+  expires_at timestamptz NOT NULL,
+  PRIMARY KEY (project, scene)
+);
+CREATE INDEX IF NOT EXISTS {_id(CLAIMS + "_run")} ON {claims} (run);
+-- Only imgsave (as the owner) reads and writes it.
+{_private(claims)}"""
+
+
+def _private(table: str) -> str:
+    """Statements that keep `table` to its owner. Row-level security with no policy keeps it
+    out of the Supabase API even where a default privilege granted it to the API roles."""
+    revoke = f"""\
 DECLARE
   r text;
 BEGIN
   FOREACH r IN ARRAY ARRAY{list(API_ROLES)!r}::text[] LOOP
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-      EXECUTE format({_lit("REVOKE ALL ON " + journal.replace("%", "%%") + " FROM %I")}, r);
+      EXECUTE format({_lit("REVOKE ALL ON " + table.replace("%", "%%") + " FROM %I")}, r);
     END IF;
   END LOOP;
 END"""
+    return (
+        f"REVOKE ALL ON {table} FROM PUBLIC;\n"
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;\n"
+        f"DO {_body(revoke)};"
+    )
+
+
+def _journal(table: Table, shape: Shape) -> str:
+    journal = _fn(table, JOURNAL)
+    key, doc = _id(table.key_column), _id(table.document_column)
+    scenes_key, urls_key = _lit(shape.scenes_key), _lit(shape.urls_key)
+    id_key, index_key = _lit(shape.id_key), _lit(shape.index_key)
     create = f"""\
 CREATE TABLE IF NOT EXISTS {journal} (
   id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -631,11 +665,8 @@ CREATE TABLE IF NOT EXISTS {journal} (
 );
 CREATE INDEX IF NOT EXISTS {_id(JOURNAL + "_at")} ON {journal} (at);
 CREATE INDEX IF NOT EXISTS {_id(JOURNAL + "_project")} ON {journal} (project, id);
--- Only the trigger (as its owner) writes it; only the owner reads it. Row-level security with no
--- policy keeps it out of the Supabase API even where a default privilege granted it.
-REVOKE ALL ON {journal} FROM PUBLIC;
-ALTER TABLE {journal} ENABLE ROW LEVEL SECURITY;
-DO {_body(revoke_api)};"""
+-- Only the trigger (as its owner) writes it; only the owner reads it.
+{_private(journal)}"""
     scenes_fn = _function(
         table,
         JOURNAL_SCENES,

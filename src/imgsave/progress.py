@@ -1,11 +1,23 @@
-"""Progress on a terminal: one bar on stderr, and warnings as plain lines either way."""
+"""Progress on a terminal: one bar on stderr, and warnings as plain lines either way.
+
+A run over many projects shows one bar for all of them, whose total grows as projects are
+planned, and names the projects in flight beside it.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from .consoles import stderr_console, warn
+
+if TYPE_CHECKING:
+    from .engine import Reporter
+
+# Projects named beside the bar; the rest are counted.
+NAMED_IN_FLIGHT = 3
 
 
 class ProgressReporter:
@@ -17,6 +29,8 @@ class ProgressReporter:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self.failed = 0
+        self._total = 0
+        self._in_flight: dict[str, None] = {}
 
     def start(self, total: int, description: str) -> None:
         if self._quiet or not self._console.is_terminal or total == 0:
@@ -33,6 +47,30 @@ class ProgressReporter:
         self._progress.start()
         self._task = self._progress.add_task(escape(description), total=total, failed=0)
 
+    def project(self, name: str) -> Reporter:
+        """A reporter for one project of a run over many; they share this one display."""
+        return _ProjectView(self, name)
+
+    def _grow(self, total: int, name: str) -> None:
+        self._in_flight[name] = None
+        self._total += total
+        if self._progress is None:
+            self.start(self._total, "generate")
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=self._total, description=self._flight())
+
+    def _landed(self, name: str) -> None:
+        self._in_flight.pop(name, None)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=self._flight())
+
+    def _flight(self) -> str:
+        names = list(self._in_flight)
+        shown = ", ".join(names[:NAMED_IN_FLIGHT])
+        if len(names) > NAMED_IN_FLIGHT:
+            shown += f" +{len(names) - NAMED_IN_FLIGHT}"
+        return escape(f"projects in flight: {shown or '-'}")
+
     def advance(self, *, ok: bool) -> None:
         if not ok:
             self.failed += 1
@@ -47,3 +85,23 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class _ProjectView:
+    """One project's view of the shared display: its start grows the total."""
+
+    def __init__(self, display: ProgressReporter, name: str):
+        self._display = display
+        self._name = name
+
+    def start(self, total: int, description: str) -> None:
+        self._display._grow(total, self._name)
+
+    def advance(self, *, ok: bool) -> None:
+        self._display.advance(ok=ok)
+
+    def warn(self, message: str) -> None:
+        self._display.warn(message)
+
+    def finish(self) -> None:
+        self._display._landed(self._name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import email.utils
+import itertools
 import json
 import random
 import time
@@ -29,10 +30,14 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from .config import ProviderSettings, Settings
 from .errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
 from .logs import logger
+from .pace import Pace, parse_rate
 from .redaction import redact
 from .urls import shorten, url_problem
 
 FATAL_STATUSES = frozenset({401, 403, 404})
+
+# HTTP connection pools requests are spread over (see Provider.__init__).
+POOLS = 8
 
 
 # base64 this long is decoded in a worker thread: a few ms of CPU would stall every other
@@ -102,9 +107,11 @@ class Provider:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        pace: Pace | None = None,
     ):
         """`transport`, `sleep` and `rng` are for tests: an `httpx.MockTransport` instead of
-        the network, a recorder instead of real waits, a seeded jitter."""
+        the network, a recorder instead of real waits, a seeded jitter. `pace` spaces the
+        starts of every request of the run and learns from 429s (pace.py)."""
         if not base_url:
             raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
         problem = url_problem(base_url, allow_http=True)
@@ -118,24 +125,36 @@ class Provider:
         # Providers echo a wrong key back ("Incorrect API key provided: sk-..."): every message
         # this client produces is masked before it reaches the run, its log or the terminal.
         self._secrets = (api_key,) if api_key else ()
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            follow_redirects=False,
-            transport=transport,
-        )
+        # Several small pools instead of one: httpcore's pool does work in proportion to its
+        # connections times its queued requests on every request and every answer (encode/
+        # httpcore#1035), which at concurrency 64 cost more CPU than everything else per image.
+        self._clients = [
+            httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=16),
+                follow_redirects=False,
+                transport=transport,
+            )
+            for _ in range(POOLS)
+        ]
+        self._turn = itertools.count()
         self._sleep = sleep
         self._random = rng or random.Random()
+        self.pace = pace
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
+        rate = settings.provider.rate
         return cls(
             settings.base_url,
             settings.api_key,
             settings.model,
             settings.provider,
             allow_http=settings.allow_http,
+            pace=Pace(
+                parse_rate(rate) if rate else None, max_pause=settings.provider.max_retry_after
+            ),
         )
 
     async def __aenter__(self) -> Self:
@@ -145,7 +164,8 @@ class Provider:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def generate(self, prompt: str) -> Answer:
         """The images the API answers for `prompt`; raises ImageFailed or ProviderRefused."""
@@ -219,11 +239,14 @@ class Provider:
         }
         if self._model:
             body["model"] = self._model
+        if self.pace:
+            await self.pace.wait()
         try:
             # httpx's timeout is per read: a server trickling a byte at a time never trips it.
             # The whole request, body included, gets one deadline.
             async with asyncio.timeout(self._settings.timeout):
-                response = await self._client.post(self._endpoint, json=body)
+                client = self._clients[next(self._turn) % POOLS]
+                response = await client.post(self._endpoint, json=body)
         except TimeoutError:
             raise _Retryable(
                 f"no complete answer within {self._settings.timeout:g}s", billed=True
@@ -244,7 +267,11 @@ class Provider:
                 f"connection failed: {type(exc).__name__}: {exc}", billed=billed
             ) from None
         status = response.status_code
+        if self.pace:
+            self.pace.observe(response.headers)
         if status == 429:
+            if self.pace:
+                self.pace.throttle(_retry_after(response))
             raise _Retryable("rate limited (429)", _retry_after(response))
         if status >= 500:
             raise _Retryable(f"server error {status}", _retry_after(response))
@@ -373,6 +400,13 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    # retry-after-ms (OpenAI, Azure) is finer than Retry-After's whole seconds.
+    millis = response.headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
     return retry_after_seconds(response.headers.get("retry-after"))
 
 

@@ -23,18 +23,7 @@ def url_secrets(url: str) -> tuple[str, ...]:
     """
     from urllib.parse import quote, unquote
 
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        password = conninfo_to_dict(url).get("password")
-    except Exception:  # psycopg.ProgrammingError: not a conninfo at all
-        password = None
-    found = [str(password)] if password else []
-    found += re.findall(r"password\s*=\s*'((?:[^'\\]|\\.)+)'", url)
-    found += re.findall(r"password\s*=\s*([^\s'&]+)", url)
-    match = re.match(r"^[a-z]+://[^:/@]*:(.+)@[^@]*$", url, re.IGNORECASE | re.DOTALL)
-    if match:
-        found.append(match[1])
+    found = _passwords(url)
     spellings = set()
     for secret in found:
         for form in (secret, unquote(secret), quote(secret, safe=""), quote(secret)):
@@ -56,18 +45,36 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _passwords(url: str) -> list[str]:
+    """The password as libpq parses it (decoded), then as written, wherever else it is found."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # psycopg.ProgrammingError: not a conninfo at all
+        password = None
+    found = [str(password)] if password else []
+    found += re.findall(r"password\s*=\s*'((?:[^'\\]|\\.)+)'", url)
+    found += re.findall(r"password\s*=\s*([^\s'&]+)", url)
+    match = re.match(r"^[a-z]+://[^:/@]*:(.+)@[^@]*$", url, re.IGNORECASE | re.DOTALL)
+    if match:
+        found.append(match[1])
+    return found
+
+
 def weak_secret_warnings(api_key: str | None, database_url: str | None) -> list[str]:
     """A warning for each secret too short to mask (or to be real)."""
-    from urllib.parse import unquote
 
     warnings = []
+    found = _passwords(database_url or "")
+    # Decoded once: the parsed password is already decoded, and "%00" in it is four characters.
+    password = found[0] if found else None
     if api_key and len(api_key) < MIN_SECRET_LENGTH:
         warnings.append(
             f"the API key is only {len(api_key)} characters long: it looks wrong, and imgsave "
             "does not mask so short a string in messages"
         )
-    passwords = {unquote(s) for s in url_secrets(database_url or "")}
-    if any(len(p) < MIN_SECRET_LENGTH for p in passwords):
+    if password is not None and len(password) < MIN_SECRET_LENGTH:
         warnings.append(
             f"the database password is shorter than {MIN_SECRET_LENGTH} characters: imgsave "
             "does not mask so short a string in messages"

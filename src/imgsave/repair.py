@@ -378,7 +378,7 @@ async def _regenerate(
             log=log,
             project=project,
             shape=shape,
-            concurrency=concurrency,
+            slots=concurrency,
             stop=stop,
             reporter=reporter,
         )

@@ -3,16 +3,25 @@
 A hot row serialises its writers, so one transaction per image caps throughput at about
 1 / (lock hold time). Here completions queue up while a transaction is in flight and the next
 transaction takes all of them: throughput grows with the arrival rate instead of collapsing.
+When a run shares its concurrency among many projects, each project's answers arrive a few
+milliseconds apart and each would take a transaction of its own; there a transaction waits up
+to `linger` seconds for company, as long as `expecting()` says more of the project's requests
+are under way. Every URL is already in the log by then; the wait is nothing beside a
+provider's seconds, and none at all once the project's last request has answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .db import Database
 from .document import Outcome, SceneRef, Shape, append_urls, decode, encode
 from .jsontext import splice_append
+
+# How often a lingering transaction looks again whether more answers are still to come.
+LINGER_STEP = 0.005
 
 
 @dataclass
@@ -29,8 +38,19 @@ class ProjectSaver:
     raises what the transaction raised after its retries. `close` waits for every queued save.
     """
 
-    def __init__(self, db: Database, project: str, shape: Shape, *, max_batch: int = 1000):
+    def __init__(
+        self,
+        db: Database,
+        project: str,
+        shape: Shape,
+        *,
+        max_batch: int = 1000,
+        linger: float = 0.0,
+        expecting: Callable[[], int] = lambda: 0,
+    ):
         self._db = db
+        self._linger = linger
+        self._expecting = expecting
         self._project = project
         self._shape = shape
         self._max_batch = max_batch
@@ -70,8 +90,20 @@ class ProjectSaver:
             if item is None:
                 break
             batch = [item]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                more = self._queue.get_nowait()
+            deadline = asyncio.get_running_loop().time() + self._linger
+            while len(batch) < self._max_batch:
+                if self._queue.empty():
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0 or not self._expecting():
+                        break
+                    try:
+                        # Short waits: the project's last request may end meanwhile.
+                        async with asyncio.timeout(min(left, LINGER_STEP)):
+                            more = await self._queue.get()
+                    except TimeoutError:
+                        continue
+                else:
+                    more = self._queue.get_nowait()
                 if more is None:
                     closing = True
                     break

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import threading
@@ -64,11 +65,17 @@ class LoopbackProvider:
         answer: str = "url",
         image_bytes: int = 256,
         expire_after: float | None = None,
+        rate_limit: float | None = None,
+        rate_headers: bool = False,
     ):
         """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
         as every current OpenAI GPT image model does). Images are distinct PNGs of
         `image_bytes`; their URLs (under `image_base`; this server serves them when it is
-        `origin + "/"`) stop resolving `expire_after` seconds after they were answered."""
+        `origin + "/"`) stop resolving `expire_after` seconds after they were answered.
+
+        `rate_limit` (requests per minute) is enforced as a provider does: a token bucket that
+        holds one second's worth, refilled evenly; a request that finds it empty gets 429 with
+        Retry-After (and retry-after-ms). `rate_headers` adds the x-ratelimit-* headers."""
         if answer not in ("url", "b64"):
             raise ValueError(f"answer must be 'url' or 'b64', not {answer!r}")
         self.answer = answer
@@ -89,6 +96,13 @@ class LoopbackProvider:
         self.forbidden_paths: set[str] = set()
         self.served: list[str] = []
         self.statuses: list[int] = []  # of image-generation requests, in answer order
+        # (monotonic time, status) of each image-generation request, in answer order.
+        self.timeline: list[tuple[float, int]] = []
+        self.rate_limit = rate_limit
+        self.rate_headers = rate_headers
+        self._capacity = max(1.0, (rate_limit or 0) / 60)
+        self._tokens = self._capacity
+        self._refilled = time.monotonic()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -129,6 +143,33 @@ class LoopbackProvider:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _admit(self) -> tuple[bool, dict[str, str]]:
+        """Take a token from the bucket; (admitted, rate-limit headers)."""
+        if self.rate_limit is None:
+            return True, {}
+        per_second = self.rate_limit / 60
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._capacity, self._tokens + (now - self._refilled) * per_second)
+            self._refilled = now
+            admitted = self._tokens >= 1
+            if admitted:
+                self._tokens -= 1
+            wait = 0.0 if admitted else (1 - self._tokens) / per_second
+            full = (self._capacity - self._tokens) / per_second
+            remaining = int(self._tokens)
+        headers = {}
+        if not admitted:
+            headers = {
+                "Retry-After": str(max(1, math.ceil(wait))),
+                "retry-after-ms": str(max(1, math.ceil(wait * 1000))),
+            }
+        if self.rate_headers:
+            headers["x-ratelimit-limit-requests"] = f"{self.rate_limit:g}"
+            headers["x-ratelimit-remaining-requests"] = str(remaining)
+            headers["x-ratelimit-reset-requests"] = f"{full:.3f}s"
+        return admitted, headers
 
     def png(self, n: int) -> bytes:
         """Image n: a PNG signature, then bytes no other image of any server shares."""
@@ -171,6 +212,11 @@ class LoopbackProvider:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 n = next(provider._counter)
+                admitted, limits = provider._admit()
+                if not admitted:
+                    self._send(429, b'{"error":{"message":"rate limit reached"}}', limits)
+                    return
+                self._limits = limits
                 fault = provider.faults(n)
                 if provider.latency or provider.jitter:
                     time.sleep(provider.latency + random.random() * provider.jitter)
@@ -246,6 +292,9 @@ class LoopbackProvider:
                 if self.command == "POST":
                     with provider._lock:
                         provider.statuses.append(status)
+                        provider.timeline.append((time.monotonic(), status))
+                    if status != 429:
+                        headers = {**getattr(self, "_limits", {}), **(headers or {})}
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Content-Type", "application/json")

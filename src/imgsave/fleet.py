@@ -1,0 +1,237 @@
+"""Generating for many projects in one run: which projects are in flight, and each one's course.
+
+A project's course: read and plan it; claim the planned scenes (claims.py); read it again, now
+that no other run can start on them, and plan again (another host may have filled them
+between the first read and the claim); carry the plan out with its own batched writer; release
+the claims. Every project shares the run's slots (the concurrency bound, handed out in turn),
+its pace (in the provider), its log and its stop.
+
+Projects are let in while the slots have too little queued to stay busy, and always at least
+`MIN_IN_FLIGHT` of them, so a project with thousands of images cannot keep the rest waiting.
+Only the projects in flight are in memory; a finished one leaves its result, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from .claims import Claims, Held
+from .db import Database
+from .document import Shape, decode, scenes
+from .engine import Execution, Plan, Reporter, finish_log
+from .errors import ClaimsUnavailable, DatabaseUnavailable, ImgsaveError, LogUnwritable
+from .genlog import RunLog
+from .genplan import SceneSelection, plan
+from .genresult import GenerateResult
+from .interrupt import StopSignal
+from .keeper import Keeper
+from .provider import Provider
+from .slots import Slots
+
+# Projects always in flight (when there are that many): the fairness floor.
+MIN_IN_FLIGHT = 4
+# Projects being read, planned and claimed at once, ahead of need.
+PREPARING = 4
+# How often admission looks again while the slots are busy enough.
+ADMIT_POLL = 0.02
+# How long a project's save may wait for its other answers when projects share the slots.
+LINGER = 0.05
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What the run asks of every project."""
+
+    images_per_scene: int
+    selection: SceneSelection | None
+    force: bool
+
+
+class Fleet:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        provider: Provider,
+        keeper: Keeper,
+        log: RunLog,
+        shape: Shape,
+        ask: Ask,
+        slots: Slots,
+        concurrency: int,
+        stop: StopSignal,
+        claims: Claims | None,
+        reporter: Callable[[str], Reporter | None],
+        result: Callable[[str], GenerateResult],
+        linger: float = 0.0,
+    ):
+        self._db = db
+        self._provider = provider
+        self._keeper = keeper
+        self._log = log
+        self._shape = shape
+        self._ask = ask
+        self._slots = slots
+        self._concurrency = concurrency
+        self._stop = stop
+        self._claims = claims
+        self._reporter = reporter
+        self._result = result
+        self._linger = linger
+        self._preparing = 0
+        # Why the whole run stopped (the database went away), if it did.
+        self.fatal: str | None = None
+
+    async def run(
+        self,
+        batches: AsyncIterator[list[str]],
+        landed: Callable[[GenerateResult], None],
+        *,
+        strict: bool = False,
+    ) -> int:
+        """Carry out every project `batches` names, handing each result to `landed` as it
+        finishes. Returns how many named projects were never started (the run stopped or
+        --max-images was reached first). `strict`: a project that cannot be read raises
+        instead of being reported (a run of one project)."""
+        in_flight: set[asyncio.Task[GenerateResult]] = set()
+        not_started = 0
+
+        def done(task: asyncio.Task[GenerateResult]) -> None:
+            in_flight.discard(task)
+            if not task.cancelled() and task.exception() is None:
+                landed(task.result())
+
+        try:
+            async for names in batches:
+                for name in names:
+                    if self._stop.requested or self._slots.exhausted:
+                        if self._stop.signalled:
+                            break
+                        not_started += 1  # counted, so the summary can say what is left
+                        continue
+                    while in_flight and not self._room(len(in_flight)):
+                        await asyncio.wait(
+                            in_flight, timeout=ADMIT_POLL, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    task = asyncio.create_task(self.project(name, strict=strict))
+                    task.add_done_callback(done)
+                    in_flight.add(task)
+                if self._stop.signalled:
+                    break
+        finally:
+            # Projects in flight finish (their saves too) whatever stopped the admission.
+            results = await asyncio.gather(*in_flight, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors and not isinstance(errors[0], asyncio.CancelledError):
+                raise errors[0]
+        return not_started
+
+    def _room(self, in_flight: int) -> bool:
+        if in_flight < MIN_IN_FLIGHT:
+            return True
+        busy = self._slots.waiting >= self._concurrency
+        return not busy and self._preparing < PREPARING and in_flight < 4 * self._concurrency
+
+    async def project(self, name: str, *, strict: bool = False) -> GenerateResult:
+        result = self._result(name)
+        self._preparing += 1
+        try:
+            the_plan, held = await self._prepare(name)
+        except ImgsaveError as exc:
+            self._failed(result, exc, strict)
+            return result
+        finally:
+            self._preparing -= 1
+        result.skipped_scenes = list(the_plan.skipped_scenes)
+        result.unprompted_scenes = list(the_plan.unprompted_scenes)
+        result.held_scenes = sorted(h.ref.index for h in held)
+        reporter = self._reporter(name)
+        for line in [f"project {name}: {h}" for h in held] + [
+            f"project {name}: scene {index} has no prompt; skipped"
+            for index in the_plan.unprompted_scenes
+        ]:
+            result.tally.errors.append(line)
+            if reporter:
+                reporter.warn(line)
+        try:
+            if the_plan.jobs:  # else nothing to spend, nothing to record
+                await self._carry_out(name, the_plan, result, reporter)
+        except ImgsaveError as exc:  # the log would not take run.started
+            self._failed(result, exc, strict)
+        finally:
+            if self._claims is not None:
+                await self._claims.release(name)
+        return result
+
+    def _failed(self, result: GenerateResult, exc: ImgsaveError, strict: bool) -> None:
+        if strict:
+            raise exc
+        run_wide = DatabaseUnavailable | LogUnwritable | ClaimsUnavailable
+        if isinstance(exc, run_wide) and self.fatal is None:
+            # Every other project would meet the same wall: the run stops.
+            self.fatal = str(exc)
+            self._stop.halt()
+        result.failure(exc)
+
+    async def _prepare(self, name: str) -> tuple[Plan, list[Held]]:
+        """The plan for the scenes this run holds, from the document as it is once held."""
+
+        def planned() -> Plan:
+            return plan(
+                scenes(decode(raw, project=name), self._shape, project=name),
+                self._ask.images_per_scene,
+                selection=self._ask.selection,
+                force=self._ask.force,
+                project=name,
+            )
+
+        raw = await self._db.read(name)
+        first = planned()
+        if self._claims is None or not first.jobs:
+            return first, []
+        claimed, held = await self._claims.claim(name, [job.scene.ref for job in first.jobs])
+        if not claimed:
+            return Plan((), first.skipped_scenes, first.unprompted_scenes), held
+        raw = await self._db.read(name)
+        second = planned()
+        mine = set(claimed)
+        jobs = tuple(job for job in second.jobs if job.scene.ref in mine)
+        return Plan(jobs, second.skipped_scenes, second.unprompted_scenes), held
+
+    async def _carry_out(
+        self, name: str, the_plan: Plan, result: GenerateResult, reporter: Reporter | None
+    ) -> None:
+        self._log.write(
+            "run.started",
+            command="generate",
+            mode="append",
+            project=name,
+            requested=the_plan.requested,
+            skipped_scenes=list(the_plan.skipped_scenes),
+            plan=the_plan.to_log(),
+        )
+        result.log_path = str(self._log.path)
+        errors = result.tally.errors
+        execution = Execution(
+            db=self._db,
+            provider=self._provider,
+            keeper=self._keeper,
+            log=self._log,
+            project=name,
+            shape=self._shape,
+            slots=self._slots,
+            stop=self._stop,
+            reporter=reporter,
+            claims=self._claims,
+            linger=self._linger,
+        )
+        result.tally = await execution.run(the_plan)
+        result.tally.errors[:0] = errors
+        finish_log(self._log, result.tally, project=name)
+
+
+async def listed(names: list[str]) -> AsyncIterator[list[str]]:
+    """Named projects, as the one batch `Fleet.run` takes."""
+    yield names

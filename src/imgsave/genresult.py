@@ -1,0 +1,212 @@
+"""What `generate` reports: one project's result, and a run over several (totals plus each
+project's own object). Each renders itself and gives its JSON and exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .consoles import shown
+from .engine import Tally
+from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_INTERRUPTED, ImgsaveError
+from .jsondata import NOT_IN_JSON, fields_json, json_name
+from .pace import PaceReport
+from .provider import add_usage
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@dataclass
+class GenerateResult:
+    project: str
+    run: str
+    tally: Tally = field(default_factory=Tally, metadata=NOT_IN_JSON)
+    skipped_scenes: list[int] = field(default_factory=list)
+    unprompted_scenes: list[int] = field(default_factory=list)
+    # Scenes another run (this host or another) held: skipped, that run reports them.
+    held_scenes: list[int] = field(default_factory=list)
+    log_path: str | None = field(default=None, metadata=json_name("log"))
+    # The run's pace; only a run of one project carries it (several: the run's result does).
+    pace: PaceReport | None = field(default=None, metadata=NOT_IN_JSON)
+    # Set when the project could not be worked on at all (not found, malformed, ...).
+    refused_with: int | None = field(default=None, metadata=NOT_IN_JSON)
+
+    # The engine's counts, under the names the JSON contract gives them.
+    @property
+    def requested(self) -> int:
+        return self.tally.requested
+
+    @property
+    def saved(self) -> int:
+        return self.tally.saved
+
+    @property
+    def failed(self) -> int:
+        return self.tally.failed
+
+    def failure(self, exc: ImgsaveError) -> None:
+        """The project could not be worked on; the run goes on with the others."""
+        self.tally.fatal = str(exc)
+        self.refused_with = exc.exit_code
+
+    @property
+    def exit_code(self) -> int:
+        if self.refused_with is not None:
+            return self.refused_with
+        code = self.tally.exit_code
+        return max(code, EXIT_FINDINGS) if self.unprompted_scenes and code == 0 else code
+
+    def stderr_lines(self) -> list[str]:
+        fatal = [self.tally.fatal] if self.tally.fatal else []
+        return fatal + self.tally.unlogged_lines()
+
+    def to_json(self) -> dict[str, object]:
+        pace = {"pace": pace_json(self.pace)} if self.pace else {}
+        return {**fields_json(self), **self.tally.to_json(), **pace}
+
+    def render(self, console: Console) -> None:
+        console.print(shown(self.summary()))
+
+    def summary(self) -> str:
+        t = self.tally
+        if self.refused_with is not None:
+            return f"project {self.project}: not worked on: {t.fatal}"
+        head = f"project {self.project}: {t.saved} of {t.requested} images saved"
+        if t.requested:
+            head += f" in {t.transactions} transaction{'s' if t.transactions != 1 else ''}"
+        parts = [head]
+        if t.received != t.requested and t.received:
+            parts.append(f"{t.received} received")
+        if t.usage.get("total_tokens"):
+            parts.append(f"{t.usage['total_tokens']:,} tokens")
+        if t.spooled:
+            parts.append(f"{t.spooled} kept in the spool for `imgsave repair`")
+        if t.provisional:
+            parts.append(f"{t.provisional} saved as the provider's URL (run `imgsave rehost`)")
+        if t.possibly_billed_retries:
+            parts.append(f"{t.possibly_billed_retries} retries the provider may have billed")
+        if t.failed:
+            parts.append(f"{t.failed} failed (in the log for `imgsave repair`)")
+        if t.duplicates:
+            parts.append(f"{t.duplicates} answered with a URL the scene already held (not saved)")
+        if self.skipped_scenes:
+            parts.append(f"{len(self.skipped_scenes)} scenes already complete")
+        if self.unprompted_scenes:
+            parts.append(f"{len(self.unprompted_scenes)} scenes without a prompt")
+        if self.held_scenes:
+            parts.append(f"{len(self.held_scenes)} scenes held by another run (skipped)")
+        if t.not_requested:
+            parts.append(f"{t.not_requested} not requested")
+        if t.interrupted:
+            parts.append("interrupted")
+        parts += [f"stopped: {why}" for why in (t.fatal, t.log_error) if why]
+        if self.pace and (self.pace.asked or self.pace.throttled):
+            parts.append(pace_text(self.pace))
+        return ", ".join(parts) + f" (run {self.run})"
+
+
+def pace_json(pace: PaceReport) -> dict[str, object]:
+    return {
+        "asked_per_minute": pace.asked,
+        "achieved_per_minute": pace.achieved,
+        "requests": pace.requests,
+        "throttled": pace.throttled,
+    }
+
+
+def pace_text(pace: PaceReport) -> str:
+    asked = f" (asked {pace.asked:g}/min)" if pace.asked else ""
+    achieved = f"{pace.achieved:g} requests/min{asked}, " if pace.achieved else ""
+    return f"{achieved}{pace.throttled} throttled (429)"
+
+
+@dataclass
+class ManyResult:
+    """A run over several projects: totals, and each project's own result object."""
+
+    run: str
+    project: None = None  # the single-project key, kept so one parser reads both shapes
+    requested: int = 0
+    saved: int = 0
+    failed: int = 0
+    not_requested: int = 0
+    # Scenes skipped, counted over every project (each project's object lists its own).
+    skipped_scenes: int = 0
+    held_scenes: int = 0
+    transactions: int = 0
+    possibly_billed_retries: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+    # Projects named or found that the run never started: it stopped, or --max-images ran out.
+    projects_not_started: int = 0
+    stopped: str | None = None
+    interrupted: bool = False
+    pace: PaceReport | None = field(default=None, metadata=NOT_IN_JSON)
+    projects: list[dict[str, object]] = field(default_factory=list)
+    _worst: int = field(default=0, metadata=NOT_IN_JSON)
+    _lines: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+    _stderr: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+
+    def add(self, result: GenerateResult) -> None:
+        """Fold one finished project in; only its JSON object and summary line are kept."""
+        t = result.tally
+        self.projects.append(result.to_json())
+        self.requested += t.requested
+        self.saved += t.saved
+        self.failed += t.failed
+        self.not_requested += t.not_requested
+        self.skipped_scenes += len(result.skipped_scenes)
+        self.held_scenes += len(result.held_scenes)
+        self.transactions += t.transactions
+        self.possibly_billed_retries += t.possibly_billed_retries
+        add_usage(self.usage, t.usage)
+        code = result.exit_code
+        self._worst = max(self._worst, code)
+        if code or result.held_scenes:
+            self._lines.append(result.summary())
+        self._stderr += result.tally.unlogged_lines()
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped:
+            return EXIT_CANNOT_WORK
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self._worst == 0 and (self.projects_not_started or self.not_requested):
+            return EXIT_FINDINGS
+        return self._worst
+
+    def stderr_lines(self) -> list[str]:
+        return ([self.stopped] if self.stopped else []) + self._stderr
+
+    def to_json(self) -> dict[str, object]:
+        pace = {"pace": pace_json(self.pace)} if self.pace else {}
+        return {**fields_json(self), **pace}
+
+    def render(self, console: Console) -> None:
+        for line in self._lines:
+            console.print(shown(line))
+        n, tx = len(self.projects), self.transactions
+        parts = [
+            f"generate: {n} project{'' if n == 1 else 's'}, {self.saved} of {self.requested} "
+            f"images saved in {tx} transaction{'' if tx == 1 else 's'}"
+        ]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.not_requested:
+            parts.append(f"{self.not_requested} not requested")
+        if self.projects_not_started:
+            parts.append(f"{self.projects_not_started} projects not started")
+        if self.held_scenes:
+            parts.append(f"{self.held_scenes} scenes held by other runs")
+        if self.usage.get("total_tokens"):
+            parts.append(f"{self.usage['total_tokens']:,} tokens")
+        if self.possibly_billed_retries:
+            parts.append(f"{self.possibly_billed_retries} retries the provider may have billed")
+        if self.interrupted:
+            parts.append("interrupted")
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}")
+        if self.pace and (self.pace.asked or self.pace.throttled):
+            parts.append(pace_text(self.pace))
+        console.print(shown(", ".join(parts) + f" (run {self.run})"))
