@@ -1,6 +1,7 @@
 """imgsave's benchmarks, each against a baseline measured in the same run on the same machine.
 
-    python scripts/bench.py [hot-row] [route-fn] [e2e] [store] [audit] [startup]  # default: all
+    python scripts/bench.py [hot-row] [route-fn] [e2e] [fleet] [store] [audit] [startup]
+                                                    # default: all
     python scripts/bench.py --readme                              # README table from the JSON
 
 Needs a PostgreSQL server and pgbench: IMGSAVE_BENCH_DATABASE_URL (default
@@ -21,13 +22,14 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import audit_scale, e2e, hot_row, route_fn, startup, store_e2e
+from benchmarks import audit_scale, e2e, fleet, hot_row, route_fn, startup, store_e2e
 from benchmarks.common import BenchmarkFailed, Result, bench_database, server_version
 
 BENCHES: dict[str, Callable[[], list[Result]]] = {
     "hot-row": hot_row.run,
     "route-fn": route_fn.run,
     "e2e": e2e.run,
+    "fleet": fleet.run,
     "store": store_e2e.run,
     "audit": audit_scale.run,
     "startup": startup.run,

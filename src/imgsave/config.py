@@ -82,6 +82,9 @@ class ClaimSettings:
     (claims.py)."""
 
     expiry: float = 600.0
+    # Off: no claims table is used. Only for a deployment that runs on one host at a time and
+    # cannot create the table; two such runs at once can pay for the same scenes.
+    enabled: bool = True
 
 
 @dataclass(frozen=True)

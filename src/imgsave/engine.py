@@ -163,10 +163,12 @@ class Execution:
         reporter: Reporter | None = None,
         claims: Claims | None = None,
         linger: float = 0.0,
+        said: set[str] | None = None,
     ):
         """`slots` is the run's shared concurrency bound (or a number, for a run of one
         project); with `claims`, no request starts for a scene the run does not hold;
-        `linger` lets a save wait for the project's other answers (saver.py)."""
+        `linger` lets a save wait for the project's other answers (saver.py); `said` holds
+        the run-wide warnings already given, shared by the run's projects."""
         self._db = db
         self._provider = provider
         self._keeper = keeper
@@ -180,7 +182,7 @@ class Execution:
         self._reporter = reporter
         self._calls: set[asyncio.Future[Answer]] = set()
         self._announced: set[str] = set()
-        self._warned_expiring = False
+        self._said = set() if said is None else said
         self.tally = Tally()
 
     async def run(self, plan: Plan) -> Tally:
@@ -246,8 +248,8 @@ class Execution:
                 f"{kept.provisional}; the provider's URL is saved as it is: run `imgsave "
                 "rehost` to copy it into the store while it still resolves",
             )
-        if self._keeper.store is None and not self._warned_expiring:
-            self._warned_expiring = True
+        if self._keeper.store is None and EXPIRING not in self._said:
+            self._said.add(EXPIRING)
             if self._reporter:
                 self._reporter.warn(EXPIRING)
         logged = await self._record_generated(scene, url, replaces, kept.fields)
@@ -345,9 +347,15 @@ class Execution:
         return True
 
     def _note_once(self, ref: SceneRef, message: str) -> None:
-        if message not in self._announced:
-            self._announced.add(message)
-            self._note(ref, message)
+        """Noted in this project's errors; said on the terminal once per run."""
+        if message in self._announced:
+            return
+        self._announced.add(message)
+        text = f"project {self._project}: {ref}: {message}"
+        self.tally.errors.append(text)
+        if self._reporter and message not in self._said:
+            self._said.add(message)
+            self._reporter.warn(text)
 
     async def _record_generated(
         self, scene: Scene, url: str, replaces: tuple[str, ...], fields: dict[str, Any]

@@ -81,6 +81,7 @@ class Fleet:
         self._result = result
         self._linger = linger
         self._preparing = 0
+        self._said: set[str] = set()  # warnings given once per run, whichever project met them
         # Why the whole run stopped (the database went away), if it did.
         self.fatal: str | None = None
 
@@ -226,6 +227,7 @@ class Fleet:
             reporter=reporter,
             claims=self._claims,
             linger=self._linger,
+            said=self._said,
         )
         result.tally = await execution.run(the_plan)
         result.tally.errors[:0] = errors

@@ -7,6 +7,7 @@ concurrency bound, one pace and, across hosts, claims in the database.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,7 @@ async def run(
     ):
         if store is not None:
             await store.probe()  # before anything is spent
-        async with Claims(db, run_id, settings.claims.expiry) as claims:
+        async with _claims(db, run_id, settings) as claims:
             with sigint_stops(stop), RunLog(log_dir, run_id) as log:
                 fleet = Fleet(
                     db=db,
@@ -101,6 +102,15 @@ async def run(
                 many.interrupted = stop.signalled
                 many.pace = pace()
                 return many
+
+
+@contextlib.asynccontextmanager
+async def _claims(db: Database, run_id: str, settings: Settings) -> AsyncIterator[Claims | None]:
+    if not settings.claims.enabled:
+        yield None
+        return
+    async with Claims(db, run_id, settings.claims.expiry) as claims:
+        yield claims
 
 
 def _sources(

@@ -620,13 +620,15 @@ CREATE TABLE IF NOT EXISTS {claims} (
   PRIMARY KEY (project, scene)
 );
 CREATE INDEX IF NOT EXISTS {_id(CLAIMS + "_run")} ON {claims} (run);
--- Only imgsave (as the owner) reads and writes it.
-{_private(claims)}"""
+-- Kept from the app's API roles; for imgsave running as another role than the owner:
+-- GRANT SELECT, INSERT, UPDATE, DELETE ON {claims} TO that role.
+{_private(claims, rls=False)}"""
 
 
-def _private(table: str) -> str:
-    """Statements that keep `table` to its owner. Row-level security with no policy keeps it
-    out of the Supabase API even where a default privilege granted it to the API roles."""
+def _private(table: str, *, rls: bool = True) -> str:
+    """Statements that keep `table` from PUBLIC and the Supabase API roles. With `rls`, also
+    row-level security with no policy, so only the owner can use it even where a privilege
+    was granted (the journal); without, the owner may grant it to imgsave's own role."""
     revoke = f"""\
 DECLARE
   r text;
@@ -637,11 +639,8 @@ BEGIN
     END IF;
   END LOOP;
 END"""
-    return (
-        f"REVOKE ALL ON {table} FROM PUBLIC;\n"
-        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;\n"
-        f"DO {_body(revoke)};"
-    )
+    secure = f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;\n" if rls else ""
+    return f"REVOKE ALL ON {table} FROM PUBLIC;\n{secure}DO {_body(revoke)};"
 
 
 def _journal(table: Table, shape: Shape) -> str:

@@ -6,7 +6,9 @@ every request until its `Retry-After` and halves the rate, which then climbs bac
 `RECOVERY` seconds to just under the rate that was refused, and only creeps above it after
 that; a limit the provider publishes (`x-ratelimit-limit-requests`) caps the rate, and an
 exhausted one (`x-ratelimit-remaining-requests: 0`) pauses until its reset. Without `--rate`
-nothing is spaced until the provider first refuses.
+(and no published limit) nothing is spaced: a 429 pauses every request until its Retry-After,
+and no rate is guessed, because a run held back by its concurrency starts few requests and a
+rate measured from them would be far below what the provider allows.
 
 Every attempt passes here, retries included: each is a request the provider counts.
 """
@@ -17,7 +19,6 @@ import asyncio
 import math
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -27,15 +28,13 @@ from .errors import UsageError
 RECOVERY = 20.0
 # Above the refused rate, the rate grows this fraction per minute without a 429.
 PROBE_PER_MINUTE = 0.05
-# Never slower than this many requests per minute, whatever the 429s say.
+# Never slower than this many requests per minute, whatever the 429s say ...
 MIN_RATE = 1.0
+# ... nor than this share of the rate asked: past that, Retry-After does the slowing.
+MIN_SHARE = 0.05
 # One refusal cuts the rate once: the requests already in flight at the old rate are refused
 # too, and each cutting again would halve the rate for what is one event.
 CUT_QUIET = 2.0
-# Without --rate, a learnt limit is forgotten after this long without a 429.
-FORGET = 300.0
-# Starts remembered to measure the rate when none is set (a 429 then halves what was measured).
-RECENT = 512
 
 _UNITS = {"s": 60.0, "sec": 60.0, "second": 60.0, "min": 1.0, "m": 1.0, "minute": 1.0}
 _UNITS |= {"h": 1 / 60, "hour": 1 / 60}
@@ -101,7 +100,6 @@ class Pace:
         # What the provider says its limit is (per minute).
         self._declared: float | None = None
         self._cuts = 0  # bumped on every cut: waiters that reserved a start before it re-reserve
-        self._recent: deque[float] = deque(maxlen=RECENT)
         self.throttled = 0
         self.requests = 0
         self._first: float | None = None
@@ -110,17 +108,14 @@ class Pace:
     def rate(self, now: float) -> float | None:
         """Requests per minute allowed at `now`; None: no limit."""
         limit = _least(self.asked, self._declared)
-        if self._ceiling is None:
+        if self._ceiling is None or limit is None:
             return limit
         since = now - self._cut_at
-        if limit is None and since > FORGET:
-            self._ceiling = None
-            return None
         if since < RECOVERY:
             rate = self._base + (self._ceiling - self._base) * since / RECOVERY
         else:
             rate = self._ceiling * (1 + PROBE_PER_MINUTE * (since - RECOVERY) / 60)
-        return max(MIN_RATE, _least(rate, limit) or rate)
+        return max(MIN_RATE, limit * MIN_SHARE, min(rate, limit))
 
     async def wait(self) -> None:
         """Return when the next request may start."""
@@ -137,7 +132,6 @@ class Pace:
                 break
         now = self._clock()
         self.requests += 1
-        self._recent.append(now)
         self._first = now if self._first is None else self._first
         self._last = now
 
@@ -147,9 +141,9 @@ class Pace:
         self.throttled += 1
         pause = min(retry_after if retry_after is not None else 1.0, self._max_pause)
         self._paused_until = max(self._paused_until, now + pause)
-        if now - self._cut_at < CUT_QUIET:
+        refused = self.rate(now)
+        if refused is None or now - self._cut_at < CUT_QUIET:
             return
-        refused = self.rate(now) or self._measured(now)
         self._ceiling = max(MIN_RATE, refused * 0.9)
         self._base = max(MIN_RATE, refused * 0.5)
         self._cut_at = now
@@ -166,12 +160,6 @@ class Pace:
         if remaining is not None and remaining <= 0 and reset is not None:
             until = self._clock() + min(reset, self._max_pause)
             self._paused_until = max(self._paused_until, until)
-
-    def _measured(self, now: float) -> float:
-        """Starts per minute over the remembered recent ones (when no rate was set)."""
-        if len(self._recent) < 2 or now <= self._recent[0]:
-            return MIN_RATE * 2
-        return 60.0 * len(self._recent) / (now - self._recent[0])
 
     def report(self) -> PaceReport:
         achieved = None
