@@ -5,6 +5,7 @@ hosts: test_claims.py.)"""
 from __future__ import annotations
 
 import json
+import signal
 
 import psycopg
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
 
+from .conftest import spawn, wait_for
 from .test_generate_cli import events, provider_env
 
 
@@ -160,3 +162,69 @@ def test_force_with_all_asks_k_more_of_every_scene(cli, rows, api, force):
     assert cli(*args, env=provider_env(api)).code == 0
     second = cli(*args, env=provider_env(api))
     assert second.json()["saved"] == (2 if force else 0)
+
+
+def test_a_refusing_provider_stops_the_whole_run_with_exit_3(cli, db_url):
+    put_projects(db_url, 12, 5)
+    with LoopbackProvider(faults=lambda n: "401" if n > 3 else "ok") as api:
+        ran = cli("generate", "--all", "-c", "2", "--json", env=provider_env(api))
+        requests = api.requests
+    assert ran.code == 3, ran.stderr
+    out = ran.json()
+    assert "401" in out["stopped"] and "sk-test-SECRET-123" not in ran.stdout + ran.stderr
+    assert requests <= 3 + 2, "no new request after the refusal"
+    assert out["saved"] == 3
+    assert out["projects_not_started"] > 0
+
+
+def test_ctrl_c_over_many_projects_finishes_what_is_in_flight_and_exits_130(
+    db_url, log_dir, tmp_path
+):
+    put_projects(db_url, 30, 5)
+    with LoopbackProvider(latency=0.3) as api:
+        env = {
+            "IMGSAVE_DATABASE_URL": db_url,
+            "IMGSAVE_LOG_DIR": str(log_dir),
+            "IMGSAVE_BASE_URL": api.base_url,
+        }
+        proc = spawn(["generate", "--all", "-c", "8", "--json"], env, tmp_path)
+        wait_for(lambda: api.requests >= 16, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        requests = api.requests
+    assert proc.returncode == 130, err
+    result = json.loads(out)
+    assert result["interrupted"] is True and result["saved"] == requests < 150
+    stored = {u for urls in scene_urls(db_url).values() for u in urls}
+    assert {e["url"] for e in events(log_dir, "image.generated")} == stored
+    assert len(stored) == requests, "every answer that came back was saved"
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM imgsave_claims").fetchone() == (0,)
+
+
+def test_one_progress_bar_for_the_run_names_the_projects_in_flight(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from imgsave import progress
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=100, highlight=False)
+    monkeypatch.setattr(progress, "stderr_console", lambda: terminal)
+    display = progress.ProgressReporter()
+    views = [display.project(name) for name in ("alpha", "beta", "gamma", "delta", "omega")]
+    for view in views:
+        view.start(10, "ignored")
+    assert display._total == 50
+    assert display._flight() == "projects in flight: alpha, beta, gamma +2"
+    for view in views[:4]:
+        for _ in range(10):
+            view.advance(ok=True)
+        view.finish()
+    assert display._flight() == "projects in flight: omega"
+    views[4].advance(ok=False)
+    views[4].finish()
+    display.finish()
+    shown = screen.getvalue()
+    assert "41/50" in shown and "1 failed" in shown

@@ -226,3 +226,15 @@ def test_a_provider_that_allows_fewer_than_asked_is_met_with_fewer_429s_after_a_
     print("429s", first, later, timeline[-1][0] - begin)
     assert later < first, json.dumps({"first minute": first, "after": later})
     assert out["pace"]["throttled"] == first + later
+
+
+def test_a_limit_the_provider_publishes_caps_the_rate_asked(cli, db_url):
+    """600/min asked; the provider says (x-ratelimit-*) it allows 300/min, and means it."""
+    put_projects(db_url, 2, 20)
+    with LoopbackProvider(rate_limit=300, rate_headers=True) as api:
+        ran = cli(
+            "generate", "--all", "--rate", "600/min", "-c", "8", "--json", env=provider_env(api)
+        )
+    assert ran.code == 0, ran.stderr
+    assert api.statuses == [200] * 40, "the published limit was kept from the first answer on"
+    assert 270 <= ran.json()["pace"]["achieved_per_minute"] <= 301

@@ -477,7 +477,8 @@ class Database:
             raise ClaimsUnavailable(
                 f"cannot create the claims table {self._sql.claims.as_string(None)}: "
                 f"{redact(reason, self._secrets)} (run `imgsave sql --apply` as the table's "
-                "owner, or grant CREATE on its schema)"
+                "owner, or grant CREATE on its schema; on one host only, [claims] enabled = "
+                "false does without)"
             ) from None
 
     async def claim(

@@ -98,7 +98,7 @@ async def run(
                 finally:
                     if reporter is not None:
                         reporter.finish()
-                many.stopped = fleet.fatal
+                many.stopped = fleet.fatal or many.stopped
                 many.interrupted = stop.signalled
                 many.pace = pace()
                 return many

@@ -150,6 +150,9 @@ class ManyResult:
     def add(self, result: GenerateResult) -> None:
         """Fold one finished project in; only its JSON object and summary line are kept."""
         t = result.tally
+        if result.refused_with is None and (t.fatal or t.log_error) and not self.stopped:
+            # The image API refused, or the log stopped taking writes: that stopped the run.
+            self.stopped = t.fatal or t.log_error
         self.projects.append(result.to_json())
         self.requested += t.requested
         self.saved += t.saved

@@ -147,14 +147,24 @@ class Pace:
         self._ceiling = max(MIN_RATE, refused * 0.9)
         self._base = max(MIN_RATE, refused * 0.5)
         self._cut_at = now
+        self._respace(self._base)
+
+    def _respace(self, rate: float) -> None:
+        """Waiters re-reserve their starts: from the last start, at `rate`."""
         self._cuts += 1
-        self._next = self._paused_until
+        last = self._last if self._last is not None else self._clock()
+        self._next = max(self._paused_until, last + 60.0 / rate)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Any answer: the provider's published limits, where it gives them."""
         limit = _number(headers.get("x-ratelimit-limit-requests"))
-        if limit is not None and limit > 0:
+        if limit is not None and limit > 0 and limit != self._declared:
+            before = self.rate(self._clock())
             self._declared = max(MIN_RATE, limit)
+            after = self.rate(self._clock())
+            if after is not None and (before is None or after < before):
+                # Starts already reserved at the old pace are made again at the new one.
+                self._respace(after)
         remaining = _number(headers.get("x-ratelimit-remaining-requests"))
         reset = parse_reset(headers.get("x-ratelimit-reset-requests"))
         if remaining is not None and remaining <= 0 and reset is not None:
