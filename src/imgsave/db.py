@@ -357,15 +357,18 @@ class Database:
             raise CannotWork(f"could not {what}: {self._one_line(exc)}") from None
 
     async def journal_installed(self) -> bool:
+        return await self._table_exists(self._sql.journal, "read the journal")
+
+    async def _table_exists(self, table: sql.Identifier, what: str) -> bool:
         async def once() -> bool:
             async with self._connection() as conn:
                 cur = await conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL", (self._sql.journal.as_string(conn),)
+                    "SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),)
                 )
                 row = await cur.fetchone()
                 return bool(row and row[0])
 
-        return await self._reading("read the journal", once)
+        return await self._reading(what, once)
 
     async def journal_rows(
         self, since: datetime | None, *, batch: int = 20_000
@@ -454,15 +457,7 @@ class Database:
     async def ensure_claims(self) -> None:
         """Create the claims table if it is not there (`imgsave sql` also creates it)."""
 
-        async def exists() -> bool:
-            async with self._connection() as conn:
-                cur = await conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL", (self._sql.claims.as_string(conn),)
-                )
-                row = await cur.fetchone()
-                return bool(row and row[0])
-
-        if await self._reading("look for the claims table", exists):
+        if await self._table_exists(self._sql.claims, "look for the claims table"):
             return
         schema = self._sql.table.schema
         try:

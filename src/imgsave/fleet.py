@@ -60,7 +60,6 @@ class Fleet:
         shape: Shape,
         ask: Ask,
         slots: Slots,
-        concurrency: int,
         stop: StopSignal,
         claims: Claims | None,
         reporter: Callable[[str], Reporter | None],
@@ -74,7 +73,6 @@ class Fleet:
         self._shape = shape
         self._ask = ask
         self._slots = slots
-        self._concurrency = concurrency
         self._stop = stop
         self._claims = claims
         self._reporter = reporter
@@ -132,8 +130,9 @@ class Fleet:
     def _room(self, in_flight: int) -> bool:
         if in_flight < MIN_IN_FLIGHT:
             return True
-        busy = self._slots.waiting >= self._concurrency
-        return not busy and self._preparing < PREPARING and in_flight < 4 * self._concurrency
+        concurrency = self._slots.concurrency
+        busy = self._slots.waiting >= concurrency
+        return not busy and self._preparing < PREPARING and in_flight < 4 * concurrency
 
     async def project(self, name: str, *, strict: bool = False) -> GenerateResult:
         result = self._result(name)

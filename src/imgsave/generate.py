@@ -8,9 +8,9 @@ concurrency bound, one pace and, across hosts, claims in the database.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .claims import Claims
 from .config import Settings, StoreSettings
@@ -24,6 +24,7 @@ from .genplan import SceneSelection, parse_scene_selection, plan
 from .genresult import GenerateResult, ManyResult
 from .interrupt import StopSignal, sigint_stops
 from .keeper import Keeper, opened_keeper
+from .pace import PaceReport
 from .provider import Provider
 from .slots import Slots
 from .store import Store
@@ -78,7 +79,6 @@ async def run(
                         budget=max_images,
                         quantum=1 if single else max(1, concurrency // MIN_IN_FLIGHT),
                     ),
-                    concurrency=concurrency,
                     stop=stop,
                     claims=claims,
                     reporter=(lambda _: reporter)
@@ -122,7 +122,7 @@ def _sources(
     return db.project_keys() if force else db.projects_short_of(images_per_scene)
 
 
-async def _one(fleet: Fleet, project: str, pace: Any) -> GenerateResult:
+async def _one(fleet: Fleet, project: str, pace: Callable[[], PaceReport | None]) -> GenerateResult:
     landed: list[GenerateResult] = []
     await fleet.run(listed([project]), landed.append, strict=True)
     result = landed[0]
@@ -160,7 +160,6 @@ async def generate(
             shape=shape,
             ask=Ask(images_per_scene, selection, force),
             slots=Slots(concurrency),
-            concurrency=concurrency,
             stop=stop or StopSignal(),
             claims=None,
             reporter=lambda _: reporter,

@@ -23,6 +23,7 @@ class Slots:
     def __init__(self, concurrency: int, *, budget: int | None = None, quantum: int = 1):
         """`budget`: how many requests the run may start (`--max-images`); None: no cap.
         `quantum`: slots a project is given in a row when its turn comes."""
+        self.concurrency = concurrency
         self._free = concurrency
         self._quantum = quantum
         self._given = 0  # slots given in a row to the project at the front of the ring
