@@ -53,11 +53,23 @@ class Held:
     run: str
     expires_in: float
 
-    def __str__(self) -> str:
-        return (
-            f"{self.ref} is claimed by run {self.run} on {self.host} "
-            f"(for {math.ceil(self.expires_in)}s more unless extended); skipped"
+
+def held_lines(project: str, held: Sequence[Held]) -> list[str]:
+    """One line per run holding scenes of `project` (not one per scene: two hosts sharing a
+    cron line would print thousands)."""
+    by_holder: dict[tuple[str, str], list[Held]] = defaultdict(list)
+    for h in held:
+        by_holder[(h.run, h.host)].append(h)
+    lines = []
+    for (run, host), items in by_holder.items():
+        indexes = sorted(h.ref.index for h in items)
+        named = ", ".join(map(str, indexes[:10])) + (" …" if len(indexes) > 10 else "")
+        which = f"scene {named}" if len(indexes) == 1 else f"{len(indexes)} scenes ({named})"
+        lines.append(
+            f"project {project}: {which} claimed by run {run} on {host} "
+            f"(for {math.ceil(max(h.expires_in for h in items))}s more unless extended); skipped"
         )
+    return lines
 
 
 def this_process() -> str:

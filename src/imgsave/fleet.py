@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .claims import Claims, Held
+from .claims import Claims, Held, held_lines
 from .db import Database
 from .document import Shape, decode, scenes
 from .engine import Execution, Plan, Reporter, finish_log
@@ -148,7 +148,7 @@ class Fleet:
         result.unprompted_scenes = list(the_plan.unprompted_scenes)
         result.held_scenes = sorted(h.ref.index for h in held)
         reporter = self._reporter(name)
-        for line in [f"project {name}: {h}" for h in held] + [
+        for line in held_lines(name, held) + [
             f"project {name}: scene {index} has no prompt; skipped"
             for index in the_plan.unprompted_scenes
         ]:
