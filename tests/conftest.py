@@ -41,6 +41,12 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(8, 2 * (os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `long` (they must run for many seconds: a pace over a minute) go first, so
+    that in parallel they overlap the rest of the suite instead of trailing it."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     url = os.environ.get("IMGSAVE_TEST_DATABASE_URL")

@@ -175,6 +175,7 @@ def test_against_a_stricter_provider_the_429s_fall_after_the_first_minute():
 # Real runs: the loopback provider enforces its rate as a token bucket.
 
 
+@pytest.mark.long
 def test_rate_600_per_minute_over_200_images_takes_19s_and_never_meets_a_429(cli, db_url):
     put_projects(db_url, 10, 20)
     with LoopbackProvider(rate_limit=600) as api:
@@ -203,6 +204,7 @@ def test_rate_600_per_minute_over_200_images_takes_19s_and_never_meets_a_429(cli
     assert 540 <= out["pace"]["achieved_per_minute"] <= 600.5
 
 
+@pytest.mark.long
 def test_a_provider_that_allows_fewer_than_asked_is_met_with_fewer_429s_after_a_minute(
     cli, db_url, tmp_path
 ):

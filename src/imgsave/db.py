@@ -25,6 +25,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
+    retry_if_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
@@ -142,13 +143,25 @@ class Database:
             "keepalives_interval": 2,
             "keepalives_count": 3,
         }
-        try:
+        # A session ended under us while we set up (a failover, a restart, an administrator)
+        # is worth another try or two; a server that refuses or a wrong URL is not.
+        setup = AsyncRetrying(
+            retry=retry_if_exception_type((pg_errors.AdminShutdown, pg_errors.CannotConnectNow)),
+            stop=stop_after_attempt(3),
+            wait=wait_exponential_jitter(multiplier=0.2, max=1.0, jitter=0.1),
+            reraise=True,
+        )
+
+        async def connect() -> _Statements:
             async with await psycopg.AsyncConnection.connect(
                 url, connect_timeout=max(1, int(settings.connect_timeout)), **kwargs
             ) as conn:
                 if create_table:
                     await _create_table(conn, names)
-                statements = await _prepare(conn, names, shape or Shape())
+                return await _prepare(conn, names, shape or Shape())
+
+        try:
+            statements: _Statements = await setup(connect)
         except psycopg.Error as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {mask_url(url)}: "
