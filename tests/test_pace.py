@@ -240,3 +240,23 @@ def test_a_limit_the_provider_publishes_caps_the_rate_asked(cli, db_url):
     assert ran.code == 0, ran.stderr
     assert api.statuses == [200] * 40, "the published limit was kept from the first answer on"
     assert 270 <= ran.json()["pace"]["achieved_per_minute"] <= 301
+
+
+def test_a_second_429_asking_more_reaches_the_requests_already_waiting():
+    clock = VirtualClock()
+
+    async def sleep(seconds: float) -> None:  # a sleep that lets others run meanwhile
+        target = clock.now + seconds
+        await asyncio.sleep(0)
+        clock.now = max(clock.now, target)
+
+    async def go() -> float:
+        pace = Pace(None, clock=clock, sleep=sleep)
+        pace.throttle(1.0)
+        waiting = asyncio.create_task(pace.wait())
+        await asyncio.sleep(0)  # it sleeps until t = 1 ...
+        pace.throttle(5.0)  # ... when another 429 asks for 5 s
+        await waiting
+        return clock.now
+
+    assert asyncio.run(go()) == 5.0

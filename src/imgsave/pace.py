@@ -99,7 +99,9 @@ class Pace:
         self._ceiling: float | None = None
         # What the provider says its limit is (per minute).
         self._declared: float | None = None
-        self._cuts = 0  # bumped on every cut: waiters that reserved a start before it re-reserve
+        # Bumped whenever reserved starts no longer hold (a cut, a longer pause): waiters
+        # that reserved one before it reserve again.
+        self._cuts = 0
         self.throttled = 0
         self.requests = 0
         self._first: float | None = None
@@ -128,7 +130,7 @@ class Pace:
             cuts = self._cuts
             if start > now:
                 await self._sleep(start - now)
-            if cuts == self._cuts:  # no 429 meanwhile: the reserved start still holds
+            if cuts == self._cuts:  # nothing changed meanwhile: the reserved start holds
                 break
         now = self._clock()
         self.requests += 1
@@ -140,7 +142,7 @@ class Pace:
         now = self._clock()
         self.throttled += 1
         pause = min(retry_after if retry_after is not None else 1.0, self._max_pause)
-        self._paused_until = max(self._paused_until, now + pause)
+        self._pause_until(now + pause)
         refused = self.rate(now)
         if refused is None or now - self._cut_at < CUT_QUIET:
             return
@@ -168,8 +170,12 @@ class Pace:
         remaining = _number(headers.get("x-ratelimit-remaining-requests"))
         reset = parse_reset(headers.get("x-ratelimit-reset-requests"))
         if remaining is not None and remaining <= 0 and reset is not None:
-            until = self._clock() + min(reset, self._max_pause)
-            self._paused_until = max(self._paused_until, until)
+            self._pause_until(self._clock() + min(reset, self._max_pause))
+
+    def _pause_until(self, until: float) -> None:
+        if until > self._paused_until:
+            self._paused_until = until
+            self._cuts += 1  # waiters already asleep wake up to the longer pause
 
     def report(self) -> PaceReport:
         achieved = None
