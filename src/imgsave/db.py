@@ -301,24 +301,11 @@ class Database:
         text: str | None = row[0]
         return text
 
-    async def project_keys(self, *, batch: int = 500) -> AsyncIterator[list[str]]:
+    def project_keys(self, *, batch: int = 500) -> AsyncIterator[list[str]]:
         """Every project key in the table, a batch at a time (never all in memory)."""
-        after: str | None = None
-        while True:
-
-            async def once(after: str | None = after) -> list[tuple[str]]:
-                async with self._connection() as conn:
-                    if after is None:
-                        cur = await conn.execute(self._sql.keys_first, (batch,))
-                    else:
-                        cur = await conn.execute(self._sql.keys_after, (after, batch))
-                    return await cur.fetchall()
-
-            rows = await self._reading("list projects", once)
-            if not rows:
-                return
-            yield [row[0] for row in rows]
-            after = rows[-1][0]
+        return self._keyset(
+            self._sql.keys_first, self._sql.keys_after, {"n": batch}, "list projects"
+        )
 
     async def read_many(
         self, projects: Sequence[str]
@@ -444,24 +431,32 @@ class Database:
             if done < batch:
                 return deleted
 
-    async def projects_short_of(self, k: int, *, batch: int = 500) -> AsyncIterator[list[str]]:
+    def projects_short_of(self, k: int, *, batch: int = 500) -> AsyncIterator[list[str]]:
         """Keys of the projects that may hold a scene with fewer than `k` images, a batch at a
         time, by one query on the primary key's order: documents stay in the database."""
         if self._sql.short_first is None or self._sql.short_after is None:
-            async for keys in self.project_keys(batch=batch):
-                yield keys
-            return
-        first, following = self._sql.short_first, self._sql.short_after
+            return self.project_keys(batch=batch)
+        return self._keyset(
+            self._sql.short_first,
+            self._sql.short_after,
+            {"k": k, "n": batch},
+            "list the projects to generate for",
+        )
+
+    async def _keyset(
+        self, first: sql.Composed, following: sql.Composed, params: dict[str, Any], what: str
+    ) -> AsyncIterator[list[str]]:
+        """Keys a batch at a time in the key's order, each batch after the last key seen."""
         after: str | None = None
         while True:
 
             async def once(after: str | None = after) -> list[tuple[str]]:
                 async with self._connection() as conn:
                     query = first if after is None else following
-                    cur = await conn.execute(query, {"k": k, "n": batch, "after": after})
+                    cur = await conn.execute(query, {**params, "after": after})
                     return await cur.fetchall()
 
-            rows = await self._reading("list the projects to generate for", once)
+            rows = await self._reading(what, once)
             if not rows:
                 return
             yield [row[0] for row in rows]
@@ -747,11 +742,12 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names, shape: Shape) ->
         update=sql.SQL("UPDATE {t} SET {d} = {v}{touch} WHERE {k} = %s").format(**fmt),
         # In the key's own order, so the primary key's index serves each batch.
         # (The output is named apart: ORDER BY a bare name would sort by the text.)
-        keys_first=sql.SQL("SELECT {k}::text AS project FROM {t} ORDER BY {k} LIMIT %s").format(
+        keys_first=sql.SQL("SELECT {k}::text AS project FROM {t} ORDER BY {k} LIMIT %(n)s").format(
             **fmt
         ),
         keys_after=sql.SQL(
-            "SELECT {k}::text AS project FROM {t} WHERE {k} > %s::{kt} ORDER BY {k} LIMIT %s"
+            "SELECT {k}::text AS project FROM {t} WHERE {k} > %(after)s::{kt} ORDER BY {k} "
+            "LIMIT %(n)s"
         ).format(kt=sql.Identifier(key_type), **fmt),
         upsert=sql.SQL(
             "INSERT INTO {t} ({k}, {d}) VALUES (%s, {v}) ON CONFLICT ({k}) DO UPDATE SET {d} = "
