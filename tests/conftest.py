@@ -47,6 +47,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
+@pytest.fixture(autouse=True)
+def _connection_hungry_one_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Tests marked `many_connections` (64 callers at once, two imgsave processes) run one at a
+    time across the parallel workers: together they would pass the server's max_connections
+    (100 by default), and a test would fail on "too many clients" for no fault of imgsave's."""
+    if request.node.get_closest_marker("many_connections") is None:
+        yield
+        return
+    import fcntl
+
+    # The parent of a worker's base temp is the one every worker of this run shares.
+    lock = tmp_path_factory.getbasetemp().parent / "many_connections.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     url = os.environ.get("IMGSAVE_TEST_DATABASE_URL")

@@ -65,6 +65,7 @@ def two_hosts(db_url: str, tmp_path: Path, config: str, *args: str) -> tuple[int
         return a.requests, b.requests, [json.loads(out) for out, _ in outs]
 
 
+@pytest.mark.many_connections
 def test_two_processes_on_the_same_40_projects_generate_each_scene_once(db_url, tmp_path):
     put_projects(db_url, 40, 5)
     a, b, results = two_hosts(db_url, tmp_path, CONFIG, "-c", "8")
@@ -78,12 +79,14 @@ def test_two_processes_on_the_same_40_projects_generate_each_scene_once(db_url, 
     assert held == sum(len(p["held_scenes"]) for r in results for p in r["projects"])
 
 
+@pytest.mark.many_connections
 def test_the_same_harness_catches_two_runs_paying_twice_without_claims(db_url, tmp_path):
     put_projects(db_url, 40, 5)
     a, b, _ = two_hosts(db_url, tmp_path, CONFIG + "[claims]\nenabled = false\n", "-c", "8")
     assert a + b > 200, "without claims both runs paid for some of the same scenes"
 
 
+@pytest.mark.many_connections
 def test_a_sigkilled_run_is_finished_by_a_rerun_and_only_its_in_flight_images_are_lost(
     db_url, tmp_path, cli
 ):

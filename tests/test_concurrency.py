@@ -8,6 +8,8 @@ import zlib
 from collections import Counter
 from dataclasses import replace
 
+import pytest
+
 from imgsave import generate as gen
 from imgsave._demo.incident import naive_save
 from imgsave._demo.loopback import LoopbackProvider
@@ -42,6 +44,7 @@ def stored(rows, project: str) -> Counter:
     return Counter(u for urls in rows.urls(project).values() for u in urls)
 
 
+@pytest.mark.many_connections
 async def test_the_naive_write_loses_images_under_the_same_harness(
     settings, rows, incident_project
 ):
@@ -66,6 +69,7 @@ async def test_locked_group_commit_saves_every_image_exactly_once(settings, rows
         assert len(urls) == 25, f"scene {index}"
 
 
+@pytest.mark.many_connections
 async def test_generate_500_images_at_concurrency_64_all_saved_once(
     settings: Settings, rows, incident_project, log_dir
 ):

@@ -39,6 +39,7 @@ def lost_urls(report: dict) -> set[str]:
     return {f["url"] for f in report["lost"]}
 
 
+@pytest.mark.many_connections
 async def test_audit_journal_finds_exactly_what_the_racing_route_lost(
     journal, settings, rows, cli, db_url
 ):

@@ -240,6 +240,7 @@ def test_the_function_sets_updated_at_only_when_it_appends(fn, rows):
 # The incident's route, with its save replaced by the function.
 
 
+@pytest.mark.many_connections
 async def test_the_route_calling_the_function_loses_nothing_at_64_callers(
     fn, db_url, rows, incident_project
 ):

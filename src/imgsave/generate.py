@@ -60,7 +60,7 @@ async def run(
     run_id = new_run_id()
     async with (
         Provider.from_settings(settings) as provider,
-        await Database.from_settings(settings, max_size=4 if single else 8) as db,
+        await Database.from_settings(settings, max_size=4 if single else 6) as db,
         opened_keeper(settings, store, log_dir) as keeper,
     ):
         if store is not None:
