@@ -140,7 +140,7 @@ def generate(
     projects: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="PROJECT...",
+            metavar="PROJECT",
             show_default=False,
             help="The projects' keys in the projects table.",
         ),
