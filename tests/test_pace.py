@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
 import time
 
 import psycopg
@@ -16,8 +17,9 @@ from hypothesis import strategies as st
 
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave.errors import UsageError
-from imgsave.pace import CUT_QUIET, RECOVERY, Pace, parse_rate, parse_reset
+from imgsave.pace import CUT_QUIET, RECOVERY, Pace, PaceClosed, parse_rate, parse_reset
 
+from .conftest import spawn, wait_for
 from .test_generate_cli import provider_env
 from .test_many_projects import put_projects
 
@@ -172,6 +174,25 @@ def test_against_a_stricter_provider_the_429s_fall_after_the_first_minute():
     assert clock.now < 400 / 120 * 60 * 1.25, "and the pace stays close to what is allowed"
 
 
+def test_a_closed_pace_lets_no_waiting_request_start():
+    clock = VirtualClock()
+
+    async def sleep(seconds: float) -> None:
+        target = clock.now + seconds
+        await asyncio.sleep(0)
+        clock.now = max(clock.now, target)
+
+    async def go() -> list[object]:
+        pace = Pace(60, clock=clock, sleep=sleep)
+        await pace.wait()  # the first starts at once; the next two wait 1 s and 2 s
+        waiting = [asyncio.create_task(pace.wait()) for _ in range(2)]
+        await asyncio.sleep(0)
+        pace.close()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    assert [type(r) for r in asyncio.run(go())] == [PaceClosed, PaceClosed]
+
+
 # Real runs: the loopback provider enforces its rate as a token bucket.
 
 
@@ -260,3 +281,27 @@ def test_a_second_429_asking_more_reaches_the_requests_already_waiting():
         return clock.now
 
     assert asyncio.run(go()) == 5.0
+
+
+def test_ctrl_c_sends_none_of_the_requests_still_waiting_for_their_start(db_url, log_dir, tmp_path):
+    """Under --rate, requests queue for their start; Ctrl-C must not let them go out after it."""
+    put_projects(db_url, 2, 20)
+    with LoopbackProvider(latency=0.05) as api:
+        env = {
+            "IMGSAVE_DATABASE_URL": db_url,
+            "IMGSAVE_LOG_DIR": str(log_dir),
+            "IMGSAVE_BASE_URL": api.base_url,
+        }
+        proc = spawn(["generate", "--all", "-c", "8", "--rate", "120/min", "--json"], env, tmp_path)
+        wait_for(lambda: api.requests >= 3, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        at_signal = api.requests
+        out, err = proc.communicate(timeout=60)
+        after = api.requests
+    assert proc.returncode == 130, err
+    result = json.loads(out)
+    # At most the one that was being sent as the signal came; without the stop, the seven
+    # requests already waiting in line would have gone out over the next 3.5 s.
+    assert after <= at_signal + 1, (at_signal, after)
+    assert result["saved"] == after
+    assert result["not_requested"] == 40 - after

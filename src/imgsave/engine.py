@@ -32,7 +32,7 @@ from .genlog import RunLog
 from .interrupt import StopSignal
 from .jsondata import NOT_IN_JSON, fields_json
 from .keeper import Keeper, NotKept
-from .provider import Answer, ImageFailed, Provider, Received, add_usage
+from .provider import Answer, ImageFailed, NotSent, Provider, Received, add_usage
 from .saver import ProjectSaver
 from .slots import Slots
 
@@ -189,7 +189,7 @@ class Execution:
         self.tally.requested = plan.requested
         if self._reporter:
             self._reporter.start(plan.requested, f"project {self._project}")
-        watcher = asyncio.create_task(self._abandon_calls_on_hard_stop())
+        watcher = asyncio.create_task(self._watch_stop())
         try:
             async with ProjectSaver(
                 self._db,
@@ -323,6 +323,11 @@ class Execution:
                 if call.cancelled() and self._stop.hard.is_set():
                     return None
                 raise
+            except NotSent as exc:  # the run stopped while it waited for its start
+                self.tally.possibly_billed_retries += exc.possibly_billed_retries
+                self.tally.not_requested += 1
+                if self._reporter:
+                    self._reporter.advance(ok=False)
             except ImageFailed as exc:
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 self._failed(scene.ref, str(exc))
@@ -413,7 +418,11 @@ class Execution:
                 self._reporter.warn(text)
             self._reporter.advance(ok=False)
 
-    async def _abandon_calls_on_hard_stop(self) -> None:
+    async def _watch_stop(self) -> None:
+        """On a stop, no request goes out any more; on a hard stop (a second Ctrl-C), requests
+        still waiting for an answer are abandoned too."""
+        await self._stop.soft.wait()
+        self._provider.stop_sending()
         await self._stop.hard.wait()
         for call in list(self._calls):
             call.cancel()

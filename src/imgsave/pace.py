@@ -68,6 +68,10 @@ def parse_reset(text: str | None) -> float | None:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
+class PaceClosed(Exception):
+    """The run stopped while this request waited for its start: it is not sent."""
+
+
 @dataclass(frozen=True)
 class PaceReport:
     """What the run's summary says of the pace."""
@@ -102,6 +106,7 @@ class Pace:
         # Bumped whenever reserved starts no longer hold (a cut, a longer pause): waiters
         # that reserved one before it reserve again.
         self._cuts = 0
+        self._closed = False
         self.throttled = 0
         self.requests = 0
         self._first: float | None = None
@@ -122,6 +127,8 @@ class Pace:
     async def wait(self) -> None:
         """Return when the next request may start."""
         while True:
+            if self._closed:
+                raise PaceClosed
             now = self._clock()
             rate = self.rate(now)
             start = max(now, self._paused_until, self._next if rate else now)
@@ -130,12 +137,16 @@ class Pace:
             cuts = self._cuts
             if start > now:
                 await self._sleep(start - now)
-            if cuts == self._cuts:  # nothing changed meanwhile: the reserved start holds
+            if cuts == self._cuts and not self._closed:  # the reserved start still holds
                 break
         now = self._clock()
         self.requests += 1
         self._first = now if self._first is None else self._first
         self._last = now
+
+    def close(self) -> None:
+        """No request waiting for its start (or coming to wait) may start any more."""
+        self._closed = True
 
     def throttle(self, retry_after: float | None) -> None:
         """The provider answered 429."""

@@ -30,7 +30,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from .config import ProviderSettings, Settings
 from .errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
 from .logs import logger
-from .pace import Pace, parse_rate
+from .pace import Pace, PaceClosed, parse_rate
 from .redaction import redact
 from .urls import shorten, url_problem
 
@@ -43,6 +43,15 @@ POOLS = 8
 # base64 this long is decoded in a worker thread: a few ms of CPU would stall every other
 # request and save on the event loop.
 DECODE_OFF_LOOP = 256 * 1024
+
+
+class NotSent(Exception):
+    """The run stopped before this image's request went out: nothing was spent on it (beyond
+    earlier attempts, counted in `possibly_billed_retries`)."""
+
+    def __init__(self, *, possibly_billed_retries: int = 0):
+        super().__init__("not sent: the run is stopping")
+        self.possibly_billed_retries = possibly_billed_retries
 
 
 class ImageFailed(Exception):
@@ -142,6 +151,7 @@ class Provider:
         self._sleep = sleep
         self._random = rng or random.Random()
         self.pace = pace
+        self._sending = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -163,6 +173,14 @@ class Provider:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def stop_sending(self) -> None:
+        """From now on no request goes out, first attempt or retry; those already sent are
+        answered as usual. (Ctrl-C: a request still waiting for its start under --rate has
+        not started, and must not start after it.)"""
+        self._sending = False
+        if self.pace:
+            self.pace.close()
+
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()
@@ -179,6 +197,8 @@ class Provider:
         )
         try:
             answer: Answer = await retrying(self._once, prompt, call)
+        except (NotSent, PaceClosed):
+            raise NotSent(possibly_billed_retries=call.billed_retries) from None
         except ImageFailed as exc:
             raise ImageFailed(
                 redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
@@ -241,6 +261,8 @@ class Provider:
             body["model"] = self._model
         if self.pace:
             await self.pace.wait()
+        if not self._sending:
+            raise NotSent
         try:
             # httpx's timeout is per read: a server trickling a byte at a time never trips it.
             # The whole request, body included, gets one deadline.
