@@ -228,3 +228,12 @@ def test_one_progress_bar_for_the_run_names_the_projects_in_flight(monkeypatch):
     display.finish()
     shown = screen.getvalue()
     assert "41/50" in shown and "1 failed" in shown
+
+
+def test_scenes_over_many_projects_takes_the_selected_scenes_each_project_has(cli, rows, api):
+    rows.put("short", incident_document(2))
+    rows.put("long", incident_document(5))
+    ran = cli("generate", "--all", "--scenes", "2-4", "--json", env=provider_env(api))
+    assert ran.code == 0, ran.stderr
+    assert {p["project"]: p["saved"] for p in ran.json()["projects"]} == {"short": 1, "long": 3}
+    assert [len(u) for u in rows.urls("long").values()] == [0, 1, 1, 1, 0]

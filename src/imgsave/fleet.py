@@ -138,7 +138,7 @@ class Fleet:
         result = self._result(name)
         self._preparing += 1
         try:
-            the_plan, held = await self._prepare(name)
+            the_plan, held = await self._prepare(name, every_selected=strict)
         except ImgsaveError as exc:
             self._failed(result, exc, strict)
             return result
@@ -175,7 +175,7 @@ class Fleet:
             self._stop.halt()
         result.failure(exc)
 
-    async def _prepare(self, name: str) -> tuple[Plan, list[Held]]:
+    async def _prepare(self, name: str, *, every_selected: bool) -> tuple[Plan, list[Held]]:
         """The plan for the scenes this run holds, from the document as it is once held."""
 
         def planned() -> Plan:
@@ -185,6 +185,7 @@ class Fleet:
                 selection=self._ask.selection,
                 force=self._ask.force,
                 project=name,
+                every_selected=every_selected,
             )
 
         raw = await self._db.read(name)

@@ -56,9 +56,12 @@ def plan(
     selection: SceneSelection | None = None,
     force: bool = False,
     project: str = "?",
+    every_selected: bool = True,
 ) -> Plan:
-    """Which scenes need how many images. Pure: reruns after a crash only do what is missing."""
-    if selection is not None:
+    """Which scenes need how many images. Pure: reruns after a crash only do what is missing.
+    `every_selected`: a selected scene the project lacks is an error (one project named; over
+    many, projects of different lengths are expected and each gets the scenes it has)."""
+    if selection is not None and every_selected:
         missing = selection.first_missing({s.ref.index for s in all_scenes})
         if missing is not None:
             raise UsageError(f"project {project} has no scene {missing} (--scenes)")
