@@ -246,7 +246,6 @@ def test_a_provider_that_allows_fewer_than_asked_is_met_with_fewer_429s_after_a_
     first = sum(1 for t, status in timeline if status == 429 and t - begin < 60)
     later = sum(1 for t, status in timeline if status == 429 and t - begin >= 60)
     assert first > 0, "the run did ask faster than allowed"
-    print("429s", first, later, timeline[-1][0] - begin)
     assert later < first, json.dumps({"first minute": first, "after": later})
     assert out["pace"]["throttled"] == first + later
 
