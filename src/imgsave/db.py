@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self, TypeVar
@@ -76,6 +76,8 @@ NO_DATABASE = (
 _CASTS = {"jsonb": sql.SQL("jsonb"), "json": sql.SQL("json")}
 
 ChangeFn = Callable[[str | None], tuple[str | None, T]]
+Query = str | sql.SQL | sql.Composed
+Params = Sequence[Any] | Mapping[str, Any]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -336,12 +338,8 @@ class Database:
         return {keys[key]: text for key, text in rows}, {}
 
     async def _fetch_many(self, keys: list[str]) -> list[tuple[str, str | None]]:
-        async def once() -> list[tuple[str, str | None]]:
-            async with self._connection() as conn:
-                cur = await conn.execute(self._sql.select_many, (keys,))
-                return await cur.fetchall()
-
-        return await self._reading("read from the database", once)
+        rows, _ = await self._run("read from the database", self._sql.select_many, (keys,))
+        return rows
 
     @property
     def table(self) -> Table:
@@ -360,39 +358,25 @@ class Database:
         return await self._table_exists(self._sql.journal, "read the journal")
 
     async def _table_exists(self, table: sql.Identifier, what: str) -> bool:
-        async def once() -> bool:
-            async with self._connection() as conn:
-                cur = await conn.execute(
-                    "SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),)
-                )
-                row = await cur.fetchone()
-                return bool(row and row[0])
-
-        return await self._reading(what, once)
+        query = "SELECT to_regclass(%s) IS NOT NULL"
+        rows, _ = await self._run(what, query, (table.as_string(None),))
+        return bool(rows and rows[0][0])
 
     async def journal_rows(
         self, since: datetime | None, *, batch: int = 20_000
     ) -> AsyncIterator[list[JournalRow]]:
         """The journal in the order it was written, a batch at a time (never all in memory)."""
+        query = sql.SQL(
+            "SELECT id, extract(epoch FROM at)::float8, txid::text, project, scene_index, "
+            "scene_id, url, change = 'added', scene_replaced FROM {j} WHERE id > %s "
+            "AND (%s::timestamptz IS NULL OR at >= %s) ORDER BY id LIMIT %s"
+        ).format(j=self._sql.journal)
         after = 0
         while True:
-
-            async def once(after: int = after) -> list[JournalRow]:
-                async with self._connection() as conn:
-                    cur = await conn.execute(
-                        sql.SQL(
-                            "SELECT id, extract(epoch FROM at)::float8, txid::text, project, "
-                            "scene_index, scene_id, url, "
-                            "change = 'added', scene_replaced FROM {j} WHERE id > %s "
-                            "AND (%s::timestamptz IS NULL OR at >= %s) ORDER BY id LIMIT %s"
-                        ).format(j=self._sql.journal),
-                        (after, since, since, batch),
-                    )
-                    return [JournalRow._make(row) for row in await cur.fetchall()]
-
-            rows = await self._reading("read the journal", once)
-            if not rows:
+            found, _ = await self._run("read the journal", query, (after, since, since, batch))
+            if not found:
                 return
+            rows = [JournalRow._make(row) for row in found]
             yield rows
             after = rows[-1].id
 
@@ -401,32 +385,15 @@ class Database:
         short transactions that never hold up the app's writes for long."""
         journal = self._sql.journal
         if not execute:
-
-            async def count() -> int:
-                async with self._connection() as conn:
-                    cur = await conn.execute(
-                        sql.SQL("SELECT count(*) FROM {j} WHERE at < %s").format(j=journal),
-                        (before,),
-                    )
-                    row = await cur.fetchone()
-                    return int(row[0]) if row else 0
-
-            return await self._reading("read the journal", count)
+            count = sql.SQL("SELECT count(*) FROM {j} WHERE at < %s").format(j=journal)
+            rows, _ = await self._run("read the journal", count, (before,))
+            return int(rows[0][0])
+        delete = sql.SQL(
+            "DELETE FROM {j} WHERE id IN (SELECT id FROM {j} WHERE at < %s ORDER BY id LIMIT %s)"
+        ).format(j=journal)
         deleted = 0
         while True:
-
-            async def once() -> int:
-                async with self._connection() as conn:
-                    cur = await conn.execute(
-                        sql.SQL(
-                            "DELETE FROM {j} WHERE id IN "
-                            "(SELECT id FROM {j} WHERE at < %s ORDER BY id LIMIT %s)"
-                        ).format(j=journal),
-                        (before, batch),
-                    )
-                    return cur.rowcount
-
-            done = await self._reading("prune the journal", once)
+            _, done = await self._run("prune the journal", delete, (before, batch))
             deleted += done
             if done < batch:
                 return deleted
@@ -449,14 +416,8 @@ class Database:
         """Keys a batch at a time in the key's order, each batch after the last key seen."""
         after: str | None = None
         while True:
-
-            async def once(after: str | None = after) -> list[tuple[str]]:
-                async with self._connection() as conn:
-                    query = first if after is None else following
-                    cur = await conn.execute(query, {**params, "after": after})
-                    return await cur.fetchall()
-
-            rows = await self._reading(what, once)
+            query = first if after is None else following
+            rows, _ = await self._run(what, query, {**params, "after": after})
             if not rows:
                 return
             yield [row[0] for row in rows]
@@ -499,82 +460,84 @@ class Database:
         held by one of the `dead` processes. One statement: concurrent claims of one scene are
         serialised by its key, and one wins."""
 
-        async def once() -> list[str]:
-            async with self._connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {c} AS c (project, scene, run, host, process, claimed_at, "
-                        "expires_at) SELECT %(p)s, s, %(run)s, %(host)s, %(process)s, now(), "
-                        "now() + make_interval(secs => %(expiry)s) FROM unnest(%(scenes)s::text[]) "
-                        "AS s ON CONFLICT (project, scene) DO UPDATE SET run = excluded.run, "
-                        "host = excluded.host, process = excluded.process, claimed_at = "
-                        "excluded.claimed_at, expires_at = excluded.expires_at WHERE "
-                        "c.expires_at < now() OR c.run = excluded.run OR c.process = "
-                        "ANY(%(dead)s::text[]) RETURNING scene"
-                    ).format(c=self._sql.claims),
-                    {
-                        "p": project,
-                        "run": run,
-                        "host": host,
-                        "process": process,
-                        "expiry": expiry,
-                        "scenes": list(scenes),
-                        "dead": list(dead),
-                    },
-                )
-                return [row[0] for row in await cur.fetchall()]
-
-        return await self._reading(f"claim scenes of project {project}", once)
+        rows, _ = await self._run(
+            f"claim scenes of project {project}",
+            sql.SQL(
+                "INSERT INTO {c} AS c (project, scene, run, host, process, claimed_at, "
+                "expires_at) SELECT %(p)s, s, %(run)s, %(host)s, %(process)s, now(), "
+                "now() + make_interval(secs => %(expiry)s) FROM unnest(%(scenes)s::text[]) "
+                "AS s ON CONFLICT (project, scene) DO UPDATE SET run = excluded.run, "
+                "host = excluded.host, process = excluded.process, claimed_at = "
+                "excluded.claimed_at, expires_at = excluded.expires_at WHERE "
+                "c.expires_at < now() OR c.run = excluded.run OR c.process = "
+                "ANY(%(dead)s::text[]) RETURNING scene"
+            ).format(c=self._sql.claims),
+            {
+                "p": project,
+                "run": run,
+                "host": host,
+                "process": process,
+                "expiry": expiry,
+                "scenes": list(scenes),
+                "dead": list(dead),
+            },
+        )
+        return [row[0] for row in rows]
 
     async def claim_holders(
         self, project: str, scenes: Sequence[str]
     ) -> list[tuple[str, str, str, str, float]]:
         """Who holds these scenes: (scene, host, process, run, seconds until it expires)."""
 
-        async def once() -> list[tuple[str, str, str, str, float]]:
-            async with self._connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL(
-                        "SELECT scene, host, process, run, greatest(0, extract(epoch FROM "
-                        "expires_at - now()))::float8 FROM {c} "
-                        "WHERE project = %s AND scene = ANY(%s::text[])"
-                    ).format(c=self._sql.claims),
-                    (project, list(scenes)),
-                )
-                return list(await cur.fetchall())
-
-        return await self._reading(f"read the claims of project {project}", once)
+        rows, _ = await self._run(
+            f"read the claims of project {project}",
+            sql.SQL(
+                "SELECT scene, host, process, run, greatest(0, extract(epoch FROM "
+                "expires_at - now()))::float8 FROM {c} "
+                "WHERE project = %s AND scene = ANY(%s::text[])"
+            ).format(c=self._sql.claims),
+            (project, list(scenes)),
+        )
+        return rows
 
     async def extend_claims(self, run: str, expiry: float) -> list[tuple[str, str]]:
         """Push back the expiry of every claim `run` still holds; returns (project, scene) of
         each one extended (a claim that expired and was taken by another run is not)."""
 
-        async def once() -> list[tuple[str, str]]:
-            async with self._connection() as conn:
-                cur = await conn.execute(
-                    sql.SQL(
-                        "UPDATE {c} SET expires_at = now() + make_interval(secs => %s) "
-                        "WHERE run = %s RETURNING project, scene"
-                    ).format(c=self._sql.claims),
-                    (expiry, run),
-                )
-                return list(await cur.fetchall())
-
-        return await self._reading("extend the run's claims", once)
+        rows, _ = await self._run(
+            "extend the run's claims",
+            sql.SQL(
+                "UPDATE {c} SET expires_at = now() + make_interval(secs => %s) "
+                "WHERE run = %s RETURNING project, scene"
+            ).format(c=self._sql.claims),
+            (expiry, run),
+        )
+        return rows
 
     async def release_claims(self, run: str, project: str | None = None) -> None:
         """Drop `run`'s claims (on one project, or all of them)."""
 
-        async def once() -> None:
-            async with self._connection() as conn:
-                await conn.execute(
-                    sql.SQL(
-                        "DELETE FROM {c} WHERE run = %s AND (%s::text IS NULL OR project = %s)"
-                    ).format(c=self._sql.claims),
-                    (run, project, project),
-                )
+        await self._run(
+            "release the run's claims",
+            sql.SQL("DELETE FROM {c} WHERE run = %s AND (%s::text IS NULL OR project = %s)").format(
+                c=self._sql.claims
+            ),
+            (run, project, project),
+        )
 
-        await self._reading("release the run's claims", once)
+    async def _run(
+        self, what: str, query: Query, params: Params | None = None
+    ) -> tuple[list[Any], int]:
+        """One autocommit statement, safe to run twice, retried on transient errors: the rows
+        it returned (none for a statement without a result) and the rows it touched."""
+
+        async def once() -> tuple[list[Any], int]:
+            async with self._connection() as conn:
+                cur = await conn.execute(query, params)
+                rows = await cur.fetchall() if cur.description else []
+                return rows, cur.rowcount
+
+        return await self._reading(what, once)
 
     async def _reading(self, what: str, once: Callable[[], Awaitable[R]]) -> R:
         """`once()`, a read, retried on transient errors; its failure as imgsave's error: the
