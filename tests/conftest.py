@@ -330,6 +330,16 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     return run
 
 
+def process_env(db_url: str, api: LoopbackProvider, log_dir: Path) -> dict[str, str]:
+    """What a spawned `imgsave` needs: this test's database, log folder and provider."""
+    return {
+        "IMGSAVE_DATABASE_URL": db_url,
+        "IMGSAVE_LOG_DIR": str(log_dir),
+        "IMGSAVE_BASE_URL": api.base_url,
+        "IMGSAVE_API_KEY": "sk-test-SECRET-123",
+    }
+
+
 def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     """Start the installed `imgsave` in the background, for tests that signal or race it."""
     return subprocess.Popen(

@@ -22,7 +22,7 @@ from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave.claims import process_is_gone, this_process
 
-from .conftest import spawn, wait_for
+from .conftest import process_env, spawn, wait_for
 from .test_generate_cli import events, provider_env
 from .test_many_projects import put_projects, scene_urls
 
@@ -32,15 +32,6 @@ CONFIG = (
     "[provider]\ntimeout = 10\nbackoff_initial = 0.01\nbackoff_max = 0.05\n"
     "max_retry_after = 0.2\n[database]\nlock_timeout = 1\n"
 )
-
-
-def host_env(db_url: str, api: LoopbackProvider, logs: Path) -> dict[str, str]:
-    return {
-        "IMGSAVE_DATABASE_URL": db_url,
-        "IMGSAVE_LOG_DIR": str(logs),
-        "IMGSAVE_BASE_URL": api.base_url,
-        "IMGSAVE_API_KEY": "sk-test-SECRET-123",
-    }
 
 
 def two_hosts(db_url: str, tmp_path: Path, config: str, *args: str) -> tuple[int, int, list]:
@@ -54,7 +45,7 @@ def two_hosts(db_url: str, tmp_path: Path, config: str, *args: str) -> tuple[int
         procs = [
             spawn(
                 ["generate", "--all", *args, "--json"],
-                host_env(db_url, api, tmp_path / n),
+                process_env(db_url, api, tmp_path / n),
                 tmp_path,
             )
             for api, n in ((a, "a"), (b, "b"))
@@ -99,12 +90,12 @@ def test_a_sigkilled_run_is_finished_by_a_rerun_and_only_its_in_flight_images_ar
     ):
         killed = spawn(
             ["generate", "--all", "-c", "4", "--json"],
-            host_env(db_url, a, tmp_path / "a"),
+            process_env(db_url, a, tmp_path / "a"),
             tmp_path,
         )
         other = spawn(
             ["generate", "--all", "-c", "4", "--json"],
-            host_env(db_url, b, tmp_path / "b"),
+            process_env(db_url, b, tmp_path / "b"),
             tmp_path,
         )
         wait_for(lambda: a.requests >= 20, timeout=60)

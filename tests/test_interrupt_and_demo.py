@@ -9,18 +9,14 @@ import subprocess
 
 from imgsave._demo.loopback import LoopbackProvider
 
-from .conftest import imgsave_command, spawn, wait_for
+from .conftest import imgsave_command, process_env, spawn, wait_for
 
 
 def test_sigint_stops_new_requests_saves_what_returned_and_exits_130(
     db_url, rows, incident_project, log_dir, tmp_path
 ):
     with LoopbackProvider(latency=0.5) as api:
-        env = {
-            "IMGSAVE_DATABASE_URL": db_url,
-            "IMGSAVE_LOG_DIR": str(log_dir),
-            "IMGSAVE_BASE_URL": api.base_url,
-        }
+        env = process_env(db_url, api, log_dir)
         proc = spawn(["generate", "p1", "-k", "3", "-c", "4", "--json"], env, tmp_path)
         # Interrupt only a run that is really under way; never signal at a deadline anyway.
         wait_for(lambda: api.requests >= 6, timeout=30)

@@ -13,7 +13,7 @@ import pytest
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
 
-from .conftest import spawn, wait_for
+from .conftest import process_env, spawn, wait_for
 from .test_generate_cli import events, provider_env
 
 
@@ -182,11 +182,7 @@ def test_ctrl_c_over_many_projects_finishes_what_is_in_flight_and_exits_130(
 ):
     put_projects(db_url, 30, 5)
     with LoopbackProvider(latency=0.3) as api:
-        env = {
-            "IMGSAVE_DATABASE_URL": db_url,
-            "IMGSAVE_LOG_DIR": str(log_dir),
-            "IMGSAVE_BASE_URL": api.base_url,
-        }
+        env = process_env(db_url, api, log_dir)
         proc = spawn(["generate", "--all", "-c", "8", "--json"], env, tmp_path)
         wait_for(lambda: api.requests >= 16, timeout=30)
         proc.send_signal(signal.SIGINT)

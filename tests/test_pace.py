@@ -19,7 +19,7 @@ from imgsave._demo.loopback import LoopbackProvider
 from imgsave.errors import UsageError
 from imgsave.pace import CUT_QUIET, RECOVERY, Pace, PaceClosed, parse_rate, parse_reset
 
-from .conftest import spawn, wait_for
+from .conftest import process_env, spawn, wait_for
 from .test_generate_cli import provider_env
 from .test_many_projects import put_projects
 
@@ -286,11 +286,7 @@ def test_ctrl_c_sends_none_of_the_requests_still_waiting_for_their_start(db_url,
     """Under --rate, requests queue for their start; Ctrl-C must not let them go out after it."""
     put_projects(db_url, 2, 20)
     with LoopbackProvider(latency=0.05) as api:
-        env = {
-            "IMGSAVE_DATABASE_URL": db_url,
-            "IMGSAVE_LOG_DIR": str(log_dir),
-            "IMGSAVE_BASE_URL": api.base_url,
-        }
+        env = process_env(db_url, api, log_dir)
         proc = spawn(["generate", "--all", "-c", "8", "--rate", "120/min", "--json"], env, tmp_path)
         wait_for(lambda: api.requests >= 3, timeout=30)
         proc.send_signal(signal.SIGINT)
