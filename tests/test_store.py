@@ -136,7 +136,7 @@ def test_b64_answers_without_a_store_are_spooled_and_stop_the_run(cli, rows, log
     assert ran.code == 3, ran.stderr
     assert "no store is configured" in ran.stderr and "IMGSAVE_STORE" in ran.stderr
     assert requests <= 4 + 1, "at most the requests already in flight are spent"
-    spooled = {p.stem for p in (log_dir / "spool").glob("*.png")}
+    spooled = {p.stem.split("-")[0] for p in (log_dir / "spool").glob("*.png")}
     assert spooled == sent, "every image paid for is kept"
     assert saved_urls(rows) == []
     audit = cli("audit", "p1", "--json")
@@ -279,16 +279,23 @@ def test_rehost_replaces_live_links_in_place_reports_dead_ones_and_a_second_run_
 
 
 def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_saves_it(
-    cli, rows, s3: S3
+    cli, rows, s3: S3, log_dir: Path
 ):
     import asyncio
+
+    from .test_seams import _evidence
 
     from imgsave.config import Settings as AppSettings
     from imgsave.document import SceneRef
     from imgsave.images import checked, object_key
     from imgsave.store import Store
 
-    rows.put("p1", incident_document(2))
+    document = incident_document(2)
+    document["scenes"][0]["imageUrls"] = ["https://cdn.example.com/earlier.png"]
+    rows.put("p1", document)
+    # The logs remember further back than the crash (else an object may be a deliberate
+    # deletion whose record was pruned).
+    _evidence(log_dir, url="https://cdn.example.com/earlier.png")
     store = Store.from_settings(AppSettings(store=s3.settings(), allow_http=True))
     assert store is not None
     # The state a crash leaves between the put and the log line: an object, nothing else.

@@ -9,7 +9,10 @@ A source that yields nothing usable is an error, never a clean bill of health.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +21,9 @@ from rich.markup import escape
 from . import spool
 from .consoles import error, printable, shown, warn
 from .db import Database
-from .document import SceneRef, Shape, decode, find, scenes
+from .document import Scene, SceneRef, Shape, decode, find, scenes
 from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, CannotWork, ImgsaveError, UsageError
-from .images import key_segment, segment_text
+from .images import key_segment, kind_of, scene_segment, segment_text
 from .journal import JournalLedger, Verdicts, overlay
 from .jsondata import NOT_IN_JSON, fields_json, json_name
 from .ledger import SceneHistory, build, load, partition_count, spilled
@@ -48,7 +51,13 @@ class Finding:
     url: str
 
 
-STATUS_COLOURS = {"lost": "red", "expired": "magenta", "stale": "yellow", "orphaned": "dim"}
+STATUS_COLOURS = {
+    "lost": "red",
+    "expired": "magenta",
+    "stale": "yellow",
+    "orphaned": "dim",
+    "unreferenced": "cyan",
+}
 MAX_ROWS = 200
 
 
@@ -59,6 +68,9 @@ class AuditReport:
     stale: list[Finding] = field(default_factory=list)
     orphaned: list[Finding] = field(default_factory=list)
     expired: list[Finding] = field(default_factory=list)
+    # audit --store: objects under the prefix that are not provably images imgsave stored, or
+    # older than every record read; reported, never written.
+    unreferenced: list[Finding] = field(default_factory=list)
     present: int = field(default=0, metadata=NOT_IN_JSON)
     # Paid images whose bytes wait in the spool for a store (`imgsave repair` uploads them).
     spooled: int = field(default=0, metadata=NOT_IN_JSON)
@@ -70,6 +82,8 @@ class AuditReport:
     # Projects that could not be audited (not found when named, unreadable document): each is
     # that project's error; every other project is still audited.
     errors: list[str] = field(default_factory=list)
+    # The time of the oldest log record or journal row read (epoch seconds), if any.
+    oldest_evidence: float | None = field(default=None, metadata=NOT_IN_JSON)
     # Scenes that hold no image and were never logged: candidates for --regenerate.
     empty_scenes: list[tuple[str, SceneRef]] = field(default_factory=list, metadata=NOT_IN_JSON)
 
@@ -89,6 +103,7 @@ class AuditReport:
             "orphaned": len(self.orphaned),
             "present": self.present,
             "expired": len(self.expired),
+            "unreferenced": len(self.unreferenced),
             "spooled": self.spooled,
             "lines_skipped": self.stats.lines_skipped,
         } | ({} if self.journal_rows is None else {"journal_rows": self.journal_rows})
@@ -166,6 +181,11 @@ class AuditReport:
             text += f"; {self.unchecked} lost URLs could not be checked"
         if self.spooled:
             text += f"; {self.spooled} paid images wait in the spool (repair uploads them)"
+        if self.unreferenced:
+            text += (
+                f"; {len(self.unreferenced)} objects in the store are not provably imgsave's "
+                "images or are older than the logs read (never written)"
+            )
         return printable(text)
 
 
@@ -177,6 +197,7 @@ async def audit(
     shape: Shape,
     check_urls: bool = False,
     store: Store | None = None,
+    max_image_bytes: int = 50_000_000,
 ) -> AuditReport:
     stats = ReadStats()
     report = AuditReport(stats, spooled=len(spool.pending(log_dir)))
@@ -203,7 +224,10 @@ async def audit(
     unseen: dict[str, dict[SceneRef, SceneHistory]] = {p: {} for p in set(named) - seen}
     await _classify_all(db, unseen, shape, report)
     if store is not None:
-        await _store_objects(db, store, shape, report, set(named))
+        report.oldest_evidence = min(
+            (t for t in (stats.oldest, report.oldest_evidence) if t is not None), default=None
+        )
+        await _store_objects(db, store, shape, report, set(named), seen, max_image_bytes)
     if check_urls and report.lost:
         from .urlcheck import check_urls as check
 
@@ -220,55 +244,88 @@ async def audit(
     return report
 
 
+# The only object names audit may count as an image paid for: SHA256.EXT of a stored type.
+_IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpg|webp|gif)")
+
+
 async def _store_objects(
-    db: Database, store: Store, shape: Shape, report: AuditReport, named: set[str]
+    db: Database,
+    store: Store,
+    shape: Shape,
+    report: AuditReport,
+    named: set[str],
+    known_projects: set[str],
+    max_bytes: int,
 ) -> None:
     """Objects in the store that no document holds and no finding names: images that were paid
     for and put, then never logged or saved (a crash between the put and the log). Each is lost
-    (repair appends it), or orphaned when its scene is gone."""
+    (repair appends it), or orphaned when its scene is gone, but only when it is provably an
+    image imgsave stored (its name is SHA256.EXT, its bytes hash to that name and carry that
+    type's signature) and is newer than the oldest evidence read: an older one may have been
+    removed on purpose by a write that no pruned log or journal remembers any more. Anything
+    else under the prefix is `unreferenced`: reported, never written."""
     known = {f.url for f in (*report.lost, *report.stale, *report.orphaned, *report.expired)}
-    by_project: dict[str, list[tuple[str, str]]] = {}
+    by_segment = {key_segment(p): p for p in known_projects | named}
+    by_project: dict[str, list[tuple[str, str, str, datetime, int]]] = {}
     prefix = "/".join(p for p in store.prefix.split("/") if p)
-    async for key in store.keys(f"{prefix}/" if prefix else ""):
+    async for key, modified, size in store.objects(f"{prefix}/" if prefix else ""):
         parts = key[len(prefix) + 1 if prefix else 0 :].split("/")
-        if len(parts) != 3 or parts[0] == PROBE_DIR:
+        if parts[0] == PROBE_DIR:
             continue
-        project = segment_text(parts[0])
-        if project is None or (named and project not in named):
+        project = by_segment.get(parts[0]) or segment_text(parts[0]) if parts else None
+        if len(parts) != 3 or project is None:
+            report.unreferenced.append(Finding(project or "?", 0, None, store.public_url(key)))
             continue
-        by_project.setdefault(project, []).append((parts[1], store.public_url(key)))
+        if named and project not in named:
+            continue
+        by_project.setdefault(project, []).append((parts[1], parts[2], key, modified, size))
     if not by_project:
         return
     documents, failures = await db.read_many(list(by_project))
     report.errors += failures.values()
+    oldest = report.oldest_evidence
     for project, objects in by_project.items():
-        if project not in documents:
-            if project not in failures:
-                report.orphaned += [Finding(project, 0, None, url) for _, url in objects]
+        if project in failures:
             continue
-        try:
-            all_scenes = scenes(decode(documents[project], project=project), shape)
-        except ImgsaveError as exc:
-            report.errors.append(str(exc))
-            continue
+        all_scenes: list[Scene] = []
+        if project in documents:
+            try:
+                all_scenes = scenes(decode(documents[project], project=project), shape)
+            except ImgsaveError as exc:
+                report.errors.append(str(exc))
+                continue
         held = {url for scene in all_scenes for url in scene.urls}
-        for segment, url in objects:
+        folders = {scene_segment(sc.ref): sc for sc in all_scenes}
+        for segment, name, key, modified, size in objects:
+            url = store.public_url(key)
             if url in held or url in known:
                 continue
-            scene = next(
-                (
-                    sc
-                    for sc in all_scenes
-                    if (sc.ref.id is not None and key_segment(sc.ref.id) == segment)
-                    or (sc.ref.id is None and str(sc.ref.index) == segment)
-                ),
-                None,
-            )
-            if scene is None:
-                report.orphaned.append(Finding(project, 0, None, url))
+            scene = folders.get(segment)
+            ref = (scene.ref.index, scene.ref.id) if scene else (0, None)
+            finding = Finding(project, *ref, url)
+            if not (
+                oldest is not None
+                and modified.timestamp() > oldest
+                and size <= max_bytes
+                and await _is_our_image(store, key, name)
+            ):
+                report.unreferenced.append(finding)
+            elif scene is None:
+                report.orphaned.append(finding)
             else:
-                report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
-            report.unlogged_objects += 1
+                report.lost.append(finding)
+                report.unlogged_objects += 1
+
+
+async def _is_our_image(store: Store, key: str, name: str) -> bool:
+    """Whether the object is an image imgsave put: named SHA256.EXT, hashing to that name, and
+    of the type its extension says by its own signature."""
+    match = _IMAGE_NAME.fullmatch(name)
+    if match is None:
+        return False
+    data = await store.get(key)
+    kind = kind_of(data)
+    return kind is not None and kind[0] == match[2] and hashlib.sha256(data).hexdigest() == match[1]
 
 
 async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:
@@ -281,6 +338,7 @@ async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdic
     async for rows in db.journal_rows(query.since):
         ledger.add(rows)
     report.journal_rows = ledger.rows
+    report.oldest_evidence = ledger.oldest
     report.stats.refused += ledger.refused
     return ledger.verdicts(query.only_projects)
 

@@ -57,6 +57,8 @@ class JournalLedger:
         self.rows = 0
         # Rows whose URL breaks the URL rule: whoever wrote it there, repair never writes it.
         self.refused = 0
+        # When the oldest row read was written (epoch seconds).
+        self.oldest: float | None = None
         self._run_gap = run_gap
         self._allow_http = allow_http
         self._last: dict[tuple[str, str | int, str], _Last] = {}
@@ -66,6 +68,7 @@ class JournalLedger:
     def add(self, rows: Iterable[JournalRow]) -> None:
         for row in rows:
             self.rows += 1
+            self.oldest = row.at if self.oldest is None else min(self.oldest, row.at)
             if url_problem(row.url, allow_http=self._allow_http) is not None:
                 self.refused += 1
                 continue

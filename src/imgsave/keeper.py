@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,17 @@ class Keeper:
     async def keep(
         self, project: str, ref: SceneRef, received: Received, replaces: tuple[str, ...] = ()
     ) -> Kept:
+        if received.undecodable:
+            raw = received.data or b""
+            as_sent = Image(raw, "b64", "text/plain", hashlib.sha256(raw).hexdigest())
+            path = spool.put(
+                self._log_dir, project, ref, as_sent, replaces=replaces, source_url=received.url
+            )
+            raise NotKept(
+                f"the answer's b64_json is not base64 in any form imgsave knows; it is kept as "
+                f"sent in {path}",
+                spooled=path,
+            )
         if self.store is None:
             if received.data is None and received.url is not None:
                 return Kept(received.url)  # it expires: the engine warns once per run

@@ -82,6 +82,8 @@ class ReadStats:
     matched: int = field(default=0, metadata=NOT_IN_JSON)
     untimed: int = field(default=0, metadata=NOT_IN_JSON)
     before_since: int = 0
+    # The time of the oldest record read (epoch seconds): how far back the logs' memory goes.
+    oldest: float | None = field(default=None, metadata=NOT_IN_JSON)
     truncated_files: list[str] = field(default_factory=list)
     refused_examples: list[str] = field(default_factory=list)
     invalid_examples: list[str] = field(default_factory=list)
@@ -190,7 +192,9 @@ def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
     return found
 
 
-_SPOOLED = re.compile(r"\.?[0-9a-f]{64}\.(png|jpg|webp|gif)(\.json)?(\.partial)?")
+_SPOOLED = re.compile(
+    r"\.?[0-9a-f]{64}(-[0-9a-f]{12})?\.(png|jpg|webp|gif|b64)(\.json)?(\.partial)?"
+)
 
 
 def _ignored(path: Path) -> bool:
@@ -275,6 +279,8 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
             elif since is not None and parsed.ts < since:
                 stats.before_since += 1
                 continue
+            elif stats.oldest is None or parsed.ts < stats.oldest:
+                stats.oldest = parsed.ts
             stats.sightings += 1
             yield parsed
 

@@ -13,7 +13,6 @@ usable image is never thrown away, whatever else it holds.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import email.utils
 import itertools
 import json
@@ -29,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from .config import ProviderSettings, Settings
 from .errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
+from .images import decode_base64
 from .logs import logger
 from .pace import Pace, PaceClosed, parse_rate
 from .redaction import redact
@@ -68,6 +68,9 @@ class Received:
 
     data: bytes | None = None
     url: str | None = None
+    # `data` is the answer's b64_json text as sent, which no decoding could read: paid for,
+    # so it is kept (spooled raw), never dropped and never asked for again.
+    undecodable: bool = False
 
 
 @dataclass
@@ -337,11 +340,8 @@ class Provider:
                 refused += 1
                 url = None
             if n in decoded:
-                data = decoded[n]
-                if data is None:
-                    answer.problems.append(f"data[{n}].b64_json is not valid base64")
-                else:
-                    answer.images.append(Received(data=data, url=url))
+                data, ok = decoded[n]
+                answer.images.append(Received(data=data, url=url, undecodable=not ok))
             elif url is not None:
                 answer.images.append(Received(url=url))
             elif not isinstance(entry.get("url"), str):
@@ -353,21 +353,18 @@ class Provider:
         return answer
 
 
-def _parsed(content: bytes) -> tuple[Any, dict[int, bytes | None]]:
-    """The answer's JSON, and each data[n].b64_json decoded (None where it is not base64).
-    The base64 text is dropped from the payload as soon as it is decoded: megabytes each."""
+def _parsed(content: bytes) -> tuple[Any, dict[int, tuple[bytes, bool]]]:
+    """The answer's JSON, and each data[n].b64_json decoded: (bytes, True), or (the text as
+    sent, False) where no decoding reads it. The base64 text is dropped from the payload as
+    soon as it is decoded: megabytes each."""
     payload = json.loads(content)
-    decoded: dict[int, bytes | None] = {}
+    decoded: dict[int, tuple[bytes, bool]] = {}
     items = payload.get("data") if isinstance(payload, dict) else None
     for n, item in enumerate(items if isinstance(items, list) else ()):
         text = item.get("b64_json") if isinstance(item, dict) else None
         if isinstance(text, str) and text:
-            try:
-                # Strict, and in C: b64decode(validate=True) first runs a regex over the whole
-                # text, which cost more than the decoding itself.
-                decoded[n] = binascii.a2b_base64(text, strict_mode=True)
-            except (binascii.Error, ValueError):
-                decoded[n] = None
+            data = decode_base64(text)
+            decoded[n] = (data, True) if data is not None else (text.encode("utf-8"), False)
             item["b64_json"] = None
     return payload, decoded
 

@@ -1,15 +1,19 @@
 """The spool: paid-for image bytes that could not be stored yet, kept in the log directory.
 
 An image lands here when the store keeps refusing, or when the provider answered bytes and no
-store is configured. Each image is two files, `SHA256.EXT` and `SHA256.EXT.json` (where it
-belongs), written to a temporary name, fsynced and renamed, so a crash leaves either both or
-nothing that looks finished. `imgsave repair` uploads and saves them; audit counts them.
+store is configured (or bytes that could not be decoded: kept raw, as `.b64`). Each record is
+one paid image, never shared: the same bytes answered for five scenes are five records, so
+each scene gets its image back. A record is two files, `SHA256-TOKEN.EXT` and
+`SHA256-TOKEN.EXT.json` (where it belongs), written to a temporary name, fsynced and renamed,
+so a crash leaves either both or nothing that looks finished. `imgsave repair` uploads and
+saves them; audit counts them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +52,8 @@ def put(
 ) -> Path:
     """Keep `image` for `project`/`ref` on disk; CannotWork if even that fails."""
     directory = spool_dir(log_dir)
-    path = directory / f"{image.sha256}.{image.ext}"
+    # The token makes the record this image's own (see the module's docstring).
+    path = directory / f"{image.sha256}-{secrets.token_hex(6)}.{image.ext}"
     meta = {
         "project": project,
         "scene": ref.index,

@@ -12,7 +12,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 PUT_ATTEMPTS = 3
 PROBE_DIR = ".imgsave-probe"
+# A key is PREFIX/PROJECT/SCENE/SHA256.EXT with segments of at most 201 bytes and a 69-byte
+# name (images.py): this leaves every key under the 1,024 bytes S3 and R2 allow.
+MAX_PREFIX_BYTES = 500
 
 
 class StoreUnavailable(CannotWork):
@@ -103,6 +106,11 @@ class Store:
 
         if not bucket:
             raise UsageError(f"store {conf.url!r}: no bucket, use s3://BUCKET[/PREFIX]")
+        if len(prefix.encode()) > MAX_PREFIX_BYTES:
+            raise UsageError(
+                f"store prefix is {len(prefix.encode())} bytes: at most {MAX_PREFIX_BYTES}, so "
+                "that every key fits the 1,024 bytes S3 and R2 allow"
+            )
         # The usual AWS_* variables count as much as [store]: obstore reads them too.
         endpoint = (
             conf.endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
@@ -213,17 +221,29 @@ class Store:
         except Exception as exc:  # writes work, which is what counts; a stray probe is harmless
             logger.debug("store: probe %s left in place: %s", key, _one_line(exc, self._secrets))
 
-    async def keys(self, prefix: str) -> AsyncIterator[str]:
-        """Every object key under `prefix`."""
+    async def objects(self, prefix: str) -> AsyncIterator[tuple[str, datetime, int]]:
+        """(key, last modified, size) of every object under `prefix`."""
         import obstore
 
         try:
             async for batch in obstore.list(self._store, prefix or None):
                 for meta in batch:
-                    yield str(meta["path"])
+                    yield str(meta["path"]), meta["last_modified"], int(meta["size"])
         except Exception as exc:
             raise StoreUnavailable(
                 f"store {self.where}: cannot list {prefix or '/'}: {_one_line(exc, self._secrets)}"
+            ) from None
+
+    async def get(self, key: str) -> bytes:
+        """The object's bytes (the caller has checked its listed size)."""
+        import obstore
+
+        try:
+            result = await obstore.get_async(self._store, key)
+            return bytes(await result.bytes_async())
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"store {self.where}: cannot read {key}: {_one_line(exc, self._secrets)}"
             ) from None
 
 

@@ -22,7 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
 # "401", "400", "badurl" (a javascript: URL), "repeat" (the same URL as the last "repeat"),
-# "svg" (an SVG where an image should be, in the answer's own form), "two" (two images at once).
+# "svg" (an SVG where an image should be, in the answer's own form), "two" (two images at once),
+# "placeholder" (the same image bytes every time, as a provider's content filter sends), and in
+# b64 mode "mime" (b64_json broken into CRLF lines of 76, as MIME encoders write it), "nopad"
+# (no trailing "=") and "notb64" (text no decoder reads).
 Fault = str
 
 
@@ -252,9 +255,19 @@ class LoopbackProvider:
                 elif fault == "svg" and provider.answer == "b64":
                     svg = base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>')
                     self._json({"created": 0, "data": [{"b64_json": svg.decode()}]})
+                elif fault == "notb64" and provider.answer == "b64":
+                    self._json({"created": 0, "data": [{"b64_json": "not*base64*at#all"}]})
                 else:
                     count = 2 if fault == "two" else 1
-                    items = [provider._image_item(n * 10 + k) for k in range(count)]
+                    seed = 0 if fault == "placeholder" else n * 10
+                    items = [provider._image_item(seed + k) for k in range(count)]
+                    for item in items:
+                        text = item.get("b64_json", "")
+                        if fault == "mime":
+                            lines = [text[i : i + 76] for i in range(0, len(text), 76)]
+                            item["b64_json"] = "\r\n".join(lines) + "\r\n"
+                        elif fault == "nopad":
+                            item["b64_json"] = text.rstrip("=")
                     usage = {"input_tokens": 12, "output_tokens": 1056 * count}
                     usage["total_tokens"] = 12 + 1056 * count
                     self._json({"created": int(time.time()), "data": items, "usage": usage})

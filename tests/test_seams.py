@@ -1,0 +1,208 @@
+"""Where the features meet (issue: nothing paid twice, nothing adopted that is not ours): each
+test here failed on the main it was written against, against the real PostgreSQL, the
+loopback provider and moto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from imgsave._demo.incident import incident_document
+from imgsave._demo.loopback import LoopbackProvider
+
+from .storage import S3
+
+
+def log_records(log_dir: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted(log_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line
+    ]
+
+
+def test_base64_in_every_form_a_provider_sends_is_decoded_and_saved_once(cli, rows, s3: S3):
+    rows.put("p1", incident_document(3))
+    s3.configure()
+    forms = {1: "mime", 2: "nopad", 3: "ok"}
+    with LoopbackProvider(answer="b64", faults=lambda n: forms.get(n, "ok")) as api:
+        env = {"IMGSAVE_BASE_URL": api.base_url, **s3.env()}
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+        requests = api.requests
+    out = ran.json()
+    assert ran.code == 0, ran.stderr
+    assert (out["saved"], out["possibly_billed_retries"], requests) == (3, 0, 3)
+
+
+def test_base64_no_decoder_reads_is_spooled_as_sent_not_retried_and_named_by_audit(
+    cli, rows, s3: S3, log_dir: Path
+):
+    rows.put("p1", incident_document(2))
+    s3.configure()
+    with LoopbackProvider(answer="b64", faults=lambda n: "notb64" if n == 1 else "ok") as api:
+        env = {"IMGSAVE_BASE_URL": api.base_url, **s3.env()}
+        ran = cli("generate", "p1", "-c", "1", "--json", "--allow-http", env=env)
+        requests = api.requests
+    out = ran.json()
+    assert ran.code == 1
+    assert (out["saved"], out["spooled"], out["possibly_billed_retries"]) == (1, 1, 0)
+    assert requests == 2, "an answer that was paid for is never asked for again"
+    (kept,) = (log_dir / "spool").glob("*.b64")
+    assert kept.read_bytes() == b"not*base64*at#all"
+    audit = cli("audit", "p1", "--json", "--allow-http", env=env)
+    assert audit.code == 1 and audit.json()["summary"]["spooled"] == 1
+
+
+def test_the_same_bytes_for_five_scenes_are_five_spool_records_and_all_come_back(
+    cli, rows, s3: S3, log_dir: Path
+):
+    rows.put("p1", incident_document(5))
+    s3.configure()
+
+    def placeholder_after_the_store_fails(n: int) -> str:
+        if n == 1:
+            s3.stop()  # after the probe: every put of this run fails
+        return "placeholder"
+
+    with LoopbackProvider(answer="b64", faults=placeholder_after_the_store_fails) as api:
+        env = {"IMGSAVE_BASE_URL": api.base_url, **s3.env()}
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+        assert ran.json()["spooled"] == 5, ran.stderr
+        assert len(list((log_dir / "spool").glob("*.png"))) == 5
+        s3.start_again()
+        repaired = cli("repair", "--execute", "--json", "--allow-http", env=env)
+    assert repaired.code == 0, repaired.stderr
+    assert repaired.json()["uploaded"] == 5
+    assert [len(urls) for urls in rows.urls("p1").values()] == [1, 1, 1, 1, 1]
+    audit = cli("audit", "p1", "--json", "--allow-http", env=env)
+    assert audit.code == 0, audit.stdout
+
+
+def _put_object(s3: S3, key: str, data: bytes) -> None:
+    import httpx
+
+    # Anyone who can write to the bucket: a plain S3 PUT, not imgsave's store.
+    from botocore.session import Session  # moto's dependency
+
+    client = Session().create_client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret-key",
+    )
+    client.put_object(Bucket=s3.bucket, Key=key, Body=data)
+    assert httpx.get(f"{s3.public_url}/{key}").status_code == 200
+
+
+def _evidence(log_dir: Path, *, ts: str = "2026-01-01T00:00:00Z", url: str) -> None:
+    """A log record older than anything the test stores: the logs remember back to `ts`."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "v": 1, "ts": ts, "run": "r0", "event": "image.generated", "project": "p1",
+        "scene": 1, "scene_id": None, "url": url,
+    }  # fmt: skip
+    with (log_dir / "r0.jsonl").open("a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def test_only_objects_provably_imgsaves_images_can_be_lost_the_rest_is_unreferenced(
+    cli, rows, s3: S3, log_dir: Path
+):
+    import hashlib
+
+    png = b"\x89PNG\r\n\x1a\n" + b"a real image" * 10
+    digest = hashlib.sha256(png).hexdigest()
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>'
+    held = "https://cdn.example.com/held.png"
+    rows.put("p1", {"scenes": [{"prompt": "a", "imageUrls": [held]}, {"prompt": "b"}]})
+    _evidence(log_dir, url=held)
+    s3.configure()
+    planted = {
+        "scenes/p1/2/evil.html": b"<script>alert(1)</script>",
+        "scenes/p1/2/x.svg": svg,
+        "scenes/p1/2/notes.txt": b"hello",
+        "scenes/p1/2/index.html": b"<html></html>",
+        f"scenes/p1/2/{hashlib.sha256(svg).hexdigest()}.png": svg,  # named right, not a png
+        f"scenes/p1/2/{'0' * 64}.png": png,  # a png, but not the bytes its name says
+        f"scenes/p1/2/{digest}.png": png,  # the one image imgsave could have put
+    }
+    for key, data in planted.items():
+        _put_object(s3, key, data)
+    env = s3.env()
+    audit = cli("audit", "p1", "--json", "--allow-http", env=env)
+    out = audit.json()
+    assert [f["url"].rsplit("/", 1)[1] for f in out["lost"]] == [f"{digest}.png"]
+    assert out["summary"]["unreferenced"] == 6
+    repaired = cli("repair", "p1", "--execute", "--json", "--allow-http", env=env)
+    assert repaired.code == 0, repaired.stderr
+    assert rows.urls("p1")[2] == [f"{s3.public_url}/scenes/p1/2/{digest}.png"]
+
+
+def test_the_store_audit_never_outlives_the_evidence(cli, rows, s3: S3, log_dir: Path):
+    import hashlib
+    from datetime import UTC, datetime, timedelta
+
+    png = b"\x89PNG\r\n\x1a\n" + b"deleted by the app on purpose"
+    held = "https://cdn.example.com/held.png"
+    rows.put("p1", {"scenes": [{"prompt": "a", "imageUrls": [held]}, {"prompt": "b"}]})
+    _put_object(s3, f"scenes/p1/2/{hashlib.sha256(png).hexdigest()}.png", png)
+    # The logs that knew of the deletion were pruned: the oldest one left is newer than the
+    # object.
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    _evidence(log_dir, ts=later, url=held)
+    s3.configure()
+    audit = cli("audit", "p1", "--json", "--allow-http", env=s3.env())
+    assert audit.code == 0, audit.stdout
+    out = audit.json()
+    assert out["lost"] == [] and out["summary"]["unreferenced"] == 1
+    repaired = cli("repair", "p1", "--execute", "--json", "--allow-http", env=s3.env())
+    assert repaired.code == 0 and "imageUrls" not in rows.doc("p1")["scenes"][1]
+
+
+def test_scene_id_2_and_the_idless_scene_at_index_2_never_share_a_folder(
+    cli, rows, s3: S3, log_dir: Path
+):
+    import asyncio
+    import hashlib
+
+    from imgsave.config import Settings as AppSettings
+    from imgsave.document import SceneRef
+    from imgsave.images import checked, object_key
+    from imgsave.store import Store
+
+    held = "https://cdn.example.com/held.png"
+    doc = {"scenes": [{"id": "2", "prompt": "a", "imageUrls": [held]}, {"prompt": "b"}]}
+    rows.put("p1", doc)
+    _evidence(log_dir, url=held)
+    store = Store.from_settings(AppSettings(store=s3.settings(), allow_http=True))
+    assert store is not None
+    image = checked(b"\x89PNG\r\n\x1a\n for the id-less scene 2", max_bytes=1000)
+    key = object_key(store.prefix, "p1", SceneRef(2, None), image)
+    other = object_key(store.prefix, "p1", SceneRef(1, "2"), image)
+    assert key != other and key.split("/")[2] == "2"
+    asyncio.run(store.put(key, image))
+    s3.configure()
+    out = cli("audit", "p1", "--json", "--allow-http", env=s3.env()).json()
+    assert [(f["scene"], f["scene_id"]) for f in out["lost"]] == [(2, None)]
+    assert hashlib.sha256(image.data).hexdigest() in out["lost"][0]["url"]
+
+
+def test_keys_fit_every_store_however_long_the_project_key_or_scene_id(
+    cli, rows, s3: S3, log_dir: Path
+):
+    project = "🎬" * 60  # 240 bytes, 720 once escaped
+    scene_id = "🌅" * 60
+    rows.put(project, {"scenes": [{"id": scene_id, "prompt": "dawn"}, {"prompt": "dusk"}]})
+    s3.configure()
+    with LoopbackProvider(answer="b64") as api:
+        env = {"IMGSAVE_BASE_URL": api.base_url, **s3.env()}
+        ran = cli("generate", project, "--json", "--allow-http", env=env)
+    assert ran.code == 0, ran.stderr
+    keys = s3.keys()
+    assert len(keys) == 2 and all(len(k.encode()) <= 1024 for k in keys)
+    generated = [r for r in log_records(log_dir) if r["event"] == "image.generated"]
+    assert {r["project"] for r in generated} == {project}, "the log maps the hashed folder back"
+    assert any(r["scene_id"] == scene_id for r in generated)
+    assert cli("audit", project, "--json", "--allow-http", env=env).code == 0
