@@ -206,3 +206,48 @@ def test_keys_fit_every_store_however_long_the_project_key_or_scene_id(
     assert {r["project"] for r in generated} == {project}, "the log maps the hashed folder back"
     assert any(r["scene_id"] == scene_id for r in generated)
     assert cli("audit", project, "--json", "--allow-http", env=env).code == 0
+
+
+def test_a_killed_repair_rerun_counts_each_spooled_image_once(cli, rows, s3: S3, log_dir: Path):
+    import asyncio
+
+    from imgsave import spool
+    from imgsave.config import Settings as AppSettings
+    from imgsave.engine import record_generated
+    from imgsave.genlog import RunLog
+    from imgsave.images import checked, object_key
+    from imgsave.store import Store
+
+    rows.put("p1", incident_document(6))
+    s3.configure()
+
+    def store_down(n: int) -> str:
+        if n == 1:
+            s3.stop()
+        return "ok"
+
+    with LoopbackProvider(answer="b64", faults=store_down) as api:
+        env = {"IMGSAVE_BASE_URL": api.base_url, **s3.env()}
+        assert cli("generate", "p1", "--json", "--allow-http", env=env).json()["spooled"] == 6
+    s3.start_again()
+    # What a repair killed half-way leaves: 4 spooled images stored and logged as generated,
+    # not yet saved, still in the spool.
+    store = Store.from_settings(AppSettings(store=s3.settings(), allow_http=True))
+    assert store is not None
+
+    async def killed_repair() -> None:
+        with RunLog(log_dir) as log:
+            for item in spool.pending(log_dir)[:4]:
+                image = checked(item.path.read_bytes(), max_bytes=10**6)
+                key = object_key(store.prefix, item.project, item.ref, image)
+                await store.put(key, image)
+                fields = {"key": key, "spool": str(item.path)}
+                await record_generated(log, item.project, item.ref, store.public_url(key), fields)
+
+    asyncio.run(killed_repair())
+    repaired = cli("repair", "--execute", "--json", "--allow-http", env=env)
+    out = repaired.json()
+    assert repaired.code == 0, repaired.stderr
+    assert (out["repaired"], out["uploaded"], out["remaining"]) == (4, 2, 0)
+    assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 6
+    assert cli("audit", "p1", "--json", "--allow-http", env=env).code == 0

@@ -250,7 +250,7 @@ async def _repair(
         result.remaining = remaining(report, {}, {}, empty_scenes=provider is not None)
         return
     restored, result.errors = await restore(db, report, log, settings.shape)
-    result.uploaded = await _upload_spooled(db, keeper, log, settings, result)
+    result.uploaded, spool_done = await _upload_spooled(db, keeper, log, settings, result)
     regenerated: dict[tuple[str, int], int] = {}
     if provider is not None:
         stop = StopSignal()
@@ -263,7 +263,7 @@ async def _repair(
     result.regenerated = sum(regenerated.values())
     result.remaining = remaining(
         report, restored, regenerated, empty_scenes=provider is not None
-    ) + (report.spooled - result.uploaded)
+    ) + (report.spooled - spool_done)
     with contextlib.suppress(LogUnwritable):  # already reported by the write that failed first
         log.write(
             "run.finished",
@@ -277,24 +277,26 @@ async def _repair(
 
 async def _upload_spooled(
     db: Database, keeper: Keeper, log: RunLog, settings: Settings, result: RepairResult
-) -> int:
+) -> tuple[int, int]:
     """Put each spooled image in the store and save it in its scene; its spool files go only
-    once it is saved (or its scene already holds it)."""
+    once it is saved (or its scene already holds it). Returns how many were added, and how
+    many left the spool: one that a killed repair stored and this run's restore already put
+    back is done, counted once (as repaired), not missing."""
     waiting = spool.pending(settings.resolved_log_dir())
     if not waiting:
-        return 0
+        return 0, 0
     if keeper.store is None:
         result.errors.append(
             f"{len(waiting)} paid images wait in the spool for a store: set IMGSAVE_STORE and "
             "IMGSAVE_PUBLIC_URL, then run repair again"
         )
-        return 0
+        return 0, 0
     from .saver import ProjectSaver
 
     by_project: dict[str, list[spool.Spooled]] = defaultdict(list)
     for item in waiting:
         by_project[item.project].append(item)
-    uploaded = 0
+    uploaded = done = 0
     for project, items in by_project.items():
         kept: list[tuple[spool.Spooled, Kept]] = []
         for item in items:
@@ -334,7 +336,8 @@ async def _upload_spooled(
             )  # fmt: skip
             item.remove()
             uploaded += outcome is Outcome.ADDED
-    return uploaded
+            done += 1
+    return uploaded, done
 
 
 async def _regenerate(
