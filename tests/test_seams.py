@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
+import pytest
+
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
 
@@ -251,3 +254,49 @@ def test_a_killed_repair_rerun_counts_each_spooled_image_once(cli, rows, s3: S3,
     assert (out["repaired"], out["uploaded"], out["remaining"]) == (4, 2, 0)
     assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 6
     assert cli("audit", "p1", "--json", "--allow-http", env=env).code == 0
+
+
+@pytest.mark.many_connections
+def test_a_uuid_typed_in_upper_case_and_generate_all_on_another_host_pay_once(
+    db_url, tmp_path: Path
+):
+    from .conftest import process_env, spawn
+
+    key = "6f1c2a8e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE projects")
+        conn.execute(
+            "CREATE TABLE projects (id uuid PRIMARY KEY, generated_output jsonb, "
+            "updated_at timestamptz)"
+        )
+        conn.execute(
+            "INSERT INTO projects VALUES (%s, %s::jsonb, now())",
+            (key, json.dumps(incident_document(20))),
+        )
+    store = tmp_path / "store"
+    (tmp_path / "imgsave.toml").write_text(
+        "[provider]\ntimeout = 10\nbackoff_initial = 0.01\n[database]\nlock_timeout = 1\n"
+    )
+    with (
+        LoopbackProvider(answer="b64", latency=0.05, jitter=0.05) as a,
+        LoopbackProvider(answer="b64", latency=0.05, jitter=0.05) as b,
+    ):
+        runs = [
+            spawn(
+                ["generate", *args, "-c", "4", "--json"],
+                {
+                    **process_env(db_url, api, tmp_path / host),
+                    "IMGSAVE_STORE": f"file://{store}",
+                    "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+                },
+                tmp_path,
+            )
+            for args, api, host in (([key.upper()], a, "a"), (["--all"], b, "b"))
+        ]
+        outs = [run.communicate(timeout=120) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outs
+        paid = a.requests + b.requests
+    assert paid == 20, "each scene paid for once across both hosts"
+    folders = [p.name for p in store.iterdir() if not p.name.startswith(".")]
+    assert folders == [key], "one store folder, the key's own spelling"
+    assert json.loads(outs[0][0])["project"] == key

@@ -65,6 +65,9 @@ async def run(
     ):
         if store is not None:
             await store.probe()  # before anything is spent
+        # One spelling per row, once, before claims, object keys, logs and output: a uuid typed
+        # in upper case on one host and listed in lower case by another is one project.
+        names = list(dict.fromkeys(db.normalise_key(name) or name for name in names))
         async with _claims(db, run_id, settings) as claims:
             with sigint_stops(stop), RunLog(log_dir, run_id) as log:
                 fleet = Fleet(

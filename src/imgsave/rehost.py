@@ -356,5 +356,7 @@ async def _batches(
         async for keys in db.project_keys(batch=BATCH):
             yield keys
         return
-    for start in range(0, len(projects), BATCH):
-        yield projects[start : start + BATCH]
+    # As generate does: one spelling per row, before keys, logs and output.
+    named = list(dict.fromkeys(db.normalise_key(name) or name for name in projects))
+    for start in range(0, len(named), BATCH):
+        yield named[start : start + BATCH]
