@@ -73,6 +73,7 @@ async def test_incident_audit_finds_exactly_the_lost_and_repair_restores_them(cl
         "stale": 0,
         "orphaned": 0,
         "present": 40 - len(truth),
+        "unreferenced": 0,
         "expired": 0,
         "spooled": 0,
         "lines_skipped": 0,

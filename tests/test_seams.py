@@ -300,3 +300,30 @@ def test_a_uuid_typed_in_upper_case_and_generate_all_on_another_host_pay_once(
     folders = [p.name for p in store.iterdir() if not p.name.startswith(".")]
     assert folders == [key], "one store folder, the key's own spelling"
     assert json.loads(outs[0][0])["project"] == key
+
+
+def test_repair_regenerate_with_another_systems_log_buys_each_lost_image_once(
+    cli, rows, tmp_path: Path
+):
+    document = incident_document(2)
+    document["scenes"][1]["imageUrls"] = ["https://cdn.example.com/fine.png"]
+    rows.put("p1", document)
+    with LoopbackProvider() as api:
+        dead = f"{api.origin}/img/999999.png"
+        api.dead_paths.add("/img/999999.png")
+        app_log = tmp_path / "app.log"
+        app_log.write_text(f"[Scene 1] Saved image {dead}\n")
+        args = [
+            "repair", "--execute", "--regenerate", "--check-urls", "--json", "--allow-http",
+            "--log", str(app_log), "--pattern", r"\[Scene (?P<scene>\d+)\] Saved image (?P<url>\S+)",
+            "--project", "p1",
+        ]  # fmt: skip
+        env = {"IMGSAVE_BASE_URL": api.base_url}
+        first = cli(*args, env=env)
+        assert first.code == 0 and first.json()["regenerated"] == 1, first.stderr
+        for _ in range(2):
+            again = cli(*args, env=env)
+            assert again.code == 0 and again.json()["regenerated"] == 0, again.stdout
+        paid = api.requests
+    assert paid == 1, "imgsave's own log says the expired image was already replaced"
+    assert len(rows.urls("p1")[1]) == 1

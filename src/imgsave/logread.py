@@ -168,13 +168,11 @@ def _linear_time(pattern: str) -> Matcher:
 
 
 def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
-    """Files named by paths, directories (all files below) and globs; imgsave's own logs when
-    none are given."""
-    found: list[Path] = []
-    given = list(paths)
-    if not given:
-        return sorted(default_dir.glob("*.jsonl")) if default_dir.is_dir() else []
-    for spec in given:
+    """Files named by paths, directories (all files below) and globs, and always imgsave's own
+    logs: its record of what it generated, saved and regenerated must never be left out because
+    another system's log was named (repair --regenerate would buy the same scene again)."""
+    found: list[Path] = sorted(default_dir.glob("*.jsonl")) if default_dir.is_dir() else []
+    for spec in paths:
         path = Path(spec).expanduser()
         if any(ch in spec for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
@@ -189,7 +187,10 @@ def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
             found.append(path)
         else:
             raise UsageError(f"--log {spec}: no such file or directory")
-    return found
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 _SPOOLED = re.compile(
