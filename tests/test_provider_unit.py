@@ -138,9 +138,14 @@ async def test_b64_answers_many_images_usage_and_params_pass_through():
     settings = ProviderSettings(params={"quality": "high", "output_format": "png"})
     async with api.provider(settings) as provider:
         answer = await provider.generate("a lighthouse")
-    assert [image.data for image in answer.images] == [PNG]
+    # "abc" is base64 without its padding (the keeper then refuses the bytes by signature);
+    # "%%%" is no base64 at all: kept as sent, to be spooled, never dropped.
+    assert [(image.data, image.undecodable) for image in answer.images] == [
+        (PNG, False),
+        (b"i\xb7", False),
+        (b"%%%", True),
+    ]
     assert answer.usage == {"input_tokens": 10, "output_tokens": 4160, "total_tokens": 4170}
-    assert len(answer.problems) == 2, "the two bad entries are reported, the good one kept"
     sent = json.loads(api.requests[0].content)
     assert sent["quality"] == "high" and sent["output_format"] == "png"
     assert sent["model"] == "gpt-image-1" and sent["n"] == 1
@@ -226,3 +231,29 @@ async def test_a_refusal_after_a_possibly_billed_retry_still_counts_it():
     with pytest.raises(ProviderRefused) as raised:
         await generate(api)
     assert raised.value.possibly_billed_retries == 1 and calls["n"] == 2
+
+
+def test_every_base64_form_a_provider_sends_decodes_to_the_same_bytes():
+    import base64
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from imgsave.images import decode_base64
+
+    @given(st.binary(max_size=300), st.sampled_from(["plain", "mime", "lf", "nopad", "urlsafe"]))
+    def same(data: bytes, form: str) -> None:
+        text = base64.b64encode(data).decode()
+        if form == "mime":
+            text = "\r\n".join(text[i : i + 76] for i in range(0, len(text), 76)) + "\r\n"
+        elif form == "lf":
+            text = "\n".join(text[i : i + 64] for i in range(0, len(text), 64))
+        elif form == "nopad":
+            text = text.rstrip("=")
+        elif form == "urlsafe":
+            text = base64.urlsafe_b64encode(data).decode()
+        assert decode_base64(text) == data
+        assert decode_base64("data:image/png;base64," + text) == data
+
+    same()
+    assert decode_base64("not*base64") is None and decode_base64("abcde") is None

@@ -313,10 +313,10 @@ def test_repair_regenerate_with_another_systems_log_buys_each_lost_image_once(
         api.dead_paths.add("/img/999999.png")
         app_log = tmp_path / "app.log"
         app_log.write_text(f"[Scene 1] Saved image {dead}\n")
+        pattern = r"\[Scene (?P<scene>\d+)\] Saved image (?P<url>\S+)"
         args = [
             "repair", "--execute", "--regenerate", "--check-urls", "--json", "--allow-http",
-            "--log", str(app_log), "--pattern", r"\[Scene (?P<scene>\d+)\] Saved image (?P<url>\S+)",
-            "--project", "p1",
+            "--log", str(app_log), "--pattern", pattern, "--project", "p1",
         ]  # fmt: skip
         env = {"IMGSAVE_BASE_URL": api.base_url}
         first = cli(*args, env=env)
@@ -327,3 +327,60 @@ def test_repair_regenerate_with_another_systems_log_buys_each_lost_image_once(
         paid = api.requests
     assert paid == 1, "imgsave's own log says the expired image was already replaced"
     assert len(rows.urls("p1")[1]) == 1
+
+
+def _killed_before_its_saves(db_url: str, tmp_path: Path, env: dict[str, str]) -> int:
+    """Run `generate p1` in a process, hold the row so that no save can commit, SIGKILL the
+    process once all 5 paid images are logged (fsynced); returns what it paid for."""
+    import signal
+
+    from .conftest import spawn, wait_for
+
+    log_dir = Path(env["IMGSAVE_LOG_DIR"])
+    with psycopg.connect(db_url) as blocker:
+        blocker.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
+        run = spawn(["generate", "p1", "-c", "5", "--json"], env, tmp_path)
+        wait_for(
+            lambda: sum(r["event"] == "image.generated" for r in log_records(log_dir)) == 5,
+            timeout=60,
+        )
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=30)
+        blocker.rollback()
+    return 5
+
+
+@pytest.mark.many_connections
+@pytest.mark.parametrize("host", ["same host", "another host with a store"])
+def test_a_rerun_after_a_kill_before_the_saves_pays_nothing_again(
+    db_url, rows, cli, tmp_path: Path, log_dir: Path, host: str
+):
+    from .conftest import process_env
+
+    rows.put("p1", incident_document(5))
+    (tmp_path / "imgsave.toml").write_text(
+        "[provider]\ntimeout = 10\nbackoff_initial = 0.01\n"
+        "[database]\nlock_timeout = 1\nmax_attempts = 100\n"
+    )
+    store = {
+        "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+        "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+    }
+    with LoopbackProvider(answer="b64" if "store" in host else "url") as api:
+        env = process_env(db_url, api, log_dir)
+        if "store" in host:
+            env |= store
+        paid = _killed_before_its_saves(db_url, tmp_path, env)
+        assert all(not urls for urls in rows.urls("p1").values()), "nothing was saved"
+        rerun_env = {"IMGSAVE_BASE_URL": api.base_url}
+        if "store" in host:
+            # Another host: its own log folder, which knows nothing of the dead run.
+            rerun_env |= store | {"IMGSAVE_LOG_DIR": str(tmp_path / "other-host")}
+        rerun = cli("generate", "p1", "--json", env=rerun_env)
+        assert rerun.code == 0, rerun.stderr
+        assert (rerun.json()["recovered"], rerun.json()["requested"]) == (5, 0)
+        assert api.requests == paid, "no image was paid for twice"
+    assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 5
+    repaired = cli("repair", "--execute", "--json", env=rerun_env)
+    assert repaired.code == 0 and repaired.json()["repaired"] == 0, repaired.stdout
+    assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 5, "not filled past -k 1"

@@ -283,12 +283,12 @@ def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_save
 ):
     import asyncio
 
-    from .test_seams import _evidence
-
     from imgsave.config import Settings as AppSettings
     from imgsave.document import SceneRef
     from imgsave.images import checked, object_key
     from imgsave.store import Store
+
+    from .test_seams import _evidence
 
     document = incident_document(2)
     document["scenes"][0]["imageUrls"] = ["https://cdn.example.com/earlier.png"]

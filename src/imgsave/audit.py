@@ -21,5 +21,4 @@ async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) ->
             shape=settings.shape,
             check_urls=check_urls,
             store=store,
-            max_image_bytes=settings.store.max_image_bytes,
         )

@@ -136,6 +136,8 @@ class Claims:
         self.expiry = expiry
         self._clock = clock
         self._held: dict[str, set[str]] = defaultdict(set)
+        # project -> scene -> when the claim of the run it was taken over from began.
+        self.inherited: dict[str, dict[SceneRef, float]] = {}
         # When each project's latest claim came back: an extension sent before it cannot
         # have seen that claim, so it says nothing about it.
         self._claimed: dict[str, float] = {}
@@ -161,19 +163,24 @@ class Claims:
     async def claim(
         self, project: str, refs: Sequence[SceneRef]
     ) -> tuple[list[SceneRef], list[Held]]:
-        """Take what can be taken of `refs`; the rest is held by other runs."""
+        """Take what can be taken of `refs`; the rest is held by other runs. What was taken
+        from a run that never released it is in `inherited` (recovery.py)."""
         if self._table is None:
             self._table = asyncio.ensure_future(self._db.ensure_claims())
         await self._table  # once, however many projects ask at the same moment
         by_key = {scene_key(ref): ref for ref in refs}
         sent = self._clock()
-        got = set(await self._claim(project, list(by_key)))
+        taken = dict(await self._claim(project, list(by_key)))
         holders = []
-        if len(got) < len(by_key):
-            holders = await self._db.claim_holders(project, [k for k in by_key if k not in got])
+        if len(taken) < len(by_key):
+            holders = await self._db.claim_holders(project, [k for k in by_key if k not in taken])
             dead = sorted({process for _, _, process, _, _ in holders if process_is_gone(process)})
             if dead:
-                got |= set(await self._claim(project, [h[0] for h in holders], dead))
+                taken |= dict(await self._claim(project, [h[0] for h in holders], dead))
+        got = set(taken)
+        self.inherited[project] = {
+            by_key[key]: since for key, since in taken.items() if since is not None
+        }
         if not self._held_any():
             self._valid_until = sent + self.expiry
         self._held[project] |= got
@@ -185,7 +192,9 @@ class Claims:
         ]
         return [by_key[key] for key in by_key if key in got], held
 
-    async def _claim(self, project: str, keys: list[str], dead: Sequence[str] = ()) -> list[str]:
+    async def _claim(
+        self, project: str, keys: list[str], dead: Sequence[str] = ()
+    ) -> list[tuple[str, float | None]]:
         return await self._db.claim(
             project,
             keys,
@@ -206,6 +215,7 @@ class Claims:
         """This project is done: its scenes are free for others (filled ones are skipped by
         their plans). Left to expire if the database cannot be reached now."""
         self._claimed.pop(project, None)
+        self.inherited.pop(project, None)
         if self._held.pop(project, None):
             try:
                 await self._db.release_claims(self.run, project)

@@ -455,14 +455,18 @@ class Database:
         process: str,
         expiry: float,
         dead: Sequence[str] = (),
-    ) -> list[str]:
+    ) -> list[tuple[str, float | None]]:
         """Claim `scenes` of `project` for `run`: those free, expired, already this run's, or
         held by one of the `dead` processes. One statement: concurrent claims of one scene are
-        serialised by its key, and one wins."""
+        serialised by its key, and one wins. Returns each scene taken, with when the claim of
+        the other run it was taken from began (epoch seconds), or None: that run never
+        released it, so it may have paid for images it did not live to save."""
 
         rows, _ = await self._run(
             f"claim scenes of project {project}",
             sql.SQL(
+                "WITH prior AS (SELECT scene, claimed_at FROM {c} WHERE project = %(p)s AND "
+                "scene = ANY(%(scenes)s::text[]) AND run <> %(run)s) "
                 "INSERT INTO {c} AS c (project, scene, run, host, process, claimed_at, "
                 "expires_at) SELECT %(p)s, s, %(run)s, %(host)s, %(process)s, now(), "
                 "now() + make_interval(secs => %(expiry)s) FROM unnest(%(scenes)s::text[]) "
@@ -470,7 +474,8 @@ class Database:
                 "host = excluded.host, process = excluded.process, claimed_at = "
                 "excluded.claimed_at, expires_at = excluded.expires_at WHERE "
                 "c.expires_at < now() OR c.run = excluded.run OR c.process = "
-                "ANY(%(dead)s::text[]) RETURNING scene"
+                "ANY(%(dead)s::text[]) RETURNING scene, (SELECT extract(epoch FROM "
+                "prior.claimed_at)::float8 FROM prior WHERE prior.scene = c.scene)"
             ).format(c=self._sql.claims),
             {
                 "p": project,
@@ -482,7 +487,7 @@ class Database:
                 "dead": list(dead),
             },
         )
-        return [row[0] for row in rows]
+        return [(row[0], row[1]) for row in rows]
 
     async def claim_holders(
         self, project: str, scenes: Sequence[str]

@@ -9,8 +9,6 @@ A source that yields nothing usable is an error, never a clean bill of health.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +21,7 @@ from .consoles import error, printable, shown, warn
 from .db import Database
 from .document import Scene, SceneRef, Shape, decode, find, scenes
 from .errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, CannotWork, ImgsaveError, UsageError
-from .images import key_segment, kind_of, scene_segment, segment_text
+from .images import key_segment, scene_segment, segment_text
 from .journal import JournalLedger, Verdicts, overlay
 from .jsondata import NOT_IN_JSON, fields_json, json_name
 from .ledger import SceneHistory, build, load, partition_count, spilled
@@ -197,7 +195,6 @@ async def audit(
     shape: Shape,
     check_urls: bool = False,
     store: Store | None = None,
-    max_image_bytes: int = 50_000_000,
 ) -> AuditReport:
     stats = ReadStats()
     report = AuditReport(stats, spooled=len(spool.pending(log_dir)))
@@ -227,7 +224,7 @@ async def audit(
         report.oldest_evidence = min(
             (t for t in (stats.oldest, report.oldest_evidence) if t is not None), default=None
         )
-        await _store_objects(db, store, shape, report, set(named), seen, max_image_bytes)
+        await _store_objects(db, store, shape, report, set(named), seen)
     if check_urls and report.lost:
         from .urlcheck import check_urls as check
 
@@ -244,10 +241,6 @@ async def audit(
     return report
 
 
-# The only object names audit may count as an image paid for: SHA256.EXT of a stored type.
-_IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpg|webp|gif)")
-
-
 async def _store_objects(
     db: Database,
     store: Store,
@@ -255,7 +248,6 @@ async def _store_objects(
     report: AuditReport,
     named: set[str],
     known_projects: set[str],
-    max_bytes: int,
 ) -> None:
     """Objects in the store that no document holds and no finding names: images that were paid
     for and put, then never logged or saved (a crash between the put and the log). Each is lost
@@ -266,7 +258,7 @@ async def _store_objects(
     else under the prefix is `unreferenced`: reported, never written."""
     known = {f.url for f in (*report.lost, *report.stale, *report.orphaned, *report.expired)}
     by_segment = {key_segment(p): p for p in known_projects | named}
-    by_project: dict[str, list[tuple[str, str, str, datetime, int]]] = {}
+    by_project: dict[str, list[tuple[str, str, datetime, int]]] = {}
     prefix = "/".join(p for p in store.prefix.split("/") if p)
     async for key, modified, size in store.objects(f"{prefix}/" if prefix else ""):
         parts = key[len(prefix) + 1 if prefix else 0 :].split("/")
@@ -274,11 +266,12 @@ async def _store_objects(
             continue
         project = by_segment.get(parts[0]) or segment_text(parts[0]) if parts else None
         if len(parts) != 3 or project is None:
-            report.unreferenced.append(Finding(project or "?", 0, None, store.public_url(key)))
+            if not named:  # else it may well be another project's
+                report.unreferenced.append(Finding(project or "?", 0, None, store.public_url(key)))
             continue
         if named and project not in named:
             continue
-        by_project.setdefault(project, []).append((parts[1], parts[2], key, modified, size))
+        by_project.setdefault(project, []).append((parts[1], key, modified, size))
     if not by_project:
         return
     documents, failures = await db.read_many(list(by_project))
@@ -296,7 +289,7 @@ async def _store_objects(
                 continue
         held = {url for scene in all_scenes for url in scene.urls}
         folders = {scene_segment(sc.ref): sc for sc in all_scenes}
-        for segment, name, key, modified, size in objects:
+        for segment, key, modified, size in objects:
             url = store.public_url(key)
             if url in held or url in known:
                 continue
@@ -306,8 +299,7 @@ async def _store_objects(
             if not (
                 oldest is not None
                 and modified.timestamp() > oldest
-                and size <= max_bytes
-                and await _is_our_image(store, key, name)
+                and await store.holds_image(key, size)
             ):
                 report.unreferenced.append(finding)
             elif scene is None:
@@ -315,17 +307,6 @@ async def _store_objects(
             else:
                 report.lost.append(finding)
                 report.unlogged_objects += 1
-
-
-async def _is_our_image(store: Store, key: str, name: str) -> bool:
-    """Whether the object is an image imgsave put: named SHA256.EXT, hashing to that name, and
-    of the type its extension says by its own signature."""
-    match = _IMAGE_NAME.fullmatch(name)
-    if match is None:
-        return False
-    data = await store.get(key)
-    kind = kind_of(data)
-    return kind is not None and kind[0] == match[2] and hashlib.sha256(data).hexdigest() == match[1]
 
 
 async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:

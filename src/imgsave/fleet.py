@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .claims import Claims, Held, held_lines
 from .db import Database
-from .document import Shape, decode, scenes
+from .document import Outcome, SceneRef, Shape, decode, scenes
 from .engine import Execution, Plan, Reporter, finish_log
 from .errors import ClaimsUnavailable, DatabaseUnavailable, ImgsaveError, LogUnwritable
 from .genlog import RunLog
@@ -28,6 +28,8 @@ from .genresult import GenerateResult
 from .interrupt import StopSignal
 from .keeper import Keeper
 from .provider import Provider
+from .recovery import Unsaved, inherited_objects, unsaved_in_log
+from .saver import ProjectSaver
 from .slots import Slots
 
 # Projects always in flight (when there are that many): the fairness floor.
@@ -65,6 +67,7 @@ class Fleet:
         reporter: Callable[[str], Reporter | None],
         result: Callable[[str], GenerateResult],
         linger: float = 0.0,
+        allow_http: bool = False,
     ):
         self._db = db
         self._provider = provider
@@ -78,6 +81,9 @@ class Fleet:
         self._reporter = reporter
         self._result = result
         self._linger = linger
+        self._allow_http = allow_http
+        # What this host's log says was paid for and never saved; read once, when first needed.
+        self._unsaved: asyncio.Task[Unsaved] | None = None
         self._preparing = 0
         self._said: set[str] = set()  # warnings given once per run, whichever project met them
         # Why the whole run stopped (the database went away), if it did.
@@ -138,7 +144,7 @@ class Fleet:
         result = self._result(name)
         self._preparing += 1
         try:
-            the_plan, held = await self._prepare(name, every_selected=strict)
+            the_plan, held = await self._prepare(name, result, every_selected=strict)
         except ImgsaveError as exc:
             self._failed(result, exc, strict)
             return result
@@ -175,31 +181,78 @@ class Fleet:
             self._stop.halt()
         result.failure(exc)
 
-    async def _prepare(self, name: str, *, every_selected: bool) -> tuple[Plan, list[Held]]:
-        """The plan for the scenes this run holds, from the document as it is once held."""
+    async def _prepare(
+        self, name: str, result: GenerateResult, *, every_selected: bool
+    ) -> tuple[Plan, list[Held]]:
+        """The plan for the scenes this run holds, from the document as it is once held, after
+        what earlier runs paid for and never saved is saved (recovery.py)."""
 
-        def planned() -> Plan:
-            return plan(
-                scenes(decode(raw, project=name), self._shape, project=name),
+        async def planned(mine: set[SceneRef] | None = None) -> Plan:
+            found = plan(
+                scenes(decode(await self._db.read(name), project=name), self._shape, project=name),
                 self._ask.images_per_scene,
                 selection=self._ask.selection,
                 force=self._ask.force,
                 project=name,
                 every_selected=every_selected,
             )
+            if mine is None:
+                return found
+            jobs = tuple(job for job in found.jobs if job.scene.ref in mine)
+            return Plan(jobs, found.skipped_scenes, found.unprompted_scenes)
 
-        raw = await self._db.read(name)
-        first = planned()
-        if self._claims is None or not first.jobs:
+        first = await planned()
+        if not first.jobs:
             return first, []
-        claimed, held = await self._claims.claim(name, [job.scene.ref for job in first.jobs])
-        if not claimed:
-            return Plan((), first.skipped_scenes, first.unprompted_scenes), held
-        raw = await self._db.read(name)
-        second = planned()
-        mine = set(claimed)
-        jobs = tuple(job for job in second.jobs if job.scene.ref in mine)
-        return Plan(jobs, second.skipped_scenes, second.unprompted_scenes), held
+        held: list[Held] = []
+        mine = None
+        if self._claims is not None:
+            claimed, held = await self._claims.claim(name, [job.scene.ref for job in first.jobs])
+            if not claimed:
+                return Plan((), first.skipped_scenes, first.unprompted_scenes), held
+            mine = set(claimed)
+            first = await planned(mine)
+        result.recovered = await self._recover(name, first)
+        return (await planned(mine) if result.recovered else first), held
+
+    async def _recover(self, name: str, the_plan: Plan) -> int:
+        """Save what earlier runs received for the planned scenes and never saved; returns how
+        many images that added (each logged as image.repaired)."""
+        if self._unsaved is None:
+            self._unsaved = asyncio.ensure_future(
+                asyncio.to_thread(
+                    unsaved_in_log,
+                    self._log.path.parent,
+                    allow_http=self._allow_http,
+                    normalise=self._db.normalise_key,
+                )
+            )
+        logged = (await self._unsaved).for_project(name)
+        inherited = self._claims.inherited.get(name, {}) if self._claims else {}
+        store = self._keeper.store
+        stored = await inherited_objects(store, name, inherited) if store and inherited else []
+        wanted: list[tuple[SceneRef, str]] = []
+        for job in the_plan.jobs:
+            ref = job.scene.ref
+            urls = logged.get((ref.index, ref.id), []) + [u for r, u in stored if r == ref]
+            wanted += [(ref, url) for url in dict.fromkeys(urls) if url not in job.scene.urls]
+        if not wanted:
+            return 0
+        async with ProjectSaver(self._db, name, self._shape) as saver:
+            outcomes = await saver.save_many(wanted)
+        added = 0
+        for (ref, url), outcome in zip(wanted, outcomes, strict=True):
+            if outcome is Outcome.ADDED:
+                added += 1
+                await self._log.record(
+                    "image.repaired",
+                    project=name,
+                    scene=ref.index,
+                    scene_id=ref.id,
+                    url=url,
+                    recovered=True,
+                )
+        return added
 
     async def _carry_out(
         self, name: str, the_plan: Plan, result: GenerateResult, reporter: Reporter | None

@@ -89,6 +89,7 @@ async def run(
                     else reporter.project,
                     result=lambda name: GenerateResult(project=name, run=run_id),
                     linger=0.0 if single else LINGER,
+                    allow_http=settings.allow_http,
                 )
                 pace = provider.pace.report if provider.pace else lambda: None
                 if single:

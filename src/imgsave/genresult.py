@@ -26,6 +26,8 @@ class GenerateResult:
     unprompted_scenes: list[int] = field(default_factory=list)
     # Scenes another run (this host or another) held: skipped, that run reports them.
     held_scenes: list[int] = field(default_factory=list)
+    # Paid images an earlier run received and never saved, saved now instead of paid again.
+    recovered: int = 0
     log_path: str | None = field(default=None, metadata=json_name("log"))
     # The run's pace; only a run of one project carries it (several: the run's result does).
     pace: PaceReport | None = field(default=None, metadata=NOT_IN_JSON)
@@ -90,6 +92,8 @@ class GenerateResult:
             parts.append(f"{t.failed} failed (in the log for `imgsave repair`)")
         if t.duplicates:
             parts.append(f"{t.duplicates} answered with a URL the scene already held (not saved)")
+        if self.recovered:
+            parts.append(f"{self.recovered} received by an earlier run and saved now")
         if self.skipped_scenes:
             parts.append(f"{len(self.skipped_scenes)} scenes already complete")
         if self.unprompted_scenes:
@@ -134,6 +138,7 @@ class ManyResult:
     # Scenes skipped, counted over every project (each project's object lists its own).
     skipped_scenes: int = 0
     held_scenes: int = 0
+    recovered: int = 0
     transactions: int = 0
     possibly_billed_retries: int = 0
     usage: dict[str, int] = field(default_factory=dict)
@@ -160,6 +165,7 @@ class ManyResult:
         self.not_requested += t.not_requested
         self.skipped_scenes += len(result.skipped_scenes)
         self.held_scenes += len(result.held_scenes)
+        self.recovered += result.recovered
         self.transactions += t.transactions
         self.possibly_billed_retries += t.possibly_billed_retries
         add_usage(self.usage, t.usage)
@@ -202,6 +208,8 @@ class ManyResult:
             parts.append(f"{self.projects_not_started} projects not started")
         if self.held_scenes:
             parts.append(f"{self.held_scenes} scenes held by other runs")
+        if self.recovered:
+            parts.append(f"{self.recovered} received by an earlier run and saved now")
         if self.usage.get("total_tokens"):
             parts.append(f"{self.usage['total_tokens']:,} tokens")
         if self.possibly_billed_retries:

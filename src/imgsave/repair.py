@@ -203,7 +203,6 @@ async def run_repair(
                 shape=settings.shape,
                 check_urls=check_urls,
                 store=store,
-                max_image_bytes=settings.store.max_image_bytes,
             )
             result = RepairResult(report, executed=execute)
             work = (

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .config import Settings, StoreSettings
 from .errors import CannotWork, UsageError
-from .images import Image
+from .images import Image, key_segment, kind_of
 from .logs import logger
 from .redaction import redact
 from .urls import url_problem
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
 PUT_ATTEMPTS = 3
+# The only object names that can be an image imgsave stored: SHA256.EXT of a stored type.
+_IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpg|webp|gif)")
 PROBE_DIR = ".imgsave-probe"
 # A key is PREFIX/PROJECT/SCENE/SHA256.EXT with segments of at most 201 bytes and a 69-byte
 # name (images.py): this leaves every key under the 1,024 bytes S3 and R2 allow.
@@ -233,6 +237,23 @@ class Store:
             raise StoreUnavailable(
                 f"store {self.where}: cannot list {prefix or '/'}: {_one_line(exc, self._secrets)}"
             ) from None
+
+    def scene_folder(self, project: str, scene_segment: str) -> str:
+        """PREFIX/PROJECT/SCENE: where a scene's images are kept (images.object_key)."""
+        parts = [p for p in self.prefix.strip("/").split("/") if p]
+        return "/".join([*parts, key_segment(project), scene_segment])
+
+    async def holds_image(self, key: str, size: int) -> bool:
+        """Whether the object is provably an image imgsave put: named SHA256.EXT of a stored
+        type, no larger than allowed, its bytes hashing to that name and carrying that type's
+        signature. Anyone who can write to the bucket can drop `evil.html` or an SVG under a
+        scene's folder; only this is ever written into a document."""
+        match = _IMAGE_NAME.fullmatch(key.rsplit("/", 1)[-1])
+        if match is None or size > self._settings.max_image_bytes:
+            return False
+        data = await self.get(key)
+        kind = kind_of(data)
+        return kind is not None and kind[0] == match[2] and sha256(data).hexdigest() == match[1]
 
     async def get(self, key: str) -> bytes:
         """The object's bytes (the caller has checked its listed size)."""
