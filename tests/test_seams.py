@@ -384,3 +384,45 @@ def test_a_rerun_after_a_kill_before_the_saves_pays_nothing_again(
     repaired = cli("repair", "--execute", "--json", env=rerun_env)
     assert repaired.code == 0 and repaired.json()["repaired"] == 0, repaired.stdout
     assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 5, "not filled past -k 1"
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "says"),
+    [
+        ({"IMGSAVE_STORE": "s3://AKIAEXAMPLEKEY:wJalrXUtnFEMIK7MDENG@bucket/p"}, "", "store URL"),
+        (
+            {
+                "IMGSAVE_STORE": "s3://bucket/p",
+                "IMGSAVE_PUBLIC_URL": "https://cdn:wJalrXUtnFEMIK7MDENG@images.example.com",
+            },
+            "",
+            "public URL",
+        ),
+        (
+            {"IMGSAVE_STORE": "s3://bucket/p", "IMGSAVE_PUBLIC_URL": "https://i.example.com"},
+            '[store]\nendpoint = "https://k:wJalrXUtnFEMIK7MDENG@s3.example.com"\n',
+            "[store] endpoint",
+        ),
+    ],
+)
+def test_credentials_in_a_store_url_are_refused_and_never_printed(
+    cli, rows, tmp_path: Path, env: dict[str, str], config: str, says: str
+):
+    rows.put("p1", incident_document(1))
+    with (tmp_path / "imgsave.toml").open("a") as handle:
+        handle.write(config)
+    for command in (["generate", "p1", "--json"], ["audit", "p1", "--json"]):
+        ran = cli(*command, env={"IMGSAVE_BASE_URL": "https://api.example.com/v1", **env})
+        said = ran.stderr + ran.stdout
+        assert ran.code == 2 and says in said, said
+        assert "AWS_SECRET_ACCESS_KEY" in said or "serve the objects" in said
+        assert "wJalrXUtnFEMIK7MDENG" not in said
+
+
+def test_a_database_password_with_an_unencoded_question_mark_is_named_never_shown(cli):
+    url = "postgresql://app:Qp4?Rt/8Vn3@127.0.0.1:5432/db"
+    ran = cli("audit", "--json", env={"IMGSAVE_DATABASE_URL": url})
+    assert ran.code == 2, ran.stderr
+    assert "percent-encoded" in ran.stderr + ran.stdout
+    for fragment in ("Qp4", "Rt/8Vn3", "8Vn3"):
+        assert fragment not in ran.stderr + ran.stdout

@@ -11,7 +11,7 @@ from typing import Any
 
 from .document import Shape
 from .errors import UsageError
-from .redaction import url_secrets
+from .redaction import credentials_problem, url_secrets, userinfo_secret
 
 CONFIG_FILE_NAME = "imgsave.toml"
 
@@ -124,7 +124,11 @@ class Settings:
             )
             if s
         )
-        return found + url_secrets(self.database_url or "")
+        in_urls = (
+            userinfo_secret(url)
+            for url in (self.base_url, self.store.url, self.store.public_url, self.store.endpoint)
+        )
+        return found + tuple(s for s in in_urls if s) + url_secrets(self.database_url or "")
 
     def resolved_log_dir(self) -> Path:
         if self.log_dir is not None:
@@ -223,6 +227,26 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
         store = replace(store, url=str(merged["store_url"]))
     if merged.get("public_url"):
         store = replace(store, public_url=str(merged["public_url"]))
+    keys = (
+        "[store] access_key_id and secret_access_key in imgsave.toml, or AWS_ACCESS_KEY_ID "
+        "and AWS_SECRET_ACCESS_KEY"
+    )
+    for problem in (
+        credentials_problem(store.url, "the store URL (IMGSAVE_STORE, --store)", keys),
+        credentials_problem(store.endpoint, "[store] endpoint", keys),
+        credentials_problem(
+            store.public_url,
+            "the public URL (IMGSAVE_PUBLIC_URL)",
+            "it is written into every saved image URL; serve the objects publicly",
+        ),
+        credentials_problem(
+            _opt_str(merged.get("base_url")),
+            "the image API URL (IMGSAVE_BASE_URL)",
+            "the key goes in IMGSAVE_API_KEY",
+        ),
+    ):
+        if problem:
+            raise UsageError(problem)
     return Settings(
         database_url=_opt_str(merged.get("database_url")),
         base_url=_opt_str(merged.get("base_url")),

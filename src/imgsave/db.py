@@ -44,7 +44,7 @@ from .errors import (
 from .journal import JournalRow
 from .logs import logger
 from .migration import CLAIMS, JOURNAL, Table, claims_table
-from .redaction import mask_url, redact, url_secrets
+from .redaction import database_url_problem, mask_url, redact, url_secrets
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -191,6 +191,9 @@ class Database:
         # empty embedded database and report a clean run.
         if not settings.database_url:
             raise UsageError(NO_DATABASE)
+        problem = database_url_problem(settings.database_url)
+        if problem:
+            raise UsageError(problem)
         if settings.database_url.strip().lower() == EMBEDDED:
             return await cls.open(
                 embedded.start(),

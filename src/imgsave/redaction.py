@@ -32,6 +32,47 @@ def url_secrets(url: str) -> tuple[str, ...]:
     return tuple(s for s in spellings if s)
 
 
+def userinfo_secret(url: str | None) -> str | None:
+    """What a URL carries before `@` in its authority (user:password), if anything."""
+    from urllib.parse import urlsplit
+
+    if not url:
+        return None
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return None
+    userinfo, at, _ = netloc.rpartition("@")
+    return userinfo if at and userinfo else None
+
+
+def credentials_problem(url: str | None, setting: str, where_they_go: str) -> str | None:
+    """A one-line refusal when a URL setting carries credentials, naming where credentials go
+    instead; the URL itself is never repeated (it holds the secret)."""
+    if userinfo_secret(url) is None:
+        return None
+    return f"{setting} must not carry credentials (user:secret@ in the URL): {where_they_go}"
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why a database URL cannot be what its writer meant, before libpq sees it: a password
+    holding an unencoded `?`, `/` or `#` ends the URL's authority early, and libpq's error
+    would then show the rest of the password as a host or a parameter. Nothing of the URL is
+    repeated."""
+    match = re.match(r"^postgres(?:ql)?://(.*)$", url.strip(), re.IGNORECASE | re.DOTALL)
+    if match is None:
+        return None
+    rest = match[1]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" not in authority and "@" in rest:
+        return (
+            "the database URL's user or password holds a character that must be "
+            "percent-encoded (/ ? # @ : as %2F %3F %23 %40 %3A), e.g. "
+            "postgresql://app:pa%3Fss@host/db; the password is not shown"
+        )
+    return None
+
+
 def mask_url(url: str) -> str:
     """A database URL or conninfo fit to print: every spelling of the password is ***."""
     return redact(url, url_secrets(url))
