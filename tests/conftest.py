@@ -193,6 +193,8 @@ def settings(db_url: str, log_dir: Path) -> Settings:
     return Settings(
         database_url=db_url,
         log_dir=log_dir,
+        # The loopback provider's images are on 127.0.0.1; the refusal has its own tests.
+        allow_private_network=True,
         provider=ProviderSettings(
             timeout=10.0,
             max_attempts=6,
@@ -296,6 +298,7 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     # Fast retries for tests, through the real config-file path.
     (tmp_path / "imgsave.toml").write_text(
+        "allow_private_network = true\n"
         "[provider]\ntimeout = 10\nbackoff_initial = 0.01\nbackoff_max = 0.05\n"
         "max_billed_retries = 5\n"
         "max_retry_after = 0.2\n[database]\nlock_timeout = 1\n"
@@ -337,6 +340,7 @@ def process_env(db_url: str, api: LoopbackProvider, log_dir: Path) -> dict[str, 
         "IMGSAVE_LOG_DIR": str(log_dir),
         "IMGSAVE_BASE_URL": api.base_url,
         "IMGSAVE_API_KEY": "sk-test-SECRET-123",
+        "IMGSAVE_ALLOW_PRIVATE_NETWORK": "1",
     }
 
 

@@ -118,4 +118,4 @@ def test_only_db_imports_psycopg_and_only_the_http_modules_import_httpx():
             # migration.py composes the SQL it prints with psycopg.sql; it never connects.
             assert name in {"db.py", "redaction.py", "migration.py", "_demo/writes.py"}, name
         if "import httpx" in text:
-            assert name in {"provider.py", "urlcheck.py", "fetch.py"}, name
+            assert name in {"provider.py", "urlcheck.py", "fetch.py", "netguard.py"}, name

@@ -426,3 +426,76 @@ def test_a_database_password_with_an_unencoded_question_mark_is_named_never_show
     assert "percent-encoded" in ran.stderr + ran.stdout
     for fragment in ("Qp4", "Rt/8Vn3", "8Vn3"):
         assert fragment not in ran.stderr + ran.stdout
+
+
+async def test_downloads_refuse_private_addresses_on_every_hop():
+    """A public-looking image host (127.0.0.2 plays the internet here) redirects to an internal
+    service (127.0.0.1) and to the cloud metadata address: neither is ever contacted."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from imgsave.fetch import DownloadFailed, Fetcher
+    from imgsave.netguard import PublicOnly, is_public
+
+    internal_hits: list[str] = []
+
+    class Internal(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            internal_hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"\x89PNG\r\n\x1a\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    internal = ThreadingHTTPServer(("127.0.0.1", 0), Internal)
+    target = {"/a": f"http://127.0.0.1:{internal.server_address[1]}/secret",
+              "/b": "http://169.254.169.254/latest/meta-data/"}  # fmt: skip
+
+    class Redirector(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    outside = ThreadingHTTPServer(("127.0.0.2", 0), Redirector)
+    servers = [internal, outside]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        guard = PublicOnly(public=lambda a: a == "127.0.0.2" or is_public(a))
+        async with Fetcher(
+            max_bytes=1000, timeout=5, allow_http=True, allow_private_network=True, transport=guard
+        ) as fetcher:
+            for path, refused in (("/a", "127.0.0.1"), ("/b", "169.254.169.254")):
+                with pytest.raises(DownloadFailed, match=f"resolves to {refused}"):
+                    await fetcher.download(f"http://127.0.0.2:{outside.server_address[1]}{path}")
+        async with Fetcher(max_bytes=1000, timeout=5, allow_http=True) as fetcher:
+            with pytest.raises(DownloadFailed, match="private, loopback or link-local"):
+                await fetcher.download(f"http://127.0.0.1:{internal.server_address[1]}/direct")
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert internal_hits == [], "the internal service was never reached"
+    assert not is_public("::ffff:169.254.169.254") and not is_public("10.0.0.1")
+    assert is_public("93.184.215.14")
+
+
+def test_a_url_answer_on_a_private_address_is_not_downloaded_by_default(cli, rows, s3: S3):
+    rows.put("p1", incident_document(1))
+    s3.configure()
+    with LoopbackProvider(image_base="") as api:
+        api.image_base = api.origin + "/"
+        env = {"IMGSAVE_BASE_URL": api.base_url, **s3.env(), "IMGSAVE_ALLOW_PRIVATE_NETWORK": "0"}
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+        served = list(api.served)
+    assert ran.code == 1 and "private, loopback or link-local" in ran.stderr, ran.stderr
+    assert served and not [k for k in s3.keys() if not k.startswith("scenes/.imgsave")]
+    assert rows.urls("p1") == {1: []}, "an internal URL is not saved as a link either"

@@ -21,4 +21,5 @@ async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) ->
             shape=settings.shape,
             check_urls=check_urls,
             store=store,
+            allow_private_network=settings.allow_private_network,
         )

@@ -103,6 +103,9 @@ class Settings:
     model: str | None = None
     log_dir: Path | None = None
     allow_http: bool = False
+    # Downloads may reach loopback, private and link-local addresses (netguard.py): only for
+    # an image host on your own network.
+    allow_private_network: bool = False
     names: Names = field(default_factory=Names)
     shape: Shape = field(default_factory=Shape)
     provider: ProviderSettings = field(default_factory=ProviderSettings)
@@ -146,9 +149,18 @@ ENVIRONMENT = {
     "log_dir": ("IMGSAVE_LOG_DIR",),
     "store_url": ("IMGSAVE_STORE",),
     "public_url": ("IMGSAVE_PUBLIC_URL",),
+    "allow_private_network": ("IMGSAVE_ALLOW_PRIVATE_NETWORK",),
 }
 
-_TOP_KEYS = {"database_url", "base_url", "api_key", "model", "log_dir", "allow_http"}
+_TOP_KEYS = {
+    "database_url",
+    "base_url",
+    "api_key",
+    "model",
+    "log_dir",
+    "allow_http",
+    "allow_private_network",
+}
 _SECTIONS: dict[str, tuple[type, ...]] = {
     "names": (Names, Shape),
     "provider": (ProviderSettings,),
@@ -254,6 +266,7 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
         model=_opt_str(merged.get("model")),
         log_dir=Path(log_dir).expanduser() if log_dir else None,
         allow_http=bool(merged.get("allow_http", False)),
+        allow_private_network=_flag(merged.get("allow_private_network", False)),
         names=built["Names"],
         shape=built["Shape"],
         provider=built["ProviderSettings"],
@@ -285,6 +298,18 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if not isinstance(value, str) or not value:
         raise UsageError(f"config file {where} must be a non-empty string")
     return value
+
+
+def _flag(value: Any) -> bool:
+    """A boolean from the file (true/false) or the environment (1/true/yes, 0/false/no)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise UsageError(f"allow_private_network: {value!r} is not true or false")
 
 
 def _opt_str(value: Any) -> str | None:

@@ -1,6 +1,7 @@
 """Downloading a provider's image URL before it expires: https only (http with --allow-http),
-a few https redirects at most, a size cap enforced while streaming, one total deadline, and no
-credentials (a fresh client: the provider's Authorization header never reaches an image host).
+public addresses only on every hop (netguard.py), a few redirects at most, a size cap enforced
+while streaming, one total deadline, and no credentials (a fresh client: the provider's
+Authorization header never reaches an image host).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from .netguard import PrivateAddress, download_transport
 from .urls import shorten, url_problem
 
 MAX_REDIRECTS = 3
@@ -19,9 +21,13 @@ EXPIRED_STATUSES = frozenset({403, 404, 410})
 
 
 class DownloadFailed(Exception):
-    def __init__(self, reason: str, *, expired: bool = False):
+    """`expired`: the link is gone; `refused`: imgsave will never fetch it (a private address,
+    a scheme the URL rule refuses), so it must not be saved as a link either."""
+
+    def __init__(self, reason: str, *, expired: bool = False, refused: bool = False):
         super().__init__(reason)
         self.expired = expired
+        self.refused = refused
 
 
 class Fetcher:
@@ -31,6 +37,7 @@ class Fetcher:
         max_bytes: int,
         timeout: float,
         allow_http: bool = False,
+        allow_private_network: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
         self._max_bytes = max_bytes
@@ -39,7 +46,7 @@ class Fetcher:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
-            transport=transport,
+            transport=download_transport(allow_private_network, transport),
         )
 
     async def __aenter__(self) -> Self:
@@ -55,6 +62,8 @@ class Fetcher:
                 return await self._follow(url)
         except TimeoutError:
             raise DownloadFailed(f"no complete image within {self._timeout:g}s") from None
+        except PrivateAddress as exc:
+            raise DownloadFailed(str(exc), refused=True) from None
         except httpx.HTTPError as exc:
             raise DownloadFailed(f"download failed: {type(exc).__name__}: {exc}") from None
 
@@ -62,7 +71,7 @@ class Fetcher:
         for _ in range(MAX_REDIRECTS + 1):
             problem = url_problem(url, allow_http=self._allow_http)
             if problem:
-                raise DownloadFailed(f"will not download {shorten(url)!r}: {problem}")
+                raise DownloadFailed(f"will not download {shorten(url)!r}: {problem}", refused=True)
             async with self._client.stream("GET", url) as response:
                 if response.is_redirect and "location" in response.headers:
                     url = urljoin(url, response.headers["location"])

@@ -195,6 +195,7 @@ async def audit(
     shape: Shape,
     check_urls: bool = False,
     store: Store | None = None,
+    allow_private_network: bool = False,
 ) -> AuditReport:
     stats = ReadStats()
     report = AuditReport(stats, spooled=len(spool.pending(log_dir)))
@@ -228,7 +229,9 @@ async def audit(
     if check_urls and report.lost:
         from .urlcheck import check_urls as check
 
-        alive = await check(f.url for f in report.lost)
+        alive = await check(
+            (f.url for f in report.lost), allow_private_network=allow_private_network
+        )
         still_lost = []
         for finding in report.lost:
             verdict = alive.get(finding.url)

@@ -56,11 +56,13 @@ class NotKept(Exception):
         spooled: Path | None = None,
         fatal: bool = False,
         expired: bool = False,
+        refused: bool = False,
     ):
         super().__init__(reason)
         self.spooled = spooled
         self.fatal = fatal
         self.expired = expired
+        self.refused = refused
 
 
 class Keeper:
@@ -105,7 +107,7 @@ class Keeper:
             try:
                 data = await self._download(url)
             except NotKept as exc:
-                if exc.expired:
+                if exc.expired or exc.refused:
                     raise
                 # The link may still work for a while: the image stays reachable in its scene,
                 # and `imgsave rehost` copies it into the store, rather than it being dropped.
@@ -130,7 +132,7 @@ class Keeper:
         try:
             return await self._fetcher.download(url)
         except DownloadFailed as exc:
-            raise NotKept(f"{exc} ({url})", expired=exc.expired) from None
+            raise NotKept(f"{exc} ({url})", expired=exc.expired, refused=exc.refused) from None
 
     async def _checked(self, data: bytes) -> Image:
         try:
@@ -154,5 +156,6 @@ async def opened_keeper(
         max_bytes=max_bytes,
         timeout=min(settings.provider.timeout, DOWNLOAD_DEADLINE),
         allow_http=settings.allow_http,
+        allow_private_network=settings.allow_private_network,
     ) as fetcher:
         yield Keeper(store=store, fetcher=fetcher, log_dir=log_dir, max_image_bytes=max_bytes)

@@ -203,6 +203,7 @@ async def run_repair(
                 shape=settings.shape,
                 check_urls=check_urls,
                 store=store,
+                allow_private_network=settings.allow_private_network,
             )
             result = RepairResult(report, executed=execute)
             work = (

@@ -12,16 +12,26 @@ from collections.abc import Iterable
 
 import httpx
 
+from .netguard import download_transport
+
 DEAD = frozenset({401, 403, 404, 410})
 
 
 async def check_urls(
-    urls: Iterable[str], *, concurrency: int = 16, request_timeout: float = 10.0
+    urls: Iterable[str],
+    *,
+    concurrency: int = 16,
+    request_timeout: float = 10.0,
+    allow_private_network: bool = False,
 ) -> dict[str, bool | None]:
-    """url -> True (served), False (gone), None (could not tell)."""
+    """url -> True (served), False (gone), None (could not tell: also a host on a private
+    address, which is never contacted unless allowed; netguard.py)."""
     semaphore = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(
-        timeout=request_timeout, follow_redirects=False, headers={"User-Agent": "imgsave-check/1"}
+        timeout=request_timeout,
+        follow_redirects=False,
+        headers={"User-Agent": "imgsave-check/1"},
+        transport=download_transport(allow_private_network),
     ) as client:
 
         async def one(url: str) -> tuple[str, bool | None]:
