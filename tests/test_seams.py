@@ -497,5 +497,6 @@ def test_a_url_answer_on_a_private_address_is_not_downloaded_by_default(cli, row
         ran = cli("generate", "p1", "--json", "--allow-http", env=env)
         served = list(api.served)
     assert ran.code == 1 and "private, loopback or link-local" in ran.stderr, ran.stderr
-    assert served and not [k for k in s3.keys() if not k.startswith("scenes/.imgsave")]
+    stored = s3.keys()
+    assert served and not [k for k in stored if not k.startswith("scenes/.imgsave")]
     assert rows.urls("p1") == {1: []}, "an internal URL is not saved as a link either"
