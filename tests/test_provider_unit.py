@@ -257,3 +257,29 @@ def test_every_base64_form_a_provider_sends_decodes_to_the_same_bytes():
 
     same()
     assert decode_base64("not*base64") is None and decode_base64("abcde") is None
+
+
+async def test_an_answer_is_read_no_further_than_its_images_could_be():
+    sent: list[int] = []
+
+    async def endless_base64():
+        yield b'{"data":[{"b64_json":"'
+        while True:  # a 210 MB answer, and more: it must not be read to the end
+            sent.append(1)
+            yield b"A" * 65536
+
+    api = Api(lambda: httpx.Response(200, content=endless_base64()))
+    async with Provider(
+        "https://api.example/v1",
+        KEY,
+        None,
+        SETTINGS,
+        max_image_bytes=1_000_000,
+        transport=httpx.MockTransport(api.handle),
+        sleep=api.sleep,
+    ) as provider:
+        with pytest.raises(ImageFailed, match="not read further, not retried"):
+            await provider.generate("a lighthouse")
+    assert len(api.requests) == 1, "never asked again: it was answered, and billed"
+    # 2 images' worth of base64 (the one asked for, one more) and 1 MB of JSON around them.
+    assert len(sent) * 65536 <= 2 * 1_000_000 * 4 // 3 + (1 << 20) + 65536

@@ -500,3 +500,19 @@ def test_a_url_answer_on_a_private_address_is_not_downloaded_by_default(cli, row
     stored = s3.keys()
     assert served and not [k for k in stored if not k.startswith("scenes/.imgsave")]
     assert rows.urls("p1") == {1: []}, "an internal URL is not saved as a link either"
+
+
+def test_an_oversized_b64_answer_is_cut_off_while_read_and_not_bought_again(
+    cli, rows, s3: S3, tmp_path: Path
+):
+    rows.put("p1", incident_document(2))
+    s3.configure()
+    with (tmp_path / "imgsave.toml").open("a") as handle:
+        handle.write("max_image_bytes = 300000\n")  # into [store], which configure() opened
+    with LoopbackProvider(answer="b64", image_bytes=3_000_000) as api:
+        env = {"IMGSAVE_BASE_URL": api.base_url, **s3.env()}
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+        requests = api.requests
+    assert ran.code == 1 and ran.json()["failed"] == 2, ran.stderr
+    assert "not read further" in ran.stderr
+    assert requests == 2, "each answer was paid for once and never asked for again"

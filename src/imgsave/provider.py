@@ -38,6 +38,8 @@ FATAL_STATUSES = frozenset({401, 403, 404})
 
 # HTTP connection pools requests are spread over (see Provider.__init__).
 POOLS = 8
+# What an answer may hold around its base64 images: JSON, usage, a revised prompt.
+ANSWER_SLACK = 1 << 20
 
 
 # base64 this long is decoded in a worker thread: a few ms of CPU would stall every other
@@ -116,6 +118,7 @@ class Provider:
         settings: ProviderSettings,
         *,
         allow_http: bool = False,
+        max_image_bytes: int = 50_000_000,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
@@ -133,6 +136,12 @@ class Provider:
         self._model = model
         self._settings = settings
         self._allow_http = allow_http
+        # An answer is read no further than what its images could take as base64 (4/3 of the
+        # bytes) plus its JSON around them: an answer past that holds an image imgsave would
+        # refuse anyway, and reading it whole would hold hundreds of MB per request in flight.
+        images = settings.params.get("n", 1)
+        per_answer = max(1, images if isinstance(images, int) else 1) + 1
+        self._max_answer = max_image_bytes * 4 // 3 * per_answer + ANSWER_SLACK
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Providers echo a wrong key back ("Incorrect API key provided: sk-..."): every message
         # this client produces is masked before it reaches the run, its log or the terminal.
@@ -165,6 +174,7 @@ class Provider:
             settings.model,
             settings.provider,
             allow_http=settings.allow_http,
+            max_image_bytes=settings.store.max_image_bytes,
             pace=Pace(
                 parse_rate(rate) if rate else None, max_pause=settings.provider.max_retry_after
             ),
@@ -271,7 +281,8 @@ class Provider:
             # The whole request, body included, gets one deadline.
             async with asyncio.timeout(self._settings.timeout):
                 client = self._clients[next(self._turn) % POOLS]
-                response = await client.post(self._endpoint, json=body)
+                async with client.stream("POST", self._endpoint, json=body) as streamed:
+                    response = await self._read(streamed)
         except TimeoutError:
             raise _Retryable(
                 f"no complete answer within {self._settings.timeout:g}s", billed=True
@@ -310,6 +321,26 @@ class Provider:
         if status not in (200, 201):
             raise _Retryable(f"unexpected status {status}")
         return await self._images(response)
+
+    async def _read(self, response: httpx.Response) -> httpx.Response:
+        """The answer with its body read, up to the cap (see __init__); ImageFailed past it:
+        the provider has answered (and billed), and asking again would only pay again."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_answer:
+                raise ImageFailed(
+                    f"the answer is over {self._max_answer:,} bytes, more than its images may "
+                    "be (max_image_bytes); not read further, not retried"
+                )
+            chunks.append(chunk)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=b"".join(chunks),
+            request=response.request,
+        )
 
     async def _images(self, response: httpx.Response) -> Answer:
         content = response.content
