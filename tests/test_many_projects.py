@@ -126,12 +126,14 @@ def test_several_projects_print_the_troubled_ones_and_one_summary(cli, rows, api
     rows.put("a", incident_document(1))
     rows.put("b", {"scenes": [{"id": "x"}]})  # no prompt
     ran = cli("generate", "a", "b", env=provider_env(api))
-    assert ran.code == 1, ran.stderr
+    assert ran.code == 0, ran.stderr
     lines = [line.rsplit(" (run ", 1)[0] for line in ran.stdout.splitlines()]
     assert lines == [
-        "project b: 0 of 0 images saved, 1 scenes without a prompt",
-        "generate: 2 projects, 1 of 1 images saved in 1 transaction, 1,068 tokens",
+        "generate: 2 projects, 1 of 1 images saved in 1 transaction, "
+        "1 scenes without a prompt, 1,068 tokens",
     ]
+    strict = cli("generate", "--all", "--force", "--strict", "--json", env=provider_env(api))
+    assert strict.code == 1 and strict.json()["unprompted_scenes"] == 1
     assert all(line.endswith(")") and " (run " in line for line in ran.stdout.splitlines())
     assert cli("generate", "a", "--json", env=provider_env(api)).json()["requested"] == 0
     assert "project b: scene 1 has no prompt; skipped" in ran.stderr

@@ -516,3 +516,30 @@ def test_an_oversized_b64_answer_is_cut_off_while_read_and_not_bought_again(
     assert ran.code == 1 and ran.json()["failed"] == 2, ran.stderr
     assert "not read further" in ran.stderr
     assert requests == 2, "each answer was paid for once and never asked for again"
+
+
+def test_scenes_held_by_a_run_that_stopped_are_a_finding_with_when_they_free_up(cli, rows, db_url):
+    rows.put("p1", incident_document(3))
+    rows.put("warm", incident_document(1))
+    with LoopbackProvider() as api:
+        env = {"IMGSAVE_BASE_URL": api.base_url}
+        assert cli("generate", "warm", env=env).code == 0  # the claims table now exists
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            # Scene 1: a live run on another host (extended a moment ago); scenes 2 and 3: a run
+            # killed on another host 8 minutes ago (600 s expiry, 120 s left, not extended).
+            conn.execute(
+                "INSERT INTO imgsave_claims (project, scene, run, host, process, claimed_at, "
+                "expires_at) VALUES "
+                "('p1', 'id:scene-1', 'live', 'web-1', 'web-1|x|1|1', now(), now() + interval '590 s'), "
+                "('p1', 'id:scene-2', 'dead', 'web-2', 'web-2|x|2|2', now() - interval '8 min', "
+                "now() + interval '120 s'), "
+                "('p1', 'id:scene-3', 'dead', 'web-2', 'web-2|x|2|2', now() - interval '8 min', "
+                "now() + interval '120 s')"
+            )
+        ran = cli("generate", "p1", "--json", env=env)
+    out = ran.json()
+    assert ran.code == 1, ran.stderr
+    assert (out["held_scenes"], out["stalled_scenes"], out["requested"]) == ([1, 2, 3], [2, 3], 0)
+    assert "run dead on web-2, which stopped extending its claims" in ran.stderr
+    assert "they free up at 20" in ran.stderr and "(in 12" in ran.stderr
+    assert "run live on web-1 (for 5" in ran.stderr

@@ -32,6 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from .db import Database
 from .document import SceneRef
@@ -54,7 +55,14 @@ class Held:
     expires_in: float
 
 
-def held_lines(project: str, held: Sequence[Held]) -> list[str]:
+def stalled(held: Sequence[Held], expiry: float) -> list[Held]:
+    """Scenes whose holder has stopped extending its claims: a live run extends them every
+    quarter of the expiry, so one with less than half an expiry left has missed a heartbeat
+    (a run killed on another host). They wait for nobody: they free up at their expiry."""
+    return [h for h in held if h.expires_in < expiry / 2]
+
+
+def held_lines(project: str, held: Sequence[Held], expiry: float = math.inf) -> list[str]:
     """One line per run holding scenes of `project` (not one per scene: two hosts sharing a
     cron line would print thousands)."""
     by_holder: dict[tuple[str, str], list[Held]] = defaultdict(list)
@@ -65,10 +73,19 @@ def held_lines(project: str, held: Sequence[Held]) -> list[str]:
         indexes = sorted(h.ref.index for h in items)
         named = ", ".join(map(str, indexes[:10])) + (" …" if len(indexes) > 10 else "")
         which = f"scene {named}" if len(indexes) == 1 else f"{len(indexes)} scenes ({named})"
-        lines.append(
-            f"project {project}: {which} claimed by run {run} on {host} "
-            f"(for {math.ceil(max(h.expires_in for h in items))}s more unless extended); skipped"
-        )
+        left = math.ceil(max(h.expires_in for h in items))
+        if len(stalled(items, expiry)) == len(items):
+            free = datetime.now(UTC) + timedelta(seconds=left)
+            lines.append(
+                f"project {project}: {which} claimed by run {run} on {host}, which stopped "
+                f"extending its claims (a dead run?): they free up at "
+                f"{free:%Y-%m-%dT%H:%M:%SZ} (in {left}s), when a rerun takes them; skipped"
+            )
+        else:
+            lines.append(
+                f"project {project}: {which} claimed by run {run} on {host} "
+                f"(for {left}s more unless extended); skipped"
+            )
     return lines
 
 

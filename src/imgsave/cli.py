@@ -186,6 +186,14 @@ def generate(
             "--force", metavar="", help="Generate even for scenes that hold enough images."
         ),
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            metavar="",
+            help="Exit 1 when a scene has no prompt (by default they are reported, exit 0).",
+        ),
+    ] = False,
     store: StoreOption = None,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
@@ -223,6 +231,7 @@ def generate(
             selection=selection,
             force=force,
             max_images=max_images,
+            strict=strict,
             reporter=ProgressReporter(),
         )
 

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .claims import Claims, Held, held_lines
+from .claims import Claims, Held, held_lines, stalled
 from .db import Database
 from .document import Outcome, SceneRef, Shape, decode, scenes
 from .engine import Execution, Plan, Reporter, finish_log
@@ -153,11 +153,12 @@ class Fleet:
         result.skipped_scenes = list(the_plan.skipped_scenes)
         result.unprompted_scenes = list(the_plan.unprompted_scenes)
         result.held_scenes = sorted(h.ref.index for h in held)
+        expiry = self._claims.expiry if self._claims else 0.0
+        result.stalled_scenes = sorted(h.ref.index for h in stalled(held, expiry))
         reporter = self._reporter(name)
-        for line in held_lines(name, held) + [
-            f"project {name}: scene {index} has no prompt; skipped"
-            for index in the_plan.unprompted_scenes
-        ]:
+        for line in held_lines(name, held, expiry) + unprompted_lines(
+            name, the_plan.unprompted_scenes
+        ):
             result.tally.errors.append(line)
             if reporter:
                 reporter.warn(line)
@@ -285,6 +286,15 @@ class Fleet:
         result.tally = await execution.run(the_plan)
         result.tally.errors[:0] = errors
         finish_log(self._log, result.tally, project=name)
+
+
+def unprompted_lines(project: str, indexes: tuple[int, ...]) -> list[str]:
+    """One line per project, not one per scene: a cron log reads it every run."""
+    if not indexes:
+        return []
+    named = ", ".join(map(str, indexes[:10])) + (" …" if len(indexes) > 10 else "")
+    which = f"scene {named} has" if len(indexes) == 1 else f"{len(indexes)} scenes ({named}) have"
+    return [f"project {project}: {which} no prompt; skipped"]
 
 
 async def listed(names: list[str]) -> AsyncIterator[list[str]]:

@@ -45,6 +45,7 @@ async def run(
     selection: SceneSelection | None = None,
     force: bool = False,
     max_images: int | None = None,
+    strict: bool = False,
     reporter: ProgressReporter | None = None,
 ) -> GenerateResult | ManyResult:
     """The whole command: open the database, provider and store, claim and generate, close.
@@ -87,7 +88,7 @@ async def run(
                     reporter=(lambda _: reporter)
                     if single or reporter is None
                     else reporter.project,
-                    result=lambda name: GenerateResult(project=name, run=run_id),
+                    result=lambda name: GenerateResult(project=name, run=run_id, strict=strict),
                     linger=0.0 if single else LINGER,
                     allow_http=settings.allow_http,
                 )

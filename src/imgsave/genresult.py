@@ -26,6 +26,9 @@ class GenerateResult:
     unprompted_scenes: list[int] = field(default_factory=list)
     # Scenes another run (this host or another) held: skipped, that run reports them.
     held_scenes: list[int] = field(default_factory=list)
+    # Of those, the ones whose holder stopped extending its claims (a run that died on another
+    # host): nobody is working on them until their claims expire, so they are a finding.
+    stalled_scenes: list[int] = field(default_factory=list)
     # Paid images an earlier run received and never saved, saved now instead of paid again.
     recovered: int = 0
     log_path: str | None = field(default=None, metadata=json_name("log"))
@@ -33,6 +36,10 @@ class GenerateResult:
     pace: PaceReport | None = field(default=None, metadata=NOT_IN_JSON)
     # Set when the project could not be worked on at all (not found, malformed, ...).
     refused_with: int | None = field(default=None, metadata=NOT_IN_JSON)
+    # --strict: a scene without a prompt is a finding (exit 1). Without it such scenes are
+    # reported and the exit code ignores them: nothing imgsave does can give them a prompt,
+    # and a cron run every 15 minutes must not alert on them forever.
+    strict: bool = field(default=False, metadata=NOT_IN_JSON)
 
     # The engine's counts, under the names the JSON contract gives them.
     @property
@@ -57,7 +64,9 @@ class GenerateResult:
         if self.refused_with is not None:
             return self.refused_with
         code = self.tally.exit_code
-        return max(code, EXIT_FINDINGS) if self.unprompted_scenes and code == 0 else code
+        unprompted = self.strict and self.unprompted_scenes
+        finding = unprompted or self.stalled_scenes
+        return max(code, EXIT_FINDINGS) if finding and code == 0 else code
 
     def stderr_lines(self) -> list[str]:
         fatal = [self.tally.fatal] if self.tally.fatal else []
@@ -100,6 +109,8 @@ class GenerateResult:
             parts.append(f"{len(self.unprompted_scenes)} scenes without a prompt")
         if self.held_scenes:
             parts.append(f"{len(self.held_scenes)} scenes held by another run (skipped)")
+        if self.stalled_scenes:
+            parts.append(f"{len(self.stalled_scenes)} of them by a run that stopped")
         if t.not_requested:
             parts.append(f"{t.not_requested} not requested")
         if t.interrupted:
@@ -137,7 +148,9 @@ class ManyResult:
     not_requested: int = 0
     # Scenes skipped, counted over every project (each project's object lists its own).
     skipped_scenes: int = 0
+    unprompted_scenes: int = 0
     held_scenes: int = 0
+    stalled_scenes: int = 0
     recovered: int = 0
     transactions: int = 0
     possibly_billed_retries: int = 0
@@ -164,7 +177,9 @@ class ManyResult:
         self.failed += t.failed
         self.not_requested += t.not_requested
         self.skipped_scenes += len(result.skipped_scenes)
+        self.unprompted_scenes += len(result.unprompted_scenes)
         self.held_scenes += len(result.held_scenes)
+        self.stalled_scenes += len(result.stalled_scenes)
         self.recovered += result.recovered
         self.transactions += t.transactions
         self.possibly_billed_retries += t.possibly_billed_retries
@@ -208,6 +223,10 @@ class ManyResult:
             parts.append(f"{self.projects_not_started} projects not started")
         if self.held_scenes:
             parts.append(f"{self.held_scenes} scenes held by other runs")
+        if self.stalled_scenes:
+            parts.append(f"{self.stalled_scenes} of them by runs that stopped")
+        if self.unprompted_scenes:
+            parts.append(f"{self.unprompted_scenes} scenes without a prompt")
         if self.recovered:
             parts.append(f"{self.recovered} received by an earlier run and saved now")
         if self.usage.get("total_tokens"):
