@@ -530,7 +530,8 @@ def test_scenes_held_by_a_run_that_stopped_are_a_finding_with_when_they_free_up(
             conn.execute(
                 "INSERT INTO imgsave_claims (project, scene, run, host, process, claimed_at, "
                 "expires_at) VALUES "
-                "('p1', 'id:scene-1', 'live', 'web-1', 'web-1|x|1|1', now(), now() + interval '590 s'), "
+                "('p1', 'id:scene-1', 'live', 'web-1', 'web-1|x|1|1', now(), "
+                "now() + interval '590 s'), "
                 "('p1', 'id:scene-2', 'dead', 'web-2', 'web-2|x|2|2', now() - interval '8 min', "
                 "now() + interval '120 s'), "
                 "('p1', 'id:scene-3', 'dead', 'web-2', 'web-2|x|2|2', now() - interval '8 min', "
