@@ -346,7 +346,7 @@ def test_a_cron_repair_with_nothing_to_do_writes_no_log_and_prune_keeps_the_wind
     assert report["summary"]["lines_skipped"] == 0
 
     listed = cli("prune", "--older-than", "30d", "--json")
-    assert listed.code == 0 and listed.json()["removed"] == 1 and old.exists()
+    assert listed.code == 0 and listed.json()["would_remove"] == 1 and old.exists()
     pruned = cli("prune", "--older-than", "30d", "--execute")
     assert pruned.code == 0 and "removed 1 run logs older than 30d" in pruned.stdout
     assert not old.exists() and len(list(log_dir.glob("*.jsonl"))) == 1

@@ -66,3 +66,7 @@ def test_demo_shows_the_loss_and_imgsave_losing_none(tmp_path):
     assert "answers in base64" in ran.stdout and "the store 40 images" in ran.stdout
     kept = int(last.split("kept ")[1].split(" ")[0])
     assert kept < 40
+    # Its logs and store are its own: nothing under the real log folder, which audits read.
+    real = tmp_path / "st" / "imgsave"
+    assert not real.exists() or not any(real.rglob("*")), sorted(real.rglob("*"))
+    assert (tmp_path / "st" / "imgsave-demo" / "store").is_dir()

@@ -544,3 +544,44 @@ def test_scenes_held_by_a_run_that_stopped_are_a_finding_with_when_they_free_up(
     assert "run dead on web-2, which stopped extending its claims" in ran.stderr
     assert "they free up at 20" in ran.stderr and "(in 12" in ran.stderr
     assert "run live on web-1 (for 5" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate", "p1"],
+        ["audit", "p1"],
+        ["repair", "p1", "--execute"],
+        ["rehost", "p1", "--execute"],
+        ["prune", "--older-than", "30d", "--execute"],
+        ["journal", "prune", "--older-than", "30d"],
+        ["sql"],
+    ],
+)
+def test_every_command_takes_q_and_says_nothing_when_all_is_well(
+    cli, rows, command, tmp_path: Path
+):
+    rows.put("p1", {"scenes": [{"prompt": "a", "imageUrls": ["https://cdn.example.com/a.png"]}]})
+    env = {
+        "IMGSAVE_BASE_URL": "https://api.example.com/v1",
+        "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+        "IMGSAVE_PUBLIC_URL": "https://cdn.example.com",
+    }
+    ran = cli(*command, "-q", env=env)
+    if command[0] in ("journal", "sql"):
+        assert ran.code in (0, 3), ran.stderr  # no journal installed: a clear refusal
+        return
+    assert (ran.code, ran.stdout) == (0, ""), ran.stderr
+
+
+def test_a_dry_run_prune_says_would_remove(cli, log_dir: Path):
+    import os
+
+    log_dir.mkdir(parents=True)
+    old = log_dir / "r-old.jsonl"
+    old.write_text("{}\n")
+    os.utime(old, (0, 0))
+    dry = cli("prune", "--older-than", "30d", "--json").json()
+    assert dry["would_remove"] == 1 and "removed" not in dry
+    done = cli("prune", "--older-than", "30d", "--execute", "--json").json()
+    assert done["removed"] == 1 and "would_remove" not in done

@@ -111,6 +111,12 @@ StoreOption = Annotated[
         "(with IMGSAVE_PUBLIC_URL, the base of the URLs saved).",
     ),
 ]
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", metavar="", help="Print nothing unless something is wrong (for cron)."
+    ),
+]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
 ]
@@ -186,6 +192,7 @@ def generate(
             "--force", metavar="", help="Generate even for scenes that hold enough images."
         ),
     ] = False,
+    quiet: QuietOption = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -232,10 +239,12 @@ def generate(
             force=force,
             max_images=max_images,
             strict=strict,
-            reporter=ProgressReporter(),
+            reporter=ProgressReporter(quiet=quiet),
         )
 
-    _execute(work, Common(config, json_output, verbose, allow_http, database_url, store=store))
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
 
 
 @dataclass(frozen=True)
@@ -404,6 +413,7 @@ def log_source_options(command: Callable[..., None]) -> Callable[..., None]:
 def audit(
     sources: LogSources,
     store: StoreOption = None,
+    quiet: QuietOption = False,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
@@ -425,7 +435,9 @@ def audit(
         query = sources.query(settings.allow_http)
         return await run_audit(settings, query, check_urls=sources.check_urls)
 
-    _execute(work, Common(config, json_output, verbose, allow_http, database_url, store=store))
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
 
 
 @app.command(epilog=EXIT_CODES)
@@ -447,10 +459,7 @@ def repair(
     ] = False,
     concurrency: ConcurrencyOption = 8,
     store: StoreOption = None,
-    quiet: Annotated[
-        bool,
-        typer.Option("--quiet", "-q", metavar="", help="Print nothing unless something is wrong."),
-    ] = False,
+    quiet: QuietOption = False,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
@@ -505,6 +514,7 @@ def rehost(
     ] = False,
     concurrency: ConcurrencyOption = 8,
     store: StoreOption = None,
+    quiet: QuietOption = False,
     json_output: JsonOption = False,
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
@@ -531,10 +541,12 @@ def rehost(
             execute=execute,
             regenerate=regenerate,
             concurrency=concurrency,
-            reporter=ProgressReporter(),
+            reporter=ProgressReporter(quiet=quiet),
         )
 
-    _execute(work, Common(config, json_output, verbose, allow_http, database_url, store=store))
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
 
 
 @app.command(epilog=EXIT_CODES)
@@ -550,6 +562,7 @@ def prune(
     execute: Annotated[
         bool, typer.Option("--execute", metavar="", help="Remove them (default: only list).")
     ] = False,
+    quiet: QuietOption = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     verbose: VerboseOption = False,
@@ -568,7 +581,7 @@ def prune(
         window = parse_duration(older_than, "--older-than")
         return run_prune(settings.resolved_log_dir(), window, label=older_than, execute=execute)
 
-    _execute(work, Common(config, json_output, verbose))
+    _execute(work, Common(config, json_output, verbose, quiet=quiet))
 
 
 @app.command(name="sql", epilog=EXIT_CODES)
@@ -594,6 +607,7 @@ def sql_command(
             help="The SQL that removes it instead (the journal's table only with --journal).",
         ),
     ] = False,
+    quiet: QuietOption = False,
     allow_http: AllowHttpOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -619,7 +633,10 @@ def sql_command(
         return await run_sql(settings, journal=journal, apply=apply, remove=remove)
 
     _execute(
-        work, Common(config, verbose=verbose, allow_http=allow_http, database_url=database_url)
+        work,
+        Common(
+            config, verbose=verbose, allow_http=allow_http, database_url=database_url, quiet=quiet
+        ),
     )
 
 
@@ -645,6 +662,7 @@ def journal_prune(
     execute: Annotated[
         bool, typer.Option("--execute", metavar="", help="Remove them (default: only count).")
     ] = False,
+    quiet: QuietOption = False,
     json_output: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -664,11 +682,13 @@ def journal_prune(
         window = parse_duration(older_than, "--older-than")
         return await run_journal_prune(settings, window, label=older_than, execute=execute)
 
-    _execute(work, Common(config, json_output, verbose, database_url=database_url))
+    _execute(work, Common(config, json_output, verbose, database_url=database_url, quiet=quiet))
 
 
 @app.command(epilog=EXIT_CODES)
-def demo(config: ConfigOption = None, verbose: VerboseOption = False) -> None:
+def demo(
+    quiet: QuietOption = False, config: ConfigOption = None, verbose: VerboseOption = False
+) -> None:
     """Tell the incident's story on the embedded database: no keys, no set-up.
 
     \b
@@ -681,7 +701,7 @@ def demo(config: ConfigOption = None, verbose: VerboseOption = False) -> None:
 
         return await run_demo(settings)
 
-    _execute(work, Common(config, verbose=verbose))
+    _execute(work, Common(config, verbose=verbose, quiet=quiet))
 
 
 def _one_mode(*, dry_run: bool, execute: bool) -> None:

@@ -31,7 +31,8 @@ class PruneResult(FieldsResult):
     bytes: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {**fields_json(self), "removed": len(self.files)}
+        # A dry run removed nothing: it says what it would remove, under that name.
+        return {**fields_json(self), "removed" if self.executed else "would_remove": len(self.files)}
 
     def render(self, console: Console) -> None:
         verb = "removed" if self.executed else "would remove (run with --execute)"

@@ -68,6 +68,11 @@ class JournalPruneResult(FieldsResult):
     older_than: str
     removed: int
 
+    def to_json(self) -> dict[str, object]:
+        # A dry run removed nothing: it says what it would remove, under that name.
+        count = "removed" if self.executed else "would_remove"
+        return {"executed": self.executed, "older_than": self.older_than, count: self.removed}
+
     def render(self, console: Console) -> None:
         verb = "removed" if self.executed else "would remove (run with --execute)"
         console.print(

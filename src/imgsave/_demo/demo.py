@@ -93,7 +93,10 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
     # The demo always runs on the embedded database and its own log folder: it must never
     # create demo projects in a real database, nor demo entries in the logs cron repairs from.
     settings = replace(settings, database_url=None)
-    log_dir = settings.resolved_log_dir() / "demo"
+    # Beside the log folder, not in it: `audit --log LOGDIR` reads every file under it, and
+    # the demo's console log and orphaned projects would be in every real audit.
+    real = settings.resolved_log_dir()
+    log_dir = real.with_name(real.name + "-demo")
     app_log = log_dir / "route-console.log"
     store_dir = log_dir / "store"
     out.rule("[bold]imgsave demo[/]: the lost-images incident, replayed")
