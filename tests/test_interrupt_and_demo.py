@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 from imgsave._demo.loopback import LoopbackProvider
 
@@ -70,3 +71,52 @@ def test_demo_shows_the_loss_and_imgsave_losing_none(tmp_path):
     real = tmp_path / "st" / "imgsave"
     assert not real.exists() or not any(real.rglob("*")), sorted(real.rglob("*"))
     assert (tmp_path / "st" / "imgsave-demo" / "store").is_dir()
+
+
+def test_a_second_ctrl_c_reports_the_requests_it_abandoned(
+    db_url, rows, incident_project, log_dir, tmp_path
+):
+    with LoopbackProvider(latency=30) as api:
+        env = process_env(db_url, api, log_dir)
+        proc = spawn(["generate", "p1", "-c", "4", "--json"], env, tmp_path)
+        wait_for(lambda: api.requests_started >= 4, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        # Two signals sent back to back reach Python as one: the second must come after the
+        # first was handled (the answers take 30 s, so 1 s is no race).
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    result = json.loads(out)
+    assert result["abandoned"] == 4, out
+    assert result["not_requested"] == 16 and result["failed"] == 0
+
+
+async def test_a_stopped_run_shows_images_not_requested_apart_from_failures(
+    settings, rows, incident_project, log_dir
+):
+    from imgsave import generate as gen
+    from imgsave.db import Database
+    from imgsave.interrupt import StopSignal
+    from imgsave.progress import ProgressReporter
+    from imgsave.provider import Provider
+
+    stop = StopSignal()
+
+    class StoppedAtStart(ProgressReporter):
+        def start(self, total: int, description: str) -> None:
+            stop.request()  # Ctrl-C once the plan is made, before any request
+            super().start(total, description)
+
+    reporter = StoppedAtStart()
+    with LoopbackProvider() as api:
+        async with (
+            Provider(api.base_url, None, None, settings.provider, allow_http=True) as provider,
+            await Database.from_settings(settings) as db,
+        ):
+            result = await gen.generate(
+                db=db, provider=provider, log_dir=log_dir, project="p1", shape=settings.shape,
+                images_per_scene=1, concurrency=4, stop=stop, reporter=reporter,
+            )  # fmt: skip
+    assert (result.tally.not_requested, reporter.not_requested, reporter.failed) == (20, 20, 0)
+    assert "20 not requested" in reporter._note() and "0 failed" in reporter._note()

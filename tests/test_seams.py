@@ -585,3 +585,12 @@ def test_a_dry_run_prune_says_would_remove(cli, log_dir: Path):
     assert dry["would_remove"] == 1 and "removed" not in dry
     done = cli("prune", "--older-than", "30d", "--execute", "--json").json()
     assert done["removed"] == 1 and "would_remove" not in done
+
+
+def test_an_http_answer_refused_is_not_said_to_be_in_the_log(cli, rows, log_dir: Path):
+    rows.put("p1", incident_document(1))
+    with LoopbackProvider(image_base="http://images.example.com/") as api:
+        ran = cli("generate", "p1", env={"IMGSAVE_BASE_URL": api.base_url})
+    assert ran.code == 1
+    assert "1 failed" in ran.stdout and "in the log" not in ran.stdout + ran.stderr
+    assert not [r for r in log_records(log_dir) if r.get("url")], "no URL was logged"

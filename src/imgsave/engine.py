@@ -45,7 +45,8 @@ EXPIRING = (
 
 class Reporter(Protocol):
     def start(self, total: int, description: str) -> None: ...
-    def advance(self, *, ok: bool) -> None: ...
+    # `requested=False`: the image was never asked for (the run stopped first), not failed.
+    def advance(self, *, ok: bool, requested: bool = True) -> None: ...
     def warn(self, message: str) -> None: ...
     def finish(self) -> None: ...
 
@@ -111,6 +112,11 @@ class Tally:
     # Planned images never asked for: the run stopped, --max-images was reached, or the
     # scene's claim could no longer be vouched for.
     not_requested: int = 0
+    # Requests sent and then abandoned at a second Ctrl-C: the provider may have billed them,
+    # and their images were never received (so none is in the log, or lost).
+    abandoned: int = 0
+    # Failed images whose URL is in the log (their save failed): `imgsave repair` restores them.
+    failed_in_log: int = 0
     usage: dict[str, int] = field(default_factory=dict)
     saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
     unlogged: list[dict[str, Any]] = field(default_factory=list)
@@ -257,6 +263,7 @@ class Execution:
             outcome = await saver.save(scene.ref, url)
         except Exception as exc:  # whatever the save hit, the paid URL is reported, not dropped
             self._keep_unlogged(scene.ref, url, logged, saved=False)
+            self.tally.failed_in_log += logged
             where = "kept in the log for `imgsave repair`" if logged else "printed below"
             self._failed(scene.ref, f"not saved, {where}: {exc}", url)
             return
@@ -313,7 +320,7 @@ class Execution:
             if self._stop.requested or not self._may_start(scene.ref):
                 self.tally.not_requested += 1
                 if self._reporter:
-                    self._reporter.advance(ok=False)
+                    self._reporter.advance(ok=False, requested=False)
                 return None
             call = asyncio.ensure_future(self._provider.generate(scene.prompt))
             self._calls.add(call)
@@ -321,13 +328,17 @@ class Execution:
                 return await call
             except asyncio.CancelledError:
                 if call.cancelled() and self._stop.hard.is_set():
+                    # Sent, maybe billed, its answer never awaited: said, not silently dropped.
+                    self.tally.abandoned += 1
+                    if self._reporter:
+                        self._reporter.advance(ok=False)
                     return None
                 raise
             except NotSent as exc:  # the run stopped while it waited for its start
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 self.tally.not_requested += 1
                 if self._reporter:
-                    self._reporter.advance(ok=False)
+                    self._reporter.advance(ok=False, requested=False)
             except ImageFailed as exc:
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 self._failed(scene.ref, str(exc))

@@ -98,7 +98,10 @@ class GenerateResult:
         if t.possibly_billed_retries:
             parts.append(f"{t.possibly_billed_retries} retries the provider may have billed")
         if t.failed:
-            parts.append(f"{t.failed} failed (in the log for `imgsave repair`)")
+            logged = (
+                f" ({t.failed_in_log} in the log for `imgsave repair`)" if t.failed_in_log else ""
+            )
+            parts.append(f"{t.failed} failed{logged}")
         if t.duplicates:
             parts.append(f"{t.duplicates} answered with a URL the scene already held (not saved)")
         if self.recovered:
@@ -113,6 +116,8 @@ class GenerateResult:
             parts.append(f"{len(self.stalled_scenes)} of them by a run that stopped")
         if t.not_requested:
             parts.append(f"{t.not_requested} not requested")
+        if t.abandoned:
+            parts.append(f"{t.abandoned} abandoned at the second Ctrl-C (may have been billed)")
         if t.interrupted:
             parts.append("interrupted")
         parts += [f"stopped: {why}" for why in (t.fatal, t.log_error) if why]
@@ -146,6 +151,7 @@ class ManyResult:
     saved: int = 0
     failed: int = 0
     not_requested: int = 0
+    abandoned: int = 0
     # Scenes skipped, counted over every project (each project's object lists its own).
     skipped_scenes: int = 0
     unprompted_scenes: int = 0
@@ -176,6 +182,7 @@ class ManyResult:
         self.saved += t.saved
         self.failed += t.failed
         self.not_requested += t.not_requested
+        self.abandoned += t.abandoned
         self.skipped_scenes += len(result.skipped_scenes)
         self.unprompted_scenes += len(result.unprompted_scenes)
         self.held_scenes += len(result.held_scenes)
@@ -219,6 +226,8 @@ class ManyResult:
             parts.append(f"{self.failed} failed")
         if self.not_requested:
             parts.append(f"{self.not_requested} not requested")
+        if self.abandoned:
+            parts.append(f"{self.abandoned} abandoned at the second Ctrl-C (may have been billed)")
         if self.projects_not_started:
             parts.append(f"{self.projects_not_started} projects not started")
         if self.held_scenes:

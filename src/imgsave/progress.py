@@ -29,6 +29,7 @@ class ProgressReporter:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self.failed = 0
+        self.not_requested = 0
         self._total = 0
         self._in_flight: dict[str, None] = {}
 
@@ -39,13 +40,13 @@ class ProgressReporter:
             TextColumn("{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
-            TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
             console=self._console,
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(escape(description), total=total, failed=0)
+        self._task = self._progress.add_task(escape(description), total=total, note=self._note())
 
     def project(self, name: str) -> Reporter:
         """A reporter for one project of a run over many; they share this one display."""
@@ -71,11 +72,21 @@ class ProgressReporter:
             shown += f" +{len(names) - NAMED_IN_FLIGHT}"
         return escape(f"projects in flight: {shown or '-'}")
 
-    def advance(self, *, ok: bool) -> None:
-        if not ok:
+    def advance(self, *, ok: bool, requested: bool = True) -> None:
+        if not requested:
+            self.not_requested += 1
+        elif not ok:
             self.failed += 1
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, advance=1, failed=self.failed)
+            self._progress.update(self._task, advance=1, note=self._note())
+
+    def _note(self) -> str:
+        """What the bar says beside the count: failures, and images never asked for (a stop)
+        apart from them, since those cost nothing and are no fault."""
+        note = f"[red]{self.failed} failed[/]"
+        if self.not_requested:
+            note += f", {self.not_requested} not requested"
+        return note
 
     def warn(self, message: str) -> None:
         if not self._quiet:
@@ -97,8 +108,8 @@ class _ProjectView:
     def start(self, total: int, description: str) -> None:
         self._display._grow(total, self._name)
 
-    def advance(self, *, ok: bool) -> None:
-        self._display.advance(ok=ok)
+    def advance(self, *, ok: bool, requested: bool = True) -> None:
+        self._display.advance(ok=ok, requested=requested)
 
     def warn(self, message: str) -> None:
         self._display.warn(message)

@@ -32,7 +32,10 @@ class PruneResult(FieldsResult):
 
     def to_json(self) -> dict[str, object]:
         # A dry run removed nothing: it says what it would remove, under that name.
-        return {**fields_json(self), "removed" if self.executed else "would_remove": len(self.files)}
+        return {
+            **fields_json(self),
+            "removed" if self.executed else "would_remove": len(self.files),
+        }
 
     def render(self, console: Console) -> None:
         verb = "removed" if self.executed else "would remove (run with --execute)"

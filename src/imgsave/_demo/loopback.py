@@ -107,6 +107,7 @@ class LoopbackProvider:
         self._tokens = self._capacity
         self._refilled = time.monotonic()
         self._counter = itertools.count(1)
+        self._started = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = _Server(("127.0.0.1", 0), self._handler())
@@ -125,6 +126,12 @@ class LoopbackProvider:
     def origin(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def requests_started(self) -> int:
+        """Image-generation requests received so far, answered or not."""
+        with self._lock:
+            return self._started
 
     @property
     def requests(self) -> int:
@@ -215,6 +222,8 @@ class LoopbackProvider:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 n = next(provider._counter)
+                with provider._lock:
+                    provider._started += 1
                 admitted, limits = provider._admit()
                 if not admitted:
                     self._send(429, b'{"error":{"message":"rate limit reached"}}', limits)
