@@ -594,3 +594,35 @@ def test_an_http_answer_refused_is_not_said_to_be_in_the_log(cli, rows, log_dir:
     assert ran.code == 1
     assert "1 failed" in ran.stdout and "in the log" not in ran.stdout + ran.stderr
     assert not [r for r in log_records(log_dir) if r.get("url")], "no URL was logged"
+
+
+@pytest.mark.parametrize("answer", ["url", "b64"])
+def test_the_loopback_provider_as_a_user_runs_it_exercises_a_store(
+    cli, rows, tmp_path: Path, answer: str
+):
+    """The README's "try it on your own database" walkthrough, with its own command."""
+    import subprocess
+    import sys
+
+    rows.put("p1", incident_document(3))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "imgsave._demo.loopback", "--answer", answer, "--latency", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        base = server.stdout.readline().strip().removeprefix("IMGSAVE_BASE_URL=")
+        env = {
+            "IMGSAVE_BASE_URL": base,
+            "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+            "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+            "IMGSAVE_ALLOW_PRIVATE_NETWORK": "1",
+        }
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)  # closes its pipe too
+    assert ran.code == 0 and ran.json()["saved"] == 3, ran.stderr
+    stored = sorted((tmp_path / "store").rglob("*.png"))
+    assert len(stored) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in stored)

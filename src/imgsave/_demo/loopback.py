@@ -331,19 +331,31 @@ class LoopbackProvider:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m imgsave.loopback`: serve the test provider until Ctrl-C."""
+    """`python -m imgsave._demo.loopback`: serve the test provider until Ctrl-C."""
     import argparse
 
     parser = argparse.ArgumentParser(
         prog="python -m imgsave._demo.loopback",
         description="An OpenAI-compatible image API on 127.0.0.1 for trying imgsave: it answers "
-        "every prompt with a new image URL. Point IMGSAVE_BASE_URL at the URL it prints.",
+        "every prompt with a new image, as base64 bytes (as GPT image models do) or as a URL "
+        "it serves itself (as Replicate or fal do). Point IMGSAVE_BASE_URL at the URL it prints.",
     )
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per answer")
+    parser.add_argument(
+        "--answer",
+        choices=("b64", "url"),
+        default="b64",
+        help="b64: data[].b64_json (needs a store); url: data[].url on this server",
+    )
     args = parser.parse_args(argv)
-    with LoopbackProvider(latency=args.latency) as provider:
+    with LoopbackProvider(latency=args.latency, answer=args.answer) as provider:
+        # Its image URLs point at itself, so a store can download them (IMGSAVE_ALLOW_PRIVATE_
+        # NETWORK=1 lets downloads reach 127.0.0.1).
+        provider.image_base = provider.origin + "/"
         print(f"IMGSAVE_BASE_URL={provider.base_url}", flush=True)
-        print("serving; Ctrl-C stops", flush=True)
+        if args.answer == "url":
+            print("IMGSAVE_ALLOW_PRIVATE_NETWORK=1  # its image URLs are on 127.0.0.1", flush=True)
+        print("serving; Ctrl-C stops (run imgsave with --allow-http: it is plain http)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
 
