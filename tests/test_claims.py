@@ -135,9 +135,13 @@ def claim_rows(db_url: str, rows: list[tuple[str, str, str, str, float]]) -> Non
 
 
 def test_scenes_another_host_holds_are_skipped_reported_and_taken_once_expired(
-    cli, rows, api, db_url
+    cli, rows, api, db_url, tmp_path
 ):
     rows.put("p1", incident_document(10))
+    # Claims of 3 s are live for runs whose expiry is 4 s (extended every second); against the
+    # default 600 s they would be a stopped run's (test_seams).
+    with (tmp_path / "imgsave.toml").open("a") as config:
+        config.write("[claims]\nexpiry = 4\n")
     assert cli("sql", "--apply").code == 0  # creates the claims table
     claim_rows(
         db_url,

@@ -369,7 +369,7 @@ def test_the_loopback_provider_starts_from_the_command_line():
     import httpx
 
     with subprocess.Popen(
-        [sys.executable, "-m", "imgsave._demo.loopback", "--latency", "0"],
+        [sys.executable, "-m", "imgsave._demo.loopback", "--latency", "0", "--answer", "url"],
         stdout=subprocess.PIPE,
         text=True,
     ) as proc:
@@ -378,7 +378,10 @@ def test_the_loopback_provider_starts_from_the_command_line():
             assert first.startswith("IMGSAVE_BASE_URL=http://127.0.0.1:")
             base = first.strip().split("=", 1)[1]
             answer = httpx.post(f"{base}/images/generations", json={"prompt": "a", "n": 1})
-            assert answer.json()["data"][0]["url"].startswith("https://")
+            # Its own URLs: it serves the images it answers with.
+            url = answer.json()["data"][0]["url"]
+            assert url.startswith(base.removesuffix("/v1") + "/img/")
+            assert httpx.get(url).content.startswith(b"\x89PNG")
         finally:
             proc.terminate()
             proc.wait(timeout=10)

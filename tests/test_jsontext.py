@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -122,8 +123,12 @@ def test_replacing_in_place_equals_the_decoded_replace_and_changes_no_other_byte
     assert decode(result).data == edit.document.data
     assert decode(result).double_encoded == double
     if not double:
+        # Nothing outside the URL arrays moves (a removed entry takes its comma with it).
+        arrays = re.compile(r'"imageUrls"(\s*):(\s*)\[[^\]]*\]')
+        assert arrays.sub("", raw) == arrays.sub("", result)
+        removed = any(url is None for urls in edit.replaced.values() for url in urls.values())
         matcher = difflib.SequenceMatcher(None, raw, result, autojunk=False)
-        for op, a1, a2, b1, b2 in matcher.get_opcodes():
+        for op, a1, a2, b1, b2 in matcher.get_opcodes() if not removed else ():
             if op != "equal":  # only the URL strings themselves
                 assert set(raw[a1:a2]) <= set('"https:/a.test12gonex'), raw[a1:a2]
                 assert set(result[b1:b2]) <= set('"https:/cdn.test/n12.png'), result[b1:b2]
@@ -133,11 +138,32 @@ def test_replace_keeps_the_position_and_only_replaces_what_is_still_there():
     doc = decode(json.dumps({"scenes": [{"id": "s", "imageUrls": ["a", "b", "c"]}]}))
     ref = SceneRef(1, "s")
     edit = replace_urls(doc, SHAPE, [(ref, "b", "B"), (ref, "x", "X"), (ref, "c", "a")])
-    assert edit.outcomes == (Outcome.ADDED, Outcome.ABSENT, Outcome.PRESENT)
-    assert edit.document.data["scenes"][0]["imageUrls"] == ["a", "B", "c"]
-    assert edit.replaced == {0: {1: "B"}}
+    # "c" is a link whose copy "a" is already there: one image, so the link goes.
+    assert edit.outcomes == (Outcome.ADDED, Outcome.ABSENT, Outcome.ADDED)
+    assert edit.document.data["scenes"][0]["imageUrls"] == ["a", "B"]
+    assert edit.replaced == {0: {1: "B", 2: None}}
     again = replace_urls(edit.document, SHAPE, [(ref, "b", "B")])
     assert again.outcomes == (Outcome.PRESENT,) and not again.changed
+
+
+def test_a_link_present_twice_becomes_one_copy_and_converges():
+    raw = '{"scenes": [{"id": "s", "imageUrls": ["L", "x", "L", "L"]}]}'
+    ref = SceneRef(1, "s")
+    edit = replace_urls(decode(raw), SHAPE, [(ref, "L", "C")])
+    assert edit.document.data["scenes"][0]["imageUrls"] == ["C", "x"]
+    spliced = splice_replace(
+        raw, scenes_key="scenes", urls_key="imageUrls", identity_keys=("id", "index"),
+        replaced=edit.replaced, double_encoded=False,
+    )  # fmt: skip
+    assert spliced == '{"scenes": [{"id": "s", "imageUrls": ["C", "x"]}]}'
+    first = '{"scenes": [{"id": "s", "imageUrls": ["L", "L", "C"]}]}'
+    edit = replace_urls(decode(first), SHAPE, [(ref, "L", "C")])
+    spliced = splice_replace(
+        first, scenes_key="scenes", urls_key="imageUrls", identity_keys=("id", "index"),
+        replaced=edit.replaced, double_encoded=False,
+    )  # fmt: skip
+    assert spliced == '{"scenes": [{"id": "s", "imageUrls": ["C"]}]}'
+    assert not replace_urls(decode(spliced), SHAPE, [(ref, "L", "C")]).changed
 
 
 def test_what_a_round_trip_would_respell_is_kept_exactly():

@@ -626,3 +626,89 @@ def test_the_loopback_provider_as_a_user_runs_it_exercises_a_store(
     assert ran.code == 0 and ran.json()["saved"] == 3, ran.stderr
     stored = sorted((tmp_path / "store").rglob("*.png"))
     assert len(stored) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in stored)
+
+
+def _links_saved(cli, rows, api: LoopbackProvider, scenes: int) -> dict[str, str]:
+    """A project whose scenes hold the provider's links, as a run without a store saves them
+    (logged as generated); returns the env a rehost with a store needs."""
+    rows.put("p1", incident_document(scenes))
+    api.image_base = api.origin + "/"
+    ran = cli("generate", "p1", "--allow-http", env={"IMGSAVE_BASE_URL": api.base_url})
+    assert ran.code == 0, ran.stderr
+    return {"IMGSAVE_BASE_URL": api.base_url}
+
+
+def _store_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+        "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+    }
+
+
+@pytest.mark.many_connections
+def test_a_rehost_killed_before_its_commit_leaves_one_image_per_place(
+    cli, rows, db_url, tmp_path: Path, log_dir: Path
+):
+    import signal
+
+    from .conftest import process_env, spawn, wait_for
+
+    with LoopbackProvider() as api:
+        _links_saved(cli, rows, api, 4)
+        links = rows.urls("p1")
+        env = process_env(db_url, api, log_dir) | _store_env(tmp_path)
+        with psycopg.connect(db_url) as blocker:
+            blocker.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
+            run = spawn(["rehost", "p1", "--execute", "--allow-http"], env, tmp_path)
+            wait_for(
+                lambda: sum(r["event"] == "image.rehosted" for r in log_records(log_dir)) == 4,
+                timeout=60,
+            )
+            run.send_signal(signal.SIGKILL)
+            run.communicate(timeout=30)
+            blocker.rollback()
+        assert rows.urls("p1") == links, "the replacement never committed"
+        audit = cli("audit", "p1", "--json", env=_store_env(tmp_path))
+        assert audit.code == 0 and audit.json()["lost"] == [], audit.stdout
+        repaired = cli("repair", "p1", "--execute", "--json", env=_store_env(tmp_path))
+        assert repaired.json()["repaired"] == 0 and rows.urls("p1") == links
+        again = cli("rehost", "p1", "--execute", "--allow-http", "--json", env=env)
+        assert again.code == 0 and again.json()["rehosted"] == 4, again.stderr
+    urls = rows.urls("p1")
+    assert all(
+        len(u) == 1 and u[0].startswith("https://images.example.com/") for u in urls.values()
+    )
+    assert cli("audit", "p1", "--json", env=_store_env(tmp_path)).code == 0
+
+
+def test_a_rehost_reverted_by_a_naive_writer_is_not_doubled_by_repair(cli, rows, tmp_path: Path):
+    with LoopbackProvider() as api:
+        env = _links_saved(cli, rows, api, 4) | _store_env(tmp_path)
+        stale_copy = rows.doc("p1")  # what the app's racing route read before the rehost
+        assert cli("rehost", "p1", "--execute", "--allow-http", env=env).code == 0
+        rows.put("p1", stale_copy)  # ... and wrote back afterwards: the links are back
+        audit = cli("audit", "p1", "--json", "--allow-http", env=env)
+        assert audit.code == 0 and audit.json()["lost"] == [], audit.stdout
+        repaired = cli("repair", "p1", "--execute", "--json", "--allow-http", env=env)
+        assert repaired.json()["repaired"] == 0
+        assert all(len(u) == 1 for u in rows.urls("p1").values()), "never both in a scene"
+        assert cli("rehost", "p1", "--execute", "--allow-http", env=env).code == 0
+    assert all(
+        len(u) == 1 and u[0].startswith("https://images.example.com/")
+        for u in rows.urls("p1").values()
+    )
+
+
+def test_a_link_held_twice_is_rehosted_into_one_copy_and_converges(cli, rows, tmp_path: Path):
+    with LoopbackProvider() as api:
+        env = _links_saved(cli, rows, api, 1) | _store_env(tmp_path)
+        (link,) = rows.urls("p1")[1]
+        doc = rows.doc("p1")
+        doc["scenes"][0]["imageUrls"] = [link, link]
+        rows.put("p1", doc)
+        first = cli("rehost", "p1", "--execute", "--allow-http", "--json", env=env)
+        assert first.code == 0 and first.json()["remaining"] == 0, first.stdout
+        second = cli("rehost", "p1", "--execute", "--allow-http", "--json", env=env)
+        assert second.code == 0 and second.json()["rehosted"] == 0
+    (copy,) = rows.urls("p1")[1]
+    assert copy.startswith("https://images.example.com/")

@@ -73,8 +73,9 @@ class Edit:
     outcomes: tuple[Outcome, ...] = field(default_factory=tuple)
     # Scene position -> the URLs appended to its list, in order (what a text splice inserts).
     appended: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    # Scene position -> {position in its URL list: the URL now there} (replace_urls).
-    replaced: dict[int, dict[int, str]] = field(default_factory=dict)
+    # Scene position -> {position in its URL list: the URL now there, or None where the entry
+    # is removed} (replace_urls), positions in the list as it was.
+    replaced: dict[int, dict[int, str | None]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -233,13 +234,17 @@ def replace_urls(
     *,
     project: str = "?",
 ) -> Edit:
-    """Put each new URL where its old one is, in the same position, only if the old one is
-    still there; touch nothing else. ADDED when replaced, ABSENT when the old URL is gone,
-    PRESENT when the new one is already in the scene (the old one is then left alone)."""
+    """Put each new URL where its old one is, only if the old one is still there; touch nothing
+    else. A copy and the link it replaces are one image, never both in a scene: the old URL's
+    first entry becomes the new one and its other entries go, or, when the new URL is already
+    in the scene (a naive writer put the link back beside its copy), every entry of the old one
+    goes. ADDED when the scene changed, ABSENT when the old URL is gone, PRESENT when only the
+    new one is there."""
     all_scenes = scenes(document, shape, project=project)
     raw_scenes = document.data[shape.scenes_key]
-    new_lists: dict[int, list[Any]] = {}
-    replaced: dict[int, dict[int, str]] = {}
+    # Each touched scene's list as it was, with entries overwritten or set to None (removed).
+    lists: dict[int, list[Any]] = {}
+    replaced: dict[int, dict[int, str | None]] = {}
     outcomes: list[Outcome] = []
     for ref, old, new in replacements:
         scene = find(all_scenes, ref)
@@ -247,22 +252,24 @@ def replace_urls(
             outcomes.append(Outcome.NO_SCENE)
             continue
         pos = scene.position
-        current = new_lists.get(pos)
+        current = lists.get(pos)
         if current is None:
             current = list(_url_list(raw_scenes[pos], shape, ""))
-        if new in current:
-            outcomes.append(Outcome.PRESENT)
+        olds = [at for at, url in enumerate(current) if url == old]
+        if not olds:
+            outcomes.append(Outcome.PRESENT if new in current else Outcome.ABSENT)
             continue
-        if old not in current:
-            outcomes.append(Outcome.ABSENT)
-            continue
-        at = current.index(old)
-        current[at] = new
-        new_lists[pos] = current
-        replaced.setdefault(pos, {})[at] = new
+        changes = replaced.setdefault(pos, {})
+        if new not in current:
+            current[olds[0]] = changes[olds[0]] = new
+            olds = olds[1:]
+        for at in olds:
+            current[at] = changes[at] = None
+        lists[pos] = current
         outcomes.append(Outcome.ADDED)
-    if not new_lists:
+    if not lists:
         return Edit(document, tuple(outcomes))
+    new_lists = {pos: [url for url in urls if url is not None] for pos, urls in lists.items()}
     return Edit(_with_lists(document, shape, new_lists), tuple(outcomes), replaced=replaced)
 
 

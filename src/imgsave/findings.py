@@ -80,6 +80,8 @@ class AuditReport:
     # Projects that could not be audited (not found when named, unreadable document): each is
     # that project's error; every other project is still audited.
     errors: list[str] = field(default_factory=list)
+    # Logged URLs absent from their scene whose partner (ledger.SceneHistory) is there.
+    represented: set[str] = field(default_factory=set, metadata=NOT_IN_JSON)
     # The time of the oldest log record or journal row read (epoch seconds), if any.
     oldest_evidence: float | None = field(default=None, metadata=NOT_IN_JSON)
     # Scenes that hold no image and were never logged: candidates for --regenerate.
@@ -260,6 +262,7 @@ async def _store_objects(
     removed on purpose by a write that no pruned log or journal remembers any more. Anything
     else under the prefix is `unreferenced`: reported, never written."""
     known = {f.url for f in (*report.lost, *report.stale, *report.orphaned, *report.expired)}
+    known |= report.represented
     by_segment = {key_segment(p): p for p in known_projects | named}
     by_project: dict[str, list[tuple[str, str, datetime, int]]] = {}
     prefix = "/".join(p for p in store.prefix.split("/") if p)
@@ -402,6 +405,10 @@ def _classify(
         for url, current in scene_log.urls.items():
             if url in held:
                 report.present += 1
+            elif current and scene_log.partners.get(url, set()) & held:
+                # Its copy (or the link it copies) holds its place: one image, present.
+                report.present += 1
+                report.represented.add(url)
             elif current:
                 report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
             else:

@@ -57,11 +57,12 @@ def splice_replace(
     scenes_key: str,
     urls_key: str,
     identity_keys: Sequence[str],
-    replaced: Mapping[int, Mapping[int, str]],
+    replaced: Mapping[int, Mapping[int, str | None]],
     double_encoded: bool,
     project: str = "?",
 ) -> str:
-    """`raw` with the URL at each (scene position, list position) rewritten; no other byte moves."""
+    """`raw` with the URL at each (scene position, list position) rewritten, or removed with
+    its comma where the new value is None; no other byte moves."""
     if double_encoded:
         return _quote(
             _replace(json.loads(raw), scenes_key, urls_key, identity_keys, replaced, project)
@@ -74,7 +75,7 @@ def _replace(
     scenes_key: str,
     urls_key: str,
     identity_keys: Sequence[str],
-    replaced: Mapping[int, Mapping[int, str]],
+    replaced: Mapping[int, Mapping[int, str | None]],
     project: str,
 ) -> str:
     scenes_member = _only(_members(text, _ws(text, 0)), scenes_key, f"project {project}")
@@ -91,12 +92,28 @@ def _replace(
         if target is None:  # pragma: no cover - _only raised: a replaced URL's list exists
             raise MalformedDocument(f"{where} has no {urls_key!r} key")
         items = _elements(text, target.value_start)
+        gone = {index for index, url in by_index.items() if url is None}
         for index, url in by_index.items():
-            start, end = items[index]
-            edits.append((start, end, json.dumps(url)))
+            if url is not None:
+                start, end = items[index]
+                edits.append((start, end, json.dumps(url)))
+        edits += _removals(items, gone)
     for start, end, replacement in sorted(edits, reverse=True):
         text = text[:start] + replacement + text[end:]
     return text
+
+
+def _removals(items: Sequence[tuple[int, int]], gone: set[int]) -> list[tuple[int, int, str]]:
+    """Spans that delete the elements at `gone` and their separators: a leading run up to the
+    first element kept, each later one from the end of the element before it."""
+    kept = [index for index in range(len(items)) if index not in gone]
+    first = kept[0] if kept else len(items)
+    spans: list[tuple[int, int, str]] = []
+    if first > 0:
+        end = items[first][0] if kept else items[-1][1]
+        spans.append((items[0][0], end, ""))
+    spans += [(items[i - 1][1], items[i][1], "") for i in sorted(gone) if i > first]
+    return spans
 
 
 def _quote(text: str) -> str:

@@ -15,7 +15,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -84,6 +84,10 @@ def load(path: Path) -> Iterator[Sighting]:
 class SceneHistory:
     # Each logged URL -> whether the scene is still meant to hold it (False: superseded).
     urls: dict[str, bool]
+    # URL -> the URLs it is one image with: a copy and the link it replaced (rehost), a new
+    # image and the dead link it stands in for (--regenerate). While one of them is in the
+    # scene, the image is there: the other is neither lost nor ever added beside it.
+    partners: dict[str, set[str]] = field(default_factory=dict)
 
 
 def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[SceneRef, SceneHistory]]:
@@ -126,8 +130,13 @@ def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
     explicitly `replaces` is superseded too.
     """
     replaced = {old for item in items for old in item.replaces}
+    partners: dict[str, set[str]] = {}
+    for item in items:
+        for old in item.replaces:
+            partners.setdefault(item.url, set()).add(old)
+            partners.setdefault(old, set()).add(item.url)
     if len(items) == 1:  # most scenes of a big audit: skip the bookkeeping
-        return SceneHistory({items[0].url: items[0].url not in replaced})
+        return SceneHistory({items[0].url: items[0].url not in replaced}, partners)
     runs: list[tuple[bool, str]] = [(item.replacing, item.run or "") for item in items]
     unnamed = sorted(
         (p for p, item in enumerate(items) if item.run is None),
@@ -154,7 +163,8 @@ def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
         {
             url: url not in replaced and (cutoff is None or recency[run] >= cutoff)
             for url, (_, run) in latest.items()
-        }
+        },
+        partners,
     )
 
 

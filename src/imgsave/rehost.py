@@ -119,7 +119,8 @@ def foreign_links(project: str, raw: str | None, settings: Settings, store: Stor
     """The URLs of a document that are not the store's (and that the URL rule accepts)."""
     found = []
     for scene in scenes(decode(raw, project=project), settings.shape, project=project):
-        for url in scene.urls:
+        # A link held twice is one image: one copy takes its first place (document.replace_urls).
+        for url in dict.fromkeys(scene.urls):
             if not store.owns(url) and url_problem(url, allow_http=settings.allow_http) is None:
                 found.append(Link(project, scene.ref.index, scene.ref.id, url, scene.prompt))
     return found
@@ -320,29 +321,32 @@ class Rehosting:
                 return text, edit.outcomes
             return encode(edit.document), edit.outcomes
 
+        # Before the commit, fsynced: a run killed between the commit and a later log line
+        # would leave the copy unexplained and its link "lost", and repair would put the link
+        # back beside its copy. A commit that then fails or finds the link gone is harmless:
+        # audit counts a copy whose link still holds its place as present (ledger.partners).
         try:
+            for link, image in items:
+                await self._log.record(
+                    "image.rehosted",
+                    project=project,
+                    scene=link.scene,
+                    scene_id=link.scene_id,
+                    url=image.url,
+                    replaces=[link.url],
+                    regenerated=regenerating,
+                    **image.fields,
+                )
             outcomes = await self._db.locked_update(project, change)
         except ImgsaveError as exc:
             self._result.errors.append(f"{exc} ({len(items)} links not replaced)")
             return
-        for (link, image), outcome in zip(items, outcomes, strict=True):
+        for (link, _), outcome in zip(items, outcomes, strict=True):
             if outcome is Outcome.ABSENT or outcome is Outcome.NO_SCENE:
                 self._result.errors.append(
                     f"project {project}: {link.ref}: {link.url} changed meanwhile; left as it is"
                 )
-                continue
-            # After the commit: the log then never claims a replacement the document lacks.
-            await self._log.record(
-                "image.rehosted",
-                project=project,
-                scene=link.scene,
-                scene_id=link.scene_id,
-                url=image.url,
-                replaces=[link.url],
-                regenerated=regenerating,
-                **image.fields,
-            )
-            if outcome is Outcome.ADDED:
+            elif outcome is Outcome.ADDED:
                 if regenerating:
                     self._result.regenerated += 1
                 else:
