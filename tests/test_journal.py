@@ -269,3 +269,51 @@ def test_the_journal_beats_the_logs_for_the_urls_it_knows():
         SceneRef(1, "a"): SceneHistory({"u1": False, "u2": True}),
     }
     assert journal == {}
+
+
+def test_the_trigger_lets_through_a_double_encoded_document_nested_past_the_stack(
+    journal, rows, db_url
+):
+    deep = "[" * 100_000 + "]" * 100_000
+    rows.put("p", {"scenes": [{"id": "a", "imageUrls": ["https://i.test/1"]}]})
+    rows.put("p", json.dumps(deep), raw=True)  # the app's write goes through
+    assert json.loads(rows.text("p")) == deep
+    assert journal_rows(db_url)[-1][3:5] == ("https://i.test/1", "removed")
+
+
+def test_a_forged_appended_setting_hides_no_removal(journal, rows, db_url, role):
+    from .test_route_sql import as_role
+
+    rows.put("p", {"scenes": [{"id": "a", "imageUrls": ["https://i.test/1", "https://i.test/2"]}]})
+    writer = role()  # may UPDATE the table, nothing more
+    forged = json.dumps(
+        {"position": 0, "scene_index": 1, "scene_id": "a", "urls": ["https://i.test/3"]}
+    )
+    with psycopg.connect(as_role(db_url, writer)) as conn:
+        conn.execute("SELECT set_config('imgsave.appended', %s, true)", (forged,))
+        conn.execute(
+            "UPDATE projects SET generated_output = "
+            '\'{"scenes": [{"id": "a", "imageUrls": ["https://i.test/3"]}]}\''
+        )
+        conn.commit()
+    assert journal_rows(db_url)[2:] == [
+        ("p", 1, "a", "https://i.test/3", "added", False),
+        ("p", 1, "a", "https://i.test/1", "removed", True),
+        ("p", 1, "a", "https://i.test/2", "removed", True),
+    ]
+
+
+def test_appending_to_a_list_of_tens_of_thousands_is_linear(journal, rows, db_url):
+    """The append function under the row lock: 40,000 URLs held, 40,000 more in one call. A
+    loop over `url = ANY (held)` takes minutes for this (1.6 billion comparisons); the bound is
+    generous for a loaded machine."""
+    held = [f"https://i.test/{n}" for n in range(40_000)]
+    rows.put("p", {"scenes": [{"id": "a", "imageUrls": held}]})
+    more = [f"https://i.test/new/{n}" for n in range(40_000)] + held[:5]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '20s'")
+        (added,) = conn.execute(
+            "SELECT imgsave_append_image_urls('p', 'a', %s)", (more,)
+        ).fetchone()
+    assert added == 40_000
+    assert rows.urls("p")[1] == held + more[:40_000]

@@ -67,14 +67,30 @@ def test_remaining_counts_what_is_still_missing_scene_by_scene():
     assert remaining(report, {("p", 1): 2}, {("p", 2): 1, ("p", 3): 1}, empty_scenes=True) == 0
 
 
-@given(st.text(min_size=1, max_size=30))
-def test_a_key_segment_is_url_safe_and_reversible(text: str):
-    from imgsave.images import key_segment, segment_text
+@given(st.text(min_size=1, max_size=120))
+def test_a_key_segment_is_url_safe_fits_every_store_and_is_reversible_or_a_hash(text: str):
+    import hashlib
+
+    from imgsave.images import MAX_SEGMENT_BYTES, key_segment, segment_text
 
     segment = key_segment(text)
     assert segment not in (".", "..") and "/" not in segment
+    assert len(segment) <= MAX_SEGMENT_BYTES + 1
+    if segment.startswith("~"):  # too long escaped: its hash (the log maps it back)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        assert segment == "~" + digest and segment_text(segment) is None
+        return
     assert all(c.isascii() and (c.isalnum() or c in "._-") for c in segment)
     assert segment_text(segment) == text
+
+
+@given(st.one_of(st.integers(1, 10**6).map(str), st.text(min_size=1, max_size=20)), st.integers(1))
+def test_a_scene_id_never_shares_a_folder_with_an_index(scene_id: str, index: int):
+    from imgsave.document import SceneRef
+    from imgsave.images import scene_segment
+
+    assert scene_segment(SceneRef(index, scene_id)) != scene_segment(SceneRef(index, None))
+    assert scene_segment(SceneRef(1, scene_id)) != str(index)
 
 
 def test_only_png_jpeg_webp_and_gif_are_images_and_the_cap_holds():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections import Counter
 from decimal import Decimal
 from typing import Any
@@ -264,29 +263,6 @@ async def test_the_route_calling_the_function_loses_nothing_at_64_callers(
 
 
 # Security.
-
-
-@pytest.fixture
-def role(db_url):
-    """A login role of this test's own (roles are the server's, shared by parallel tests)."""
-    made: list[str] = []
-
-    def make(grant_table: bool = True) -> str:
-        name = f"imgsave_role_{secrets.token_hex(4)}"
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-            if grant_table:
-                conn.execute(
-                    sql.SQL("GRANT SELECT, UPDATE ON projects TO {}").format(sql.Identifier(name))
-                )
-        made.append(name)
-        return name
-
-    yield make
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        for name in made:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def as_role(db_url: str, name: str) -> str:
