@@ -18,9 +18,9 @@ from pathlib import Path
 from imgsave._demo.incident import APP_LOG_PATTERN, incident_document, naive_generate
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave._demo.writes import DemoDatabase
-from imgsave.config import load_settings
-from imgsave.document import decode, encode, scenes
-from imgsave.provider import Provider
+from imgsave.adapters.imageapi.client import Provider
+from imgsave.core.documents import decode, encode, scenes
+from imgsave.core.settings import load_settings
 
 
 async def main() -> int:

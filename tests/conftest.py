@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
-from imgsave.config import DatabaseSettings, ProviderSettings, Settings
+from imgsave.core.settings import DatabaseSettings, ProviderSettings, Settings
 
 TEMPLATE = f"imgsave_template_{os.getpid()}"
 
@@ -75,7 +75,7 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from imgsave import embedded
+    from imgsave.adapters.postgres import embedded
 
     data = Path(tempfile.mkdtemp(prefix="imgsave-test-pg-"))
     yield embedded.start(data / "pgdata")
@@ -294,7 +294,7 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     Tests whose point is a signal, a SIGKILL or two processes use `spawn` instead."""
     from typer.testing import CliRunner
 
-    from imgsave.cli import app
+    from imgsave.cli.app import app
 
     # Fast retries for tests, through the real config-file path.
     (tmp_path / "imgsave.toml").write_text(

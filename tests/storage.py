@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from moto.server import ThreadedMotoServer
 
-from imgsave.config import StoreSettings
+from imgsave.core.settings import StoreSettings
 
 REGION = "us-east-1"
 

@@ -10,12 +10,12 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from imgsave import generate as gen
 from imgsave._demo.incident import APP_LOG_PATTERN, incident_document, naive_generate, naive_save
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave._demo.writes import DemoDatabase
-from imgsave.document import SceneRef, Shape, append_urls, decode, encode
-from imgsave.provider import Provider
+from imgsave.adapters.imageapi.client import Provider
+from imgsave.commands import generate as gen
+from imgsave.core.documents import SceneRef, Shape, append_urls, decode, encode
 
 from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
 
@@ -365,15 +365,15 @@ def test_quiet_repair_prints_nothing_when_all_is_well(cli, rows, log_dir):
 
 
 async def test_audit_gives_the_same_answer_however_many_partitions(settings, incident, monkeypatch):
-    from imgsave import ledger
-    from imgsave.audit import run_audit
-    from imgsave.logread import LogQuery
+    from imgsave.adapters.runlog.reader import LogQuery
+    from imgsave.commands.audit import run_audit
+    from imgsave.core import log_history as ledger
 
     app_log, truth = incident
     query = LogQuery(paths=(str(app_log),), pattern=APP_LOG_PATTERN)
-    whole = await run_audit(settings, query, check_urls=False)
+    whole = (await run_audit(settings, query, check_urls=False)).report
     monkeypatch.setattr(ledger, "PARTITION_BYTES", 300)
     assert ledger.partition_count([app_log]) > 5
-    split = await run_audit(settings, query, check_urls=False)
+    split = (await run_audit(settings, query, check_urls=False)).report
     assert {f.url for f in split.lost} == {f.url for f in whole.lost} == truth
     assert split.summary() == whole.summary()

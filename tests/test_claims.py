@@ -20,7 +20,7 @@ import pytest
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
-from imgsave.claims import process_is_gone, this_process
+from imgsave.operations.claims import process_is_gone, this_process
 
 from .conftest import process_env, spawn, wait_for
 from .test_generate_cli import events, provider_env

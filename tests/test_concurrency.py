@@ -10,13 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from imgsave import generate as gen
 from imgsave._demo.incident import naive_save
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave._demo.writes import DemoDatabase
-from imgsave.config import Settings
-from imgsave.document import SceneRef, Shape
-from imgsave.saver import ProjectSaver
+from imgsave.commands import generate as gen
+from imgsave.core.documents import SceneRef, Shape
+from imgsave.core.settings import Settings
+from imgsave.operations.group_commit import ProjectSaver
 
 from .conftest import imgsave_waits_for_a_lock, wait_for
 

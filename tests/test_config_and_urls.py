@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.config import load_settings
+from imgsave.core.redaction import mask_url, redact
+from imgsave.core.settings import load_settings
+from imgsave.core.url_rule import url_problem
 from imgsave.errors import UsageError
-from imgsave.redaction import mask_url, redact
-from imgsave.urls import url_problem
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -86,7 +86,7 @@ def test_secrets_are_masked_and_redacted():
 
 
 def test_a_string_too_short_to_be_a_secret_is_not_masked_but_warned_about():
-    from imgsave.redaction import weak_secret_warnings
+    from imgsave.core.redaction import weak_secret_warnings
 
     assert redact("project abc-project failed", ("abc",)) == "project abc-project failed"
     warnings = weak_secret_warnings("abc", "postgresql://u:pw@h/db")
@@ -131,7 +131,7 @@ def test_url_rule(url, allow_http, problem):
 def test_times_and_durations():
     from datetime import UTC, datetime, timedelta
 
-    from imgsave.logread import parse_duration, parse_time
+    from imgsave.adapters.runlog.reader import parse_duration, parse_time
 
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     assert parse_time("2h", now=now) == now - timedelta(hours=2)
@@ -182,7 +182,7 @@ _URLISH = st.lists(
 @settings(max_examples=3000, deadline=None)
 @given(_URLISH)
 def test_the_fast_path_of_the_url_rule_agrees_with_the_full_rule(url):
-    from imgsave import urls
+    from imgsave.core import url_rule as urls
 
     if urls._PLAIN[False].fullmatch(url):
         # Whatever the fast path accepts, each of the full rule's checks accepts too.

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.document import (
+from imgsave.core.documents import (
     Document,
     Outcome,
     SceneRef,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import psycopg
 
-from imgsave import generate as gen
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider, mixed_faults
-from imgsave.config import ProviderSettings
+from imgsave.commands import generate as gen
+from imgsave.core.settings import ProviderSettings
 
 from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
 

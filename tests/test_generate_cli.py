@@ -9,7 +9,7 @@ import pytest
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
-from imgsave.engine import EXPIRING
+from imgsave.operations.execution import EXPIRING
 
 
 def provider_env(api: LoopbackProvider, **extra: str) -> dict[str, str]:

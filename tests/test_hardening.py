@@ -68,7 +68,7 @@ def test_a_huge_log_line_is_skipped_and_counted_in_bounded_memory(db_url, rows, 
     # Run audit in a process of its own and report that process's peak memory.
     program = (
         "import sys\n"
-        "from imgsave.cli import main\n"
+        "from imgsave.cli.app import main\n"
         "log, pattern = sys.argv[1:]\n"
         "sys.argv = ['imgsave', 'audit', '--log', log, '--pattern', pattern, '--json']\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
@@ -119,7 +119,7 @@ async def test_dead_idle_pooled_connections_cost_a_retry_not_seconds_of_back_off
     import time
 
     from imgsave._demo.writes import DemoDatabase
-    from imgsave.document import SceneRef, Shape, append_urls, decode, encode
+    from imgsave.core.documents import SceneRef, Shape, append_urls, decode, encode
 
     rows.put("p1", incident_document(1))
 
@@ -197,8 +197,8 @@ async def test_a_trickling_provider_gets_a_total_deadline_per_attempt():
     import asyncio
     import time
 
-    from imgsave.config import ProviderSettings
-    from imgsave.provider import ImageFailed, Provider
+    from imgsave.adapters.imageapi.client import ImageFailed, Provider
+    from imgsave.core.settings import ProviderSettings
 
     server = _Trickle()
     conf = ProviderSettings(timeout=1.0, max_attempts=2, backoff_initial=0.01, backoff_max=0.02)
@@ -216,7 +216,7 @@ async def test_a_trickling_provider_gets_a_total_deadline_per_attempt():
 async def test_check_urls_gives_a_trickling_host_a_total_deadline():
     import asyncio
 
-    from imgsave.urlcheck import check_urls
+    from imgsave.adapters.imageapi.url_check import check_urls
 
     server = _Trickle()
     url = f"http://127.0.0.1:{server.port}/img/a.png"
@@ -233,8 +233,8 @@ async def test_a_partition_after_select_for_update_neither_holds_the_lock_nor_th
 
     from psycopg.conninfo import conninfo_to_dict
 
-    from imgsave.config import DatabaseSettings, Names
-    from imgsave.db import Database
+    from imgsave.adapters.postgres.database import Database
+    from imgsave.core.settings import DatabaseSettings, Names
 
     from .netproxy import PartitionableProxy
 
@@ -306,7 +306,7 @@ def _invoke(args: list[str], env: dict[str, str], cwd) -> tuple[int, str, str]:
 
     from typer.testing import CliRunner
 
-    from imgsave.cli import app
+    from imgsave.cli.app import app
 
     here = os.getcwd()
     os.chdir(cwd)  # no imgsave.toml of the test's but this one
@@ -481,7 +481,7 @@ def test_a_jsonb_number_of_5001_digits_is_not_a_reason_to_refuse_the_document(cl
     with LoopbackProvider() as api:
         ran = cli("generate", "p1", "--allow-http", env={"IMGSAVE_BASE_URL": api.base_url})
     assert ran.code == 0, ran.stderr
-    from imgsave.document import Shape, decode, scenes
+    from imgsave.core.documents import Shape, decode, scenes
 
     text = rows.text("p1")
     assert '"n": ' + "7" * 5001 in text, "the number kept digit for digit"
@@ -493,8 +493,8 @@ async def test_every_project_key_is_listed_once_a_batch_at_a_time(db_url, key_ty
     """What `rehost --all` walks: every key, in the key's own order, no batch repeating one."""
     import uuid as uuid_module
 
-    from imgsave.config import DatabaseSettings, Names
-    from imgsave.db import Database
+    from imgsave.adapters.postgres.database import Database
+    from imgsave.core.settings import DatabaseSettings, Names
 
     values = {
         "uuid": [str(uuid_module.uuid4()) for _ in range(7)],

@@ -95,11 +95,11 @@ def test_a_second_ctrl_c_reports_the_requests_it_abandoned(
 async def test_a_stopped_run_shows_images_not_requested_apart_from_failures(
     settings, rows, incident_project, log_dir
 ):
-    from imgsave import generate as gen
-    from imgsave.db import Database
-    from imgsave.interrupt import StopSignal
-    from imgsave.progress import ProgressReporter
-    from imgsave.provider import Provider
+    from imgsave.adapters.imageapi.client import Provider
+    from imgsave.adapters.postgres.database import Database
+    from imgsave.commands import generate as gen
+    from imgsave.operations.stop import StopSignal
+    from imgsave.terminal.progress import ProgressReporter
 
     stop = StopSignal()
 

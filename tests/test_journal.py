@@ -12,10 +12,10 @@ import pytest
 
 from imgsave._demo.incident import incident_document, naive_save
 from imgsave._demo.writes import DemoDatabase
-from imgsave.document import SceneRef, Shape
-from imgsave.journal import JournalLedger, JournalRow, overlay
-from imgsave.ledger import SceneHistory
-from imgsave.migration import Options, install
+from imgsave.adapters.postgres.install import Options, install
+from imgsave.core.documents import SceneRef, Shape
+from imgsave.core.journal_verdicts import JournalLedger, JournalRow, overlay
+from imgsave.core.log_history import SceneHistory
 
 from .test_route_sql import run, table
 

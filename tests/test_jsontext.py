@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.document import Outcome, SceneRef, Shape, append_urls, decode, replace_urls
+from imgsave.core.documents import Outcome, SceneRef, Shape, append_urls, decode, replace_urls
+from imgsave.core.json_splice import splice_append, splice_replace
 from imgsave.errors import MalformedDocument
-from imgsave.jsontext import splice_append, splice_replace
 
 SHAPE = Shape()
 

@@ -205,7 +205,7 @@ def test_one_progress_bar_for_the_run_names_the_projects_in_flight(monkeypatch):
 
     from rich.console import Console
 
-    from imgsave import progress
+    from imgsave.terminal import progress
 
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=100, highlight=False)

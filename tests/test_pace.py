@@ -16,8 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgsave._demo.loopback import LoopbackProvider
+from imgsave.adapters.imageapi.pace import (
+    CUT_QUIET,
+    RECOVERY,
+    Pace,
+    PaceClosed,
+    parse_rate,
+    parse_reset,
+)
 from imgsave.errors import UsageError
-from imgsave.pace import CUT_QUIET, RECOVERY, Pace, PaceClosed, parse_rate, parse_reset
 
 from .conftest import process_env, spawn, wait_for
 from .test_generate_cli import provider_env

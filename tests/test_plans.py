@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.document import Scene, SceneRef
-from imgsave.findings import AuditReport, Finding
-from imgsave.generate import parse_scene_selection, plan
-from imgsave.logread import ReadStats
-from imgsave.repair import remaining
+from imgsave.adapters.runlog.reader import ReadStats
+from imgsave.commands.generate import parse_scene_selection, plan
+from imgsave.commands.repair import remaining
+from imgsave.core.documents import Scene, SceneRef
+from imgsave.operations.lost_images import AuditReport, Finding
 
 scenes_st = st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=8).map(
     lambda specs: [
@@ -71,7 +71,7 @@ def test_remaining_counts_what_is_still_missing_scene_by_scene():
 def test_a_key_segment_is_url_safe_fits_every_store_and_is_reversible_or_a_hash(text: str):
     import hashlib
 
-    from imgsave.images import MAX_SEGMENT_BYTES, key_segment, segment_text
+    from imgsave.core.image_bytes import MAX_SEGMENT_BYTES, key_segment, segment_text
 
     segment = key_segment(text)
     assert segment not in (".", "..") and "/" not in segment
@@ -86,8 +86,8 @@ def test_a_key_segment_is_url_safe_fits_every_store_and_is_reversible_or_a_hash(
 
 @given(st.one_of(st.integers(1, 10**6).map(str), st.text(min_size=1, max_size=20)), st.integers(1))
 def test_a_scene_id_never_shares_a_folder_with_an_index(scene_id: str, index: int):
-    from imgsave.document import SceneRef
-    from imgsave.images import scene_segment
+    from imgsave.core.documents import SceneRef
+    from imgsave.core.image_bytes import scene_segment
 
     assert scene_segment(SceneRef(index, scene_id)) != scene_segment(SceneRef(index, None))
     assert scene_segment(SceneRef(1, scene_id)) != str(index)
@@ -96,7 +96,7 @@ def test_a_scene_id_never_shares_a_folder_with_an_index(scene_id: str, index: in
 def test_only_png_jpeg_webp_and_gif_are_images_and_the_cap_holds():
     import pytest
 
-    from imgsave.images import NotAnImage, checked
+    from imgsave.core.image_bytes import NotAnImage, checked
 
     for data, ext in (
         (b"\x89PNG\r\n\x1a\n...", "png"),

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imgsave.config import ProviderSettings
+from imgsave.adapters.imageapi.client import ImageFailed, Provider, backoff, retry_after_seconds
+from imgsave.core.settings import ProviderSettings
 from imgsave.errors import ProviderRefused, ProviderUnreachable
-from imgsave.provider import ImageFailed, Provider, backoff, retry_after_seconds
 
 SETTINGS = ProviderSettings(max_attempts=6, max_retry_after=60.0, backoff_initial=0.5)
 OK = httpx.Response(200, json={"data": [{"url": "https://img.example/1.png"}]})
@@ -138,7 +138,7 @@ async def test_b64_answers_many_images_usage_and_params_pass_through():
     settings = ProviderSettings(params={"quality": "high", "output_format": "png"})
     async with api.provider(settings) as provider:
         answer = await provider.generate("a lighthouse")
-    # "abc" is base64 without its padding (the keeper then refuses the bytes by signature);
+    # "abc" is base64 without its padding (the intake then refuses the bytes by signature);
     # "%%%" is no base64 at all: kept as sent, to be spooled, never dropped.
     assert [(image.data, image.undecodable) for image in answer.images] == [
         (PNG, False),
@@ -239,7 +239,7 @@ def test_every_base64_form_a_provider_sends_decodes_to_the_same_bytes():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from imgsave.images import decode_base64
+    from imgsave.core.image_bytes import decode_base64
 
     @given(st.binary(max_size=300), st.sampled_from(["plain", "mime", "lf", "nopad", "urlsafe"]))
     def same(data: bytes, form: str) -> None:

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from imgsave.document import SceneRef, Shape, append_urls, decode, encode, scenes
+from imgsave.adapters.postgres.install import Options, Table, install, uninstall
+from imgsave.core.documents import SceneRef, Shape, append_urls, decode, encode, scenes
+from imgsave.core.url_rule import url_problem
 from imgsave.errors import MalformedDocument
-from imgsave.migration import Options, Table, install, uninstall
-from imgsave.urls import url_problem
 
 from .test_concurrency import hammer, stored
 from .test_jsontext import splice

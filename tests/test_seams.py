@@ -170,10 +170,10 @@ def test_scene_id_2_and_the_idless_scene_at_index_2_never_share_a_folder(
     import asyncio
     import hashlib
 
-    from imgsave.config import Settings as AppSettings
-    from imgsave.document import SceneRef
-    from imgsave.images import checked, object_key
-    from imgsave.store import Store
+    from imgsave.adapters.storage.object_store import Store
+    from imgsave.core.documents import SceneRef
+    from imgsave.core.image_bytes import checked, object_key
+    from imgsave.core.settings import Settings as AppSettings
 
     held = "https://cdn.example.com/held.png"
     doc = {"scenes": [{"id": "2", "prompt": "a", "imageUrls": [held]}, {"prompt": "b"}]}
@@ -214,12 +214,12 @@ def test_keys_fit_every_store_however_long_the_project_key_or_scene_id(
 def test_a_killed_repair_rerun_counts_each_spooled_image_once(cli, rows, s3: S3, log_dir: Path):
     import asyncio
 
-    from imgsave import spool
-    from imgsave.config import Settings as AppSettings
-    from imgsave.engine import record_generated
-    from imgsave.genlog import RunLog
-    from imgsave.images import checked, object_key
-    from imgsave.store import Store
+    from imgsave.adapters.runlog.writer import RunLog
+    from imgsave.adapters.storage import spool
+    from imgsave.adapters.storage.object_store import Store
+    from imgsave.core.image_bytes import checked, object_key
+    from imgsave.core.settings import Settings as AppSettings
+    from imgsave.operations.execution import record_generated
 
     rows.put("p1", incident_document(6))
     s3.configure()
@@ -434,8 +434,8 @@ async def test_downloads_refuse_private_addresses_on_every_hop():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from imgsave.fetch import DownloadFailed, Fetcher
-    from imgsave.netguard import PublicOnly, is_public
+    from imgsave.adapters.imageapi.downloads import DownloadFailed, Fetcher
+    from imgsave.adapters.imageapi.netguard import PublicOnly, is_public
 
     internal_hits: list[str] = []
 

@@ -7,7 +7,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsave.slots import Slots
+from imgsave.operations.slots import Slots
 
 
 async def served_order(slots: Slots, queued: dict[str, int], hold: float = 0.001) -> list[str]:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 
-from imgsave import generate as gen
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
-from imgsave.config import Settings, StoreSettings
+from imgsave.commands import generate as gen
+from imgsave.core.settings import Settings, StoreSettings
 
 from .storage import S3
 
@@ -283,10 +283,10 @@ def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_save
 ):
     import asyncio
 
-    from imgsave.config import Settings as AppSettings
-    from imgsave.document import SceneRef
-    from imgsave.images import checked, object_key
-    from imgsave.store import Store
+    from imgsave.adapters.storage.object_store import Store
+    from imgsave.core.documents import SceneRef
+    from imgsave.core.image_bytes import checked, object_key
+    from imgsave.core.settings import Settings as AppSettings
 
     from .test_seams import _evidence
 
@@ -477,7 +477,7 @@ async def test_a_url_answer_that_cannot_be_downloaded_yet_is_kept_as_the_provide
 ):
     """Never dropped: saved as the provider's link (with a warning), and rehost copies it into
     the store once the image host answers again."""
-    from imgsave.rehost import run_rehost
+    from imgsave.commands.rehost import run_rehost
 
     rows.put("p1", incident_document(2))
     with LoopbackProvider(answer="url") as api:

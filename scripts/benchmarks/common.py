@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from imgsave.config import DatabaseSettings, ProviderSettings, Settings
+from imgsave.core.settings import DatabaseSettings, ProviderSettings, Settings
 
 SERVER = os.environ.get(
     "IMGSAVE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -15,8 +15,8 @@ import httpx
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.writes import DemoDatabase
-from imgsave.generate import generate
-from imgsave.provider import Provider
+from imgsave.adapters.imageapi.client import Provider
+from imgsave.commands.generate import generate
 
 from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings
 

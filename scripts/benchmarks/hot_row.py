@@ -12,8 +12,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.writes import DemoDatabase
-from imgsave.document import SceneRef
-from imgsave.saver import ProjectSaver
+from imgsave.core.documents import SceneRef
+from imgsave.operations.group_commit import ProjectSaver
 
 from .common import BENCH_DB, HERE, URL, Result, check, put, settings, stored_count
 

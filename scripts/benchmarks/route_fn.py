@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import psycopg
 
-from imgsave.document import Shape
-from imgsave.migration import Options, Table, install, uninstall
+from imgsave.adapters.postgres.install import Options, Table, install, uninstall
+from imgsave.core.documents import Shape
 
 from .common import URL, Result
 from .hot_row import pgbench_rate

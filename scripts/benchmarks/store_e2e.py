@@ -22,11 +22,11 @@ from pathlib import Path
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.writes import DemoDatabase
-from imgsave.config import StoreSettings
-from imgsave.generate import generate
-from imgsave.keeper import opened_keeper
-from imgsave.provider import Provider
-from imgsave.store import Store
+from imgsave.adapters.imageapi.client import Provider
+from imgsave.adapters.storage.object_store import Store
+from imgsave.commands.generate import generate
+from imgsave.core.settings import StoreSettings
+from imgsave.operations.intake import opened_intake
 
 from .audit_scale import measured_run
 from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings, stored_count
@@ -100,7 +100,7 @@ async def loop_lag_during_store_run(sink: SinkProcess) -> tuple[float, float]:
         async with (
             Provider.from_settings(conf) as provider,
             await DemoDatabase.from_settings(conf) as db,
-            opened_keeper(conf, store, Path(logs)) as keeper,
+            opened_intake(conf, store, Path(logs)) as intake,
         ):
             if store is not None:
                 await store.probe()  # as `imgsave generate` does before its first request
@@ -113,7 +113,7 @@ async def loop_lag_during_store_run(sink: SinkProcess) -> tuple[float, float]:
                 shape=conf.shape,
                 images_per_scene=IMAGES // 20,
                 concurrency=CONCURRENCY,
-                keeper=keeper,
+                intake=intake,
             )
             watcher.cancel()
     check(result.saved == IMAGES, f"in-process store run saved {result.saved} of {IMAGES}")

@@ -1,3 +1,3 @@
-from .cli import main
+from imgsave.cli import main
 
 main()

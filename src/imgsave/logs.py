@@ -13,7 +13,7 @@ import logging
 import sys
 import traceback
 
-from .redaction import redact
+from imgsave.core.redaction import redact
 
 logger = logging.getLogger("imgsave")
 

@@ -18,24 +18,24 @@ from rich.table import Table
 if TYPE_CHECKING:
     from rich.console import Console
 
-from .. import embedded
-from ..config import Settings
-from ..consoles import stdout_console
-from ..document import decode, encode, scenes
-from ..errors import EXIT_FINDINGS, EXIT_OK
-from ..findings import audit
-from ..generate import generate
-from ..genlog import RunLog, new_run_id
-from ..interrupt import StopSignal, sigint_stops
-from ..jsondata import fields_json
-from ..keeper import opened_keeper
-from ..logread import LogQuery
-from ..provider import Provider
-from ..repair import restore
-from ..store import Store
-from .incident import APP_LOG_PATTERN, incident_document, naive_generate
-from .loopback import LoopbackProvider
-from .writes import DemoDatabase
+from imgsave._demo.incident import APP_LOG_PATTERN, incident_document, naive_generate
+from imgsave._demo.loopback import LoopbackProvider
+from imgsave._demo.writes import DemoDatabase
+from imgsave.adapters.imageapi.client import Provider
+from imgsave.adapters.postgres import embedded
+from imgsave.adapters.runlog.reader import LogQuery
+from imgsave.adapters.runlog.writer import RunLog, new_run_id
+from imgsave.adapters.storage.object_store import Store
+from imgsave.commands.generate import generate
+from imgsave.commands.repair import restore
+from imgsave.core.documents import decode, encode, scenes
+from imgsave.core.result_json import fields_json
+from imgsave.core.settings import Settings
+from imgsave.errors import EXIT_FINDINGS, EXIT_OK
+from imgsave.operations.intake import opened_intake
+from imgsave.operations.lost_images import audit
+from imgsave.operations.stop import StopSignal, sigint_stops
+from imgsave.terminal.consoles import stdout_console
 
 SCENES = 20
 IMAGES_PER_SCENE = 2
@@ -152,7 +152,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
         with LoopbackProvider(latency=0.05, jitter=0.1, answer="b64", image_bytes=50_000) as api:
             async with (
                 Provider(api.base_url, None, None, settings.provider) as b64_provider,
-                opened_keeper(store_settings, store, log_dir) as keeper,
+                opened_intake(store_settings, store, log_dir) as intake,
             ):
                 if store is not None:
                     await store.probe()
@@ -165,7 +165,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
                         shape=settings.shape,
                         images_per_scene=IMAGES_PER_SCENE,
                         concurrency=8,
-                        keeper=keeper,
+                        intake=intake,
                     )
         safe = _counts(await db.read(safe_project), settings)
         stored = sorted(store_dir.rglob("*.png"))

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from ..document import SceneRef, Shape, append_urls, decode, encode, scenes
-from ..provider import ImageFailed, Provider
-from .writes import DemoDatabase
+from imgsave._demo.writes import DemoDatabase
+from imgsave.adapters.imageapi.client import ImageFailed, Provider
+from imgsave.core.documents import SceneRef, Shape, append_urls, decode, encode, scenes
 
 # The app's console line, as an on-call engineer would export it; `audit --pattern` reads it.
 APP_LOG_PATTERN = (
@@ -30,7 +30,7 @@ def app_log_line(project: str, scene: int, url: str, now: datetime | None = None
 def incident_document(scene_count: int = 20) -> dict[str, Any]:
     """A document shaped like the incident's: ids, indexes, prompts and app-owned keys."""
     return {
-        "title": "The Lighthouse Keeper",
+        "title": "The Lighthouse Intake",
         "style": {"palette": "teal and amber", "aspect": "16:9"},
         "scenes": [
             {

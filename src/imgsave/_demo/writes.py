@@ -1,12 +1,13 @@
 """The writes imgsave itself never makes: creating demo documents, and the incident's blind
-overwrite. They live here so that `imgsave.db.Database` stays the one safe writer."""
+overwrite. They live here so that `adapters.postgres.database.Database` stays the one safe
+writer."""
 
 from __future__ import annotations
 
 import psycopg
 
-from ..db import Database
-from ..errors import CannotWork
+from imgsave.adapters.postgres.database import Database
+from imgsave.errors import CannotWork
 
 
 class DemoDatabase(Database):

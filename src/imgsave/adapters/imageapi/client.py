@@ -1,0 +1,468 @@
+"""An OpenAI-compatible image API client: `POST {base}/images/generations`, images answered as
+`data[].b64_json` (bytes) or `data[].url` (a link that expires), as many as the answer holds.
+
+Transient trouble (429, 5xx, timeouts, dropped connections, answers that are not the JSON we
+expect) is retried with backoff and jitter, honouring `Retry-After` up to a cap. A retry after a
+request the provider may already have billed (a timeout once the body was sent, a cut or
+unreadable 200) is counted and bounded on its own (`max_billed_retries`). A refusal that no retry
+will change stops the run (401, 403, 404); one that concerns a single prompt (another 4xx, such
+as a content-policy 400) fails that image and lets the others go on. A 200 or 201 that carries a
+usable image is never thrown away, whatever else it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any, Self
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from imgsave.adapters.imageapi.pace import Pace, PaceClosed, parse_rate
+from imgsave.core.image_bytes import decode_base64
+from imgsave.core.redaction import redact
+from imgsave.core.settings import ProviderSettings, Settings
+from imgsave.core.url_rule import shorten, url_problem
+from imgsave.errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
+from imgsave.logs import logger
+
+FATAL_STATUSES = frozenset({401, 403, 404})
+
+# HTTP connection pools requests are spread over (see Provider.__init__).
+POOLS = 8
+# What an answer may hold around its base64 images: JSON, usage, a revised prompt.
+ANSWER_SLACK = 1 << 20
+
+
+# base64 this long is decoded in a worker thread: a few ms of CPU would stall every other
+# request and save on the event loop.
+DECODE_OFF_LOOP = 256 * 1024
+
+
+class NotSent(Exception):
+    """The run stopped before this image's request went out: nothing was spent on it (beyond
+    earlier attempts, counted in `possibly_billed_retries`)."""
+
+    def __init__(self, *, possibly_billed_retries: int = 0):
+        super().__init__("not sent: the run is stopping")
+        self.possibly_billed_retries = possibly_billed_retries
+
+
+class ImageFailed(Exception):
+    """This one image could not be had; the run goes on."""
+
+    def __init__(self, reason: str, *, possibly_billed_retries: int = 0):
+        super().__init__(reason)
+        self.possibly_billed_retries = possibly_billed_retries
+
+
+@dataclass(frozen=True)
+class Received:
+    """One image of an answer: its bytes (b64_json), or the provider's URL (url), or both."""
+
+    data: bytes | None = None
+    url: str | None = None
+    # `data` is the answer's b64_json text as sent, which no decoding could read: paid for,
+    # so it is kept (spooled raw), never dropped and never asked for again.
+    undecodable: bool = False
+
+
+@dataclass
+class Answer:
+    images: list[Received]
+    # The provider's token counts for this request, summed by name.
+    usage: dict[str, int] = field(default_factory=dict)
+    possibly_billed_retries: int = 0
+    # Entries of the answer that held no usable image, each said in one line.
+    problems: list[str] = field(default_factory=list)
+
+
+class _Retryable(Exception):
+    def __init__(
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        *,
+        unreachable: bool = False,
+        billed: bool = False,
+    ):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        # No connection could be made at all: the API is down or misnamed, not this prompt.
+        self.unreachable = unreachable
+        # The provider may have made (and billed) the image this attempt did not get.
+        self.billed = billed
+
+
+@dataclass
+class _Call:
+    """One image's attempts: how many retries followed a possibly billed failure."""
+
+    billed_retries: int = 0
+
+
+class Provider:
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        model: str | None,
+        settings: ProviderSettings,
+        *,
+        allow_http: bool = False,
+        max_image_bytes: int = 50_000_000,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        pace: Pace | None = None,
+    ):
+        """`transport`, `sleep` and `rng` are for tests: an `httpx.MockTransport` instead of
+        the network, a recorder instead of real waits, a seeded jitter. `pace` spaces the
+        starts of every request of the run and learns from 429s (pace.py)."""
+        if not base_url:
+            raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
+        problem = url_problem(base_url, allow_http=True)
+        if problem:
+            raise UsageError(f"IMGSAVE_BASE_URL is not usable: {problem}")
+        self._endpoint = base_url.rstrip("/") + "/images/generations"
+        self._model = model
+        self._settings = settings
+        self._allow_http = allow_http
+        # An answer is read no further than what its images could take as base64 (4/3 of the
+        # bytes) plus its JSON around them: an answer past that holds an image imgsave would
+        # refuse anyway, and reading it whole would hold hundreds of MB per request in flight.
+        images = settings.params.get("n", 1)
+        per_answer = max(1, images if isinstance(images, int) else 1) + 1
+        self._max_answer = max_image_bytes * 4 // 3 * per_answer + ANSWER_SLACK
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Providers echo a wrong key back ("Incorrect API key provided: sk-..."): every message
+        # this client produces is masked before it reaches the run, its log or the terminal.
+        self._secrets = (api_key,) if api_key else ()
+        # Several small pools instead of one: httpcore's pool does work in proportion to its
+        # connections times its queued requests on every request and every answer (encode/
+        # httpcore#1035), which at concurrency 64 cost more CPU than everything else per image.
+        self._clients = [
+            httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=16),
+                follow_redirects=False,
+                transport=transport,
+            )
+            for _ in range(POOLS)
+        ]
+        self._turn = itertools.count()
+        self._sleep = sleep
+        self._random = rng or random.Random()
+        self.pace = pace
+        self._sending = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        rate = settings.provider.rate
+        return cls(
+            settings.base_url,
+            settings.api_key,
+            settings.model,
+            settings.provider,
+            allow_http=settings.allow_http,
+            max_image_bytes=settings.store.max_image_bytes,
+            pace=Pace(
+                parse_rate(rate) if rate else None, max_pause=settings.provider.max_retry_after
+            ),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def stop_sending(self) -> None:
+        """From now on no request goes out, first attempt or retry; those already sent are
+        answered as usual. (Ctrl-C: a request still waiting for its start under --rate has
+        not started, and must not start after it.)"""
+        self._sending = False
+        if self.pace:
+            self.pace.close()
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+    async def generate(self, prompt: str) -> Answer:
+        """The images the API answers for `prompt`; raises ImageFailed or ProviderRefused."""
+        call = _Call()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_after_attempt(self._settings.max_attempts),
+            wait=lambda state: self._wait(state, call),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            answer: Answer = await retrying(self._once, prompt, call)
+        except (NotSent, PaceClosed):
+            raise NotSent(possibly_billed_retries=call.billed_retries) from None
+        except ImageFailed as exc:
+            raise ImageFailed(
+                redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
+            ) from None
+        except ProviderStopped as exc:
+            raise type(exc)(
+                redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
+            ) from None
+        except _Retryable as exc:
+            reason = redact(str(exc), self._secrets)
+            if exc.unreachable:
+                raise ProviderUnreachable(
+                    f"cannot reach the image API at {self._endpoint} after "
+                    f"{self._settings.max_attempts} attempts: {reason}",
+                    possibly_billed_retries=call.billed_retries,
+                ) from None
+            raise ImageFailed(
+                f"gave up after {self._settings.max_attempts} attempts: {reason}",
+                possibly_billed_retries=call.billed_retries,
+            ) from None
+        answer.possibly_billed_retries = call.billed_retries
+        return answer
+
+    def _wait(self, state: RetryCallState, call: _Call) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
+        if isinstance(exc, _Retryable) and exc.billed:
+            call.billed_retries += 1
+        pause = backoff(
+            state.attempt_number, self._settings, retry_after=retry_after, rng=self._random
+        )
+        logger.debug(
+            "image API: attempt %d failed (%s); retrying in %.2fs",
+            state.attempt_number,
+            redact(str(exc), self._secrets),
+            pause,
+        )
+        return pause
+
+    async def _once(self, prompt: str, call: _Call) -> Answer:
+        try:
+            return await self._attempt(prompt)
+        except _Retryable as exc:
+            if exc.billed and call.billed_retries >= self._settings.max_billed_retries:
+                raise ImageFailed(
+                    f"{exc}; not retried: the provider may have billed this attempt, and "
+                    f"{call.billed_retries} such retr{'y' if call.billed_retries == 1 else 'ies'}"
+                    f" is the limit (max_billed_retries)"
+                ) from None
+            raise
+
+    async def _attempt(self, prompt: str) -> Answer:
+        body: dict[str, object] = {
+            "prompt": prompt,
+            "n": 1,
+            "size": self._settings.size,
+            **self._settings.params,
+        }
+        if self._model:
+            body["model"] = self._model
+        if self.pace:
+            await self.pace.wait()
+        if not self._sending:
+            raise NotSent
+        try:
+            # httpx's timeout is per read: a server trickling a byte at a time never trips it.
+            # The whole request, body included, gets one deadline.
+            async with asyncio.timeout(self._settings.timeout):
+                client = self._clients[next(self._turn) % POOLS]
+                async with client.stream("POST", self._endpoint, json=body) as streamed:
+                    response = await self._read(streamed)
+        except TimeoutError:
+            raise _Retryable(
+                f"no complete answer within {self._settings.timeout:g}s", billed=True
+            ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            raise _Retryable(
+                f"connection failed: {type(exc).__name__}: {exc}", unreachable=True
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise _Retryable(
+                f"no answer within {self._settings.timeout:g}s",
+                billed=isinstance(exc, httpx.ReadTimeout),
+            ) from None
+        except httpx.TransportError as exc:
+            # Cut while the answer was coming: the request reached the provider.
+            billed = isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError)
+            raise _Retryable(
+                f"connection failed: {type(exc).__name__}: {exc}", billed=billed
+            ) from None
+        status = response.status_code
+        if self.pace:
+            self.pace.observe(response.headers)
+        if status == 429:
+            if self.pace:
+                self.pace.throttle(_retry_after(response))
+            raise _Retryable("rate limited (429)", _retry_after(response))
+        if status >= 500:
+            raise _Retryable(f"server error {status}", _retry_after(response))
+        if status in FATAL_STATUSES:
+            raise ProviderRefused(
+                f"image API refused the request with {status} {response.reason_phrase}"
+                f"{_detail(response)} (check IMGSAVE_API_KEY, IMGSAVE_BASE_URL and IMGSAVE_MODEL)"
+            )
+        if status >= 400:
+            raise ImageFailed(f"image API rejected the prompt: {status}{_detail(response)}")
+        if status not in (200, 201):
+            raise _Retryable(f"unexpected status {status}")
+        return await self._images(response)
+
+    async def _read(self, response: httpx.Response) -> httpx.Response:
+        """The answer with its body read, up to the cap (see __init__); ImageFailed past it:
+        the provider has answered (and billed), and asking again would only pay again."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_answer:
+                raise ImageFailed(
+                    f"the answer is over {self._max_answer:,} bytes, more than its images may "
+                    "be (max_image_bytes); not read further, not retried"
+                )
+            chunks.append(chunk)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=b"".join(chunks),
+            request=response.request,
+        )
+
+    async def _images(self, response: httpx.Response) -> Answer:
+        content = response.content
+        try:
+            # A base64 answer is megabytes: parsed and decoded in one worker-thread hop, so
+            # other requests and saves are not held up meanwhile.
+            if len(content) > DECODE_OFF_LOOP:
+                payload, decoded = await asyncio.to_thread(_parsed, content)
+            else:
+                payload, decoded = _parsed(content)
+        except ValueError:
+            raise _Retryable("the answer is not JSON", billed=True) from None
+        items = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items:
+            raise _Retryable("the answer holds no data[] with an image", billed=True)
+        answer = Answer([], usage=_usage(payload.get("usage")))
+        refused = 0
+        for n, item in enumerate(items):
+            entry: dict[str, Any] = item if isinstance(item, dict) else {}
+            url = entry.get("url")
+            if not isinstance(url, str):
+                url = None
+            elif problem := url_problem(url, allow_http=self._allow_http):
+                answer.problems.append(
+                    f"image API answered with a URL imgsave will not save ({problem}): "
+                    f"{shorten(url)!r}"
+                )
+                refused += 1
+                url = None
+            if n in decoded:
+                data, ok = decoded[n]
+                answer.images.append(Received(data=data, url=url, undecodable=not ok))
+            elif url is not None:
+                answer.images.append(Received(url=url))
+            elif not isinstance(entry.get("url"), str):
+                answer.problems.append(f"data[{n}] holds neither b64_json nor url")
+        if not answer.images:
+            if refused:  # the provider's answer, not a fault: asking again would pay again
+                raise ImageFailed("; ".join(answer.problems))
+            raise _Retryable(f"the answer holds no image: {answer.problems[0]}", billed=True)
+        return answer
+
+
+def _parsed(content: bytes) -> tuple[Any, dict[int, tuple[bytes, bool]]]:
+    """The answer's JSON, and each data[n].b64_json decoded: (bytes, True), or (the text as
+    sent, False) where no decoding reads it. The base64 text is dropped from the payload as
+    soon as it is decoded: megabytes each."""
+    payload = json.loads(content)
+    decoded: dict[int, tuple[bytes, bool]] = {}
+    items = payload.get("data") if isinstance(payload, dict) else None
+    for n, item in enumerate(items if isinstance(items, list) else ()):
+        text = item.get("b64_json") if isinstance(item, dict) else None
+        if isinstance(text, str) and text:
+            data = decode_base64(text)
+            decoded[n] = (data, True) if data is not None else (text.encode("utf-8"), False)
+            item["b64_json"] = None
+    return payload, decoded
+
+
+def add_usage(total: dict[str, int], usage: dict[str, int]) -> None:
+    """Token counts summed by name, into `total`."""
+    for name, tokens in usage.items():
+        total[name] = total.get(name, 0) + tokens
+
+
+def _usage(value: Any) -> dict[str, int]:
+    """The answer's top-level token counts (input_tokens, output_tokens, total_tokens, ...)."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k): int(v) for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)
+    }
+
+
+def backoff(
+    attempt: int,
+    settings: ProviderSettings,
+    *,
+    retry_after: float | None = None,
+    rng: random.Random,
+) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based): the server's Retry-After up to
+    a cap, else exponential backoff with jitter, bounded by `backoff_max`."""
+    if retry_after is not None:
+        return min(retry_after, settings.max_retry_after) + rng.uniform(0, 0.05)
+    ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** (attempt - 1))
+    # "Equal jitter": never less than half the ceiling, so retries spread out without
+    # collapsing to zero wait.
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header, in either form (seconds, or an HTTP date), as seconds from now."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read the same way
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    # retry-after-ms (OpenAI, Azure) is finer than Retry-After's whole seconds.
+    millis = response.headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    return retry_after_seconds(response.headers.get("retry-after"))
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f": {' '.join(str(message).split())[:200]}"

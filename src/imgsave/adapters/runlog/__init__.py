@@ -1,0 +1,3 @@
+"""The generation log on disk: the writer (`writer.py`, one fsynced JSON line per event), the
+reader of imgsave's and other systems' logs (`reader.py`), and the host-wide lock file of
+`repair --execute` (`host_lock.py`). It imports only the core, `errors` and `logs`."""

@@ -1,0 +1,797 @@
+"""The command line: parse, call one library function, print, exit with the documented code.
+
+This is the one place where errors become exit codes. Heavy modules (psycopg, httpx) are
+imported inside the commands so that `imgsave --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Protocol
+
+import typer
+
+from imgsave.errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from imgsave.adapters.runlog.reader import LogQuery
+    from imgsave.core.settings import Settings
+
+EXIT_CODES = (
+    "Exit codes: 0 done, nothing missing; 1 finished with findings (images lost or left "
+    "missing); 2 usage error (also: no database URL); 3 could not work (database or image API "
+    "unreachable or refusing, project not found, malformed document); 4 another repair holds "
+    "the lock; 130 interrupted."
+)
+
+app = typer.Typer(
+    name="imgsave",
+    help="Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Plain help, as click writes it: no type placeholders such as <bool> beside flags.
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from imgsave import __version__
+
+        typer.echo(f"imgsave {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, metavar="", help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none."""
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", metavar="FILE", help="Settings file (default: ./imgsave.toml when present)."
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", metavar="", help="Print exactly one JSON object on stdout, nothing else."
+    ),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        envvar="IMGSAVE_DEBUG",
+        show_envvar=True,
+        metavar="",
+        help="Show imgsave's debug log (retries, batches) and the traceback of an internal error.",
+    ),
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar=["IMGSAVE_DATABASE_URL", "DATABASE_URL"],
+        show_envvar=True,
+        metavar="URL",
+        help="PostgreSQL URL, or 'embedded' for imgsave's built-in server.",
+    ),
+]
+AllowHttpOption = Annotated[
+    bool, typer.Option("--allow-http", metavar="", help="Also accept plain http:// image URLs.")
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="IMGSAVE_STORE",
+        show_envvar=True,
+        metavar="URL",
+        help="Where image bytes are kept: s3://BUCKET[/PREFIX] or file:///DIR "
+        "(with IMGSAVE_PUBLIC_URL, the base of the URLs saved).",
+    ),
+]
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", metavar="", help="Print nothing unless something is wrong (for cron)."
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
+]
+ConcurrencyOption = Annotated[
+    int,
+    typer.Option(
+        "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options every command that touches the database takes."""
+
+    config: Path | None = None
+    as_json: bool = False
+    verbose: bool = False
+    allow_http: bool = False
+    database_url: str | None = None
+    quiet: bool = False
+    store: str | None = None
+
+
+@app.command(epilog=EXIT_CODES)
+def generate(
+    projects: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PROJECT",
+            show_default=False,
+            help="The projects' keys in the projects table.",
+        ),
+    ] = None,
+    all_projects: Annotated[
+        bool,
+        typer.Option("--all", metavar="", help="Every project with a scene short of K images."),
+    ] = False,
+    images_per_scene: Annotated[
+        int,
+        typer.Option(
+            "--images-per-scene", "-k", min=1, max=100, metavar="K", help="Images per scene."
+        ),
+    ] = 1,
+    concurrency: ConcurrencyOption = 8,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate",
+            metavar="N/min",
+            show_default=False,
+            help="Requests started per minute, across all projects, evenly spaced; slows "
+            "down by itself on 429s. Also [provider] rate.",
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option(
+            "--max-images",
+            min=1,
+            metavar="N",
+            show_default=False,
+            help="Request at most N images in this run; what is left is reported (exit 1).",
+        ),
+    ] = None,
+    scenes: Annotated[
+        str | None,
+        typer.Option("--scenes", metavar="LIST", help="Only these scenes, e.g. 1,3,5-8."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", metavar="", help="Generate even for scenes that hold enough images."
+        ),
+    ] = False,
+    quiet: QuietOption = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            metavar="",
+            help="Exit 1 when a scene has no prompt (by default they are reported, exit 0).",
+        ),
+    ] = False,
+    store: StoreOption = None,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Generate images for projects' scenes and save every one of them.
+
+    With several projects or --all, one concurrency bound and one pace hold across all of
+    them, and runs on other hosts never generate the scenes this one has claimed.
+
+    \b
+    Example:
+      imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
+      imgsave generate --all -k 2 --concurrency 32 --rate 600/min --max-images 5000
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.adapters.imageapi.pace import parse_rate
+        from imgsave.commands import generate as gen
+        from imgsave.terminal.progress import ProgressReporter
+
+        selection = gen.parse_scene_selection(scenes) if scenes else None
+        if rate is not None:
+            parse_rate(rate)
+            settings = replace(settings, provider=replace(settings.provider, rate=rate))
+        named = projects or []
+        return await gen.run(
+            settings,
+            named[0] if len(named) == 1 and not all_projects else named,
+            all_projects=all_projects,
+            images_per_scene=images_per_scene,
+            concurrency=concurrency,
+            selection=selection,
+            force=force,
+            max_images=max_images,
+            strict=strict,
+            reporter=ProgressReporter(quiet=quiet),
+        )
+
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
+
+
+@dataclass(frozen=True)
+class LogSources:
+    """Where audit and repair read what was generated: the seven options they share."""
+
+    projects: list[str] | None
+    logs: list[str] | None
+    pattern: str | None
+    project: str | None
+    since: str | None
+    run_gap: str
+    check_urls: bool
+    journal: bool
+
+    def query(self, allow_http: bool) -> LogQuery:
+        from imgsave.adapters.runlog.reader import (
+            LogQuery,
+            compile_pattern,
+            parse_duration,
+            parse_time,
+        )
+
+        if self.pattern:
+            compile_pattern(self.pattern, self.project)
+        return LogQuery(
+            paths=tuple(self.logs or ()),
+            pattern=self.pattern,
+            project=self.project,
+            since=parse_time(self.since) if self.since else None,
+            run_gap=parse_duration(self.run_gap, "--run-gap"),
+            allow_http=allow_http,
+            only_projects=frozenset(self.projects or ()),
+            journal=self.journal,
+        )
+
+
+def _keyword(name: str, default: object, annotation: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+_LOG_SOURCE_PARAMETERS = (
+    _keyword(
+        "projects",
+        None,
+        Annotated[
+            list[str] | None,
+            typer.Argument(
+                metavar="PROJECT",
+                show_default=False,
+                help="Only these projects (default: every project the logs name).",
+            ),
+        ],
+    ),
+    _keyword(
+        "logs",
+        None,
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--log",
+                metavar="PATH",
+                help="Log file, directory or glob; .gz is fine. Repeatable. "
+                "Default: imgsave's own log directory.",
+            ),
+        ],
+    ),
+    _keyword(
+        "pattern",
+        None,
+        Annotated[
+            str | None,
+            typer.Option(
+                "--pattern",
+                metavar="REGEX",
+                help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
+                "url and scene (required); project (else --project), ts (ISO 8601 or epoch "
+                "seconds/ms), run, scene_id (optional). Lines that do not match are counted, and "
+                "a pattern that matches no line is an error. The README has one example per "
+                "common log shape.",
+            ),
+        ],
+    ),
+    _keyword(
+        "project",
+        None,
+        Annotated[
+            str | None,
+            typer.Option(
+                "--project", metavar="ID", help="The project for lines with no project group."
+            ),
+        ],
+    ),
+    _keyword(
+        "since",
+        None,
+        Annotated[
+            str | None,
+            typer.Option(
+                "--since", metavar="TIME", help="Only log lines since: ISO time or 2h, 7d."
+            ),
+        ],
+    ),
+    _keyword(
+        "run_gap",
+        "30m",
+        Annotated[
+            str,
+            typer.Option(
+                "--run-gap",
+                metavar="DURATION",
+                help="Lines without a run id farther apart start a new run.",
+            ),
+        ],
+    ),
+    _keyword(
+        "check_urls",
+        False,
+        Annotated[
+            bool,
+            typer.Option(
+                "--check-urls",
+                metavar="",
+                help="Ask each lost URL's host whether it still serves it.",
+            ),
+        ],
+    ),
+    _keyword(
+        "journal",
+        False,
+        Annotated[
+            bool,
+            typer.Option(
+                "--journal",
+                metavar="",
+                help="Also read the database's own journal of every URL written and removed "
+                "(imgsave sql --journal installs it); where it speaks, it beats the logs. "
+                "--since applies to it too.",
+            ),
+        ],
+    ),
+)
+
+
+def log_source_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the log-source options, collected into its `sources: LogSources`.
+
+    Typer reads a command's options from its signature, so the wrapper shows the seven
+    parameters in place of `sources`: one definition, and audit and repair cannot drift apart.
+    """
+    names = [p.name for p in _LOG_SOURCE_PARAMETERS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: object) -> None:
+        sources = LogSources(**{name: kwargs.pop(name) for name in names})  # type: ignore[arg-type]
+        command(sources=sources, **kwargs)
+
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()]
+    parameters = _LOG_SOURCE_PARAMETERS + tuple(
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "sources"
+    )
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
+@app.command(epilog=EXIT_CODES)
+@log_source_options
+def audit(
+    sources: LogSources,
+    store: StoreOption = None,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Find the images that were generated but are not in their scene.
+
+    \b
+    Example:
+      imgsave audit --log /var/log/app/ --since 2d --pattern REGEX --json
+
+    (REGEX for the incident's console log, and for other log shapes: see the README.)
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.audit import run_audit
+
+        query = sources.query(settings.allow_http)
+        return await run_audit(settings, query, check_urls=sources.check_urls)
+
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
+
+
+@app.command(epilog=EXIT_CODES)
+@log_source_options
+def repair(
+    sources: LogSources,
+    dry_run: DryRunOption = False,
+    execute: Annotated[
+        bool, typer.Option("--execute", metavar="", help="Restore the lost images.")
+    ] = False,
+    regenerate: Annotated[
+        bool,
+        typer.Option(
+            "--regenerate",
+            metavar="",
+            help="Generate new images for scenes left short "
+            "(expired URLs, never-logged empty scenes).",
+        ),
+    ] = False,
+    concurrency: ConcurrencyOption = 8,
+    store: StoreOption = None,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Put lost images back (with --execute); never restores stale or orphaned URLs.
+
+    \b
+    Example (from cron: see the README):
+      imgsave repair --execute --check-urls --json
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.repair import run_repair
+        from imgsave.terminal.progress import ProgressReporter
+
+        _one_mode(dry_run=dry_run, execute=execute)
+        return await run_repair(
+            settings,
+            sources.query(settings.allow_http),
+            execute=execute,
+            regenerate=regenerate,
+            check_urls=sources.check_urls,
+            concurrency=concurrency,
+            reporter=ProgressReporter(quiet=quiet),
+        )
+
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
+
+
+@app.command(epilog=EXIT_CODES)
+def rehost(
+    projects: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="PROJECT", show_default=False, help="The projects to rehost."),
+    ] = None,
+    all_projects: Annotated[
+        bool, typer.Option("--all", metavar="", help="Every project in the table.")
+    ] = False,
+    dry_run: DryRunOption = False,
+    execute: Annotated[
+        bool, typer.Option("--execute", metavar="", help="Copy and replace the links.")
+    ] = False,
+    regenerate: Annotated[
+        bool,
+        typer.Option(
+            "--regenerate", metavar="", help="New images for links that no longer resolve."
+        ),
+    ] = False,
+    concurrency: ConcurrencyOption = 8,
+    store: StoreOption = None,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Copy images behind a provider's expiring links into your store and replace each link in
+    place; links that no longer resolve are reported expired.
+
+    \b
+    Example:
+      imgsave rehost --all --execute --json
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.rehost import run_rehost
+        from imgsave.terminal.progress import ProgressReporter
+
+        _one_mode(dry_run=dry_run, execute=execute)
+        return await run_rehost(
+            settings,
+            list(projects or ()),
+            all_projects=all_projects,
+            execute=execute,
+            regenerate=regenerate,
+            concurrency=concurrency,
+            reporter=ProgressReporter(quiet=quiet),
+        )
+
+    _execute(
+        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
+    )
+
+
+@app.command(epilog=EXIT_CODES)
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Remove run logs last written before this: 30d, 12w.",
+        ),
+    ] = "30d",
+    execute: Annotated[
+        bool, typer.Option("--execute", metavar="", help="Remove them (default: only list).")
+    ] = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Remove imgsave's own generation logs older than a window (a retention rule for cron).
+
+    \b
+    Example:
+      imgsave prune --older-than 30d --execute
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.adapters.runlog.reader import parse_duration
+        from imgsave.commands.prune import prune as run_prune
+
+        window = parse_duration(older_than, "--older-than")
+        return run_prune(settings.resolved_log_dir(), window, label=older_than, execute=execute)
+
+    _execute(work, Common(config, json_output, verbose, quiet=quiet))
+
+
+@app.command(name="sql", epilog=EXIT_CODES)
+def sql_command(
+    journal: Annotated[
+        bool,
+        typer.Option(
+            "--journal",
+            metavar="",
+            help="Also the journal: a table and a trigger that record every URL added to or "
+            "removed from a scene, by any writer (read by audit --journal).",
+        ),
+    ] = False,
+    apply: Annotated[
+        bool,
+        typer.Option("--apply", metavar="", help="Run it, in one transaction (default: print it)."),
+    ] = False,
+    remove: Annotated[
+        bool,
+        typer.Option(
+            "--uninstall",
+            metavar="",
+            help="The SQL that removes it instead (the journal's table only with --journal).",
+        ),
+    ] = False,
+    quiet: QuietOption = False,
+    allow_http: AllowHttpOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Print (or apply) SQL that fixes the app's own route: a function that appends image URLs
+    under a row lock, to call instead of a fetch-modify-write, and optionally a journal.
+
+    The function is imgsave_append_image_urls(project, scene, urls), scene being an id or an
+    index; it returns how many URLs it appended. Column types are read from the database.
+    EXECUTE goes to [sql] grant in imgsave.toml (default: authenticated and service_role
+    where they exist, as on Supabase), never to PUBLIC.
+
+    \b
+    Example:
+      imgsave sql --journal > supabase/migrations/20261126_imgsave.sql
+      imgsave sql --journal --apply
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.sql import run_sql
+
+        return await run_sql(settings, journal=journal, apply=apply, remove=remove)
+
+    _execute(
+        work,
+        Common(
+            config, verbose=verbose, allow_http=allow_http, database_url=database_url, quiet=quiet
+        ),
+    )
+
+
+journal_app = typer.Typer(
+    help="The database's journal of image URLs (imgsave sql --journal).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command(name="prune", epilog=EXIT_CODES)
+def journal_prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Remove journal rows written before this: 30d, 12w. Losses older than this "
+            "can no longer be found from the journal.",
+        ),
+    ] = "30d",
+    execute: Annotated[
+        bool, typer.Option("--execute", metavar="", help="Remove them (default: only count).")
+    ] = False,
+    quiet: QuietOption = False,
+    json_output: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Keep the journal small: remove rows older than a window (a retention rule for cron).
+
+    \b
+    Example:
+      imgsave journal prune --older-than 30d --execute
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.adapters.runlog.reader import parse_duration
+        from imgsave.commands.sql import run_journal_prune
+
+        window = parse_duration(older_than, "--older-than")
+        return await run_journal_prune(settings, window, label=older_than, execute=execute)
+
+    _execute(work, Common(config, json_output, verbose, database_url=database_url, quiet=quiet))
+
+
+@app.command(epilog=EXIT_CODES)
+def demo(
+    quiet: QuietOption = False, config: ConfigOption = None, verbose: VerboseOption = False
+) -> None:
+    """Tell the incident's story on the embedded database: no keys, no set-up.
+
+    \b
+    Example:
+      imgsave demo
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave._demo.demo import run_demo
+
+        return await run_demo(settings)
+
+    _execute(work, Common(config, verbose=verbose, quiet=quiet))
+
+
+def _one_mode(*, dry_run: bool, execute: bool) -> None:
+    if dry_run and execute:
+        from imgsave.errors import UsageError
+
+        raise UsageError("--dry-run and --execute exclude each other")
+
+
+class _Result(Protocol):
+    """What every command's library function returns."""
+
+    @property
+    def exit_code(self) -> int: ...
+
+    def to_json(self) -> dict[str, object]: ...
+
+    def stderr_lines(self) -> list[str]:
+        """What must reach stderr whatever the output mode: why a run stopped, and paid
+        images that only this printout records."""
+        ...
+
+    def render(self, console: Console) -> None:
+        """The summary for a person, on stdout."""
+        ...
+
+
+def _execute(work: Callable[[Settings], Awaitable[_Result]], common: Common) -> None:
+    from imgsave.core.redaction import redact, weak_secret_warnings
+    from imgsave.core.settings import load_settings
+    from imgsave.logs import configure_logging, log_internal_error
+    from imgsave.terminal.consoles import error, print_json, stdout_console, warn
+
+    secrets: tuple[str, ...] = ()
+    try:
+        flags = {
+            "allow_http": common.allow_http or None,
+            "database_url": common.database_url,
+            "store_url": common.store,
+        }
+        settings = load_settings(flags, config_path=common.config)
+        secrets = settings.secrets
+        configure_logging(verbose=common.verbose, secrets=secrets)
+        for message in weak_secret_warnings(settings.api_key, settings.database_url):
+            warn(message)
+        result = asyncio.run(_awaited(work, settings))
+    except ImgsaveError as exc:
+        _fail(str(exc), exc.exit_code, secrets, common.as_json)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED, secrets, common.as_json)
+    except Exception as exc:  # a bug: say so in one line, never with a secret in it
+        log_internal_error(exc)
+        hint = "" if common.verbose else " (-v shows the traceback)"
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc}{hint}",
+            EXIT_CANNOT_WORK,
+            secrets,
+            common.as_json,
+        )
+    for line in result.stderr_lines():
+        error(redact(line, secrets))
+    if common.as_json:
+        print_json(result.to_json())
+    elif not (common.quiet and result.exit_code == 0):
+        result.render(stdout_console())
+    raise typer.Exit(result.exit_code)
+
+
+async def _awaited(work: Callable[[Settings], Awaitable[_Result]], settings: Settings) -> _Result:
+    return await work(settings)
+
+
+def _fail(message: str, code: int, secrets: tuple[str, ...], as_json: bool) -> None:
+    from imgsave.core.redaction import redact
+    from imgsave.terminal.consoles import error, print_json
+
+    message = redact(" ".join(message.split()), secrets)
+    error(message)
+    if as_json:
+        print_json({"error": message, "exit_code": code})
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,54 @@
+"""`imgsave audit`: which paid-for images are not in their scene (operations/lost_images.py has
+the rules; terminal/audit_view.py how they are shown)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.runlog.reader import LogQuery
+from imgsave.adapters.storage.object_store import Store
+from imgsave.core.settings import Settings
+from imgsave.operations.lost_images import AuditReport, audit
+from imgsave.terminal import audit_view
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@dataclass
+class AuditResult:
+    """The report, as the command gives it: its JSON, its exit code, its table."""
+
+    report: AuditReport
+
+    @property
+    def exit_code(self) -> int:
+        return self.report.exit_code
+
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def to_json(self) -> dict[str, object]:
+        return self.report.to_json()
+
+    def render(self, console: Console) -> None:
+        audit_view.render(self.report, console)
+
+
+async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) -> AuditResult:
+    """With a store configured, its objects are audited too: one that no log mentions and no
+    document holds is an image paid for and never saved."""
+    store = Store.from_settings(settings)
+    async with await Database.from_settings(settings) as db:
+        report = await audit(
+            db,
+            query,
+            log_dir=settings.resolved_log_dir(),
+            shape=settings.shape,
+            check_urls=check_urls,
+            store=store,
+            allow_private_network=settings.allow_private_network,
+        )
+    return AuditResult(report)

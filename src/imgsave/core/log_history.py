@@ -1,0 +1,192 @@
+"""What the logs say, per project and scene: each logged URL with its run, and the newest run.
+
+Logs are not sorted by project, and a million lines do not fit comfortably in memory as Python
+objects. So sightings are first spilled to temporary files partitioned by project (every line
+of a project lands in the same partition), and the ledger is built one partition at a time:
+memory is bounded by the partition size, not by the size of the logs.
+"""
+
+from __future__ import annotations
+
+import gc
+import marshal
+import tempfile
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+from imgsave.core.documents import SceneRef
+
+
+class Sighting(NamedTuple):
+    """One log line's claim: `url` was generated for this scene of this project.
+
+    `run` is the run id the line carries, or None (then runs are cut by time gaps per scene,
+    across every file read). `replacing` says what a run of this source does to the scene:
+    imgsave's own runs only ever append (False); another system's later run is taken to have
+    replaced the scene's images (True). `replaces` names URLs this image explicitly stands in
+    for (imgsave's `repair --regenerate` of an expired link).
+    """
+
+    project: str
+    scene: int
+    scene_id: str | None
+    url: str
+    run: str | None
+    ts: float | None
+    replacing: bool
+    replaces: tuple[str, ...] = ()
+
+
+# About this much log text per partition; a partition's ledger then takes some tens of MB.
+PARTITION_BYTES = 24 * 1024 * 1024
+GZIP_RATIO = 8
+MAX_PARTITIONS = 512
+CHUNK = 4096
+_NO_TS = float("-inf")
+
+
+def partition_count(files: Sequence[Path]) -> int:
+    total = 0
+    for path in files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        total += size * (GZIP_RATIO if path.suffix == ".gz" else 1)
+    return max(1, min(MAX_PARTITIONS, total // PARTITION_BYTES + 1))
+
+
+@contextmanager
+def spilled(sightings: Iterable[Sighting], partitions: int) -> Iterator[list[Path]]:
+    """Write sightings to `partitions` temporary files by a hash of their project."""
+    with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as tmp:
+        paths = [Path(tmp) / f"part-{n:03d}.bin" for n in range(partitions)]
+        handles = [path.open("wb") for path in paths]
+        buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(partitions)]
+        try:
+            for sighting in sightings:
+                bucket = zlib.crc32(sighting.project.encode()) % partitions
+                buffer = buffers[bucket]
+                buffer.append(tuple(sighting))
+                if len(buffer) >= CHUNK:
+                    _flush(buffer, handles[bucket])
+            for buffer, handle in zip(buffers, handles, strict=True):
+                _flush(buffer, handle)
+        finally:
+            for handle in handles:
+                handle.close()
+        yield paths
+
+
+def _flush(buffer: list[tuple[Any, ...]], handle: BinaryIO) -> None:
+    # marshal: the fastest round trip for lists of tuples of str/int/float/None, and these
+    # files never outlive this process (nor leave this Python version).
+    if buffer:
+        data = marshal.dumps(buffer)
+        handle.write(len(data).to_bytes(8, "little") + data)
+        buffer.clear()
+
+
+def load(path: Path) -> Iterator[Sighting]:
+    with path.open("rb") as handle:
+        # Whole chunks through marshal.loads: marshal.load on a file reads piece by piece.
+        while size := handle.read(8):
+            chunk = marshal.loads(handle.read(int.from_bytes(size, "little")))
+            yield from map(Sighting._make, chunk)
+
+
+@dataclass(slots=True)
+class SceneHistory:
+    # Each logged URL -> whether the scene is still meant to hold it (False: superseded).
+    urls: dict[str, bool]
+    # URL -> the URLs it is one image with: a copy and the link it replaced (rehost), a new
+    # image and the dead link it stands in for (--regenerate). While one of them is in the
+    # scene, the image is there: the other is neither lost nor ever added beside it.
+    partners: dict[str, set[str]] = field(default_factory=dict)
+
+
+def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[SceneRef, SceneHistory]]:
+    """project -> scene -> history, from one partition's sightings."""
+    # Hundreds of thousands of small, acyclic containers: the cyclic collector would rescan
+    # them over and over (half the build time) and could never free one.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(sightings, run_gap)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build(
+    sightings: Iterable[Sighting], run_gap: float
+) -> dict[str, dict[SceneRef, SceneHistory]]:
+    # One history per scene *index*: another system's log rarely names the scene's id, and its
+    # runs must still be able to supersede imgsave's lines for the same scene.
+    groups: dict[tuple[str, int], list[Sighting]] = defaultdict(list)
+    for sighting in sightings:
+        groups[sighting[:2]].append(sighting)
+    projects: dict[str, dict[SceneRef, SceneHistory]] = defaultdict(dict)
+    for (project, scene), items in groups.items():
+        ids = [(_ts(item), n, item.scene_id) for n, item in enumerate(items) if item.scene_id]
+        scene_id = max(ids)[2] if ids else None
+        projects[project][SceneRef(scene, scene_id)] = history(items, run_gap)
+    return projects
+
+
+def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
+    """Which of one scene's logged URLs the scene should still hold.
+
+    Runs: a line's own run id, else runs are cut by time per scene across every file read (a
+    rotated log must not split one run in two): a gap of more than `run_gap` seconds between
+    consecutive lines starts a new run. A run that *replaced* the scene's images (another
+    system's run) supersedes every URL of the runs before it; runs that *add* (imgsave's own:
+    reruns, top-ups, --force, two at once) supersede nothing. A URL that an image of imgsave
+    explicitly `replaces` is superseded too.
+    """
+    replaced = {old for item in items for old in item.replaces}
+    partners: dict[str, set[str]] = {}
+    for item in items:
+        for old in item.replaces:
+            partners.setdefault(item.url, set()).add(old)
+            partners.setdefault(old, set()).add(item.url)
+    if len(items) == 1:  # most scenes of a big audit: skip the bookkeeping
+        return SceneHistory({items[0].url: items[0].url not in replaced}, partners)
+    runs: list[tuple[bool, str]] = [(item.replacing, item.run or "") for item in items]
+    unnamed = sorted(
+        (p for p, item in enumerate(items) if item.run is None),
+        key=lambda p: (_ts(items[p]), p),
+    )
+    number, last = 0, None
+    for p in unnamed:
+        ts = items[p].ts
+        if ts is not None and last is not None and ts - last > run_gap:
+            number += 1
+        last = ts if ts is not None else last
+        runs[p] = (items[p].replacing, f"#{number}")
+    recency: dict[tuple[bool, str], tuple[float, int]] = {}
+    latest: dict[str, tuple[tuple[float, int], tuple[bool, str]]] = {}
+    for position, (item, run) in enumerate(zip(items, runs, strict=True)):
+        ts = _ts(item)
+        last_ts, first = recency.get(run, (_NO_TS, position))
+        recency[run] = (max(last_ts, ts), first)
+        if item.url not in latest or (ts, position) >= latest[item.url][0]:
+            latest[item.url] = ((ts, position), run)
+    replacing = [recency[run] for run in recency if run[0]]
+    cutoff = max(replacing) if replacing else None
+    return SceneHistory(
+        {
+            url: url not in replaced and (cutoff is None or recency[run] >= cutoff)
+            for url, (_, run) in latest.items()
+        },
+        partners,
+    )
+
+
+def _ts(item: Sighting) -> float:
+    return item.ts if item.ts is not None else _NO_TS

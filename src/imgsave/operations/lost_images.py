@@ -1,0 +1,333 @@
+"""Diff what the logs say was generated against what the documents hold: what audit reports and
+repair acts on.
+
+For each (project, scene) the log history says which logged URLs the scene should still hold
+(see `core.log_history.history`). Absent ones are lost; absent superseded ones are stale (the
+scene was deliberately regenerated); URLs of projects or scenes that no longer exist are orphaned.
+A source that yields nothing usable is an error, never a clean bill of health.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.runlog.reader import (
+    LogQuery,
+    ReadStats,
+    expand_paths,
+    read_sightings,
+)
+from imgsave.adapters.storage import spool
+from imgsave.adapters.storage.object_store import PROBE_DIR, Store
+from imgsave.core.documents import Scene, SceneRef, Shape, decode, find, scenes
+from imgsave.core.image_bytes import key_segment, scene_segment, segment_text
+from imgsave.core.journal_verdicts import JournalLedger, Verdicts, overlay
+from imgsave.core.log_history import SceneHistory, Sighting, build, load, partition_count, spilled
+from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
+from imgsave.errors import (
+    EXIT_CANNOT_WORK,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    CannotWork,
+    ImgsaveError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    pass
+
+BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    project: str
+    scene: int
+    scene_id: str | None
+    url: str
+
+
+@dataclass
+class AuditReport:
+    stats: ReadStats = field(metadata=json_name("skipped"))
+    lost: list[Finding] = field(default_factory=list)
+    stale: list[Finding] = field(default_factory=list)
+    orphaned: list[Finding] = field(default_factory=list)
+    expired: list[Finding] = field(default_factory=list)
+    # audit --store: objects under the prefix that are not provably images imgsave stored, or
+    # older than every record read; reported, never written.
+    unreferenced: list[Finding] = field(default_factory=list)
+    present: int = field(default=0, metadata=NOT_IN_JSON)
+    # Paid images whose bytes wait in the spool for a store (`imgsave repair` uploads them).
+    spooled: int = field(default=0, metadata=NOT_IN_JSON)
+    # audit --store: objects in the store that no log mentions and no document holds.
+    unlogged_objects: int = field(default=0, metadata=NOT_IN_JSON)
+    unchecked: int = field(default=0, metadata=NOT_IN_JSON)
+    # audit --journal: how many journal rows were read (None: the journal was not asked for).
+    journal_rows: int | None = field(default=None, metadata=NOT_IN_JSON)
+    # Projects that could not be audited (not found when named, unreadable document): each is
+    # that project's error; every other project is still audited.
+    errors: list[str] = field(default_factory=list)
+    # Logged URLs absent from their scene whose partner (log_history.SceneHistory) is there.
+    represented: set[str] = field(default_factory=set, metadata=NOT_IN_JSON)
+    # The time of the oldest log record or journal row read (epoch seconds), if any.
+    oldest_evidence: float | None = field(default=None, metadata=NOT_IN_JSON)
+    # Scenes that hold no image and were never logged: candidates for --regenerate.
+    empty_scenes: list[tuple[str, SceneRef]] = field(default_factory=list, metadata=NOT_IN_JSON)
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return EXIT_CANNOT_WORK
+        return EXIT_FINDINGS if self.lost or self.expired or self.spooled else EXIT_OK
+
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "lost": len(self.lost),
+            "stale": len(self.stale),
+            "orphaned": len(self.orphaned),
+            "present": self.present,
+            "expired": len(self.expired),
+            "unreferenced": len(self.unreferenced),
+            "spooled": self.spooled,
+            "lines_skipped": self.stats.lines_skipped,
+        } | ({} if self.journal_rows is None else {"journal_rows": self.journal_rows})
+
+    def to_json(self) -> dict[str, object]:
+        return {"summary": self.summary(), **fields_json(self)}
+
+
+async def audit(
+    db: Database,
+    query: LogQuery,
+    *,
+    log_dir: Path,
+    shape: Shape,
+    check_urls: bool = False,
+    store: Store | None = None,
+    allow_private_network: bool = False,
+) -> AuditReport:
+    stats = ReadStats()
+    report = AuditReport(stats, spooled=len(spool.pending(log_dir)))
+    files = expand_paths(query.paths, log_dir)
+    gap = query.run_gap.total_seconds()
+    named = {db.normalise_key(p) or p: p for p in query.only_projects}
+    query = replace(query, only_projects=frozenset(named))
+    seen: set[str] = set()
+    found = 0
+    journal = await _journal(db, query, report) if query.journal else {}
+    sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
+    with spilled(sightings, partition_count(files)) as parts:
+        for part in parts:
+            logged = build(load(part), gap)
+            overlay(logged, journal)
+            seen.update(logged)
+            found += await _classify_all(db, logged, shape, report)
+    # Projects only the journal names.
+    seen.update(journal)
+    found += await _classify_all(db, journal, shape, report)
+    _check_sources(query, stats, logged_projects=len(seen), found=found)
+    # Projects named on the command line that no log mentions are still looked at: they may
+    # not exist, or hold empty scenes for --regenerate.
+    unseen: dict[str, dict[SceneRef, SceneHistory]] = {p: {} for p in set(named) - seen}
+    await _classify_all(db, unseen, shape, report)
+    if store is not None:
+        report.oldest_evidence = min(
+            (t for t in (stats.oldest, report.oldest_evidence) if t is not None), default=None
+        )
+        await _store_objects(db, store, shape, report, set(named), seen)
+    if check_urls and report.lost:
+        from imgsave.adapters.imageapi.url_check import check_urls as check
+
+        alive = await check(
+            (f.url for f in report.lost), allow_private_network=allow_private_network
+        )
+        still_lost = []
+        for finding in report.lost:
+            verdict = alive.get(finding.url)
+            if verdict is False:
+                report.expired.append(finding)
+            else:
+                report.unchecked += verdict is None
+                still_lost.append(finding)
+        report.lost = still_lost
+    return report
+
+
+async def _store_objects(
+    db: Database,
+    store: Store,
+    shape: Shape,
+    report: AuditReport,
+    named: set[str],
+    known_projects: set[str],
+) -> None:
+    """Objects in the store that no document holds and no finding names: images that were paid
+    for and put, then never logged or saved (a crash between the put and the log). Each is lost
+    (repair appends it), or orphaned when its scene is gone, but only when it is provably an
+    image imgsave stored (its name is SHA256.EXT, its bytes hash to that name and carry that
+    type's signature) and is newer than the oldest evidence read: an older one may have been
+    removed on purpose by a write that no pruned log or journal remembers any more. Anything
+    else under the prefix is `unreferenced`: reported, never written."""
+    known = {f.url for f in (*report.lost, *report.stale, *report.orphaned, *report.expired)}
+    known |= report.represented
+    by_segment = {key_segment(p): p for p in known_projects | named}
+    by_project: dict[str, list[tuple[str, str, datetime, int]]] = {}
+    prefix = "/".join(p for p in store.prefix.split("/") if p)
+    async for key, modified, size in store.objects(f"{prefix}/" if prefix else ""):
+        parts = key[len(prefix) + 1 if prefix else 0 :].split("/")
+        if parts[0] == PROBE_DIR:
+            continue
+        project = by_segment.get(parts[0]) or segment_text(parts[0]) if parts else None
+        if len(parts) != 3 or project is None:
+            if not named:  # else it may well be another project's
+                report.unreferenced.append(Finding(project or "?", 0, None, store.public_url(key)))
+            continue
+        if named and project not in named:
+            continue
+        by_project.setdefault(project, []).append((parts[1], key, modified, size))
+    if not by_project:
+        return
+    documents, failures = await db.read_many(list(by_project))
+    report.errors += failures.values()
+    oldest = report.oldest_evidence
+    for project, objects in by_project.items():
+        if project in failures:
+            continue
+        all_scenes: list[Scene] = []
+        if project in documents:
+            try:
+                all_scenes = scenes(decode(documents[project], project=project), shape)
+            except ImgsaveError as exc:
+                report.errors.append(str(exc))
+                continue
+        held = {url for scene in all_scenes for url in scene.urls}
+        folders = {scene_segment(sc.ref): sc for sc in all_scenes}
+        for segment, key, modified, size in objects:
+            url = store.public_url(key)
+            if url in held or url in known:
+                continue
+            scene = folders.get(segment)
+            ref = (scene.ref.index, scene.ref.id) if scene else (0, None)
+            finding = Finding(project, *ref, url)
+            if not (
+                oldest is not None
+                and modified.timestamp() > oldest
+                and await store.holds_image(key, size)
+            ):
+                report.unreferenced.append(finding)
+            elif scene is None:
+                report.orphaned.append(finding)
+            else:
+                report.lost.append(finding)
+                report.unlogged_objects += 1
+
+
+async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:
+    if not await db.journal_installed():
+        raise CannotWork(
+            "--journal: this database has no imgsave journal (install it with "
+            "`imgsave sql --journal --apply`; it records writes from then on)"
+        )
+    ledger = JournalLedger(query.run_gap.total_seconds(), allow_http=query.allow_http)
+    async for rows in db.journal_rows(query.since):
+        ledger.add(rows)
+    report.journal_rows = ledger.rows
+    report.oldest_evidence = ledger.oldest
+    report.stats.refused += ledger.refused
+    return ledger.verdicts(query.only_projects)
+
+
+def _normalised(sighting: Sighting, db: Database) -> Sighting:
+    """The project key spelled as the key column spells it (a uuid's case, an int's zeros)."""
+    key = db.normalise_key(sighting.project)
+    return sighting if key is None or key == sighting.project else sighting._replace(project=key)
+
+
+def _check_sources(query: LogQuery, stats: ReadStats, *, logged_projects: int, found: int) -> None:
+    """Refuse answers that say nothing: they would read as "nothing lost"."""
+    if query.pattern and stats.pattern_lines and not stats.matched:
+        raise UsageError(
+            f"--pattern matched none of the {stats.pattern_lines} lines read from "
+            f"{stats.files} file(s): check the pattern against a line of the log (see --help)"
+        )
+    if query.since is not None and stats.untimed:
+        raise UsageError(
+            f"--since cannot be applied: {stats.untimed} matching lines carry no time imgsave "
+            "can read (give --pattern a (?P<ts>...) group with an ISO 8601 or epoch time)"
+        )
+    if logged_projects and not found:
+        raise CannotWork(
+            f"none of the {logged_projects} projects the logs name exists in this database "
+            "(wrong database, table or key column?)"
+        )
+
+
+async def _classify_all(
+    db: Database,
+    logged: dict[str, dict[SceneRef, SceneHistory]],
+    shape: Shape,
+    report: AuditReport,
+) -> int:
+    """Classify every logged URL of these projects; returns how many of them exist."""
+    projects = sorted(logged)
+    found = 0
+    for start in range(0, len(projects), BATCH):
+        batch = projects[start : start + BATCH]
+        documents, failures = await db.read_many(batch)
+        found += len(documents)
+        for message in failures.values():
+            report.errors.append(f"{message} (not audited)")
+        for project in batch:
+            if project not in failures:
+                _classify(project, documents, logged[project], shape, report)
+    return found
+
+
+def _classify(
+    project: str,
+    documents: dict[str, str | None],
+    logged: dict[SceneRef, SceneHistory],
+    shape: Shape,
+    report: AuditReport,
+) -> None:
+    if project not in documents:
+        for ref, scene_log in logged.items():
+            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
+        if not logged:
+            report.errors.append(f"project {project} not found")
+        return
+    try:
+        all_scenes = scenes(decode(documents[project], project=project), shape, project=project)
+    except ImgsaveError as exc:
+        report.errors.append(f"{exc} (not audited)")
+        return
+    seen = set()
+    for ref, scene_log in logged.items():
+        scene = find(all_scenes, ref)
+        if scene is None:
+            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
+            continue
+        seen.add(scene.position)
+        held = set(scene.urls)
+        for url, current in scene_log.urls.items():
+            if url in held:
+                report.present += 1
+            elif current and scene_log.partners.get(url, set()) & held:
+                # Its copy (or the link it copies) holds its place: one image, present.
+                report.present += 1
+                report.represented.add(url)
+            elif current:
+                report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
+            else:
+                report.stale.append(Finding(project, scene.ref.index, scene.ref.id, url))
+    for scene in all_scenes:
+        if scene.position not in seen and not scene.urls and scene.prompt:
+            report.empty_scenes.append((project, scene.ref))

@@ -1,0 +1,102 @@
+"""Paid images a rerun takes before it pays again: what an earlier run received and never saved.
+
+Two places remember them. imgsave's own log on this host: an `image.generated` whose URL no
+`image.saved`, `image.repaired` or later `replaces` ever followed (the run died, or its save
+failed, after the paid image was logged). And, on any host, the store: the objects under a
+scene's folder that were put after the claim of a run that died holding that scene (the claims
+table says when that claim began, so an older object, which the app may have removed on purpose,
+is never taken). Both are appended under the row lock before the plan is made again, so no scene
+is paid for again, or filled past what was asked, because an image was received and not saved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgsave.adapters.storage.object_store import Store
+from imgsave.core.documents import SceneRef
+from imgsave.core.image_bytes import scene_segment
+from imgsave.core.url_rule import url_problem
+
+# The events that say a logged URL reached its scene (or was deliberately superseded).
+_DONE = frozenset({"image.saved", "image.repaired", "image.rehosted"})
+# Only lines naming one of these are parsed at all: a month of logs is read on every run.
+_NEEDLES = (b'"image.generated"', b'"image.saved"', b'"image.repaired"', b'"image.rehosted"')
+
+SceneKey = tuple[int, str | None]
+
+
+@dataclass
+class Unsaved:
+    """project -> scene (index, id) -> paid URLs never saved, in the order they were logged."""
+
+    by_project: dict[str, dict[SceneKey, list[str]]] = field(default_factory=dict)
+
+    def for_project(self, project: str) -> dict[SceneKey, list[str]]:
+        return self.by_project.get(project, {})
+
+
+def unsaved_in_log(
+    log_dir: Path, *, allow_http: bool, normalise: Callable[[str], str | None]
+) -> Unsaved:
+    """Every paid image imgsave's own log on this host holds and never saw saved."""
+    generated: dict[str, tuple[str, SceneKey]] = {}
+    done: set[str] = set()
+    for path in sorted(log_dir.glob("*.jsonl")) if log_dir.is_dir() else []:
+        try:
+            handle = path.open("rb")
+        except OSError:
+            continue
+        with handle:
+            for line in handle:
+                if not any(needle in line for needle in _NEEDLES):
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash: audit counts it
+                if not isinstance(record, dict):
+                    continue
+                url, event = record.get("url"), record.get("event")
+                replaces = record.get("replaces")
+                if isinstance(replaces, list):
+                    done.update(u for u in replaces if isinstance(u, str))
+                if not isinstance(url, str):
+                    continue
+                if event in _DONE:
+                    done.add(url)
+                    continue
+                project, scene = record.get("project"), record.get("scene")
+                scene_id = record.get("scene_id")
+                if (
+                    isinstance(project, str)
+                    and isinstance(scene, int)
+                    and not isinstance(scene, bool)
+                    and scene >= 1
+                    and isinstance(scene_id, str | None)
+                    and url_problem(url, allow_http=allow_http) is None
+                ):
+                    generated.setdefault(url, (normalise(project) or project, (scene, scene_id)))
+    found = Unsaved()
+    for url, (project, scene) in generated.items():
+        if url not in done:
+            found.by_project.setdefault(project, defaultdict(list))[scene].append(url)
+    return found
+
+
+async def inherited_objects(
+    store: Store, project: str, inherited: dict[SceneRef, float]
+) -> list[tuple[SceneRef, str]]:
+    """The images a run that died holding these scenes put in the store after its claim began
+    (epoch seconds, by `inherited`): each provably an image imgsave stored (Store.holds_image)."""
+    found: list[tuple[SceneRef, str]] = []
+    for ref, since in inherited.items():
+        folder = store.scene_folder(project, scene_segment(ref))
+        async for key, modified, size in store.objects(folder + "/"):
+            if modified.timestamp() >= since and await store.holds_image(key, size):
+                found.append((ref, store.public_url(key)))
+    return found

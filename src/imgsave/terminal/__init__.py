@@ -1,0 +1,3 @@
+"""What a person at a terminal sees: stdout and stderr consoles (`consoles.py`), the progress
+bar (`progress.py`), and the audit's table and summary (`audit_view.py`). It imports the core,
+the adapters and the operations (for their types); the commands and the CLI import it."""
