@@ -2,12 +2,12 @@
 
     python scripts/bench.py [hot-row] [route-fn] [e2e] [fleet] [store] [audit] [startup]
                                                     # default: all
-    python scripts/bench.py --readme                              # README table from the JSON
+    python scripts/bench.py --readme          # the table in docs/performance.md, from the JSON
 
 Needs a PostgreSQL server and pgbench: IMGSAVE_BENCH_DATABASE_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres). Creates and drops a database `imgsave_bench`.
 Results go to scripts/bench-results.json; `--readme` rewrites the table between the markers in
-README.md from it, so the table always shows one run's numbers, as measured.
+docs/performance.md from it, so the table always shows one run's numbers, as measured.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ BENCHES: dict[str, Callable[[], list[Result]]] = {
 }
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "bench-results.json"
-README = ROOT / "README.md"
+TABLE_PAGE = ROOT / "docs" / "performance.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -72,18 +72,20 @@ def table(run: dict[str, object]) -> str:
 
 
 def write_readme(run: dict[str, object]) -> None:
-    text = README.read_text()
+    text = TABLE_PAGE.read_text()
     head, start, rest = text.partition(START)
     _, end, tail = rest.partition(END)
     if not (start and end):
-        raise SystemExit(f"README.md has no {START} … {END} markers")
-    README.write_text(f"{head}{START}\n{table(run)}\n{END}{tail}")
+        raise SystemExit(f"docs/performance.md has no {START} … {END} markers")
+    TABLE_PAGE.write_text(f"{head}{START}\n{table(run)}\n{END}{tail}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", choices=[[], *BENCHES], metavar="NAME")
-    parser.add_argument("--readme", action="store_true", help="only rewrite README's table")
+    parser.add_argument(
+        "--readme", action="store_true", help="only rewrite the table in docs/performance.md"
+    )
     args = parser.parse_args()
     if args.readme:
         write_readme(json.loads(RESULTS.read_text()))

@@ -1,5 +1,5 @@
-"""The house's layers, as contracts: which folder may import which (the README's Development
-section and each folder's `__init__` docstring say the same in words)."""
+"""The house's layers, as contracts: which folder may import which (docs/development.md
+and and each folder's `__init__` docstring say the same in words)."""
 
 from __future__ import annotations
 

@@ -325,7 +325,7 @@ _LOG_SOURCE_PARAMETERS = (
                 help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
                 "url and scene (required); project (else --project), ts (ISO 8601 or epoch "
                 "seconds/ms), run, scene_id (optional). Lines that do not match are counted, and "
-                "a pattern that matches no line is an error. The README has one example per "
+                "a pattern that matches no line is an error. docs/usage.md has one example per "
                 "common log shape.",
             ),
         ],
@@ -431,7 +431,7 @@ def audit(
     Example:
       imgsave audit --log /var/log/app/ --since 2d --pattern REGEX --json
 
-    (REGEX for the incident's console log, and for other log shapes: see the README.)
+    (REGEX for the incident's console log, and for other log shapes: see docs/usage.md.)
     """
 
     async def work(settings: Settings) -> _Result:
@@ -474,7 +474,7 @@ def repair(
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
     \b
-    Example (from cron: see the README):
+    Example (from cron: see docs/usage.md):
       imgsave repair --execute --check-urls --json
     """
 

@@ -2,7 +2,7 @@
 
 Every run with something to record leaves one file; audit rereads them all. Files older than the
 window go; so does the evidence in them, so the window must be longer than the longest time a
-loss may take to be noticed (the README's cron section says how to choose it).
+loss may take to be noticed (docs/usage.md's cron section says how to choose it).
 """
 
 from __future__ import annotations

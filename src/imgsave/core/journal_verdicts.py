@@ -15,7 +15,7 @@ trigger runs under it). A removal is judged by the write that made it:
 The ambiguity, which no record of committed writes can resolve: a deliberate regeneration of a
 scene within the run gap of its images' creation looks exactly like that race, and is reported
 lost (and restored beside the new image); a deliberate removal written in the same statement as
-an addition elsewhere looks like a clobber too. `--run-gap` moves the line; the README says so.
+an addition elsewhere looks like a clobber too. `--run-gap` moves the line; docs/usage.md says so.
 """
 
 from __future__ import annotations

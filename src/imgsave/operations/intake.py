@@ -32,7 +32,7 @@ DOWNLOAD_DEADLINE = 120.0
 NO_STORE = (
     "the image API answers with image bytes (b64_json) and no store is configured, so there is "
     "nowhere to keep them: set IMGSAVE_STORE (s3://BUCKET/PREFIX or file:///DIR) and "
-    'IMGSAVE_PUBLIC_URL (README: "Keeping the images"); the image is kept in {path}'
+    'IMGSAVE_PUBLIC_URL (docs/usage.md: "Keeping the images"); the image is kept in {path}'
 )
 
 
