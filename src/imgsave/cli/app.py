@@ -1,28 +1,34 @@
 """The command line: parse, call one library function, print, exit with the documented code.
 
-This is the one place where errors become exit codes. Heavy modules (psycopg, httpx) are
-imported inside the commands so that `imgsave --help` starts fast.
+Each command parses its own options (the shared ones come from options.py), calls one library
+function and hands its result to `_execute`, the one place where errors become exit codes.
+Heavy modules (psycopg, httpx) are imported inside the commands so that `imgsave --help`
+starts fast.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
+from imgsave.cli.options import (
+    Common,
+    ConcurrencyOption,
+    DryRunOption,
+    LogSources,
+    log_source_options,
+    shared_options,
+)
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from imgsave.adapters.runlog.reader import LogQuery
     from imgsave.core.settings import Settings
 
 EXIT_CODES = (
@@ -64,85 +70,10 @@ def _main(
     """Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none."""
 
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", metavar="FILE", help="Settings file (default: ./imgsave.toml when present)."
-    ),
-]
-JsonOption = Annotated[
-    bool,
-    typer.Option(
-        "--json", metavar="", help="Print exactly one JSON object on stdout, nothing else."
-    ),
-]
-VerboseOption = Annotated[
-    bool,
-    typer.Option(
-        "--verbose",
-        "-v",
-        envvar="IMGSAVE_DEBUG",
-        show_envvar=True,
-        metavar="",
-        help="Show imgsave's debug log (retries, batches) and the traceback of an internal error.",
-    ),
-]
-DatabaseUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar=["IMGSAVE_DATABASE_URL", "DATABASE_URL"],
-        show_envvar=True,
-        metavar="URL",
-        help="PostgreSQL URL, or 'embedded' for imgsave's built-in server.",
-    ),
-]
-AllowHttpOption = Annotated[
-    bool, typer.Option("--allow-http", metavar="", help="Also accept plain http:// image URLs.")
-]
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        envvar="IMGSAVE_STORE",
-        show_envvar=True,
-        metavar="URL",
-        help="Where image bytes are kept: s3://BUCKET[/PREFIX] or file:///DIR "
-        "(with IMGSAVE_PUBLIC_URL, the base of the URLs saved).",
-    ),
-]
-QuietOption = Annotated[
-    bool,
-    typer.Option(
-        "--quiet", "-q", metavar="", help="Print nothing unless something is wrong (for cron)."
-    ),
-]
-DryRunOption = Annotated[
-    bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
-]
-ConcurrencyOption = Annotated[
-    int,
-    typer.Option(
-        "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
-    ),
-]
-
-
-@dataclass(frozen=True)
-class Common:
-    """The options every command that touches the database takes."""
-
-    config: Path | None = None
-    as_json: bool = False
-    verbose: bool = False
-    allow_http: bool = False
-    database_url: str | None = None
-    quiet: bool = False
-    store: str | None = None
-
-
 @app.command(epilog=EXIT_CODES)
+@shared_options("store", "quiet", "json_output", "allow_http", "database_url", "config", "verbose")
 def generate(
+    common: Common,
     projects: Annotated[
         list[str] | None,
         typer.Argument(
@@ -192,7 +123,6 @@ def generate(
             "--force", metavar="", help="Generate even for scenes that hold enough images."
         ),
     ] = False,
-    quiet: QuietOption = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -201,12 +131,6 @@ def generate(
             help="Exit 1 when a scene has no prompt (by default they are reported, exit 0).",
         ),
     ] = False,
-    store: StoreOption = None,
-    json_output: JsonOption = False,
-    allow_http: AllowHttpOption = False,
-    database_url: DatabaseUrlOption = None,
-    config: ConfigOption = None,
-    verbose: VerboseOption = False,
 ) -> None:
     """Generate images for projects' scenes and save every one of them.
 
@@ -239,191 +163,18 @@ def generate(
             force=force,
             max_images=max_images,
             strict=strict,
-            reporter=ProgressReporter(quiet=quiet),
+            reporter=ProgressReporter(quiet=common.quiet),
         )
 
-    _execute(
-        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
-    )
-
-
-@dataclass(frozen=True)
-class LogSources:
-    """Where audit and repair read what was generated: the seven options they share."""
-
-    projects: list[str] | None
-    logs: list[str] | None
-    pattern: str | None
-    project: str | None
-    since: str | None
-    run_gap: str
-    check_urls: bool
-    journal: bool
-
-    def query(self, allow_http: bool) -> LogQuery:
-        from imgsave.adapters.runlog.reader import (
-            LogQuery,
-            compile_pattern,
-            parse_duration,
-            parse_time,
-        )
-
-        if self.pattern:
-            compile_pattern(self.pattern, self.project)
-        return LogQuery(
-            paths=tuple(self.logs or ()),
-            pattern=self.pattern,
-            project=self.project,
-            since=parse_time(self.since) if self.since else None,
-            run_gap=parse_duration(self.run_gap, "--run-gap"),
-            allow_http=allow_http,
-            only_projects=frozenset(self.projects or ()),
-            journal=self.journal,
-        )
-
-
-def _keyword(name: str, default: object, annotation: object) -> inspect.Parameter:
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-    )
-
-
-_LOG_SOURCE_PARAMETERS = (
-    _keyword(
-        "projects",
-        None,
-        Annotated[
-            list[str] | None,
-            typer.Argument(
-                metavar="PROJECT",
-                show_default=False,
-                help="Only these projects (default: every project the logs name).",
-            ),
-        ],
-    ),
-    _keyword(
-        "logs",
-        None,
-        Annotated[
-            list[str] | None,
-            typer.Option(
-                "--log",
-                metavar="PATH",
-                help="Log file, directory or glob; .gz is fine. Repeatable. "
-                "Default: imgsave's own log directory.",
-            ),
-        ],
-    ),
-    _keyword(
-        "pattern",
-        None,
-        Annotated[
-            str | None,
-            typer.Option(
-                "--pattern",
-                metavar="REGEX",
-                help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
-                "url and scene (required); project (else --project), ts (ISO 8601 or epoch "
-                "seconds/ms), run, scene_id (optional). Lines that do not match are counted, and "
-                "a pattern that matches no line is an error. docs/usage.md has one example per "
-                "common log shape.",
-            ),
-        ],
-    ),
-    _keyword(
-        "project",
-        None,
-        Annotated[
-            str | None,
-            typer.Option(
-                "--project", metavar="ID", help="The project for lines with no project group."
-            ),
-        ],
-    ),
-    _keyword(
-        "since",
-        None,
-        Annotated[
-            str | None,
-            typer.Option(
-                "--since", metavar="TIME", help="Only log lines since: ISO time or 2h, 7d."
-            ),
-        ],
-    ),
-    _keyword(
-        "run_gap",
-        "30m",
-        Annotated[
-            str,
-            typer.Option(
-                "--run-gap",
-                metavar="DURATION",
-                help="Lines without a run id farther apart start a new run.",
-            ),
-        ],
-    ),
-    _keyword(
-        "check_urls",
-        False,
-        Annotated[
-            bool,
-            typer.Option(
-                "--check-urls",
-                metavar="",
-                help="Ask each lost URL's host whether it still serves it.",
-            ),
-        ],
-    ),
-    _keyword(
-        "journal",
-        False,
-        Annotated[
-            bool,
-            typer.Option(
-                "--journal",
-                metavar="",
-                help="Also read the database's own journal of every URL written and removed "
-                "(imgsave sql --journal installs it); where it speaks, it beats the logs. "
-                "--since applies to it too.",
-            ),
-        ],
-    ),
-)
-
-
-def log_source_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the log-source options, collected into its `sources: LogSources`.
-
-    Typer reads a command's options from its signature, so the wrapper shows the seven
-    parameters in place of `sources`: one definition, and audit and repair cannot drift apart.
-    """
-    names = [p.name for p in _LOG_SOURCE_PARAMETERS]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: object) -> None:
-        sources = LogSources(**{name: kwargs.pop(name) for name in names})  # type: ignore[arg-type]
-        command(sources=sources, **kwargs)
-
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()]
-    parameters = _LOG_SOURCE_PARAMETERS + tuple(
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "sources"
-    )
-    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-    return wrapper
+    _execute(work, common)
 
 
 @app.command(epilog=EXIT_CODES)
+@shared_options("store", "quiet", "json_output", "allow_http", "database_url", "config", "verbose")
 @log_source_options
 def audit(
+    common: Common,
     sources: LogSources,
-    store: StoreOption = None,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    allow_http: AllowHttpOption = False,
-    database_url: DatabaseUrlOption = None,
-    config: ConfigOption = None,
-    verbose: VerboseOption = False,
 ) -> None:
     """Find the images that were generated but are not in their scene.
 
@@ -440,14 +191,14 @@ def audit(
         query = sources.query(settings.allow_http)
         return await run_audit(settings, query, check_urls=sources.check_urls)
 
-    _execute(
-        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
-    )
+    _execute(work, common)
 
 
 @app.command(epilog=EXIT_CODES)
+@shared_options("store", "quiet", "json_output", "allow_http", "database_url", "config", "verbose")
 @log_source_options
 def repair(
+    common: Common,
     sources: LogSources,
     dry_run: DryRunOption = False,
     execute: Annotated[
@@ -463,13 +214,6 @@ def repair(
         ),
     ] = False,
     concurrency: ConcurrencyOption = 8,
-    store: StoreOption = None,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    allow_http: AllowHttpOption = False,
-    database_url: DatabaseUrlOption = None,
-    config: ConfigOption = None,
-    verbose: VerboseOption = False,
 ) -> None:
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
@@ -490,16 +234,16 @@ def repair(
             regenerate=regenerate,
             check_urls=sources.check_urls,
             concurrency=concurrency,
-            reporter=ProgressReporter(quiet=quiet),
+            reporter=ProgressReporter(quiet=common.quiet),
         )
 
-    _execute(
-        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
-    )
+    _execute(work, common)
 
 
 @app.command(epilog=EXIT_CODES)
+@shared_options("store", "quiet", "json_output", "allow_http", "database_url", "config", "verbose")
 def rehost(
+    common: Common,
     projects: Annotated[
         list[str] | None,
         typer.Argument(metavar="PROJECT", show_default=False, help="The projects to rehost."),
@@ -518,13 +262,6 @@ def rehost(
         ),
     ] = False,
     concurrency: ConcurrencyOption = 8,
-    store: StoreOption = None,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    allow_http: AllowHttpOption = False,
-    database_url: DatabaseUrlOption = None,
-    config: ConfigOption = None,
-    verbose: VerboseOption = False,
 ) -> None:
     """Copy images behind a provider's expiring links into your store and replace each link in
     place; links that no longer resolve are reported expired.
@@ -546,16 +283,16 @@ def rehost(
             execute=execute,
             regenerate=regenerate,
             concurrency=concurrency,
-            reporter=ProgressReporter(quiet=quiet),
+            reporter=ProgressReporter(quiet=common.quiet),
         )
 
-    _execute(
-        work, Common(config, json_output, verbose, allow_http, database_url, quiet, store=store)
-    )
+    _execute(work, common)
 
 
 @app.command(epilog=EXIT_CODES)
+@shared_options("quiet", "json_output", "config", "verbose")
 def prune(
+    common: Common,
     older_than: Annotated[
         str,
         typer.Option(
@@ -567,10 +304,6 @@ def prune(
     execute: Annotated[
         bool, typer.Option("--execute", metavar="", help="Remove them (default: only list).")
     ] = False,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    config: ConfigOption = None,
-    verbose: VerboseOption = False,
 ) -> None:
     """Remove imgsave's own generation logs older than a window (a retention rule for cron).
 
@@ -586,11 +319,13 @@ def prune(
         window = parse_duration(older_than, "--older-than")
         return run_prune(settings.resolved_log_dir(), window, label=older_than, execute=execute)
 
-    _execute(work, Common(config, json_output, verbose, quiet=quiet))
+    _execute(work, common)
 
 
 @app.command(name="sql", epilog=EXIT_CODES)
+@shared_options("quiet", "allow_http", "database_url", "config", "verbose")
 def sql_command(
+    common: Common,
     journal: Annotated[
         bool,
         typer.Option(
@@ -612,11 +347,6 @@ def sql_command(
             help="The SQL that removes it instead (the journal's table only with --journal).",
         ),
     ] = False,
-    quiet: QuietOption = False,
-    allow_http: AllowHttpOption = False,
-    database_url: DatabaseUrlOption = None,
-    config: ConfigOption = None,
-    verbose: VerboseOption = False,
 ) -> None:
     """Print (or apply) SQL that fixes the app's own route: a function that appends image URLs
     under a row lock, to call instead of a fetch-modify-write, and optionally a journal.
@@ -637,12 +367,7 @@ def sql_command(
 
         return await run_sql(settings, journal=journal, apply=apply, remove=remove)
 
-    _execute(
-        work,
-        Common(
-            config, verbose=verbose, allow_http=allow_http, database_url=database_url, quiet=quiet
-        ),
-    )
+    _execute(work, common)
 
 
 journal_app = typer.Typer(
@@ -654,7 +379,9 @@ app.add_typer(journal_app, name="journal")
 
 
 @journal_app.command(name="prune", epilog=EXIT_CODES)
+@shared_options("quiet", "json_output", "database_url", "config", "verbose")
 def journal_prune(
+    common: Common,
     older_than: Annotated[
         str,
         typer.Option(
@@ -667,11 +394,6 @@ def journal_prune(
     execute: Annotated[
         bool, typer.Option("--execute", metavar="", help="Remove them (default: only count).")
     ] = False,
-    quiet: QuietOption = False,
-    json_output: JsonOption = False,
-    database_url: DatabaseUrlOption = None,
-    config: ConfigOption = None,
-    verbose: VerboseOption = False,
 ) -> None:
     """Keep the journal small: remove rows older than a window (a retention rule for cron).
 
@@ -687,12 +409,13 @@ def journal_prune(
         window = parse_duration(older_than, "--older-than")
         return await run_journal_prune(settings, window, label=older_than, execute=execute)
 
-    _execute(work, Common(config, json_output, verbose, database_url=database_url, quiet=quiet))
+    _execute(work, common)
 
 
 @app.command(epilog=EXIT_CODES)
+@shared_options("quiet", "config", "verbose")
 def demo(
-    quiet: QuietOption = False, config: ConfigOption = None, verbose: VerboseOption = False
+    common: Common,
 ) -> None:
     """Tell the incident's story on the embedded database: no keys, no set-up.
 
@@ -706,7 +429,7 @@ def demo(
 
         return await run_demo(settings)
 
-    _execute(work, Common(config, verbose=verbose, quiet=quiet))
+    _execute(work, common)
 
 
 def _one_mode(*, dry_run: bool, execute: bool) -> None:

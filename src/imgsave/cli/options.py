@@ -1,0 +1,300 @@
+"""The options the commands share, each declared once: the shared ones (`--config`, `--json`,
+`-v`, `--allow-http`, `--database-url`, `-q`, `--store`) collected into a `Common` by
+`shared_options`, and audit's and repair's log sources into a `LogSources` by
+`log_source_options`. Typer reads a command's options from its signature, so each decorator
+shows its parameters in place of the one object the command receives."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from imgsave.adapters.runlog.reader import LogQuery
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", metavar="FILE", help="Settings file (default: ./imgsave.toml when present)."
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", metavar="", help="Print exactly one JSON object on stdout, nothing else."
+    ),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        envvar="IMGSAVE_DEBUG",
+        show_envvar=True,
+        metavar="",
+        help="Show imgsave's debug log (retries, batches) and the traceback of an internal error.",
+    ),
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar=["IMGSAVE_DATABASE_URL", "DATABASE_URL"],
+        show_envvar=True,
+        metavar="URL",
+        help="PostgreSQL URL, or 'embedded' for imgsave's built-in server.",
+    ),
+]
+AllowHttpOption = Annotated[
+    bool, typer.Option("--allow-http", metavar="", help="Also accept plain http:// image URLs.")
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="IMGSAVE_STORE",
+        show_envvar=True,
+        metavar="URL",
+        help="Where image bytes are kept: s3://BUCKET[/PREFIX] or file:///DIR "
+        "(with IMGSAVE_PUBLIC_URL, the base of the URLs saved).",
+    ),
+]
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", metavar="", help="Print nothing unless something is wrong (for cron)."
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", metavar="", help="Only show the plan (the default).")
+]
+ConcurrencyOption = Annotated[
+    int,
+    typer.Option(
+        "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options every command that touches the database takes."""
+
+    config: Path | None = None
+    as_json: bool = False
+    verbose: bool = False
+    allow_http: bool = False
+    database_url: str | None = None
+    quiet: bool = False
+    store: str | None = None
+
+
+def _keyword(name: str, default: object, annotation: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+# Parameter name -> (Common's field, default, the option).
+_SHARED: dict[str, tuple[str, object, object]] = {
+    "store": ("store", None, StoreOption),
+    "quiet": ("quiet", False, QuietOption),
+    "json_output": ("as_json", False, JsonOption),
+    "allow_http": ("allow_http", False, AllowHttpOption),
+    "database_url": ("database_url", None, DatabaseUrlOption),
+    "config": ("config", None, ConfigOption),
+    "verbose": ("verbose", False, VerboseOption),
+}
+
+
+def shared_options(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the shared options `names`, collected into its `common: Common`."""
+    unknown = set(names) - set(_SHARED)
+    if unknown:
+        raise ValueError(f"no shared option {sorted(unknown)}")
+    extra = tuple(
+        _keyword(name, _SHARED[name][1], _SHARED[name][2]) for name in _SHARED if name in names
+    )
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def wrapper(**kwargs: object) -> None:
+            given = {_SHARED[name][0]: kwargs.pop(name) for name in names}
+            command(common=Common(**given), **kwargs)  # type: ignore[arg-type]
+
+        own = inspect.signature(command, eval_str=True).parameters.values()
+        parameters = (
+            tuple(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "common")
+            + extra
+        )
+        wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class LogSources:
+    """Where audit and repair read what was generated: the seven options they share."""
+
+    projects: list[str] | None
+    logs: list[str] | None
+    pattern: str | None
+    project: str | None
+    since: str | None
+    run_gap: str
+    check_urls: bool
+    journal: bool
+
+    def query(self, allow_http: bool) -> LogQuery:
+        from imgsave.adapters.runlog.reader import (
+            LogQuery,
+            compile_pattern,
+            parse_duration,
+            parse_time,
+        )
+
+        if self.pattern:
+            compile_pattern(self.pattern, self.project)
+        return LogQuery(
+            paths=tuple(self.logs or ()),
+            pattern=self.pattern,
+            project=self.project,
+            since=parse_time(self.since) if self.since else None,
+            run_gap=parse_duration(self.run_gap, "--run-gap"),
+            allow_http=allow_http,
+            only_projects=frozenset(self.projects or ()),
+            journal=self.journal,
+        )
+
+
+_LOG_SOURCE_PARAMETERS = (
+    _keyword(
+        "projects",
+        None,
+        Annotated[
+            list[str] | None,
+            typer.Argument(
+                metavar="PROJECT",
+                show_default=False,
+                help="Only these projects (default: every project the logs name).",
+            ),
+        ],
+    ),
+    _keyword(
+        "logs",
+        None,
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--log",
+                metavar="PATH",
+                help="Log file, directory or glob; .gz is fine. Repeatable. "
+                "Default: imgsave's own log directory.",
+            ),
+        ],
+    ),
+    _keyword(
+        "pattern",
+        None,
+        Annotated[
+            str | None,
+            typer.Option(
+                "--pattern",
+                metavar="REGEX",
+                help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
+                "url and scene (required); project (else --project), ts (ISO 8601 or epoch "
+                "seconds/ms), run, scene_id (optional). Lines that do not match are counted, and "
+                "a pattern that matches no line is an error. docs/usage.md has one example per "
+                "common log shape.",
+            ),
+        ],
+    ),
+    _keyword(
+        "project",
+        None,
+        Annotated[
+            str | None,
+            typer.Option(
+                "--project", metavar="ID", help="The project for lines with no project group."
+            ),
+        ],
+    ),
+    _keyword(
+        "since",
+        None,
+        Annotated[
+            str | None,
+            typer.Option(
+                "--since", metavar="TIME", help="Only log lines since: ISO time or 2h, 7d."
+            ),
+        ],
+    ),
+    _keyword(
+        "run_gap",
+        "30m",
+        Annotated[
+            str,
+            typer.Option(
+                "--run-gap",
+                metavar="DURATION",
+                help="Lines without a run id farther apart start a new run.",
+            ),
+        ],
+    ),
+    _keyword(
+        "check_urls",
+        False,
+        Annotated[
+            bool,
+            typer.Option(
+                "--check-urls",
+                metavar="",
+                help="Ask each lost URL's host whether it still serves it.",
+            ),
+        ],
+    ),
+    _keyword(
+        "journal",
+        False,
+        Annotated[
+            bool,
+            typer.Option(
+                "--journal",
+                metavar="",
+                help="Also read the database's own journal of every URL written and removed "
+                "(imgsave sql --journal installs it); where it speaks, it beats the logs. "
+                "--since applies to it too.",
+            ),
+        ],
+    ),
+)
+
+
+def log_source_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the log-source options, collected into its `sources: LogSources`.
+
+    Typer reads a command's options from its signature, so the wrapper shows the seven
+    parameters in place of `sources`: one definition, and audit and repair cannot drift apart.
+    """
+    names = [p.name for p in _LOG_SOURCE_PARAMETERS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: object) -> None:
+        sources = LogSources(**{name: kwargs.pop(name) for name in names})  # type: ignore[arg-type]
+        command(sources=sources, **kwargs)
+
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()]
+    parameters = _LOG_SOURCE_PARAMETERS + tuple(
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "sources"
+    )
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
