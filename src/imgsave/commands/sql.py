@@ -16,6 +16,7 @@ from imgsave.adapters.postgres.install import (
     install,
     uninstall,
 )
+from imgsave.adapters.postgres.journal_rows import JournalRows
 from imgsave.core.result_json import NOT_IN_JSON, FieldsResult
 from imgsave.core.settings import Settings
 from imgsave.errors import CannotWork
@@ -95,8 +96,9 @@ async def run_journal_prune(
     """Delete (with `execute`) journal rows older than the window. Every row of one write has
     the same time, so a write is pruned whole and what is left is still classified right."""
     async with await Database.from_settings(settings, max_size=1) as db:
-        if not await db.journal_installed():
+        journal = JournalRows(db)
+        if not await journal.installed():
             raise CannotWork("this database has no imgsave journal (imgsave sql --journal)")
         before = datetime.now(UTC) - older_than
-        removed = await db.prune_journal(before, execute=execute)
+        removed = await journal.prune(before, execute=execute)
     return JournalPruneResult(executed=execute, older_than=label, removed=removed)

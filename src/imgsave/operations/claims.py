@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from imgsave.adapters.postgres.claim_rows import ClaimRows
 from imgsave.adapters.postgres.database import Database
 from imgsave.core.documents import SceneRef
 from imgsave.errors import ImgsaveError
@@ -146,7 +147,7 @@ class Claims:
         host: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self._db = db
+        self._rows = ClaimRows(db)
         self.run = run
         self.host = host or socket.gethostname()
         self.process = this_process()
@@ -175,7 +176,7 @@ class Claims:
         if any(self._held.values()):
             # Left to expire when the database cannot be reached: nothing is lost by that.
             with contextlib.suppress(ImgsaveError):
-                await asyncio.shield(self._db.release_claims(self.run))
+                await asyncio.shield(self._rows.release(self.run))
 
     async def claim(
         self, project: str, refs: Sequence[SceneRef]
@@ -183,14 +184,14 @@ class Claims:
         """Take what can be taken of `refs`; the rest is held by other runs. What was taken
         from a run that never released it is in `inherited` (recovery.py)."""
         if self._table is None:
-            self._table = asyncio.ensure_future(self._db.ensure_claims())
+            self._table = asyncio.ensure_future(self._rows.ensure_table())
         await self._table  # once, however many projects ask at the same moment
         by_key = {scene_key(ref): ref for ref in refs}
         sent = self._clock()
         taken = dict(await self._claim(project, list(by_key)))
         holders = []
         if len(taken) < len(by_key):
-            holders = await self._db.claim_holders(project, [k for k in by_key if k not in taken])
+            holders = await self._rows.holders(project, [k for k in by_key if k not in taken])
             dead = sorted({process for _, _, process, _, _ in holders if process_is_gone(process)})
             if dead:
                 taken |= dict(await self._claim(project, [h[0] for h in holders], dead))
@@ -212,7 +213,7 @@ class Claims:
     async def _claim(
         self, project: str, keys: list[str], dead: Sequence[str] = ()
     ) -> list[tuple[str, float | None]]:
-        return await self._db.claim(
+        return await self._rows.take(
             project,
             keys,
             run=self.run,
@@ -235,7 +236,7 @@ class Claims:
         self.inherited.pop(project, None)
         if self._held.pop(project, None):
             try:
-                await self._db.release_claims(self.run, project)
+                await self._rows.release(self.run, project)
             except ImgsaveError as exc:
                 logger.debug("claims of project %s left to expire: %s", project, exc)
 
@@ -250,7 +251,7 @@ class Claims:
                 continue
             sent = self._clock()
             try:
-                kept = await self._db.extend_claims(self.run, self.expiry)
+                kept = await self._rows.extend(self.run, self.expiry)
             except ImgsaveError as exc:
                 # Not fatal: the claims stand until their expiry, and `holds` stops new
                 # requests before that if no later attempt gets through.

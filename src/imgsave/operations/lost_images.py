@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.postgres.journal_rows import JournalRows
 from imgsave.adapters.runlog.reader import (
     LogQuery,
     ReadStats,
@@ -231,13 +232,14 @@ async def _store_objects(
 
 
 async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:
-    if not await db.journal_installed():
+    journal = JournalRows(db)
+    if not await journal.installed():
         raise CannotWork(
             "--journal: this database has no imgsave journal (install it with "
             "`imgsave sql --journal --apply`; it records writes from then on)"
         )
     ledger = JournalLedger(query.run_gap.total_seconds(), allow_http=query.allow_http)
-    async for rows in db.journal_rows(query.since):
+    async for rows in journal.rows(query.since):
         ledger.add(rows)
     report.journal_rows = ledger.rows
     report.oldest_evidence = ledger.oldest

@@ -14,7 +14,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Self, TypeVar
 
 import psycopg
@@ -31,14 +30,12 @@ from tenacity import (
 )
 
 from imgsave.adapters.postgres import embedded
-from imgsave.adapters.postgres.install import CLAIMS, JOURNAL, Table, claims_table
+from imgsave.adapters.postgres.install import CLAIMS, JOURNAL, Table
 from imgsave.core.documents import Shape
-from imgsave.core.journal_verdicts import JournalRow
 from imgsave.core.redaction import database_url_problem, mask_url, redact, url_secrets
 from imgsave.core.settings import DatabaseSettings, Names, Settings
 from imgsave.errors import (
     CannotWork,
-    ClaimsUnavailable,
     DatabaseUnavailable,
     MalformedDocument,
     ProjectNotFound,
@@ -357,49 +354,10 @@ class Database:
         except psycopg.Error as exc:
             raise CannotWork(f"could not {what}: {self._one_line(exc)}") from None
 
-    async def journal_installed(self) -> bool:
-        return await self._table_exists(self._sql.journal, "read the journal")
-
     async def _table_exists(self, table: sql.Identifier, what: str) -> bool:
         query = "SELECT to_regclass(%s) IS NOT NULL"
         rows, _ = await self._run(what, query, (table.as_string(None),))
         return bool(rows and rows[0][0])
-
-    async def journal_rows(
-        self, since: datetime | None, *, batch: int = 20_000
-    ) -> AsyncIterator[list[JournalRow]]:
-        """The journal in the order it was written, a batch at a time (never all in memory)."""
-        query = sql.SQL(
-            "SELECT id, extract(epoch FROM at)::float8, txid::text, project, scene_index, "
-            "scene_id, url, change = 'added', scene_replaced FROM {j} WHERE id > %s "
-            "AND (%s::timestamptz IS NULL OR at >= %s) ORDER BY id LIMIT %s"
-        ).format(j=self._sql.journal)
-        after = 0
-        while True:
-            found, _ = await self._run("read the journal", query, (after, since, since, batch))
-            if not found:
-                return
-            rows = [JournalRow._make(row) for row in found]
-            yield rows
-            after = rows[-1].id
-
-    async def prune_journal(self, before: datetime, *, execute: bool, batch: int = 10_000) -> int:
-        """Delete (or, without `execute`, count) journal rows older than `before`, in batches:
-        short transactions that never hold up the app's writes for long."""
-        journal = self._sql.journal
-        if not execute:
-            count = sql.SQL("SELECT count(*) FROM {j} WHERE at < %s").format(j=journal)
-            rows, _ = await self._run("read the journal", count, (before,))
-            return int(rows[0][0])
-        delete = sql.SQL(
-            "DELETE FROM {j} WHERE id IN (SELECT id FROM {j} WHERE at < %s ORDER BY id LIMIT %s)"
-        ).format(j=journal)
-        deleted = 0
-        while True:
-            _, done = await self._run("prune the journal", delete, (before, batch))
-            deleted += done
-            if done < batch:
-                return deleted
 
     def projects_short_of(self, k: int, *, batch: int = 500) -> AsyncIterator[list[str]]:
         """Keys of the projects that may hold a scene with fewer than `k` images, a batch at a
@@ -425,113 +383,6 @@ class Database:
                 return
             yield [row[0] for row in rows]
             after = rows[-1][0]
-
-    async def ensure_claims(self) -> None:
-        """Create the claims table if it is not there (`imgsave sql` also creates it)."""
-
-        if await self._table_exists(self._sql.claims, "look for the claims table"):
-            return
-        schema = self._sql.table.schema
-        try:
-            async with self._connection() as conn, conn.transaction():
-                # Two hosts starting at once would both try to create it; a lock that ends with
-                # the transaction (so the pooler is no trouble) lets one do it.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (CLAIMS,))
-                await conn.execute(claims_table(schema).encode())
-        except psycopg.Error as exc:
-            # The primary message only: the statement psycopg quotes is the whole DDL.
-            reason = exc.diag.message_primary or type(exc).__name__
-            raise ClaimsUnavailable(
-                f"cannot create the claims table {self._sql.claims.as_string(None)}: "
-                f"{redact(reason, self._secrets)} (run `imgsave sql --apply` as the table's "
-                "owner, or grant CREATE on its schema; on one host only, [claims] enabled = "
-                "false does without)"
-            ) from None
-
-    async def claim(
-        self,
-        project: str,
-        scenes: Sequence[str],
-        *,
-        run: str,
-        host: str,
-        process: str,
-        expiry: float,
-        dead: Sequence[str] = (),
-    ) -> list[tuple[str, float | None]]:
-        """Claim `scenes` of `project` for `run`: those free, expired, already this run's, or
-        held by one of the `dead` processes. One statement: concurrent claims of one scene are
-        serialised by its key, and one wins. Returns each scene taken, with when the claim of
-        the other run it was taken from began (epoch seconds), or None: that run never
-        released it, so it may have paid for images it did not live to save."""
-
-        rows, _ = await self._run(
-            f"claim scenes of project {project}",
-            sql.SQL(
-                "WITH prior AS (SELECT scene, claimed_at FROM {c} WHERE project = %(p)s AND "
-                "scene = ANY(%(scenes)s::text[]) AND run <> %(run)s) "
-                "INSERT INTO {c} AS c (project, scene, run, host, process, claimed_at, "
-                "expires_at) SELECT %(p)s, s, %(run)s, %(host)s, %(process)s, now(), "
-                "now() + make_interval(secs => %(expiry)s) FROM unnest(%(scenes)s::text[]) "
-                "AS s ON CONFLICT (project, scene) DO UPDATE SET run = excluded.run, "
-                "host = excluded.host, process = excluded.process, claimed_at = "
-                "excluded.claimed_at, expires_at = excluded.expires_at WHERE "
-                "c.expires_at < now() OR c.run = excluded.run OR c.process = "
-                "ANY(%(dead)s::text[]) RETURNING scene, (SELECT extract(epoch FROM "
-                "prior.claimed_at)::float8 FROM prior WHERE prior.scene = c.scene)"
-            ).format(c=self._sql.claims),
-            {
-                "p": project,
-                "run": run,
-                "host": host,
-                "process": process,
-                "expiry": expiry,
-                "scenes": list(scenes),
-                "dead": list(dead),
-            },
-        )
-        return [(row[0], row[1]) for row in rows]
-
-    async def claim_holders(
-        self, project: str, scenes: Sequence[str]
-    ) -> list[tuple[str, str, str, str, float]]:
-        """Who holds these scenes: (scene, host, process, run, seconds until it expires)."""
-
-        rows, _ = await self._run(
-            f"read the claims of project {project}",
-            sql.SQL(
-                "SELECT scene, host, process, run, greatest(0, extract(epoch FROM "
-                "expires_at - now()))::float8 FROM {c} "
-                "WHERE project = %s AND scene = ANY(%s::text[])"
-            ).format(c=self._sql.claims),
-            (project, list(scenes)),
-        )
-        return rows
-
-    async def extend_claims(self, run: str, expiry: float) -> list[tuple[str, str]]:
-        """Push back the expiry of every claim `run` still holds; returns (project, scene) of
-        each one extended (a claim that expired and was taken by another run is not)."""
-
-        rows, _ = await self._run(
-            "extend the run's claims",
-            sql.SQL(
-                "UPDATE {c} SET expires_at = now() + make_interval(secs => %s) "
-                "WHERE run = %s RETURNING project, scene"
-            ).format(c=self._sql.claims),
-            (expiry, run),
-        )
-        return rows
-
-    async def release_claims(self, run: str, project: str | None = None) -> None:
-        """Drop `run`'s claims (on one project, or all of them)."""
-
-        await self._run(
-            "release the run's claims",
-            sql.SQL("DELETE FROM {c} WHERE run = %s AND (%s::text IS NULL OR project = %s)").format(
-                c=self._sql.claims
-            ),
-            (run, project, project),
-        )
 
     async def _run(
         self, what: str, query: Query, params: Params | None = None
