@@ -257,15 +257,16 @@ def test_a_provider_that_allows_fewer_than_asked_slows_the_run_down_and_it_saves
 
 
 def test_a_limit_the_provider_publishes_caps_the_rate_asked(cli, db_url):
-    """6,000/min asked; the provider says (x-ratelimit-*) it allows 3,000/min, and means it."""
+    """2,400/min asked; the provider says (x-ratelimit-*) it allows 1,200/min, and means it."""
     put_projects(db_url, 2, 20)
-    with LoopbackProvider(rate_limit=3000, rate_headers=True) as api:
+    with LoopbackProvider(rate_limit=1200, rate_headers=True) as api:
         ran = cli(
-            "generate", "--all", "--rate", "6000/min", "-c", "8", "--json", env=provider_env(api)
+            "generate", "--all", "--rate", "2400/min", "-c", "8", "--json", env=provider_env(api)
         )
     assert ran.code == 0, ran.stderr
     assert api.statuses == [200] * 40, "the published limit was kept from the first answer on"
-    assert 2700 <= ran.json()["pace"]["achieved_per_minute"] <= 3001
+    # Measured over 40 starts two seconds apart in all: a few percent either way is timing.
+    assert 1080 <= ran.json()["pace"]["achieved_per_minute"] <= 1260
 
 
 def test_a_second_429_asking_more_reaches_the_requests_already_waiting():
