@@ -102,6 +102,14 @@ class _Statements:
     short_after: sql.Composed | None
 
 
+class _SessionLost(Exception):
+    """The connection was open, and closed under the set-up: not the server refusing."""
+
+    def __init__(self, cause: psycopg.OperationalError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class Database:
     """A small pool of autocommit connections plus the statements for one configured table."""
 
@@ -142,10 +150,13 @@ class Database:
             "keepalives_interval": 2,
             "keepalives_count": 3,
         }
-        # A session ended under us while we set up (a failover, a restart, an administrator)
-        # is worth another try or two; a server that refuses or a wrong URL is not.
+        # A session ended under us while we set up (a failover, a restart, an administrator,
+        # or a connection that was open and then dropped) is worth another try or two; a server
+        # that refuses or a wrong URL is not.
         setup = AsyncRetrying(
-            retry=retry_if_exception_type((pg_errors.AdminShutdown, pg_errors.CannotConnectNow)),
+            retry=retry_if_exception_type(
+                (pg_errors.AdminShutdown, pg_errors.CannotConnectNow, _SessionLost)
+            ),
             stop=stop_after_attempt(3),
             wait=wait_exponential_jitter(multiplier=0.2, max=1.0, jitter=0.1),
             reraise=True,
@@ -155,12 +166,22 @@ class Database:
             async with await psycopg.AsyncConnection.connect(
                 url, connect_timeout=max(1, int(settings.connect_timeout)), **kwargs
             ) as conn:
-                if create_table:
-                    await _create_table(conn, names)
-                return await _prepare(conn, names, shape or Shape())
+                try:
+                    if create_table:
+                        await _create_table(conn, names)
+                    return await _prepare(conn, names, shape or Shape())
+                except psycopg.OperationalError as exc:
+                    if not conn.closed:
+                        raise
+                    raise _SessionLost(exc) from exc
 
         try:
             statements: _Statements = await setup(connect)
+        except _SessionLost as lost:
+            raise DatabaseUnavailable(
+                f"cannot connect to the database at {mask_url(url)}: "
+                f"{_one_line(lost.cause, url_secrets(url))}"
+            ) from None
         except psycopg.Error as exc:
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {mask_url(url)}: "
