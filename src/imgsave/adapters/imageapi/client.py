@@ -27,6 +27,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from imgsave.adapters.imageapi.pace import Pace, PaceClosed, parse_rate
+from imgsave.adapters.imageapi.tls import shared_context
 from imgsave.core.image_bytes import decode_base64
 from imgsave.core.redaction import redact
 from imgsave.core.settings import ProviderSettings, Settings
@@ -156,6 +157,7 @@ class Provider:
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=16),
                 follow_redirects=False,
                 transport=transport,
+                verify=shared_context(),
             )
             for _ in range(POOLS)
         ]

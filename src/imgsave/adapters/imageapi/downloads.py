@@ -13,6 +13,7 @@ from urllib.parse import urljoin
 import httpx
 
 from imgsave.adapters.imageapi.netguard import PrivateAddress, download_transport
+from imgsave.adapters.imageapi.tls import shared_context
 from imgsave.core.url_rule import shorten, url_problem
 
 MAX_REDIRECTS = 3
@@ -47,6 +48,7 @@ class Fetcher:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             transport=download_transport(allow_private_network, transport),
+            verify=shared_context(),
         )
 
     async def __aenter__(self) -> Self:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import httpx
 
+from imgsave.adapters.imageapi.tls import shared_context
+
 
 class PrivateAddress(httpx.TransportError):
     """The URL's host resolves to an address downloads may not reach."""
@@ -41,7 +43,7 @@ class PublicOnly(httpx.AsyncBaseTransport):
         public: Callable[[str], bool] = is_public,
     ) -> None:
         """`public` judges an address (the tests give loopback addresses roles)."""
-        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._inner = inner or httpx.AsyncHTTPTransport(verify=shared_context())
         self._public = public
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import httpx
 
 from imgsave.adapters.imageapi.netguard import download_transport
+from imgsave.adapters.imageapi.tls import shared_context
 
 DEAD = frozenset({401, 403, 404, 410})
 
@@ -32,6 +33,7 @@ async def check_urls(
         follow_redirects=False,
         headers={"User-Agent": "imgsave-check/1"},
         transport=download_transport(allow_private_network),
+        verify=shared_context(),
     ) as client:
 
         async def one(url: str) -> tuple[str, bool | None]:
