@@ -42,9 +42,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `long` (they must run for many seconds: a pace over a minute) go first, so
-    that in parallel they overlap the rest of the suite instead of trailing it."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+    """Tests marked `many_connections` run one at a time across the workers (below), so they
+    go first: they then queue behind each other while the other workers run the rest, instead
+    of trailing the suite one by one at its end."""
+    items.sort(key=lambda item: item.get_closest_marker("many_connections") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -81,11 +81,11 @@ def test_the_same_harness_catches_two_runs_paying_twice_without_claims(db_url, t
 def test_a_sigkilled_run_is_finished_by_a_rerun_and_only_its_in_flight_images_are_lost(
     db_url, tmp_path, cli
 ):
-    put_projects(db_url, 40, 5)
+    put_projects(db_url, 20, 5)
     (tmp_path / "imgsave.toml").write_text(CONFIG)
     with (
-        LoopbackProvider(latency=0.2, image_base=f"{IMAGES}a/") as a,
-        LoopbackProvider(latency=0.2, image_base=f"{IMAGES}b/") as b,
+        LoopbackProvider(latency=0.1, image_base=f"{IMAGES}a/") as a,
+        LoopbackProvider(latency=0.1, image_base=f"{IMAGES}b/") as b,
         LoopbackProvider(latency=0.01, image_base=f"{IMAGES}again/") as again,
     ):
         killed = spawn(
@@ -98,7 +98,7 @@ def test_a_sigkilled_run_is_finished_by_a_rerun_and_only_its_in_flight_images_ar
             process_env(db_url, b, tmp_path / "b"),
             tmp_path,
         )
-        wait_for(lambda: a.requests >= 20, timeout=60)
+        wait_for(lambda: a.requests >= 10, timeout=60)
         killed.send_signal(signal.SIGKILL)
         killed.communicate(timeout=30)
         out, err = other.communicate(timeout=120)
@@ -111,10 +111,10 @@ def test_a_sigkilled_run_is_finished_by_a_rerun_and_only_its_in_flight_images_ar
         assert rerun.json()["held_scenes"] == 0
         paid_by_dead = a.served
     urls = scene_urls(db_url)
-    assert len(urls) == 200 and all(len(u) == 1 for u in urls.values()), "all filled, once"
+    assert len(urls) == 100 and all(len(u) == 1 for u in urls.values()), "all filled, once"
     stored = {u for scene in urls.values() for u in scene}
     saved_by_dead = [u for u in paid_by_dead if u in stored]
-    assert b.requests + again.requests + len(saved_by_dead) == 200, "no scene generated twice"
+    assert b.requests + again.requests + len(saved_by_dead) == 100, "no scene generated twice"
     unsaved = set(paid_by_dead) - stored
     # Those it lived to log are named by audit; the others were in flight when it died.
     logged = {e["url"] for e in events(tmp_path / "a", "image.generated")}
@@ -185,7 +185,7 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(cli, rows,
 def test_a_long_run_extends_its_claims_and_releases_them_at_the_end(cli, rows, db_url, tmp_path):
     rows.put("p1", incident_document(30))
     config = tmp_path / "imgsave.toml"
-    config.write_text(config.read_text() + "[claims]\nexpiry = 2\n")
+    config.write_text(config.read_text() + "[claims]\nexpiry = 1\n")
     seen: list[float] = []
     done = threading.Event()
 
@@ -205,14 +205,14 @@ def test_a_long_run_extends_its_claims_and_releases_them_at_the_end(cli, rows, d
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        with LoopbackProvider(latency=0.3) as api:
+        with LoopbackProvider(latency=0.15) as api:
             ran = cli("generate", "p1", "-c", "2", "--json", env=provider_env(api))
     finally:
         done.set()
         watcher.join()
     assert ran.code == 0, ran.stderr
-    assert ran.json()["saved"] == 30, "4.5 s of work on claims that expire after 2 s"
-    assert max(seen) - min(seen) > 2.0, "the expiry was pushed back while the run worked"
+    assert ran.json()["saved"] == 30, "2.3 s of work on claims that expire after 1 s"
+    assert max(seen) - min(seen) > 1.0, "the expiry was pushed back while the run worked"
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM imgsave_claims").fetchone() == (0,)
 

@@ -179,7 +179,7 @@ _URLISH = st.lists(
 ).map(lambda parts: "https://x.test/" + "".join(parts))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(_URLISH)
 def test_the_fast_path_of_the_url_rule_agrees_with_the_full_rule(url):
     from imgsave.core import url_rule as urls
