@@ -4,6 +4,7 @@ database per test cloned from a template, and a real loopback image API."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import pwd
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -337,6 +339,21 @@ def imgsave_command() -> list[str]:
     return [str(script)] if script.exists() else [shutil.which("imgsave") or "imgsave"]
 
 
+@functools.cache
+def _cli_runner() -> tuple[Any, Any]:
+    """A runner and the app, for every in-process run of this worker. Typer's runner rebuilds
+    the click command from the app on every invoke (16 ms of CPU, hundreds of times a suite):
+    the command it builds is remembered instead, as the installed script builds it once."""
+    import typer.testing
+
+    from imgsave.cli.app import app
+
+    build = typer.testing._get_command
+    command = build(app)
+    typer.testing._get_command = lambda given: command if given is app else build(given)
+    return typer.testing.CliRunner(), app
+
+
 # What a user's shell could hold that would change a run: every test states its own.
 _OUTSIDE = ("DATABASE_URL", "OPENAI_API_KEY")
 
@@ -346,10 +363,6 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """Run the `imgsave` command in-process (Typer's CliRunner, sqlite-utils' way): the same
     parsing, settings, exit codes and output as the installed script, without a new interpreter.
     Tests whose point is a signal, a SIGKILL or two processes use `spawn` instead."""
-    from typer.testing import CliRunner
-
-    from imgsave.cli.app import app
-
     # Fast retries for tests, through the real config-file path.
     (tmp_path / "imgsave.toml").write_text(
         "allow_private_network = true\n"
@@ -358,7 +371,7 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "max_retry_after = 0.2\n[database]\nlock_timeout = 1\n"
     )
     monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
+    runner, app = _cli_runner()
 
     def run(*args: str, env: dict[str, str] | None = None) -> Ran:
         environ: dict[str, str | None] = {
