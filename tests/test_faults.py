@@ -96,8 +96,9 @@ async def test_dropped_database_connections_are_survived(settings, rows, inciden
     assert all(killed), f"the test must really drop connections: {killed}"
     assert (result.saved, result.failed) == (200, 0)
     assert stored(rows) == Counter(served)
-    # A dropped connection costs a retry, not seconds of pool back-off (it cost ~7 s once).
-    assert with_faults < 2 * fault_free, (with_faults, fault_free)
+    # A dropped connection costs a retry, not seconds of pool back-off (it cost ~7 s once):
+    # a generous bound still tells the two apart on a loaded machine.
+    assert with_faults < max(4.0, 3 * fault_free), (with_faults, fault_free)
 
 
 def test_sigkill_mid_run_then_repair_and_rerun_fill_exactly_what_is_missing(

@@ -150,8 +150,9 @@ async def test_dead_idle_pooled_connections_cost_a_retry_not_seconds_of_back_off
         await db.locked_update("p1", add("https://i.test/b"))
         after_drop = time.monotonic() - started
     assert rows.urls("p1")[1] == ["https://i.test/a", "https://i.test/b"]
-    # The pool's own check would sleep 1 s, then 2 s, ... between dead connections.
-    assert after_drop < max(1.0, 2 * fault_free), (after_drop, fault_free)
+    # The pool's own check would sleep 1 s, then 2 s, ... between dead connections (3 s and
+    # more for three of them): a generous bound still tells the two apart on a loaded machine.
+    assert after_drop < max(2.0, 3 * fault_free), (after_drop, fault_free)
 
 
 class _Trickle:
