@@ -355,7 +355,7 @@ def _killed_before_its_saves(db_url: str, tmp_path: Path, env: dict[str, str]) -
 def test_a_rerun_after_a_kill_before_the_saves_pays_nothing_again(
     db_url, rows, cli, tmp_path: Path, log_dir: Path, host: str
 ):
-    from .conftest import process_env
+    from .conftest import process_env, spawn
 
     rows.put("p1", incident_document(5))
     (tmp_path / "imgsave.toml").write_text(
@@ -376,9 +376,11 @@ def test_a_rerun_after_a_kill_before_the_saves_pays_nothing_again(
         if "store" in host:
             # Another host: its own log folder, which knows nothing of the dead run.
             rerun_env |= store | {"IMGSAVE_LOG_DIR": str(tmp_path / "other-host")}
-        rerun = cli("generate", "p1", "--json", env=rerun_env)
-        assert rerun.code == 0, rerun.stderr
-        assert (rerun.json()["recovered"], rerun.json()["requested"]) == (5, 0)
+        # The rerun is a process of its own too, as it would be from cron.
+        rerun = spawn(["generate", "p1", "--json"], env | rerun_env, tmp_path)
+        out, err = rerun.communicate(timeout=60)
+        assert rerun.returncode == 0, err
+        assert (json.loads(out)["recovered"], json.loads(out)["requested"]) == (5, 0)
         assert api.requests == paid, "no image was paid for twice"
     assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 5
     repaired = cli("repair", "--execute", "--json", env=rerun_env)
