@@ -131,7 +131,7 @@ def test_url_rule(url, allow_http, problem):
 def test_times_and_durations():
     from datetime import UTC, datetime, timedelta
 
-    from imgsave.adapters.runlog.reader import parse_duration, parse_time
+    from imgsave.cli.parsers import parse_duration, parse_time
 
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     assert parse_time("2h", now=now) == now - timedelta(hours=2)

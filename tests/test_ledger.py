@@ -133,7 +133,7 @@ def test_partitioning_changes_nothing(items, partitions):
     st.sets(st.integers(1, 45)),
 )
 def test_scene_selection_agrees_with_the_set_it_stands_for(parts, present):
-    from imgsave.commands.generate import parse_scene_selection
+    from imgsave.cli.parsers import parse_scene_selection
 
     spec = ",".join(f"{lo}-{lo + width}" if width else str(lo) for lo, width in parts)
     chosen = {n for lo, width in parts for n in range(lo, lo + width + 1)}
@@ -144,7 +144,7 @@ def test_scene_selection_agrees_with_the_set_it_stands_for(parts, present):
 
 
 def test_a_huge_scene_range_is_two_integers():
-    from imgsave.commands.generate import parse_scene_selection
+    from imgsave.cli.parsers import parse_scene_selection
 
     selection = parse_scene_selection("1-20000000")
     assert selection.ranges == ((1, 20_000_000),)

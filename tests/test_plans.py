@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgsave.adapters.runlog.reader import ReadStats
-from imgsave.commands.generate import parse_scene_selection, plan
+from imgsave.cli.parsers import parse_scene_selection
+from imgsave.commands.generate import plan
 from imgsave.commands.repair import remaining
 from imgsave.core.documents import Scene, SceneRef
 from imgsave.operations.lost_images import AuditReport, Finding

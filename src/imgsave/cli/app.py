@@ -145,10 +145,11 @@ def generate(
 
     async def work(settings: Settings) -> _Result:
         from imgsave.adapters.imageapi.pace import parse_rate
+        from imgsave.cli.parsers import parse_scene_selection
         from imgsave.commands import generate as gen
         from imgsave.terminal.progress import ProgressReporter
 
-        selection = gen.parse_scene_selection(scenes) if scenes else None
+        selection = parse_scene_selection(scenes) if scenes else None
         if rate is not None:
             parse_rate(rate)
             settings = replace(settings, provider=replace(settings.provider, rate=rate))
@@ -313,7 +314,7 @@ def prune(
     """
 
     async def work(settings: Settings) -> _Result:
-        from imgsave.adapters.runlog.reader import parse_duration
+        from imgsave.cli.parsers import parse_duration
         from imgsave.commands.prune import prune as run_prune
 
         window = parse_duration(older_than, "--older-than")
@@ -403,7 +404,7 @@ def journal_prune(
     """
 
     async def work(settings: Settings) -> _Result:
-        from imgsave.adapters.runlog.reader import parse_duration
+        from imgsave.cli.parsers import parse_duration
         from imgsave.commands.sql import run_journal_prune
 
         window = parse_duration(older_than, "--older-than")

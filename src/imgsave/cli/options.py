@@ -154,12 +154,8 @@ class LogSources:
     journal: bool
 
     def query(self, allow_http: bool) -> LogQuery:
-        from imgsave.adapters.runlog.reader import (
-            LogQuery,
-            compile_pattern,
-            parse_duration,
-            parse_time,
-        )
+        from imgsave.adapters.runlog.reader import LogQuery, compile_pattern
+        from imgsave.cli.parsers import parse_duration, parse_time
 
         if self.pattern:
             compile_pattern(self.pattern, self.project)

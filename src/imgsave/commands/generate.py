@@ -21,7 +21,7 @@ from imgsave.adapters.runlog.writer import RunLog, new_run_id
 from imgsave.adapters.storage.object_store import Store
 from imgsave.core.documents import Shape
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
-from imgsave.core.scene_plan import SceneSelection, parse_scene_selection, plan
+from imgsave.core.scene_plan import SceneSelection, plan
 from imgsave.core.settings import Settings, StoreSettings
 from imgsave.errors import (
     EXIT_CANNOT_WORK,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from imgsave.terminal.progress import ProgressReporter
 
-__all__ = ["GenerateResult", "ManyResult", "SceneSelection", "parse_scene_selection", "plan"]
+__all__ = ["GenerateResult", "ManyResult", "SceneSelection", "plan"]
 
 
 # What `generate` reports: one project's result, and a run over several (totals plus each

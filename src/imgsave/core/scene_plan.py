@@ -66,23 +66,6 @@ class SceneSelection:
         return min(missing) if missing else None
 
 
-def parse_scene_selection(spec: str) -> SceneSelection:
-    """`1,3,5-8` -> ranges (1,1), (3,3), (5,8)."""
-    ranges: list[tuple[int, int]] = []
-    for part in spec.split(","):
-        part = part.strip()
-        low, dash, high = part.partition("-")
-        try:
-            first = int(low)
-            last = int(high) if dash else first
-        except ValueError:
-            raise UsageError(f"--scenes: {part!r} is not a number or range like 5-8") from None
-        if first < 1 or last < first:
-            raise UsageError(f"--scenes: {part!r} is not a range of scene numbers from 1")
-        ranges.append((first, last))
-    return SceneSelection(tuple(ranges))
-
-
 def plan(
     all_scenes: Sequence[Scene],
     images_per_scene: int,

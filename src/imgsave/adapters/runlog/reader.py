@@ -186,28 +186,6 @@ def _ignored(path: Path) -> bool:
     )
 
 
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str, flag: str) -> timedelta:
-    """`90s`, `30m`, `2h`, `7d`, `1w`."""
-    match = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
-    if not match:
-        raise UsageError(f"{flag} {text!r}: expected a duration like 30m, 2h or 7d")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """ISO 8601 (a missing zone means UTC), or a relative `90m`, `2h`, `7d` ago."""
-    text = text.strip()
-    if re.fullmatch(r"\d+\s*[smhdw]", text):
-        return (now or datetime.now(UTC)) - parse_duration(text, "--since")
-    when = _parse_ts(text)
-    if when is None:
-        raise UsageError(f"--since {text!r}: expected ISO 8601 like 2026-11-25T10:00Z, or 2h, 7d")
-    return datetime.fromtimestamp(when, UTC)
-
-
 def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> Iterator[Sighting]:
     """Every usable claim in `files`, in file order; what is not usable is counted in `stats`."""
     regex = compile_pattern(query.pattern, query.project) if query.pattern else None
@@ -359,7 +337,7 @@ def _parse_own(line: str) -> Sighting | Verdict | Invalid:
         or not all(isinstance(u, str) for u in replaces)
     ):
         return Verdict.GARBAGE
-    ts = _parse_ts(record["ts"]) if isinstance(record.get("ts"), str) else None
+    ts = parse_timestamp(record["ts"]) if isinstance(record.get("ts"), str) else None
     return _checked(Sighting(project, scene, scene_id, url, run, ts, False, tuple(replaces)))
 
 
@@ -381,7 +359,7 @@ def _parse_pattern(
     if not project:
         return Verdict.GARBAGE
     ts_text = groups.get("ts")
-    ts = _parse_ts(ts_text) if ts_text else None
+    ts = parse_timestamp(ts_text) if ts_text else None
     return _checked(
         Sighting(
             project, scene, groups.get("scene_id"), groups["url"] or "", groups.get("run"), ts, True
@@ -389,7 +367,9 @@ def _parse_pattern(
     )
 
 
-def _parse_ts(text: str) -> float | None:
+def parse_timestamp(text: str) -> float | None:
+    """Epoch seconds of an ISO 8601 time (UTC when it names no zone) or an epoch in seconds or
+    milliseconds; None when it is neither."""
     text = text.strip()
     if re.fullmatch(r"\d{9,13}(\.\d+)?", text):
         value = float(text)
