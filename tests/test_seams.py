@@ -329,9 +329,12 @@ def test_repair_regenerate_with_another_systems_log_buys_each_lost_image_once(
     assert len(rows.urls("p1")[1]) == 1
 
 
-def _killed_before_its_saves(db_url: str, tmp_path: Path, env: dict[str, str]) -> int:
-    """Run `generate p1` in a process, hold the row so that no save can commit, SIGKILL the
-    process once all 5 paid images are logged (fsynced); returns what it paid for."""
+def _killed_while_the_row_is_held(
+    db_url: str, tmp_path: Path, env: dict[str, str], args: list[str], event: str, count: int
+) -> None:
+    """Run `imgsave ARGS` in a process while the row is held, so no write of it can commit;
+    SIGKILL it once `count` `event` records are in its log (fsynced): the crash between the
+    log line and the commit."""
     import signal
 
     from .conftest import spawn, wait_for
@@ -339,15 +342,13 @@ def _killed_before_its_saves(db_url: str, tmp_path: Path, env: dict[str, str]) -
     log_dir = Path(env["IMGSAVE_LOG_DIR"])
     with psycopg.connect(db_url) as blocker:
         blocker.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
-        run = spawn(["generate", "p1", "-c", "5", "--json"], env, tmp_path)
+        run = spawn(args, env, tmp_path)
         wait_for(
-            lambda: sum(r["event"] == "image.generated" for r in log_records(log_dir)) == 5,
-            timeout=60,
+            lambda: sum(r["event"] == event for r in log_records(log_dir)) == count, timeout=60
         )
         run.send_signal(signal.SIGKILL)
         run.communicate(timeout=30)
         blocker.rollback()
-    return 5
 
 
 @pytest.mark.many_connections
@@ -370,7 +371,10 @@ def test_a_rerun_after_a_kill_before_the_saves_pays_nothing_again(
         env = process_env(db_url, api, log_dir)
         if "store" in host:
             env |= store
-        paid = _killed_before_its_saves(db_url, tmp_path, env)
+        _killed_while_the_row_is_held(
+            db_url, tmp_path, env, ["generate", "p1", "-c", "5"], "image.generated", 5
+        )
+        paid = api.requests
         assert all(not urls for urls in rows.urls("p1").values()), "nothing was saved"
         rerun_env = {"IMGSAVE_BASE_URL": api.base_url}
         if "store" in host:
@@ -651,24 +655,21 @@ def _store_env(tmp_path: Path) -> dict[str, str]:
 def test_a_rehost_killed_before_its_commit_leaves_one_image_per_place(
     cli, rows, db_url, tmp_path: Path, log_dir: Path
 ):
-    import signal
 
-    from .conftest import process_env, spawn, wait_for
+    from .conftest import process_env
 
     with LoopbackProvider() as api:
         _links_saved(cli, rows, api, 4)
         links = rows.urls("p1")
         env = process_env(db_url, api, log_dir) | _store_env(tmp_path)
-        with psycopg.connect(db_url) as blocker:
-            blocker.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
-            run = spawn(["rehost", "p1", "--execute", "--allow-http"], env, tmp_path)
-            wait_for(
-                lambda: sum(r["event"] == "image.rehosted" for r in log_records(log_dir)) == 4,
-                timeout=60,
-            )
-            run.send_signal(signal.SIGKILL)
-            run.communicate(timeout=30)
-            blocker.rollback()
+        _killed_while_the_row_is_held(
+            db_url,
+            tmp_path,
+            env,
+            ["rehost", "p1", "--execute", "--allow-http"],
+            "image.rehosted",
+            4,
+        )
         assert rows.urls("p1") == links, "the replacement never committed"
         audit = cli("audit", "p1", "--json", env=_store_env(tmp_path))
         assert audit.code == 0 and audit.json()["lost"] == [], audit.stdout
