@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from imgsave._demo.batch_api import BatchEmulation
+
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
 # "401", "400", "badurl" (a javascript: URL), "repeat" (the same URL as the last "repeat"),
 # "svg" (an SVG where an image should be, in the answer's own form), "two" (two images at once),
@@ -70,6 +72,10 @@ class LoopbackProvider:
         expire_after: float | None = None,
         rate_limit: float | None = None,
         rate_headers: bool = False,
+        batch_api: bool = True,
+        batch_seconds: float = 0.0,
+        batch_faults: Callable[[str], str | None] | None = None,
+        batch_expire: bool = False,
     ):
         """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
         as every current OpenAI GPT image model does). Images are distinct PNGs of
@@ -78,7 +84,12 @@ class LoopbackProvider:
 
         `rate_limit` (requests per minute) is enforced as a provider does: a token bucket that
         holds one second's worth, refilled evenly; a request that finds it empty gets 429 with
-        Retry-After (and retry-after-ms). `rate_headers` adds the x-ratelimit-* headers."""
+        Retry-After (and retry-after-ms). `rate_headers` adds the x-ratelimit-* headers.
+
+        The Files and Batches endpoints (batch_api.py) answer unless `batch_api` is False (then
+        404, as a provider without a Batch API does); a batch completes `batch_seconds` after it
+        was created, `batch_faults(custom_id)` fails lines, `batch_expire` expires them half
+        done."""
         if answer not in ("url", "b64"):
             raise ValueError(f"answer must be 'url' or 'b64', not {answer!r}")
         self.answer = answer
@@ -110,6 +121,13 @@ class LoopbackProvider:
         self._started = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.batches = BatchEmulation(
+            self._batch_image,
+            enabled=batch_api,
+            seconds=batch_seconds,
+            faults=batch_faults,
+            expire=batch_expire,
+        )
         self._server = _Server(("127.0.0.1", 0), self._handler())
         # shutdown() waits for the serving loop's next poll: 20 ms, not the default half second
         # that every test using the provider would pay at its end.
@@ -199,6 +217,12 @@ class LoopbackProvider:
             self._answered_at[f"/img/{n:06d}.png"] = time.monotonic()
         return {"url": url}
 
+    def _batch_image(self) -> dict[str, object]:
+        """One batch line's answer: the body a synchronous request would get."""
+        n = next(self._counter)
+        usage = {"input_tokens": 12, "output_tokens": 1056, "total_tokens": 1068}
+        return {"created": int(time.time()), "data": [self._image_item(n)], "usage": usage}
+
     def _expired(self, path: str) -> bool:
         if self.expire_after is None:
             return False
@@ -221,6 +245,10 @@ class LoopbackProvider:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                if self.path.startswith(("/v1/files", "/v1/batches")):
+                    content_type = self.headers.get("content-type", "")
+                    self._reply(*provider.batches.post(self.path, content_type, body))
+                    return
                 n = next(provider._counter)
                 with provider._lock:
                     provider._started += 1
@@ -285,7 +313,18 @@ class LoopbackProvider:
                 self._image(head=True)
 
             def do_GET(self) -> None:
+                if self.path.startswith(("/v1/files", "/v1/batches")):
+                    self._reply(*provider.batches.get(self.path))
+                    return
                 self._image(head=False)
+
+            def _reply(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", content_type)
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
 
             def _image(self, *, head: bool) -> None:
                 if provider.images_unavailable:
