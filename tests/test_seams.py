@@ -715,3 +715,22 @@ def test_a_link_held_twice_is_rehosted_into_one_copy_and_converges(cli, rows, tm
         assert second.code == 0 and second.json()["rehosted"] == 0
     (copy,) = rows.urls("p1")[1]
     assert copy.startswith("https://images.example.com/")
+
+
+def test_a_url_the_scene_already_held_is_not_recovered_after_the_app_removes_it(
+    cli, rows, log_dir: Path
+):
+    """A provider answered a URL the scene already held (a duplicate): it is in its scene, so
+    when the app later removes it on purpose, no rerun puts it back."""
+    with LoopbackProvider(faults=lambda n: "repeat") as api:
+        # The app itself put the URL there; the provider answers it again.
+        document = incident_document(1)
+        document["scenes"][0]["imageUrls"] = [f"{api.image_base}img/same.png"]
+        rows.put("p1", document)
+        env = {"IMGSAVE_BASE_URL": api.base_url}
+        assert cli("generate", "p1", "-k", "2", "--allow-http", env=env).code == 1  # duplicate
+        doc = rows.doc("p1")
+        doc["scenes"][0]["imageUrls"] = []  # the app removes it
+        rows.put("p1", doc)
+        rerun = cli("generate", "p1", "-k", "1", "--json", "--allow-http", env=env)
+    assert rerun.json()["recovered"] == 0

@@ -57,17 +57,17 @@ async def test_b64_answers_land_in_s3_and_every_public_url_serves_the_exact_byte
     started = time.monotonic()
     with LoopbackProvider(answer="b64", image_bytes=1_000_000) as api:
         conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
-        result = await gen.run(conf, "p1", images_per_scene=4, concurrency=32)
+        result = await gen.run(conf, "p1", images_per_scene=2, concurrency=32)
         sent = list(api.sent)
     elapsed = time.monotonic() - started
-    assert (result.requested, result.saved, result.failed) == (80, 80, 0), result.tally.errors
+    assert (result.requested, result.saved, result.failed) == (40, 40, 0), result.tally.errors
     urls = saved_urls(rows)
-    assert len(urls) == len(set(urls)) == 80
+    assert len(urls) == len(set(urls)) == 40
     assert all(url.startswith(f"{s3.public_url}/scenes/p1/scene-") for url in urls)
     assert served(urls) == Counter(sent), "every image the provider sent is stored, once"
     assert content_type(urls[0]) == "image/png"
-    assert result.tally.usage["output_tokens"] == 80 * 1056
-    print(f"80 x 1 MB b64 images through S3 in {elapsed:.1f} s")
+    assert result.tally.usage["output_tokens"] == 40 * 1056
+    print(f"40 x 1 MB b64 images through S3 in {elapsed:.1f} s")
 
 
 async def test_url_answers_are_downloaded_before_they_expire_and_dead_links_fail(

@@ -253,7 +253,12 @@ class Rehosting:
                     except (NotKept, ImgsaveError) as exc:
                         self._result.errors.append(f"project {project}: {ref}: {exc}")
                         continue
-                    self._result.added += outcome is Outcome.ADDED
+                    if outcome is Outcome.ADDED:
+                        self._result.added += 1
+                        self._log.write(
+                            "image.saved", project=project, scene=ref.index, scene_id=ref.id,
+                            url=image.url,
+                        )  # fmt: skip
         self._extras.clear()
 
     async def run(self, links: list[Link], source: Callable[[Link], Awaitable[Received]]) -> None:

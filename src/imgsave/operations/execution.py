@@ -246,11 +246,13 @@ class Execution:
             self._failed(scene.ref, "the scene no longer exists; URL not saved", url)
         elif outcome is Outcome.PRESENT:
             self.tally.duplicates += 1
+            # `in_scene`: nothing to recover (recovery.py), whoever put it there.
             self._failed(
                 scene.ref,
                 "the image API answered with a URL the scene already holds",
                 url,
                 count=False,
+                in_scene=True,
             )
         else:
             self.tally.saved += 1
@@ -389,13 +391,19 @@ class Execution:
         )
 
     def _failed(
-        self, ref: SceneRef, message: str, url: str | None = None, *, count: bool = True
+        self,
+        ref: SceneRef,
+        message: str,
+        url: str | None = None,
+        *,
+        count: bool = True,
+        **fields: Any,
     ) -> None:
         if count:
             self.tally.failed += 1
         text = f"project {self._project}: scene {ref.index}: {message}"
         self.tally.errors.append(text)
-        self._write("image.failed", ref, url=url, error=message)
+        self._write("image.failed", ref, url=url, error=message, **fields)
         if self._reporter:
             # One failing transaction fails every URL in it: say each distinct reason once.
             if message not in self._announced:

@@ -65,8 +65,6 @@ class AuditReport:
     present: int = field(default=0, metadata=NOT_IN_JSON)
     # Paid images whose bytes wait in the spool for a store (`imgsave repair` uploads them).
     spooled: int = field(default=0, metadata=NOT_IN_JSON)
-    # audit --store: objects in the store that no log mentions and no document holds.
-    unlogged_objects: int = field(default=0, metadata=NOT_IN_JSON)
     unchecked: int = field(default=0, metadata=NOT_IN_JSON)
     # audit --journal: how many journal rows were read (None: the journal was not asked for).
     journal_rows: int | None = field(default=None, metadata=NOT_IN_JSON)
@@ -228,7 +226,6 @@ async def _store_objects(
                 report.orphaned.append(finding)
             else:
                 report.lost.append(finding)
-                report.unlogged_objects += 1
 
 
 async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:

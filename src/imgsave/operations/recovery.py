@@ -25,7 +25,13 @@ from imgsave.core.url_rule import url_problem
 # The events that say a logged URL reached its scene (or was deliberately superseded).
 _DONE = frozenset({"image.saved", "image.repaired", "image.rehosted"})
 # Only lines naming one of these are parsed at all: a month of logs is read on every run.
-_NEEDLES = (b'"image.generated"', b'"image.saved"', b'"image.repaired"', b'"image.rehosted"')
+_NEEDLES = (
+    b'"image.generated"',
+    b'"image.saved"',
+    b'"image.repaired"',
+    b'"image.rehosted"',
+    b'"in_scene"',
+)
 
 SceneKey = tuple[int, str | None]
 
@@ -67,8 +73,10 @@ def unsaved_in_log(
                     done.update(u for u in replaces if isinstance(u, str))
                 if not isinstance(url, str):
                     continue
-                if event in _DONE:
+                if event in _DONE or record.get("in_scene") is True:
                     done.add(url)
+                    continue
+                if event != "image.generated":
                     continue
                 project, scene = record.get("project"), record.get("scene")
                 scene_id = record.get("scene_id")

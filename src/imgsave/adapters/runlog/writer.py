@@ -62,10 +62,6 @@ class RunLog:
         self._synced = 0
         self._syncing: asyncio.Task[None] | None = None
 
-    @property
-    def created(self) -> bool:
-        return self._fd is not None or self.path.exists()
-
     def _open(self) -> int:
         if self._fd is None:
             try:
