@@ -185,7 +185,7 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(cli, rows,
 def test_a_long_run_extends_its_claims_and_releases_them_at_the_end(cli, rows, db_url, tmp_path):
     rows.put("p1", incident_document(30))
     config = tmp_path / "imgsave.toml"
-    config.write_text(config.read_text() + "[claims]\nexpiry = 1\n")
+    config.write_text(config.read_text() + "[claims]\nexpiry = 2\n")
     seen: list[float] = []
     done = threading.Event()
 
@@ -211,8 +211,8 @@ def test_a_long_run_extends_its_claims_and_releases_them_at_the_end(cli, rows, d
         done.set()
         watcher.join()
     assert ran.code == 0, ran.stderr
-    assert ran.json()["saved"] == 30, "2.3 s of work on claims that expire after 1 s"
-    assert max(seen) - min(seen) > 1.0, "the expiry was pushed back while the run worked"
+    assert ran.json()["saved"] == 30, "2.3 s of work on claims that expire after 2 s"
+    assert max(seen) - min(seen) > 0.5, "the expiry was pushed back while the run worked"
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM imgsave_claims").fetchone() == (0,)
 
