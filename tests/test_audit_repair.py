@@ -76,6 +76,7 @@ async def test_incident_audit_finds_exactly_the_lost_and_repair_restores_them(cl
         "unreferenced": 0,
         "expired": 0,
         "spooled": 0,
+        "uncollected": 0,
         "lines_skipped": 0,
     }
     assert all(

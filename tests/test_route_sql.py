@@ -65,7 +65,8 @@ def test_sql_prints_a_migration_that_psql_can_apply_twice_and_uninstall_removes_
     printed = cli("sql", "--journal")
     assert printed.code == 0, printed.stderr
     assert printed.stdout.startswith(
-        '-- imgsave: the append function, the claims table and the journal for "public"."projects" '
+        "-- imgsave: the append function, the claims and batches tables and the journal for "
+        '"public"."projects" '
         '("id" text, "generated_output" jsonb).\n'
     )
     assert "SECURITY INVOKER" in printed.stdout and "SECURITY DEFINER" in printed.stdout
@@ -89,6 +90,8 @@ def test_sql_prints_a_migration_that_psql_can_apply_twice_and_uninstall_removes_
         "relation imgsave_claims",
         "relation imgsave_claims_pkey",
         "relation imgsave_claims_run",
+        "relation imgsave_batches",
+        "relation imgsave_batches_pkey",
     }
     # Without --journal, uninstall leaves the journal (and the trigger the app writes through).
     removed = cli("sql", "--uninstall", "--apply")
@@ -617,7 +620,7 @@ def test_uninstall_drops_exactly_the_functions_install_made():
     script = uninstall(table(), Options())
     assert "imgsave_journal" not in script
     assert "imgsave_claims" in script
-    assert uninstall(table(), Options(journal=True)).count("DROP") == 10
+    assert uninstall(table(), Options(journal=True)).count("DROP") == 11
 
 
 def test_documents_are_written_back_in_the_form_they_were_found(fn, rows):

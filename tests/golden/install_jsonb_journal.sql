@@ -1,4 +1,4 @@
--- imgsave: the append function, the claims table and the journal for "public"."projects" ("id" text, "generated_output" jsonb).
+-- imgsave: the append function, the claims and batches tables and the journal for "public"."projects" ("id" text, "generated_output" jsonb).
 -- Run it in one transaction: a migration, or psql --single-transaction -f FILE.
 -- Safe to run again; `imgsave sql --uninstall` prints what removes it.
 
@@ -242,6 +242,30 @@ BEGIN
   FOREACH r IN ARRAY ARRAY['anon', 'authenticated', 'service_role']::text[] LOOP
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
       EXECUTE format('REVOKE ALL ON "public"."imgsave_claims" FROM %I', r);
+    END IF;
+  END LOOP;
+END
+$imgsave$;
+
+CREATE TABLE IF NOT EXISTS "public"."imgsave_batches" (
+  batch_id text PRIMARY KEY,
+  -- When a run took the batch's images into their scenes (or found its output gone): any
+  -- host's later run skips it, so an image the app removed since is never put back.
+  collected_at timestamptz NOT NULL DEFAULT now(),
+  saved integer NOT NULL DEFAULT 0,
+  failed integer NOT NULL DEFAULT 0,
+  lost integer NOT NULL DEFAULT 0
+);
+-- Kept from the app's API roles; for imgsave running as another role than the owner:
+-- GRANT SELECT, INSERT, UPDATE ON "public"."imgsave_batches" TO that role.
+REVOKE ALL ON "public"."imgsave_batches" FROM PUBLIC;
+DO $imgsave$
+DECLARE
+  r text;
+BEGIN
+  FOREACH r IN ARRAY ARRAY['anon', 'authenticated', 'service_role']::text[] LOOP
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+      EXECUTE format('REVOKE ALL ON "public"."imgsave_batches" FROM %I', r);
     END IF;
   END LOOP;
 END

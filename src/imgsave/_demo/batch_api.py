@@ -35,6 +35,7 @@ class BatchEmulation:
         seconds: float = 0.0,
         faults: Callable[[str], str | None] | None = None,
         expire: bool = False,
+        create_delay: float = 0.0,
         clock: Callable[[], float] = time.time,
     ):
         """`image()` answers one image request's body (`{"data": [...], "usage": ...}`)."""
@@ -43,6 +44,9 @@ class BatchEmulation:
         self.seconds = seconds
         self.faults = faults or (lambda _: None)
         self.expire = expire
+        # Seconds a create waits before it answers, the batch already made: the window in
+        # which a client that dies has paid for a batch it never heard of.
+        self.create_delay = create_delay
         self._clock = clock
         self._lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
@@ -82,6 +86,11 @@ class BatchEmulation:
                 if batch is None:
                     return _error(404, f"No batch found with id '{parts[1]}'.", "invalid_request")
                 return 200, _dump(self._advance(batch)), JSON
+        if len(parts) == 2 and parts[0] == "files":
+            file = self.files.get(parts[1])
+            if file is None:
+                return _error(404, f"No such File object: {parts[1]}", "invalid_request_error")
+            return 200, json.dumps(file).encode(), JSON
         if len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
             content = self.contents.get(parts[1])
             if content is None:
@@ -177,7 +186,10 @@ class BatchEmulation:
             self.batches[batch["id"]] = batch
             self._order.append(batch["id"])
             self.created += 1
-            return 200, _dump(self._advance(batch)), JSON
+            answer = _dump(self._advance(batch))
+        if self.create_delay:
+            time.sleep(self.create_delay)
+        return 200, answer, JSON
 
     def _cancel(self, batch_id: str) -> Reply:
         with self._lock:

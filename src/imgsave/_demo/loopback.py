@@ -76,6 +76,7 @@ class LoopbackProvider:
         batch_seconds: float = 0.0,
         batch_faults: Callable[[str], str | None] | None = None,
         batch_expire: bool = False,
+        batch_create_delay: float = 0.0,
     ):
         """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
         as every current OpenAI GPT image model does). Images are distinct PNGs of
@@ -127,6 +128,7 @@ class LoopbackProvider:
             seconds=batch_seconds,
             faults=batch_faults,
             expire=batch_expire,
+            create_delay=batch_create_delay,
         )
         self._server = _Server(("127.0.0.1", 0), self._handler())
         # shutdown() waits for the serving loop's next poll: 20 ms, not the default half second

@@ -24,7 +24,7 @@ from imgsave.cli.options import (
     log_source_options,
     shared_options,
 )
-from imgsave.errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError
+from imgsave.errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -123,6 +123,27 @@ def generate(
             "--force", metavar="", help="Generate even for scenes that hold enough images."
         ),
     ] = False,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            metavar="",
+            help="Through the provider's Batch API, half price: collect every finished batch, "
+            "then submit what is still missing. Also [provider] batch = true.",
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", min=1, max=50_000, metavar="N", help="Images per batch (--batch)."
+        ),
+    ] = 500,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", metavar="", help="With --batch: stay until what was submitted is collected."
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -141,6 +162,7 @@ def generate(
     Example:
       imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
       imgsave generate --all -k 2 --concurrency 32 --rate 600/min --max-images 5000
+      imgsave generate --all -k 2 --batch --json
     """
 
     async def work(settings: Settings) -> _Result:
@@ -150,10 +172,23 @@ def generate(
         from imgsave.terminal.progress import ProgressReporter
 
         selection = parse_scene_selection(scenes) if scenes else None
+        named = projects or []
+        if batch or settings.provider.batch:
+            return await gen.run_batch(
+                settings,
+                named[0] if len(named) == 1 and not all_projects else named,
+                all_projects=all_projects,
+                images_per_scene=images_per_scene,
+                selection=selection,
+                force=force,
+                batch_size=batch_size,
+                wait=wait,
+            )
+        if wait:
+            raise UsageError("--wait goes with --batch")
         if rate is not None:
             parse_rate(rate)
             settings = replace(settings, provider=replace(settings.provider, rate=rate))
-        named = projects or []
         return await gen.run(
             settings,
             named[0] if len(named) == 1 and not all_projects else named,
@@ -409,6 +444,57 @@ def journal_prune(
 
         window = parse_duration(older_than, "--older-than")
         return await run_journal_prune(settings, window, label=older_than, execute=execute)
+
+    _execute(work, common)
+
+
+batches_app = typer.Typer(
+    help="This database's batches at the image API (generate --batch).",
+    invoke_without_command=True,
+    rich_markup_mode=None,
+)
+app.add_typer(batches_app, name="batches")
+
+
+@batches_app.callback(epilog=EXIT_CODES)
+@shared_options("quiet", "json_output", "database_url", "config", "verbose")
+def batches(common: Common, ctx: typer.Context) -> None:
+    """List this database's batches, from any host: status, counts, whether a run collected
+    them. Exit 1 while a finished batch is uncollected (its images are paid for, not saved).
+
+    \b
+    Example:
+      imgsave batches --json
+      imgsave batches cancel batch_abc123
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.batches import run_batches
+
+        return await run_batches(settings)
+
+    _execute(work, common)
+
+
+@batches_app.command(name="cancel", epilog=EXIT_CODES)
+@shared_options("quiet", "json_output", "database_url", "config", "verbose")
+def batches_cancel(
+    common: Common,
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="The batch to cancel.")],
+) -> None:
+    """Cancel one of this database's batches; what finished is still collected.
+
+    \b
+    Example:
+      imgsave batches cancel batch_abc123
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.batches import run_cancel
+
+        return await run_cancel(settings, batch_id)
 
     _execute(work, common)
 

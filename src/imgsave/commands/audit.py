@@ -10,6 +10,7 @@ from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.adapters.storage.object_store import Store
 from imgsave.core.settings import Settings
+from imgsave.operations.batches import finished_and_uncollected
 from imgsave.operations.lost_images import AuditReport, audit
 from imgsave.terminal import audit_view
 
@@ -51,4 +52,5 @@ async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) ->
             store=store,
             allow_private_network=settings.allow_private_network,
         )
+        report.uncollected = await finished_and_uncollected(settings, db)
     return AuditResult(report)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgsave.adapters.imageapi.client import Provider, add_usage
+from imgsave.adapters.imageapi.batches import BatchClient
+from imgsave.adapters.imageapi.client import Provider, add_usage, request_body
 from imgsave.adapters.imageapi.pace import PaceReport
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog, new_run_id
@@ -30,6 +31,7 @@ from imgsave.errors import (
     ImgsaveError,
     UsageError,
 )
+from imgsave.operations.batches import Batches, BatchTally
 from imgsave.operations.claims import Claims
 from imgsave.operations.execution import Reporter, Tally
 from imgsave.operations.intake import Intake, opened_intake
@@ -422,3 +424,132 @@ async def generate(
             result=lambda name: GenerateResult(project=name, run=log.run_id),
         )
         return await _one(scheduler, project, lambda: None)
+
+
+# -- --batch: the provider's Batch API ------------------------------------------------------
+
+BATCH_POLL = 10.0
+
+
+@dataclass
+class BatchRunResult:
+    """A `generate --batch` run: what it collected, what it submitted, what is still running.
+    `skipped_scenes` and `held_scenes` are counts here, as in a run over several projects."""
+
+    run: str
+    project: str | None
+    tally: BatchTally = field(default_factory=BatchTally, metadata=NOT_IN_JSON)
+
+    @property
+    def exit_code(self) -> int:
+        t = self.tally
+        return EXIT_FINDINGS if t.failed or t.lost or t.uncollected or t.spooled else 0
+
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def to_json(self) -> dict[str, object]:
+        t = self.tally
+        return {
+            "project": self.project,
+            "run": self.run,
+            "batch": True,
+            "requested": t.requested,
+            "saved": t.saved,
+            "failed": t.failed,
+            "skipped_scenes": t.skipped_scenes,
+            "held_scenes": t.held_scenes,
+            "received": t.received,
+            "spooled": t.spooled,
+            "lost": t.lost,
+            "in_batches": t.in_batches,
+            "batches": {"submitted": t.submitted, "collected": t.collected, "pending": t.pending},
+            "refusals": dict(t.refusals),
+            "usage": t.usage,
+            "possibly_billed_retries": 0,
+            "errors": t.errors,
+        }
+
+    def render(self, console: Console) -> None:
+        t = self.tally
+        parts = [
+            f"generate --batch: {len(t.submitted)} batches submitted ({t.in_batches} images), "
+            f"{len(t.collected)} collected ({t.saved} images saved)"
+        ]
+        if t.pending:
+            parts.append(f"{len(t.pending)} still running")
+        if t.failed:
+            parts.append(f"{t.failed} failed")
+        if t.refusals:
+            parts.append(", ".join(f"{n} {why}" for why, n in t.refusals.items()))
+        if t.lost:
+            parts.append(f"{t.lost} paid for and lost (output expired)")
+        if t.held_scenes:
+            parts.append(f"{t.held_scenes} scenes held by other runs")
+        if t.usage.get("total_tokens"):
+            parts.append(f"{t.usage['total_tokens']:,} tokens")
+        for line in t.errors:
+            console.print(shown(line), style="yellow")
+        console.print(shown(", ".join(parts) + f" (run {self.run})"))
+
+
+async def run_batch(
+    settings: Settings,
+    projects: str | Sequence[str] = (),
+    *,
+    all_projects: bool = False,
+    images_per_scene: int,
+    selection: SceneSelection | None = None,
+    force: bool = False,
+    batch_size: int = 500,
+    wait: bool = False,
+    poll: float = BATCH_POLL,
+) -> BatchRunResult:
+    """Collect every finished batch of this database, then submit what is still missing and
+    not already in a batch; with `wait`, stay until what was submitted is collected."""
+    names = [projects] if isinstance(projects, str) else list(dict.fromkeys(projects))
+    if bool(names) == all_projects:
+        raise UsageError("name the projects to generate for, or give --all (not both)")
+    if not settings.base_url:
+        raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
+    store = Store.from_settings(settings)
+    log_dir = settings.resolved_log_dir()
+    async with (
+        await Database.from_settings(settings) as db,
+        opened_intake(settings, store, log_dir) as intake,
+        BatchClient(
+            settings.base_url, settings.api_key, timeout=settings.provider.timeout
+        ) as client,
+    ):
+        if store is not None:
+            await store.probe()  # before anything is spent
+        names = list(dict.fromkeys(db.normalise_key(name) or name for name in names))
+        with RunLog(log_dir) as log:
+            result = BatchRunResult(log.run_id, names[0] if len(names) == 1 else None)
+            batches = Batches(
+                db=db,
+                client=client,
+                intake=intake,
+                log=log,
+                shape=settings.shape,
+                request=lambda prompt: request_body(prompt, settings.model, settings.provider),
+                allow_http=settings.allow_http,
+            )
+            tally = result.tally
+            await batches.collect(tally)
+            if all_projects:
+                source = db.project_keys() if force else db.projects_short_of(images_per_scene)
+                names = [name async for chunk in source for name in chunk]
+            await batches.submit(
+                names,
+                tally,
+                images_per_scene=images_per_scene,
+                selection=selection,
+                force=force,
+                batch_size=batch_size,
+            )
+            if wait:
+                await batches.wait(tally, poll=poll)
+            else:
+                tally.pending += [b for b in tally.submitted if b not in tally.pending]
+    return result

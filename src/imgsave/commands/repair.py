@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from imgsave.adapters.imageapi.client import Provider, Received, add_usage
+from imgsave.adapters.imageapi.batches import BatchClient
+from imgsave.adapters.imageapi.client import Provider, Received, add_usage, request_body
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.host_lock import exclusive
 from imgsave.adapters.runlog.reader import LogQuery
@@ -24,6 +25,7 @@ from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name, plain
 from imgsave.core.scene_plan import Job, Plan
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, LogUnwritable
+from imgsave.operations.batches import Batches, BatchTally, finished_and_uncollected
 from imgsave.operations.execution import Execution, Reporter, record_generated
 from imgsave.operations.intake import Intake, Kept, NotKept, opened_intake
 from imgsave.operations.lost_images import AuditReport, Finding, audit
@@ -42,6 +44,8 @@ class RepairResult:
     repaired: int = 0
     # Spooled images put in the store and saved.
     uploaded: int = 0
+    # Images of finished batches no run had collected, saved now.
+    collected: int = 0
     regenerated: int = 0
     remaining: int = 0
     errors: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
@@ -208,9 +212,11 @@ async def run_repair(
                 store=store,
                 allow_private_network=settings.allow_private_network,
             )
+            report.uncollected = await finished_and_uncollected(settings, db)
             result = RepairResult(report, executed=execute)
             work = (
-                report.lost
+                report.uncollected
+                or report.lost
                 or (report.spooled and store)
                 or (provider and (report.expired or report.empty_scenes))
             )
@@ -224,7 +230,7 @@ async def run_repair(
                         db, provider, intake, log, settings, result, concurrency, reporter
                     )
             elif execute:
-                result.remaining = remaining(report, {}, {}) + report.spooled
+                result.remaining = remaining(report, {}, {}) + report.spooled + report.uncollected
             return result
 
 
@@ -254,6 +260,8 @@ async def _repair(
         return
     restored, result.errors = await restore(db, report, log, settings.shape)
     result.uploaded, spool_done = await _upload_spooled(db, intake, log, settings, result)
+    if report.uncollected:
+        await _collect_batches(db, intake, log, settings, result)
     regenerated: dict[tuple[str, int], int] = {}
     if provider is not None:
         stop = StopSignal()
@@ -264,9 +272,11 @@ async def _repair(
             )  # fmt: skip
     result.repaired = sum(restored.values())
     result.regenerated = sum(regenerated.values())
-    result.remaining = remaining(
-        report, restored, regenerated, empty_scenes=provider is not None
-    ) + (report.spooled - spool_done)
+    result.remaining = (
+        remaining(report, restored, regenerated, empty_scenes=provider is not None)
+        + (report.spooled - spool_done)
+        + max(0, report.uncollected - result.collected)
+    )
     with contextlib.suppress(LogUnwritable):  # already reported by the write that failed first
         log.write(
             "run.finished",
@@ -276,6 +286,24 @@ async def _repair(
             remaining=result.remaining,
             stopped=result.fatal,
         )
+
+
+async def _collect_batches(
+    db: Database, intake: Intake, log: RunLog, settings: Settings, result: RepairResult
+) -> None:
+    """What finished batches hold and no run took in: collected as generate --batch would."""
+    if not settings.base_url:  # pragma: no cover - uncollected is only counted with an API
+        return
+    tally = BatchTally()
+    async with BatchClient(settings.base_url, settings.api_key) as client:
+        batches = Batches(
+            db=db, client=client, intake=intake, log=log, shape=settings.shape,
+            request=lambda prompt: request_body(prompt, settings.model, settings.provider),
+            allow_http=settings.allow_http,
+        )  # fmt: skip
+        await batches.collect(tally)
+    result.collected = tally.saved
+    result.errors += tally.errors
 
 
 async def _upload_spooled(

@@ -9,6 +9,7 @@ instead of a response. Lines are matched to requests by `custom_id`, never by po
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -70,3 +71,51 @@ def parse_result(raw: bytes | str) -> BatchResult:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+# A request's custom_id names its project, scene and slot, readable by any host that collects
+# the batch: nothing about a batch may live only in one host's log.
+CUSTOM_ID_PREFIX = "ims1."
+# Longer ids are refused rather than risked against a provider's limit.
+MAX_CUSTOM_ID = 512
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One image a batch asks for: the `slot`-th new image of a scene."""
+
+    project: str
+    scene: int
+    scene_id: str | None
+    slot: int
+
+
+def custom_id(slot: Slot) -> str | None:
+    """The request's custom_id, or None when the project key or scene id is too long for one."""
+    text = json.dumps(
+        [slot.project, slot.scene, slot.scene_id, slot.slot],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    encoded = CUSTOM_ID_PREFIX + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return encoded if len(encoded) <= MAX_CUSTOM_ID else None
+
+
+def slot_of(custom_id: str) -> Slot | None:
+    """custom_id undone; None for an id imgsave did not write."""
+    if not custom_id.startswith(CUSTOM_ID_PREFIX):
+        return None
+    body = custom_id[len(CUSTOM_ID_PREFIX) :]
+    try:
+        text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        project, scene, scene_id, slot = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if (
+        not isinstance(project, str)
+        or not isinstance(scene, int)
+        or not isinstance(scene_id, str | None)
+        or not isinstance(slot, int)
+    ):
+        return None
+    return Slot(project, scene, scene_id, slot)

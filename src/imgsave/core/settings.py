@@ -42,6 +42,8 @@ class ProviderSettings:
     # Requests started per minute across the whole run (`--rate`): "600/min", "10/s"; unset:
     # as fast as --concurrency allows, slowing down only when the provider answers 429.
     rate: str | None = None
+    # Generate through the provider's Batch API (half price; `generate --batch`).
+    batch: bool = False
     # [provider.params]: passed through in every request (quality, output_format, background,
     # moderation, ...).
     params: dict[str, str | int | float | bool] = field(default_factory=dict)

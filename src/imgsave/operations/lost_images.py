@@ -71,6 +71,8 @@ class AuditReport:
     # Projects that could not be audited (not found when named, unreadable document): each is
     # that project's error; every other project is still audited.
     errors: list[str] = field(default_factory=list)
+    # Images of finished batches no run collected (generate --batch): paid for, not saved.
+    uncollected: int = field(default=0, metadata=NOT_IN_JSON)
     # Logged URLs absent from their scene whose partner (log_history.SceneHistory) is there.
     represented: set[str] = field(default_factory=set, metadata=NOT_IN_JSON)
     # The time of the oldest log record or journal row read (epoch seconds), if any.
@@ -82,7 +84,8 @@ class AuditReport:
     def exit_code(self) -> int:
         if self.errors:
             return EXIT_CANNOT_WORK
-        return EXIT_FINDINGS if self.lost or self.expired or self.spooled else EXIT_OK
+        missing = self.lost or self.expired or self.spooled or self.uncollected
+        return EXIT_FINDINGS if missing else EXIT_OK
 
     def stderr_lines(self) -> list[str]:
         return []
@@ -96,6 +99,7 @@ class AuditReport:
             "expired": len(self.expired),
             "unreferenced": len(self.unreferenced),
             "spooled": self.spooled,
+            "uncollected": self.uncollected,
             "lines_skipped": self.stats.lines_skipped,
         } | ({} if self.journal_rows is None else {"journal_rows": self.journal_rows})
 

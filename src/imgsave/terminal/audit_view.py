@@ -95,6 +95,11 @@ def summary_line(report: AuditReport, prefix: str = "audit") -> str:
         text += f"; {report.unchecked} lost URLs could not be checked"
     if report.spooled:
         text += f"; {report.spooled} paid images wait in the spool (repair uploads them)"
+    if report.uncollected:
+        text += (
+            f"; {report.uncollected} images of finished batches were never collected "
+            "(repair --execute collects them)"
+        )
     if report.unreferenced:
         text += (
             f"; {len(report.unreferenced)} objects in the store are not provably imgsave's "

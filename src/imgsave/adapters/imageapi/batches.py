@@ -137,6 +137,13 @@ class BatchClient:
         answer = await self._send(f"read batch {batch_id}", "GET", f"/batches/{batch_id}")
         return BatchInfo.from_json(answer.json())
 
+    async def file_expires_at(self, file_id: str) -> int | None:
+        """When the provider deletes the file (its output, with every image in it)."""
+        answer = await self._send(f"read file {file_id}", "GET", f"/files/{file_id}")
+        payload = answer.json()
+        value = payload.get("expires_at") if isinstance(payload, dict) else None
+        return value if isinstance(value, int) else None
+
     async def cancel(self, batch_id: str) -> BatchInfo:
         answer = await self._send(
             f"cancel batch {batch_id}", "POST", f"/batches/{batch_id}/cancel", retry=True

@@ -266,14 +266,7 @@ class Provider:
             raise
 
     async def _attempt(self, prompt: str) -> Answer:
-        body: dict[str, object] = {
-            "prompt": prompt,
-            "n": 1,
-            "size": self._settings.size,
-            **self._settings.params,
-        }
-        if self._model:
-            body["model"] = self._model
+        body = request_body(prompt, self._model, self._settings)
         if self.pace:
             await self.pace.wait()
         if not self._sending:
@@ -358,27 +351,7 @@ class Provider:
         items = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
             raise _Retryable("the answer holds no data[] with an image", billed=True)
-        answer = Answer([], usage=_usage(payload.get("usage")))
-        refused = 0
-        for n, item in enumerate(items):
-            entry: dict[str, Any] = item if isinstance(item, dict) else {}
-            url = entry.get("url")
-            if not isinstance(url, str):
-                url = None
-            elif problem := url_problem(url, allow_http=self._allow_http):
-                answer.problems.append(
-                    f"image API answered with a URL imgsave will not save ({problem}): "
-                    f"{shorten(url)!r}"
-                )
-                refused += 1
-                url = None
-            if n in decoded:
-                data, ok = decoded[n]
-                answer.images.append(Received(data=data, url=url, undecodable=not ok))
-            elif url is not None:
-                answer.images.append(Received(url=url))
-            elif not isinstance(entry.get("url"), str):
-                answer.problems.append(f"data[{n}] holds neither b64_json nor url")
+        answer, refused = images_of(payload, decoded, allow_http=self._allow_http)
         if not answer.images:
             if refused:  # the provider's answer, not a fault: asking again would pay again
                 raise ImageFailed("; ".join(answer.problems))
@@ -386,11 +359,54 @@ class Provider:
         return answer
 
 
+def request_body(prompt: str, model: str | None, settings: ProviderSettings) -> dict[str, Any]:
+    """One image request's body, for `POST /images/generations` and a batch's lines alike."""
+    body: dict[str, Any] = {"prompt": prompt, "n": 1, "size": settings.size, **settings.params}
+    if model:
+        body["model"] = model
+    return body
+
+
+def images_of(
+    payload: Any, decoded: dict[int, tuple[bytes, bool]], *, allow_http: bool
+) -> tuple[Answer, int]:
+    """The images an answer's JSON carries (`decoded`: its data[n].b64_json, decoded), with a
+    line for each entry that held none; and how many URLs the URL rule refused. A synchronous
+    answer and a batch's output line are read alike."""
+    items = payload.get("data") if isinstance(payload, dict) else None
+    answer = Answer([], usage=_usage(payload.get("usage") if isinstance(payload, dict) else None))
+    refused = 0
+    for n, item in enumerate(items if isinstance(items, list) else ()):
+        entry: dict[str, Any] = item if isinstance(item, dict) else {}
+        url = entry.get("url")
+        if not isinstance(url, str):
+            url = None
+        elif problem := url_problem(url, allow_http=allow_http):
+            answer.problems.append(
+                f"image API answered with a URL imgsave will not save ({problem}): {shorten(url)!r}"
+            )
+            refused += 1
+            url = None
+        if n in decoded:
+            data, ok = decoded[n]
+            answer.images.append(Received(data=data, url=url, undecodable=not ok))
+        elif url is not None:
+            answer.images.append(Received(url=url))
+        elif not isinstance(entry.get("url"), str):
+            answer.problems.append(f"data[{n}] holds neither b64_json nor url")
+    return answer, refused
+
+
 def _parsed(content: bytes) -> tuple[Any, dict[int, tuple[bytes, bool]]]:
-    """The answer's JSON, and each data[n].b64_json decoded: (bytes, True), or (the text as
-    sent, False) where no decoding reads it. The base64 text is dropped from the payload as
-    soon as it is decoded: megabytes each."""
+    """The answer's JSON, and each data[n].b64_json decoded (see decoded_images)."""
     payload = json.loads(content)
+    return payload, decoded_images(payload)
+
+
+def decoded_images(payload: Any) -> dict[int, tuple[bytes, bool]]:
+    """Each data[n].b64_json decoded: (bytes, True), or (the text as sent, False) where no
+    decoding reads it. The base64 text is dropped from the payload as soon as it is decoded:
+    megabytes each."""
     decoded: dict[int, tuple[bytes, bool]] = {}
     items = payload.get("data") if isinstance(payload, dict) else None
     for n, item in enumerate(items if isinstance(items, list) else ()):
@@ -399,7 +415,7 @@ def _parsed(content: bytes) -> tuple[Any, dict[int, tuple[bytes, bool]]]:
             data = decode_base64(text)
             decoded[n] = (data, True) if data is not None else (text.encode("utf-8"), False)
             item["b64_json"] = None
-    return payload, decoded
+    return decoded
 
 
 def add_usage(total: dict[str, int], usage: dict[str, int]) -> None:

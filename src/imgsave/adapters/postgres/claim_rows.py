@@ -128,3 +128,14 @@ class ClaimRows:
             ),
             (run, project, project),
         )
+
+    async def release_scenes(self, run: str, project: str, scenes: Sequence[str]) -> None:
+        """Drop `run`'s claims on these scenes of `project` (a batch's, once collected)."""
+
+        await self._db._run(
+            f"release the claims of project {project}",
+            sql.SQL(
+                "DELETE FROM {c} WHERE run = %s AND project = %s AND scene = ANY(%s::text[])"
+            ).format(c=self._db._sql.claims),
+            (run, project, list(scenes)),
+        )

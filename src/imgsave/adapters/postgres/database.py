@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -30,7 +31,7 @@ from tenacity import (
 )
 
 from imgsave.adapters.postgres import embedded
-from imgsave.adapters.postgres.install import CLAIMS, JOURNAL, Table
+from imgsave.adapters.postgres.install import BATCHES, CLAIMS, JOURNAL, Table
 from imgsave.core.documents import Shape
 from imgsave.core.redaction import database_url_problem, mask_url, redact, url_secrets
 from imgsave.core.settings import DatabaseSettings, Names, Settings
@@ -97,6 +98,10 @@ class _Statements:
     table: Table
     journal: sql.Identifier
     claims: sql.Identifier
+    batches: sql.Identifier
+    # Who this database is, for a batch's metadata: host, port, database and table, never a
+    # secret (operations/batches.py finds this database's batches by it, from any host).
+    fingerprint: str
     # Keys of projects with a scene short of K images (jsonb documents; None: every key).
     short_first: sql.Composed | None
     short_after: sql.Composed | None
@@ -363,6 +368,11 @@ class Database:
         return rows
 
     @property
+    def fingerprint(self) -> str:
+        """This database's table, as a batch's metadata names it (_fingerprint)."""
+        return self._sql.fingerprint
+
+    @property
     def table(self) -> Table:
         """The app's table as the catalog describes it (what `imgsave sql` writes SQL for)."""
         return self._sql.table
@@ -533,6 +543,21 @@ async def _create_table(conn: psycopg.AsyncConnection, names: Names) -> None:
     )
 
 
+async def _fingerprint(conn: psycopg.AsyncConnection[Any], table: str) -> str:
+    """This database's table, named the same from every host and every route to it (direct,
+    or through a pooler on another port): the cluster's system identifier, the database's name
+    and the table's. A role that may not read the identifier gets the server's address."""
+    try:
+        cur = await conn.execute(
+            "SELECT system_identifier::text || '/' || current_database() FROM pg_control_system()"
+        )
+        row = await cur.fetchone()
+        where = str(row[0]) if row else ""
+    except psycopg.errors.InsufficientPrivilege:
+        where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    return hashlib.sha256(f"{where}/{table}".encode()).hexdigest()[:16]
+
+
 async def _prepare(conn: psycopg.AsyncConnection, names: Names, shape: Shape) -> _Statements:
     """Look the table up once and compose every statement with its real column types."""
     table = _table(names)
@@ -558,6 +583,7 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names, shape: Shape) ->
             "imgsave reads jsonb, json or text"
         )
     key_type = columns[names.key_column]
+    fingerprint = await _fingerprint(conn, f"{found[0][3]}.{found[0][4]}")
     key, doc = sql.Identifier(names.key_column), sql.Identifier(names.document_column)
     value = sql.SQL("%s::{}").format(_CASTS[doc_type]) if doc_type in _CASTS else sql.SQL("%s")
     touch: sql.Composable = sql.SQL("")
@@ -609,6 +635,8 @@ async def _prepare(conn: psycopg.AsyncConnection, names: Names, shape: Shape) ->
         ),
         journal=sql.Identifier(found[0][3], JOURNAL),
         claims=sql.Identifier(found[0][3], CLAIMS),
+        batches=sql.Identifier(found[0][3], BATCHES),
+        fingerprint=fingerprint,
         **_short_statements(fmt, key_type, doc_type, shape),
     )
 

@@ -42,6 +42,7 @@ JOURNAL_RECORD = "imgsave_journal_record"
 JOURNAL_SCENES = "imgsave_journal_scenes"
 JOURNAL_PARSE = "imgsave_journal_parse"
 CLAIMS = "imgsave_claims"
+BATCHES = "imgsave_batches"
 # A transaction-local setting: what the append function's own UPDATE adds (see _append).
 APPENDED = "imgsave.appended"
 # On Supabase these are the API's roles: `authenticated` (a signed-in user, under row-level
@@ -92,6 +93,7 @@ def install(table: Table, shape: Shape, options: Options) -> str:
     parts.append(_append(table, shape, journaled=options.journal))
     parts.append(_privileges(table, options))
     parts.append(claims_table(table.schema))
+    parts.append(batches_table(table.schema))
     if options.journal:
         parts.append(_journal(table, shape))
     return "\n\n".join(parts) + "\n"
@@ -105,6 +107,7 @@ def uninstall(table: Table, options: Options) -> str:
         f"DROP FUNCTION IF EXISTS {_fn(table, SPLICE)}(text, integer, text[]);",
         f"DROP FUNCTION IF EXISTS {_fn(table, URL_PROBLEM)}(text);",
         f"DROP TABLE IF EXISTS {_fn(table, CLAIMS)};",
+        f"DROP TABLE IF EXISTS {_fn(table, BATCHES)};",
     ]
     if options.journal:
         statements += [
@@ -119,7 +122,9 @@ def uninstall(table: Table, options: Options) -> str:
 
 
 def _header(table: Table, options: Options) -> str:
-    what = "the append function, the claims table" + (" and the journal" if options.journal else "")
+    what = "the append function, the claims and batches tables" + (
+        " and the journal" if options.journal else ""
+    )
     # Names quoted even in a comment: a newline in one must not end the comment.
     return (
         f"-- imgsave: {what} for {_table(table)}"
@@ -347,6 +352,17 @@ def claims_table(schema: str) -> str:
         claims=claims,
         run_index=sql.Identifier(CLAIMS + "_run"),
         private=sql.SQL(_private(claims.as_string(None), rls=False)),
+    )
+
+
+def batches_table(schema: str) -> str:
+    """The batches whose images a run has collected (operations/batches.py), shared by every
+    host: the provider keeps a batch's output for weeks, and it must be taken in only once."""
+    batches = sql.Identifier(schema, BATCHES)
+    return _template(
+        "batches_table.sql",
+        batches=batches,
+        private=sql.SQL(_private(batches.as_string(None), rls=False)),
     )
 
 

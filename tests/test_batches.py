@@ -1,0 +1,257 @@
+"""generate --batch end to end: real PostgreSQL, the loopback provider's Batch API as a real
+HTTP server, a store; each run as cron would start it (a host of its own: its own log folder)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from imgsave._demo.incident import incident_document
+from imgsave._demo.loopback import LoopbackProvider
+
+from .test_many_projects import put_projects, scene_urls
+
+
+def host(api: LoopbackProvider, tmp_path: Path, name: str) -> dict[str, str]:
+    """The environment of one host: its own log folder; the shared store and provider."""
+    return {
+        "IMGSAVE_BASE_URL": api.base_url,
+        "IMGSAVE_LOG_DIR": str(tmp_path / name / "logs"),
+        "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+        "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+    }
+
+
+def stored(tmp_path: Path) -> Counter[str]:
+    """sha256 of every stored object, each checked to be its own key's hash."""
+    found: Counter[str] = Counter()
+    for path in (tmp_path / "store").rglob("*.png"):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert path.name == f"{digest}.png"
+        found[digest] += 1
+    return found
+
+
+def test_300_images_in_2_batches_submitted_by_one_host_are_collected_by_another(
+    cli, db_url, tmp_path: Path
+):
+    put_projects(db_url, 3, 50)
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        first = cli(
+            "generate", "--all", "-k", "2", "--batch", "--batch-size", "150", "--json",
+            "--allow-http", env=host(api, tmp_path, "a"),
+        )  # fmt: skip
+        out = first.json()
+        assert first.code == 0, first.stderr
+        assert (out["in_batches"], len(out["batches"]["submitted"])) == (300, 2)
+        assert out["saved"] == 0 and set(out["batches"]["pending"]) == set(
+            out["batches"]["submitted"]
+        )
+        assert api.requests == 0 and api.batches.created == 2
+        # The same run again, while the batches run: nothing is submitted twice.
+        again = cli("generate", "--all", "-k", "2", "--batch", "--json", "--allow-http",
+                    env=host(api, tmp_path, "a"))  # fmt: skip
+        assert again.code == 0 and again.json()["batches"]["submitted"] == [], again.stdout
+        assert again.json()["held_scenes"] == 150 and api.batches.created == 2
+
+        api.batches.seconds = 0  # they finish
+        collected = cli("generate", "--all", "-k", "2", "--batch", "--json", "--allow-http",
+                        env=host(api, tmp_path, "b"))  # fmt: skip
+        sent = list(api.sent)
+        # A third run, on either host: nothing left to collect, nothing to submit.
+        third = cli("generate", "--all", "-k", "2", "--batch", "--json", "--allow-http",
+                    env=host(api, tmp_path, "a"))  # fmt: skip
+        assert third.json()["batches"] == {"submitted": [], "collected": [], "pending": []}
+        assert api.batches.created == 2
+    result = collected.json()
+    assert collected.code == 0, collected.stderr
+    assert sorted(result["batches"]["collected"]) == sorted(out["batches"]["submitted"])
+    assert (result["saved"], result["batches"]["submitted"]) == (300, [])
+    assert result["usage"]["output_tokens"] == 300 * 1056
+    urls = scene_urls(db_url)
+    assert len(urls) == 150 and all(len(u) == 2 for u in urls.values()), "each image once"
+    assert stored(tmp_path) == Counter(sent), "every image paid for is in the store, once"
+    assert claims(db_url) == 0, "every claim released once collected"
+
+
+def test_a_provider_without_a_batch_api_costs_nothing_and_claims_nothing(
+    cli, rows, db_url, tmp_path: Path
+):
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(batch_api=False) as api:
+        ran = cli("generate", "p1", "--batch", "--json", "--allow-http",
+                  env=host(api, tmp_path, "a"))  # fmt: skip
+        assert api.requests == 0 and api.batches.created == 0
+    assert ran.code == 3 and "has no Batch API" in ran.stdout + ran.stderr
+    assert claims(db_url) == 0
+
+
+def claims(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        if conn.execute("SELECT to_regclass('imgsave_claims') IS NULL").fetchone() == (True,):
+            return 0
+        return conn.execute("SELECT count(*) FROM imgsave_claims").fetchone()[0]
+
+
+@pytest.mark.many_connections
+def test_a_run_killed_between_creating_a_batch_and_logging_it_is_adopted_not_paid_again(
+    cli, db_url, tmp_path: Path
+):
+    import signal
+
+    from .conftest import spawn, wait_for
+
+    put_projects(db_url, 2, 10)
+    with LoopbackProvider(answer="b64", batch_create_delay=30) as api:
+        env = host(api, tmp_path, "a") | {"IMGSAVE_DATABASE_URL": db_url,
+                                           "IMGSAVE_ALLOW_PRIVATE_NETWORK": "1"}  # fmt: skip
+        run = spawn(["generate", "--all", "--batch", "--allow-http", "--json"], env, tmp_path)
+        wait_for(lambda: api.batches.created == 1, timeout=60)
+        run.send_signal(signal.SIGKILL)  # the batch exists; its id never reached the log
+        run.communicate(timeout=30)
+        api.batches.create_delay = 0
+        rerun = cli("generate", "--all", "--batch", "--json", "--allow-http",
+                    env=host(api, tmp_path, "b"))  # fmt: skip
+        out = rerun.json()
+        assert rerun.code == 0, rerun.stderr
+        assert out["batches"]["submitted"] == [] and out["saved"] == 20, out
+        assert api.batches.created == 1, "the dead run's batch was adopted, not bought again"
+    urls = scene_urls(db_url)
+    assert len(urls) == 20 and all(len(u) == 1 for u in urls.values())
+
+
+def test_a_synchronous_run_never_pays_for_scenes_waiting_in_a_batch(cli, db_url, tmp_path: Path):
+    put_projects(db_url, 2, 10)
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        batch = cli("generate", "--all", "--batch", "--json", "--allow-http",
+                    env=host(api, tmp_path, "a"))  # fmt: skip
+        assert batch.json()["in_batches"] == 20
+        sync = cli("generate", "--all", "--json", "--allow-http", env=host(api, tmp_path, "b"))
+        assert sync.code == 0, sync.stderr
+        assert (sync.json()["requested"], sync.json()["held_scenes"]) == (0, 20)
+        assert api.requests == 0, "no scene paid for twice"
+
+
+def test_failed_and_expired_lines_are_reported_released_and_planned_again(
+    cli, rows, db_url, tmp_path: Path
+):
+    rows.put("p1", incident_document(4))
+
+    def refuse_scene_2(custom_id: str) -> str | None:
+        from imgsave.core.batch_lines import slot_of
+
+        slot = slot_of(custom_id)
+        return "moderation_blocked" if slot and slot.scene == 2 else None
+
+    with LoopbackProvider(answer="b64", batch_faults=refuse_scene_2) as api:
+        env = host(api, tmp_path, "a")
+        assert cli("generate", "p1", "--batch", "--allow-http", env=env).code == 0
+        collected = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env)
+        out = collected.json()
+        assert collected.code == 1, collected.stderr
+        assert (out["saved"], out["failed"], out["refusals"]) == (3, 1, {"moderation_blocked": 1})
+        assert any("scene 2" in e and "moderation_blocked" in e for e in out["errors"])
+        # Scene 2 is free again: the next run submits it (and this time it passes).
+        api.batches.faults = lambda _: None
+        again = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env)
+        assert again.json()["in_batches"] == 1, again.stdout
+        done = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env)
+        assert done.json()["saved"] == 1
+    assert [len(u) for u in rows.urls("p1").values()] == [1, 1, 1, 1]
+
+    rows.put("p2", incident_document(4))
+    with LoopbackProvider(answer="b64", batch_expire=True) as api:
+        env = host(api, tmp_path, "c")
+        cli("generate", "p2", "--batch", "--allow-http", env=env)
+        expired = cli("generate", "p2", "--batch", "--json", "--allow-http", env=env).json()
+        assert expired["saved"] == 2, expired  # what finished before the window closed
+        # ... and the rest is free for the next run.
+        assert expired["in_batches"] == 2, expired
+
+
+def test_a_finished_batch_never_collected_is_named_by_audit_and_collected_by_repair(
+    cli, rows, db_url, tmp_path: Path
+):
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64") as api:
+        env = host(api, tmp_path, "a")
+        submitted = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env).json()
+        (batch_id,) = submitted["batches"]["submitted"]
+        listed = cli("batches", "--json", env=env)
+        assert listed.code == 1, "a finished batch waits to be collected: paid for, not saved"
+        (row,) = listed.json()["batches"]
+        assert (row["id"], row["status"], row["completed"], row["collected"]) == (
+            batch_id, "completed", 3, False,
+        )  # fmt: skip
+        assert isinstance(row["output_expires_at"], int)
+        audit = cli("audit", "--json", "--allow-http", env=host(api, tmp_path, "b"))
+        assert audit.code == 1 and audit.json()["summary"]["uncollected"] == 3, audit.stdout
+        repaired = cli(
+            "repair", "--execute", "--json", "--allow-http", env=host(api, tmp_path, "b")
+        )
+        assert repaired.code == 0 and repaired.json()["collected"] == 3, repaired.stdout
+        after = cli("audit", "--json", "--allow-http", env=env)
+        assert after.code == 0 and after.json()["summary"]["uncollected"] == 0
+        assert cli("batches", "--json", env=env).json()["batches"][0]["collected"] is True
+    assert [len(u) for u in rows.urls("p1").values()] == [1, 1, 1]
+
+
+def test_a_batch_is_cancelled_by_id_and_what_finished_is_still_collected(cli, rows, tmp_path: Path):
+    rows.put("p1", incident_document(4))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        env = host(api, tmp_path, "a")
+        (batch_id,) = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env).json()[
+            "batches"
+        ]["submitted"]
+        assert cli("batches", "cancel", "batch_elsewhere", env=env).code == 2
+        cancelled = cli("batches", "cancel", batch_id, "--json", env=env)
+        assert cancelled.json() == {"id": batch_id, "status": "cancelling"}, cancelled.stdout
+        collected = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env).json()
+    assert collected["saved"] == 2 and batch_id in collected["batches"]["collected"]
+    assert collected["in_batches"] == 2, "the cancelled half is submitted again"
+
+
+@pytest.mark.many_connections
+def test_a_collection_killed_half_way_is_done_again_saving_nothing_twice(
+    cli, rows, db_url, tmp_path: Path
+):
+    import signal
+
+    from .conftest import spawn, wait_for
+
+    rows.put("p1", incident_document(6))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        submitted = cli("generate", "p1", "--batch", "--json", "--allow-http",
+                        env=host(api, tmp_path, "a")).json()  # fmt: skip
+        api.batches.seconds = 0
+        env = host(api, tmp_path, "b") | {"IMGSAVE_DATABASE_URL": db_url,
+                                           "IMGSAVE_ALLOW_PRIVATE_NETWORK": "1"}  # fmt: skip
+        logs = tmp_path / "b" / "logs"
+
+        def generated() -> int:
+            return sum(
+                json.loads(line).get("event") == "image.generated"
+                for path in logs.glob("*.jsonl")
+                for line in path.read_text().splitlines()
+            )
+
+        with psycopg.connect(db_url) as blocker:  # no save of the collection can commit
+            blocker.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
+            run = spawn(["generate", "p1", "--batch", "--allow-http"], env, tmp_path)
+            wait_for(lambda: generated() >= 3, timeout=60)
+            run.send_signal(signal.SIGKILL)
+            run.communicate(timeout=30)
+            blocker.rollback()
+        rerun = cli("generate", "p1", "--batch", "--json", "--allow-http",
+                    env=host(api, tmp_path, "c"))  # fmt: skip
+        out = rerun.json()
+        assert rerun.code == 0, rerun.stderr
+        assert out["batches"]["collected"] == submitted["batches"]["submitted"]
+        assert (out["saved"], out["batches"]["submitted"]) == (6, []), out
+        assert api.batches.created == 1
+    assert [len(u) for u in rows.urls("p1").values()] == [1] * 6, "each image once"
