@@ -1,6 +1,7 @@
 """imgsave's benchmarks, each against a baseline measured in the same run on the same machine.
 
     python scripts/bench.py [hot-row] [route-fn] [e2e] [fleet] [store] [audit] [startup]
+                            [batches]
                                                     # default: all
     python scripts/bench.py --readme          # the table in docs/performance.md, from the JSON
 
@@ -22,7 +23,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import audit_scale, e2e, fleet, hot_row, route_fn, startup, store_e2e
+from benchmarks import audit_scale, batches, e2e, fleet, hot_row, route_fn, startup, store_e2e
 from benchmarks.common import BenchmarkFailed, Result, bench_database, server_version
 
 BENCHES: dict[str, Callable[[], list[Result]]] = {
@@ -33,6 +34,7 @@ BENCHES: dict[str, Callable[[], list[Result]]] = {
     "store": store_e2e.run,
     "audit": audit_scale.run,
     "startup": startup.run,
+    "batches": batches.run,
 }
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "bench-results.json"

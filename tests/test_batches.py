@@ -37,17 +37,26 @@ def stored(tmp_path: Path) -> Counter[str]:
     return found
 
 
+def process(args: list[str], env: dict[str, str], db_url: str, cwd: Path) -> dict[str, object]:
+    """`imgsave ARGS` as a process of its own, run to its end; its JSON."""
+    from .conftest import spawn
+
+    run = spawn(args, env | {"IMGSAVE_DATABASE_URL": db_url}, cwd)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+@pytest.mark.many_connections
 def test_300_images_in_2_batches_submitted_by_one_host_are_collected_by_another(
     cli, db_url, tmp_path: Path
 ):
     put_projects(db_url, 3, 50)
     with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
-        first = cli(
-            "generate", "--all", "-k", "2", "--batch", "--batch-size", "150", "--json",
-            "--allow-http", env=host(api, tmp_path, "a"),
-        )  # fmt: skip
-        out = first.json()
-        assert first.code == 0, first.stderr
+        args = ["generate", "--all", "-k", "2", "--batch", "--json", "--allow-http"]
+        out: dict = process([*args, "--batch-size", "150"], host(api, tmp_path, "a"), db_url,
+                            tmp_path)  # fmt: skip
         assert (out["in_batches"], len(out["batches"]["submitted"])) == (300, 2)
         assert out["saved"] == 0 and set(out["batches"]["pending"]) == set(
             out["batches"]["submitted"]
@@ -60,16 +69,13 @@ def test_300_images_in_2_batches_submitted_by_one_host_are_collected_by_another(
         assert again.json()["held_scenes"] == 150 and api.batches.created == 2
 
         api.batches.seconds = 0  # they finish
-        collected = cli("generate", "--all", "-k", "2", "--batch", "--json", "--allow-http",
-                        env=host(api, tmp_path, "b"))  # fmt: skip
+        result: dict = process(args, host(api, tmp_path, "b"), db_url, tmp_path)
         sent = list(api.sent)
         # A third run, on either host: nothing left to collect, nothing to submit.
         third = cli("generate", "--all", "-k", "2", "--batch", "--json", "--allow-http",
                     env=host(api, tmp_path, "a"))  # fmt: skip
         assert third.json()["batches"] == {"submitted": [], "collected": [], "pending": []}
         assert api.batches.created == 2
-    result = collected.json()
-    assert collected.code == 0, collected.stderr
     assert sorted(result["batches"]["collected"]) == sorted(out["batches"]["submitted"])
     assert (result["saved"], result["batches"]["submitted"]) == (300, [])
     assert result["usage"]["output_tokens"] == 300 * 1056
@@ -255,3 +261,81 @@ def test_a_collection_killed_half_way_is_done_again_saving_nothing_twice(
         assert (out["saved"], out["batches"]["submitted"]) == (6, []), out
         assert api.batches.created == 1
     assert [len(u) for u in rows.urls("p1").values()] == [1] * 6, "each image once"
+
+
+def test_a_refused_upload_is_exit_3_with_nothing_left_claimed(cli, rows, db_url, tmp_path: Path):
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64") as api:
+        api.batches.max_file_bytes = 10
+        ran = cli("generate", "p1", "--batch", "--json", "--allow-http",
+                  env=host(api, tmp_path, "a"))  # fmt: skip
+        assert api.batches.created == 0 and api.requests == 0
+    assert ran.code == 3 and "File is too large" in ran.stdout + ran.stderr
+    assert claims(db_url) == 0, "nothing half-submitted is left claimed"
+
+
+def test_wait_stays_until_what_it_submitted_is_collected(cli, rows, tmp_path: Path):
+    rows.put("p1", incident_document(3))
+    config = tmp_path / "imgsave.toml"
+    config.write_text(config.read_text().replace("[provider]\n", "[provider]\nbatch_poll = 0.2\n"))
+    with LoopbackProvider(answer="b64", batch_seconds=0.5) as api:
+        ran = cli("generate", "p1", "--batch", "--wait", "--json", "--allow-http",
+                  env=host(api, tmp_path, "a"))  # fmt: skip
+    out = ran.json()
+    assert ran.code == 0, ran.stderr
+    assert out["saved"] == 3 and out["batches"]["pending"] == []
+    assert out["batches"]["collected"] == out["batches"]["submitted"]
+    assert out["per_batch"][0]["saved"] == 3
+
+
+@pytest.mark.many_connections
+def test_a_synchronous_run_and_a_batch_run_at_once_pay_for_each_scene_once(
+    db_url, tmp_path: Path, cli
+):
+    from .conftest import spawn
+
+    put_projects(db_url, 4, 10)
+    (tmp_path / "imgsave.toml").write_text(
+        "allow_private_network = true\n[provider]\ntimeout = 10\nbackoff_initial = 0.01\n"
+    )
+    with (
+        LoopbackProvider(answer="b64", batch_seconds=3600, latency=0.02) as api,
+    ):
+        base = {"IMGSAVE_DATABASE_URL": db_url}
+        runs = [
+            spawn(["generate", "--all", "--batch", "--json", "--allow-http"],
+                  base | host(api, tmp_path, "batch"), tmp_path),
+            spawn(["generate", "--all", "-c", "4", "--json", "--allow-http"],
+                  base | host(api, tmp_path, "sync"), tmp_path),
+        ]  # fmt: skip
+        outs = [run.communicate(timeout=120) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outs
+        batch, sync = (json.loads(out) for out, _ in outs)
+        assert batch["in_batches"] + sync["requested"] == 40, (batch, sync)
+        api.batches.seconds = 0
+        collected = cli("generate", "--all", "--batch", "--json", "--allow-http",
+                        env=host(api, tmp_path, "batch"))  # fmt: skip
+        assert collected.json()["saved"] == batch["in_batches"]
+        assert api.requests == sync["requested"], "every synchronous request was needed"
+    urls = scene_urls(db_url)
+    assert len(urls) == 40 and all(len(u) == 1 for u in urls.values()), "each scene once"
+
+
+def test_an_output_gone_before_anyone_collected_it_is_money_lost_said_in_one_line(
+    cli, rows, tmp_path: Path
+):
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64") as api:
+        env = host(api, tmp_path, "a")
+        (batch_id,) = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env).json()[
+            "batches"
+        ]["submitted"]
+        batch = api.batches.batches[batch_id]
+        api.batches.get(f"/v1/batches/{batch_id}")  # it completes, its output is written ...
+        del api.batches.contents[batch["output_file_id"]]  # ... and is gone before collection
+        ran = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env)
+    out = ran.json()
+    assert ran.code == 1 and out["lost"] == 3, out
+    (line,) = [e for e in out["errors"] if "paid for and are lost" in e]
+    assert batch_id in line
+    # It is said once: the batch is marked collected, and no later run reports it again.

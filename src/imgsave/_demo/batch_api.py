@@ -36,6 +36,7 @@ class BatchEmulation:
         faults: Callable[[str], str | None] | None = None,
         expire: bool = False,
         create_delay: float = 0.0,
+        max_file_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ):
         """`image()` answers one image request's body (`{"data": [...], "usage": ...}`)."""
@@ -47,6 +48,7 @@ class BatchEmulation:
         # Seconds a create waits before it answers, the batch already made: the window in
         # which a client that dies has paid for a batch it never heard of.
         self.create_delay = create_delay
+        self.max_file_bytes = max_file_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
@@ -114,6 +116,8 @@ class BatchEmulation:
         if purpose != "batch" or "file" not in fields:
             return _error(400, "a file and purpose=batch are required", "invalid_request_error")
         filename, content = fields["file"]
+        if self.max_file_bytes is not None and len(content) > self.max_file_bytes:
+            return _error(400, "File is too large.", "invalid_request_error")
         return 200, _dump(self._store(content, filename or "input.jsonl", "batch")), JSON
 
     def _store(self, content: bytes, filename: str, purpose: str) -> dict[str, Any]:

@@ -183,6 +183,7 @@ def generate(
                 force=force,
                 batch_size=batch_size,
                 wait=wait,
+                reporter=ProgressReporter(quiet=common.quiet),
             )
         if wait:
             raise UsageError("--wait goes with --batch")

@@ -428,8 +428,6 @@ async def generate(
 
 # -- --batch: the provider's Batch API ------------------------------------------------------
 
-BATCH_POLL = 10.0
-
 
 @dataclass
 class BatchRunResult:
@@ -464,6 +462,7 @@ class BatchRunResult:
             "lost": t.lost,
             "in_batches": t.in_batches,
             "batches": {"submitted": t.submitted, "collected": t.collected, "pending": t.pending},
+            "per_batch": t.per_batch,
             "refusals": dict(t.refusals),
             "usage": t.usage,
             "possibly_billed_retries": 0,
@@ -503,7 +502,7 @@ async def run_batch(
     force: bool = False,
     batch_size: int = 500,
     wait: bool = False,
-    poll: float = BATCH_POLL,
+    reporter: Reporter | None = None,
 ) -> BatchRunResult:
     """Collect every finished batch of this database, then submit what is still missing and
     not already in a batch; with `wait`, stay until what was submitted is collected."""
@@ -549,7 +548,7 @@ async def run_batch(
                 batch_size=batch_size,
             )
             if wait:
-                await batches.wait(tally, poll=poll)
+                await batches.wait(tally, poll=settings.provider.batch_poll, reporter=reporter)
             else:
                 tally.pending += [b for b in tally.submitted if b not in tally.pending]
     return result

@@ -44,6 +44,8 @@ class ProviderSettings:
     rate: str | None = None
     # Generate through the provider's Batch API (half price; `generate --batch`).
     batch: bool = False
+    # Seconds between looks at running batches (`generate --batch --wait`).
+    batch_poll: float = 10.0
     # [provider.params]: passed through in every request (quality, output_format, background,
     # moderation, ...).
     params: dict[str, str | int | float | bool] = field(default_factory=dict)

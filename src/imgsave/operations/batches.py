@@ -53,7 +53,7 @@ from imgsave.core.scene_plan import SceneSelection, plan
 from imgsave.core.settings import Settings
 from imgsave.errors import ImgsaveError
 from imgsave.operations.claims import scene_key
-from imgsave.operations.execution import record_generated
+from imgsave.operations.execution import Reporter, record_generated
 from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.intake import Intake, NotKept
 
@@ -61,8 +61,10 @@ from imgsave.operations.intake import Intake, NotKept
 CLAIM_SECONDS = 25 * 3600
 MAX_REQUESTS = 50_000
 MAX_INPUT_BYTES = 200 * 1024 * 1024
-# Images of one batch's output being stored and saved at once.
-IN_FLIGHT = 8
+# Lines of one batch's output being decoded, stored and saved at once.
+IN_FLIGHT = 64
+# How long a save may wait for the other lines in flight (operations/group_commit.py).
+LINGER = 0.05
 
 
 @dataclass
@@ -85,6 +87,8 @@ class BatchTally:
     skipped_scenes: int = 0
     held_scenes: int = 0
     errors: list[str] = field(default_factory=list)
+    # Per batch collected: {id, status, saved, failed, lost}.
+    per_batch: list[dict[str, object]] = field(default_factory=list)
     # A collection that could not finish (the output unreadable for now): exit 1.
     uncollected: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
 
@@ -143,19 +147,30 @@ class Batches:
     async def _collect_one(self, batch: BatchInfo, tally: BatchTally) -> None:
         asked = await self._slots_of(batch.input_file_id)
         saved = failed = lost = 0
+        in_flight: set[asyncio.Task[int]] = set()
         async with contextlib.AsyncExitStack() as stack:
             savers: dict[str, ProjectSaver] = {}
 
             async def saver(project: str) -> ProjectSaver:
+                # A save waits a moment for the lines still in flight: one transaction then
+                # takes many images, where each would rewrite the whole document alone.
                 if project not in savers:
                     savers[project] = await stack.enter_async_context(
-                        ProjectSaver(self._db, project, self._shape)
-                    )
+                        ProjectSaver(
+                            self._db, project, self._shape, linger=LINGER,
+                            expecting=lambda: len(in_flight),
+                        )
+                    )  # fmt: skip
                 return savers[project]
 
-            async def take(result: BatchResult, slot: Slot) -> int:
+            async def take(raw: bytes) -> int:
+                # Parsing and decoding a line (megabytes of base64) in a worker thread: the
+                # event loop goes on storing and saving the lines before it meanwhile.
+                result, slot, decoded = await asyncio.to_thread(_decoded, raw)
+                if result is None or slot is None or not result.ok:
+                    return 0
                 body = result.body or {}
-                answer, _ = images_of(body, decoded_images(body), allow_http=self._allow_http)
+                answer, _ = images_of(body, decoded, allow_http=self._allow_http)
                 tally.received += len(answer.images)
                 add_usage(tally.usage, answer.usage)
                 ref = SceneRef(slot.scene, slot.scene_id)
@@ -179,13 +194,9 @@ class Batches:
                 return added
 
             if batch.output_file_id:
-                in_flight: set[asyncio.Task[int]] = set()
                 try:
                     async for raw in self._client.lines(batch.output_file_id):
-                        result, slot = _read(raw)
-                        if result is None or slot is None or not result.ok:
-                            continue
-                        in_flight.add(asyncio.ensure_future(take(result, slot)))
+                        in_flight.add(asyncio.ensure_future(take(raw)))
                         if len(in_flight) >= IN_FLIGHT:
                             finished, in_flight = await asyncio.wait(
                                 in_flight, return_when=asyncio.FIRST_COMPLETED
@@ -226,6 +237,10 @@ class Batches:
                 failed=failed, lost=lost, total=batch.total,
             )  # fmt: skip
         tally.collected.append(batch.id)
+        tally.per_batch.append(
+            {"id": batch.id, "status": batch.status, "total": batch.total, "saved": saved,
+             "failed": failed, "lost": lost}
+        )  # fmt: skip
         tally.saved += saved
         tally.failed += failed
         tally.lost += lost
@@ -371,14 +386,25 @@ class Batches:
         *,
         poll: float,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        reporter: Reporter | None = None,
     ) -> None:
-        """Until every batch this run submitted is collected."""
+        """Until every batch this run submitted is collected; the bar counts its images."""
         waiting = set(tally.submitted) - set(tally.collected)
-        while waiting:
-            await sleep(poll)
-            await self.collect(tally, only=waiting)
-            waiting -= set(tally.collected)
-            waiting -= set(tally.uncollected)
+        if reporter:
+            reporter.start(tally.in_batches, "waiting for the batches")
+        try:
+            while waiting:
+                await sleep(poll)
+                before = tally.saved + tally.failed
+                await self.collect(tally, only=waiting)
+                if reporter:
+                    for _ in range(tally.saved + tally.failed - before):
+                        reporter.advance(ok=True)
+                waiting -= set(tally.collected)
+                waiting -= set(tally.uncollected)
+        finally:
+            if reporter:
+                reporter.finish()
 
 
 async def this_databases(db: Database, client: BatchClient) -> list[BatchInfo]:
@@ -399,6 +425,12 @@ async def overview(db: Database, client: BatchClient) -> list[tuple[BatchInfo, b
 def uncollected_images(overview: list[tuple[BatchInfo, bool]]) -> int:
     """Images finished batches hold that no run took in: paid for, not in their scenes."""
     return sum(b.completed for b, collected in overview if b.finished and not collected)
+
+
+def _decoded(raw: bytes) -> tuple[BatchResult | None, Slot | None, dict[int, tuple[bytes, bool]]]:
+    """An output line read, its images decoded (the base64 dropped as soon as it is)."""
+    result, slot = _read(raw)
+    return result, slot, decoded_images(result.body) if result and result.body else {}
 
 
 def _read(raw: bytes) -> tuple[BatchResult | None, Slot | None]:

@@ -180,10 +180,24 @@ class BatchClient:
                         await r.aread()
                         self._check(r, f"read file {file_id}")
                         raise _Transient(f"status {r.status_code}")
-                    async for line in r.aiter_lines():
+                    # Bytes, split here: a line is megabytes of base64, and decoding it to text
+                    # only to encode it again would cost more than reading it.
+                    # The pieces of a line not yet ended are joined once, when it ends: adding
+                    # each chunk to the line so far would copy it over and over.
+                    pieces: list[bytes] = []
+                    async for chunk in r.aiter_bytes():
                         started = True
-                        if line:
-                            yield line.encode()
+                        *ended, rest = chunk.split(b"\n")
+                        for end in ended:
+                            line = b"".join([*pieces, end])
+                            pieces = []
+                            if line.strip():
+                                yield line
+                        if rest:
+                            pieces.append(rest)
+                    line = b"".join(pieces)
+                    if line.strip():
+                        yield line
                     return
             except (httpx.TransportError, _Transient) as exc:
                 if started or attempt == self._max_attempts:

@@ -1,0 +1,122 @@
+"""A minimal Batch API (Files and Batches, in the documented shapes) on asyncio, run as its own
+process by the batch benchmark: next to no overhead of its own, and an output file it writes
+line by line as it is read (a thousand 512 KB images are 700 MB of JSONL: held in memory, they
+would be this process's cost, not imgsave's).
+
+    python batch_server.py IMAGE_BYTES [pending]   # prints its base URL; stops on stdin EOF
+
+A batch completes at once (or, with `pending`, never: for timing a submission alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import re
+import sys
+
+POOL = 64  # distinct images, each base64-encoded once before the server is ready
+images: list[bytes] = []
+files: dict[str, bytes] = {}
+batches: dict[str, dict[str, object]] = {}
+order: list[str] = []
+ids = itertools.count(1)
+pending = False
+
+
+def answer(writer: asyncio.StreamWriter, status: int, payload: object) -> None:
+    body = json.dumps(payload).encode()
+    writer.write(
+        f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def stream_output(writer: asyncio.StreamWriter, custom_ids: list[str]) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    usage = b'{"input_tokens":12,"output_tokens":1056,"total_tokens":1068}'
+    for n, custom_id in enumerate(custom_ids):
+        line = (
+            b'{"id":"batch_req_' + str(n).encode() + b'","custom_id":"' + custom_id.encode()
+            + b'","response":{"status_code":200,"request_id":"r","body":{"created":0,'
+            b'"data":[{"b64_json":"' + images[n % POOL] + b'"}],"usage":' + usage
+            + b'}},"error":null}\n'
+        )  # fmt: skip
+        writer.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, path = head.split(b" ", 2)[:2]
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            body = await reader.readexactly(length)
+            route = path.decode().split("?")[0].removeprefix("/v1")
+            if method == b"POST" and route == "/files":
+                # The JSONL is the multipart part that holds custom_ids.
+                start = body.index(b'{"custom_id"')
+                end = body.rindex(b"}\n") + 2
+                file_id = f"file-{next(ids)}"
+                files[file_id] = body[start:end]
+                answer(writer, 200, {"id": file_id, "object": "file", "purpose": "batch"})
+            elif method == b"POST" and route == "/batches":
+                asked = json.loads(body)
+                batch_id = f"batch_{next(ids)}"
+                lines = files[asked["input_file_id"]]
+                count = lines.count(b"\n")
+                batches[batch_id] = {
+                    "id": batch_id, "object": "batch", "status":
+                    "in_progress" if pending else "completed",
+                    "input_file_id": asked["input_file_id"], "endpoint": asked["endpoint"],
+                    "created_at": 0, "metadata": asked["metadata"],
+                    "output_file_id": None if pending else f"out-{batch_id}",
+                    "error_file_id": None, "expires_at": None,
+                    "request_counts": {"total": count, "completed": 0 if pending else count,
+                                       "failed": 0},
+                }  # fmt: skip
+                order.insert(0, batch_id)
+                answer(writer, 200, batches[batch_id])
+            elif method == b"GET" and route == "/batches":
+                data = [batches[i] for i in order]
+                answer(writer, 200, {"object": "list", "data": data, "has_more": False})
+            elif method == b"GET" and route.startswith("/files/out-batch_"):
+                batch_id = route.split("/")[2].removeprefix("out-")
+                lines = files[str(batches[batch_id]["input_file_id"])]
+                custom_ids = re.findall(rb'"custom_id":"([^"]+)"', lines)
+                await stream_output(writer, [c.decode() for c in custom_ids])
+            elif method == b"GET" and route.endswith("/content"):
+                content = files[route.split("/")[2]]
+                writer.write(
+                    f"HTTP/1.1 200 OK\r\nContent-Length: {len(content)}\r\n\r\n".encode() + content
+                )
+            else:
+                answer(writer, 404, {"error": {"message": f"no route {route}"}})
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def main(size: int) -> None:
+    images.extend(
+        base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(size - 8)) for _ in range(POOL)
+    )
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    port = server.sockets[0].getsockname()[1]
+    print(f"http://127.0.0.1:{port}/v1", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    server.close()
+
+
+if __name__ == "__main__":
+    pending = len(sys.argv) > 2 and sys.argv[2] == "pending"
+    asyncio.run(main(int(sys.argv[1])))
