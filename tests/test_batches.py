@@ -339,3 +339,30 @@ def test_an_output_gone_before_anyone_collected_it_is_money_lost_said_in_one_lin
     (line,) = [e for e in out["errors"] if "paid for and are lost" in e]
     assert batch_id in line
     # It is said once: the batch is marked collected, and no later run reports it again.
+
+
+def test_a_collection_cut_short_is_resumed_on_its_host_where_it_stopped(cli, rows, tmp_path: Path):
+    rows.put("p1", incident_document(6))
+    with LoopbackProvider(answer="b64") as api:
+        env = host(api, tmp_path, "a")
+        cli("generate", "p1", "--batch", "--allow-http", env=env)  # submits; nothing finished
+        api.batches.cut_output_after = 3
+        first = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env)
+        assert first.code == 1, first.stderr
+        assert first.json()["saved"] == 3
+        assert "collected on the next run" in first.json()["errors"][0]
+        api.batches.cut_output_after = None
+        second = cli("generate", "p1", "--batch", "--json", "--allow-http", env=env)
+        assert second.code == 0, second.stderr
+        out = second.json()
+        assert (out["saved"], out["batches"]["submitted"]) == (3, []), out
+        assert out["per_batch"][0]["resumed"] == 3
+        assert api.batches.created == 1
+    events = [
+        json.loads(line)["event"]
+        for path in (tmp_path / "a" / "logs").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert events.count("image.generated") == 6, "the first three lines were not taken again"
+    assert [len(u) for u in rows.urls("p1").values()] == [1] * 6
+    assert sum(stored(tmp_path).values()) == 6

@@ -7,7 +7,8 @@ A batch moves validating → in_progress → finalizing → completed over `seco
 and makes its images when it completes: each line through the same image maker as a
 synchronous request. `faults(custom_id)` names the lines that fail (an error code such as
 `moderation_blocked`, written to the error file). `expire` ends batches as `expired` with half
-their lines done; a cancelled batch keeps what was done too.
+their lines done; a cancelled batch keeps what was done too. `cut_output_after` lines, an
+output file's download stops short of its declared length (a connection lost half-way).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 Reply = tuple[int, bytes, str]
+
+
+class Cut(bytes):
+    """A body sent only in part: the server declares `declared` bytes and closes after these."""
+
+    declared: int
+
+
 JSON = "application/json"
 
 
@@ -49,6 +58,7 @@ class BatchEmulation:
         # which a client that dies has paid for a batch it never heard of.
         self.create_delay = create_delay
         self.max_file_bytes = max_file_bytes
+        self.cut_output_after: int | None = None
         self._clock = clock
         self._lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
@@ -97,6 +107,11 @@ class BatchEmulation:
             content = self.contents.get(parts[1])
             if content is None:
                 return _error(404, f"No such File object: {parts[1]}", "invalid_request_error")
+            filename = self.files.get(parts[1], {}).get("filename")
+            if self.cut_output_after is not None and filename == "batch_output.jsonl":
+                cut = Cut(b"".join(content.splitlines(True)[: self.cut_output_after]))
+                cut.declared = len(content)
+                return 200, cut, "application/octet-stream"
             return 200, content, "application/octet-stream"
         return _error(404, f"no route GET {route}", "invalid_request_error")
 

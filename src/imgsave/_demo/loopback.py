@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from imgsave._demo.batch_api import BatchEmulation
+from imgsave._demo.batch_api import BatchEmulation, Cut
 
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
 # "401", "400", "badurl" (a javascript: URL), "repeat" (the same URL as the last "repeat"),
@@ -322,7 +322,9 @@ class LoopbackProvider:
 
             def _reply(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                if isinstance(body, Cut):
+                    self.close_connection = True
+                self.send_header("Content-Length", str(getattr(body, "declared", len(body))))
                 self.send_header("Content-Type", content_type)
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):

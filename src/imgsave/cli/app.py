@@ -173,10 +173,11 @@ def generate(
 
         selection = parse_scene_selection(scenes) if scenes else None
         named = projects or []
+        target = named[0] if len(named) == 1 and not all_projects else named
         if batch or settings.provider.batch:
             return await gen.run_batch(
                 settings,
-                named[0] if len(named) == 1 and not all_projects else named,
+                target,
                 all_projects=all_projects,
                 images_per_scene=images_per_scene,
                 selection=selection,
@@ -192,7 +193,7 @@ def generate(
             settings = replace(settings, provider=replace(settings.provider, rate=rate))
         return await gen.run(
             settings,
-            named[0] if len(named) == 1 and not all_projects else named,
+            target,
             all_projects=all_projects,
             images_per_scene=images_per_scene,
             concurrency=concurrency,

@@ -13,8 +13,9 @@ table says which, for every host): its output streamed line by line, each line m
 custom_id, its images through the same intake as a synchronous answer (bytes → signature →
 store → `image.generated` fsynced → locked save); its error file's lines reported with the
 provider's code; its scenes' claims released; the batch marked collected. A collection cut
-short is done again from the start by the next run: every save appends only what is absent,
-so nothing is saved twice.
+short is resumed by the next run: on this host the lines the log says were saved (by
+custom_id) are skipped; on another host they are taken again, and every save appends only what
+is absent, so nothing is saved twice.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from imgsave.operations.claims import scene_key
 from imgsave.operations.execution import Reporter, record_generated
 from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.intake import Intake, NotKept
+from imgsave.operations.recovery import saved_lines
 
 # The batch's 24 h window and an hour's margin: no other run pays for its scenes meanwhile.
 CLAIM_SECONDS = 25 * 3600
@@ -87,7 +89,8 @@ class BatchTally:
     skipped_scenes: int = 0
     held_scenes: int = 0
     errors: list[str] = field(default_factory=list)
-    # Per batch collected: {id, status, saved, failed, lost}.
+    # Per batch collected: {id, status, saved, failed, lost, resumed (lines an earlier,
+    # cut-short collection on this host had done)}.
     per_batch: list[dict[str, object]] = field(default_factory=list)
     # A collection that could not finish (the output unreadable for now): exit 1.
     uncollected: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
@@ -146,7 +149,11 @@ class Batches:
 
     async def _collect_one(self, batch: BatchInfo, tally: BatchTally) -> None:
         asked = await self._slots_of(batch.input_file_id)
-        saved = failed = lost = 0
+        # A collection cut short on this host is resumed: its lines whose every image is
+        # logged saved are not stored and saved again. (On another host every line is taken
+        # again; each save appends only what the scene lacks, so nothing is saved twice.)
+        done = await asyncio.to_thread(saved_lines, self._log.path.parent, batch.id)
+        saved = failed = lost = resumed = 0
         in_flight: set[asyncio.Task[int]] = set()
         async with contextlib.AsyncExitStack() as stack:
             savers: dict[str, ProjectSaver] = {}
@@ -164,6 +171,7 @@ class Batches:
                 return savers[project]
 
             async def take(raw: bytes) -> int:
+                nonlocal resumed
                 # Parsing and decoding a line (megabytes of base64) in a worker thread: the
                 # event loop goes on storing and saving the lines before it meanwhile.
                 result, slot, decoded = await asyncio.to_thread(_decoded, raw)
@@ -171,6 +179,9 @@ class Batches:
                     return 0
                 body = result.body or {}
                 answer, _ = images_of(body, decoded, allow_http=self._allow_http)
+                if answer.images and done[result.custom_id] >= len(answer.images):
+                    resumed += 1
+                    return 0
                 tally.received += len(answer.images)
                 add_usage(tally.usage, answer.usage)
                 ref = SceneRef(slot.scene, slot.scene_id)
@@ -185,12 +196,17 @@ class Batches:
                     fields = {**kept.fields, "batch": batch.id, "custom_id": result.custom_id}
                     await record_generated(self._log, slot.project, ref, kept.url, fields)
                     outcome = await (await saver(slot.project)).save(ref, kept.url)
-                    if outcome is Outcome.ADDED:
-                        added += 1
-                        self._log.write(
-                            "image.saved", project=slot.project, scene=ref.index,
-                            scene_id=ref.id, url=kept.url, batch=batch.id,
-                        )  # fmt: skip
+                    if outcome is Outcome.NO_SCENE:
+                        continue
+                    added += outcome is Outcome.ADDED
+                    # Logged either way, with its custom_id: what a resumption skips. Already
+                    # held (a collection before this one saved it) is `in_scene`, as a
+                    # synchronous duplicate is: nothing for recovery to bring back.
+                    extra = {} if outcome is Outcome.ADDED else {"in_scene": True}
+                    self._log.write(
+                        "image.saved", project=slot.project, scene=ref.index, scene_id=ref.id,
+                        url=kept.url, batch=batch.id, custom_id=result.custom_id, **extra,
+                    )  # fmt: skip
                 return added
 
             if batch.output_file_id:
@@ -210,7 +226,9 @@ class Batches:
                         f"{lost} images were paid for and are lost"
                     )
                 except BatchUnavailable as exc:
-                    await asyncio.gather(*in_flight, return_exceptions=True)
+                    # What was taken before the cut is saved and counted; the rest waits.
+                    saved += sum(await asyncio.gather(*in_flight))
+                    tally.saved += saved
                     tally.errors.append(f"batch {batch.id}: {exc}; collected on the next run")
                     tally.uncollected.append(batch.id)
                     return
@@ -239,7 +257,7 @@ class Batches:
         tally.collected.append(batch.id)
         tally.per_batch.append(
             {"id": batch.id, "status": batch.status, "total": batch.total, "saved": saved,
-             "failed": failed, "lost": lost}
+             "failed": failed, "lost": lost, "resumed": resumed}
         )  # fmt: skip
         tally.saved += saved
         tally.failed += failed

@@ -12,7 +12,7 @@ is paid for again, or filled past what was asked, because an image was received 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +94,34 @@ def unsaved_in_log(
         if url not in done:
             found.by_project.setdefault(project, defaultdict(list))[scene].append(url)
     return found
+
+
+def saved_lines(log_dir: Path, batch_id: str) -> Counter[str]:
+    """custom_id -> how many of its images this host's log says reached their scene, for one
+    batch: the lines a collection cut short already did, which its resumption skips."""
+    needle = json.dumps(batch_id).encode()
+    done: Counter[str] = Counter()
+    for path in sorted(log_dir.glob("*.jsonl")) if log_dir.is_dir() else []:
+        try:
+            handle = path.open("rb")
+        except OSError:
+            continue
+        with handle:
+            for line in handle:
+                if needle not in line or b'"image.saved"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if (
+                    isinstance(record, dict)
+                    and record.get("event") == "image.saved"
+                    and record.get("batch") == batch_id
+                    and isinstance(record.get("custom_id"), str)
+                ):
+                    done[record["custom_id"]] += 1
+    return done
 
 
 async def inherited_objects(
