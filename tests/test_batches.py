@@ -366,3 +366,37 @@ def test_a_collection_cut_short_is_resumed_on_its_host_where_it_stopped(cli, row
     assert events.count("image.generated") == 6, "the first three lines were not taken again"
     assert [len(u) for u in rows.urls("p1").values()] == [1] * 6
     assert sum(stored(tmp_path).values()) == 6
+
+
+@pytest.mark.many_connections
+@pytest.mark.parametrize("where", ["same host", "another host with a store"])
+def test_a_batch_run_saves_what_a_killed_run_received_instead_of_buying_it_again(
+    db_url, rows, tmp_path: Path, log_dir: Path, where: str
+):
+    from .conftest import process_env
+    from .test_seams import _killed_while_the_row_is_held
+
+    rows.put("p1", incident_document(5))
+    (tmp_path / "imgsave.toml").write_text(
+        "[provider]\ntimeout = 10\nbackoff_initial = 0.01\n"
+        "[database]\nlock_timeout = 1\nmax_attempts = 100\n"
+    )
+    store = {
+        "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+        "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+    }
+    with LoopbackProvider(answer="b64" if "store" in where else "url") as api:
+        env = process_env(db_url, api, log_dir)
+        if "store" in where:
+            env |= store
+        _killed_while_the_row_is_held(
+            db_url, tmp_path, env, ["generate", "p1", "-c", "5"], "image.generated", 5
+        )
+        paid = api.requests
+        assert all(not urls for urls in rows.urls("p1").values()), "nothing was saved"
+        if "store" in where:
+            env |= {"IMGSAVE_LOG_DIR": str(tmp_path / "other-host")}
+        out = process(["generate", "p1", "--batch", "--json"], env, db_url, tmp_path)
+        assert (out["recovered"], out["in_batches"], out["held_scenes"]) == (5, 0, 0), out
+        assert (api.requests, api.batches.created) == (paid, 0), "nothing bought again"
+    assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 5

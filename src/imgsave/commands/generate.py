@@ -458,6 +458,7 @@ class BatchRunResult:
             "skipped_scenes": t.skipped_scenes,
             "held_scenes": t.held_scenes,
             "received": t.received,
+            "recovered": t.recovered,
             "spooled": t.spooled,
             "lost": t.lost,
             "in_batches": t.in_batches,
@@ -483,6 +484,8 @@ class BatchRunResult:
             parts.append(", ".join(f"{n} {why}" for why, n in t.refusals.items()))
         if t.lost:
             parts.append(f"{t.lost} paid for and lost (output expired)")
+        if t.recovered:
+            parts.append(f"{t.recovered} received by an earlier run and saved now")
         if t.held_scenes:
             parts.append(f"{t.held_scenes} scenes held by other runs")
         if t.usage.get("total_tokens"):

@@ -53,11 +53,11 @@ from imgsave.core.result_json import NOT_IN_JSON
 from imgsave.core.scene_plan import SceneSelection, plan
 from imgsave.core.settings import Settings
 from imgsave.errors import ImgsaveError
-from imgsave.operations.claims import scene_key
+from imgsave.operations.claims import process_is_gone, scene_key
 from imgsave.operations.execution import Reporter, record_generated
 from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.intake import Intake, NotKept
-from imgsave.operations.recovery import saved_lines
+from imgsave.operations.recovery import Unsaved, save_recovered, saved_lines, unsaved_in_log
 
 # The batch's 24 h window and an hour's margin: no other run pays for its scenes meanwhile.
 CLAIM_SECONDS = 25 * 3600
@@ -77,6 +77,8 @@ class BatchTally:
     saved: int = 0
     failed: int = 0
     received: int = 0
+    # Images earlier runs received and never saved, saved before anything was submitted.
+    recovered: int = 0
     spooled: int = 0
     # Images paid for whose output was gone before anyone collected it.
     lost: int = 0
@@ -126,6 +128,7 @@ class Batches:
         self._claims = ClaimRows(db)
         self._rows = BatchRows(db)
         self._claim_run = f"batch-{log.run_id}"
+        self._unsaved: Unsaved | None = None
 
     # -- collect -----------------------------------------------------------------------------
 
@@ -329,13 +332,37 @@ class Batches:
             tally.skipped_scenes += len(first.skipped_scenes)
             return []
         keys = {scene_key(job.scene.ref): job.scene.ref for job in first.jobs}
-        taken = dict(
-            await self._claims.take(
-                project, list(keys), run=self._claim_run, host=socket.gethostname(),
-                process="", expiry=CLAIM_SECONDS,
-            )
-        )  # fmt: skip
+
+        async def take(wanted: list[str], dead: Sequence[str] = ()) -> dict[str, float | None]:
+            return dict(
+                await self._claims.take(
+                    project, wanted, run=self._claim_run, host=socket.gethostname(),
+                    process="", expiry=CLAIM_SECONDS, dead=dead,
+                )
+            )  # fmt: skip
+
+        taken = await take(list(keys))
+        if len(taken) < len(keys):
+            # A run on this host that died holding scenes gives them up now, as it does to a
+            # synchronous run; what it received for them is recovered below.
+            holders = await self._claims.holders(project, [k for k in keys if k not in taken])
+            dead = sorted({process for _, _, process, _, _ in holders if process_is_gone(process)})
+            if dead:
+                taken |= await take([h[0] for h in holders], dead)
         tally.held_scenes += len(keys) - len(taken)
+        # What an earlier run received for these scenes and never saved is saved first: a
+        # batch must not pay for it again (recovery.py).
+        if self._unsaved is None:
+            self._unsaved = await asyncio.to_thread(
+                unsaved_in_log, self._log.path.parent, allow_http=self._allow_http,
+                normalise=self._db.normalise_key,
+            )  # fmt: skip
+        tally.recovered += await save_recovered(
+            self._db, self._shape, self._log, project,
+            [job for job in first.jobs if scene_key(job.scene.ref) in taken],
+            logged=self._unsaved.for_project(project), store=self._intake.store,
+            inherited={keys[k]: since for k, since in taken.items() if since is not None},
+        )  # fmt: skip
         second = await planned()
         tally.skipped_scenes += len(second.skipped_scenes)
         entries = []

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.runlog.writer import RunLog
 from imgsave.adapters.storage.object_store import Store
-from imgsave.core.documents import SceneRef
+from imgsave.core.documents import Outcome, SceneRef, Shape
 from imgsave.core.image_bytes import scene_segment
+from imgsave.core.scene_plan import Job
 from imgsave.core.url_rule import url_problem
+from imgsave.operations.group_commit import ProjectSaver
 
 # The events that say a logged URL reached its scene (or was deliberately superseded).
 _DONE = frozenset({"image.saved", "image.repaired", "image.rehosted"})
@@ -136,3 +140,38 @@ async def inherited_objects(
             if modified.timestamp() >= since and await store.holds_image(key, size):
                 found.append((ref, store.public_url(key)))
     return found
+
+
+async def save_recovered(
+    db: Database,
+    shape: Shape,
+    log: RunLog,
+    project: str,
+    jobs: Sequence[Job],
+    *,
+    logged: dict[SceneKey, list[str]],
+    store: Store | None,
+    inherited: dict[SceneRef, float],
+) -> int:
+    """Save, into the scenes of `jobs` (held by the caller's claims), what earlier runs received
+    for them and never saved: `logged` by this host's log, and the objects a dead run put in
+    the store (`inherited`). Returns how many images that added, each logged image.repaired."""
+    stored = await inherited_objects(store, project, inherited) if store and inherited else []
+    wanted: list[tuple[SceneRef, str]] = []
+    for job in jobs:
+        ref = job.scene.ref
+        urls = logged.get((ref.index, ref.id), []) + [u for r, u in stored if r == ref]
+        wanted += [(ref, url) for url in dict.fromkeys(urls) if url not in job.scene.urls]
+    if not wanted:
+        return 0
+    async with ProjectSaver(db, project, shape) as saver:
+        outcomes = await saver.save_many(wanted)
+    added = 0
+    for (ref, url), outcome in zip(wanted, outcomes, strict=True):
+        if outcome is Outcome.ADDED:
+            added += 1
+            await log.record(
+                "image.repaired", project=project, scene=ref.index, scene_id=ref.id, url=url,
+                recovered=True,
+            )  # fmt: skip
+    return added

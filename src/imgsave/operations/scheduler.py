@@ -21,14 +21,13 @@ from typing import Generic, Protocol, TypeVar
 from imgsave.adapters.imageapi.client import Provider
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
-from imgsave.core.documents import Outcome, SceneRef, Shape, decode, scenes
+from imgsave.core.documents import SceneRef, Shape, decode, scenes
 from imgsave.core.scene_plan import Plan, SceneSelection, plan
 from imgsave.errors import ClaimsUnavailable, DatabaseUnavailable, ImgsaveError, LogUnwritable
 from imgsave.operations.claims import Claims, Held, held_lines, stalled
 from imgsave.operations.execution import Execution, Reporter, Tally, finish_log
-from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.intake import Intake
-from imgsave.operations.recovery import Unsaved, inherited_objects, unsaved_in_log
+from imgsave.operations.recovery import Unsaved, save_recovered, unsaved_in_log
 from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal
 
@@ -246,32 +245,16 @@ class Scheduler(Generic[R]):
                     normalise=self._db.normalise_key,
                 )
             )
-        logged = (await self._unsaved).for_project(name)
-        inherited = self._claims.inherited.get(name, {}) if self._claims else {}
-        store = self._intake.store
-        stored = await inherited_objects(store, name, inherited) if store and inherited else []
-        wanted: list[tuple[SceneRef, str]] = []
-        for job in the_plan.jobs:
-            ref = job.scene.ref
-            urls = logged.get((ref.index, ref.id), []) + [u for r, u in stored if r == ref]
-            wanted += [(ref, url) for url in dict.fromkeys(urls) if url not in job.scene.urls]
-        if not wanted:
-            return 0
-        async with ProjectSaver(self._db, name, self._shape) as saver:
-            outcomes = await saver.save_many(wanted)
-        added = 0
-        for (ref, url), outcome in zip(wanted, outcomes, strict=True):
-            if outcome is Outcome.ADDED:
-                added += 1
-                await self._log.record(
-                    "image.repaired",
-                    project=name,
-                    scene=ref.index,
-                    scene_id=ref.id,
-                    url=url,
-                    recovered=True,
-                )
-        return added
+        return await save_recovered(
+            self._db,
+            self._shape,
+            self._log,
+            name,
+            the_plan.jobs,
+            logged=(await self._unsaved).for_project(name),
+            store=self._intake.store,
+            inherited=self._claims.inherited.get(name, {}) if self._claims else {},
+        )
 
     async def _carry_out(
         self, name: str, the_plan: Plan, result: R, reporter: Reporter | None
