@@ -400,3 +400,23 @@ def test_a_batch_run_saves_what_a_killed_run_received_instead_of_buying_it_again
         assert (out["recovered"], out["in_batches"], out["held_scenes"]) == (5, 0, 0), out
         assert (api.requests, api.batches.created) == (paid, 0), "nothing bought again"
     assert [len(urls) for urls in rows.urls("p1").values()] == [1] * 5
+
+
+def test_repair_regenerate_never_buys_a_scene_a_batch_is_paying_for(cli, rows, tmp_path: Path):
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        submitted = cli("generate", "p1", "--batch", "--json", "--allow-http",
+                        env=host(api, tmp_path, "a")).json()  # fmt: skip
+        assert submitted["in_batches"] == 3
+        # Another host, whose log never saw the batch: to it the scenes are empty, never logged.
+        other = host(api, tmp_path, "b")
+        repaired = cli("repair", "p1", "--execute", "--regenerate", "--json", "--allow-http",
+                   env=other)  # fmt: skip
+        out = repaired.json()
+        assert (repaired.code, out["regenerated"], out["remaining"]) == (1, 0, 3), repaired.stdout
+        assert "3 scenes not regenerated: held by another run" in out["errors"][0]
+        assert api.requests == 0, "nothing bought beside the batch"
+        api.batches.seconds = 0
+        collected = cli("generate", "p1", "--batch", "--json", "--allow-http", env=other).json()
+        assert collected["saved"] == 3
+    assert [len(u) for u in rows.urls("p1").values()] == [1, 1, 1]

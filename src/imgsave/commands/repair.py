@@ -26,6 +26,7 @@ from imgsave.core.scene_plan import Job, Plan
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, LogUnwritable
 from imgsave.operations.batches import Batches, BatchTally, finished_and_uncollected
+from imgsave.operations.claims import Claims
 from imgsave.operations.execution import Execution, Reporter, record_generated
 from imgsave.operations.intake import Intake, Kept, NotKept, opened_intake
 from imgsave.operations.lost_images import AuditReport, Finding, audit
@@ -265,11 +266,17 @@ async def _repair(
     regenerated: dict[tuple[str, int], int] = {}
     if provider is not None:
         stop = StopSignal()
+        claims = (
+            Claims(db, log.run_id, settings.claims.expiry)
+            if settings.claims.enabled
+            else nullcontext()
+        )
         with sigint_stops(stop):
-            regenerated = await _regenerate(
-                db, provider, intake, log, settings.shape, report, concurrency, stop, reporter,
-                result,
-            )  # fmt: skip
+            async with claims as held:
+                regenerated = await _regenerate(
+                    db, provider, intake, log, settings.shape, report, concurrency, stop,
+                    reporter, result, held,
+                )  # fmt: skip
     result.repaired = sum(restored.values())
     result.regenerated = sum(regenerated.values())
     result.remaining = (
@@ -382,9 +389,12 @@ async def _regenerate(
     stop: StopSignal,
     reporter: Reporter | None,
     result: RepairResult,
+    claims: Claims | None,
 ) -> dict[tuple[str, int], int]:
     """New images for scenes left short: expired URLs that cannot come back (each new image
-    logged as replacing one of them), and scenes that hold nothing and were never logged."""
+    logged as replacing one of them), and scenes that hold nothing and were never logged.
+    Only scenes this run can claim: one waiting in a batch, or being generated now, is being
+    paid for already."""
     wanted: dict[str, dict[SceneRef, list[str | None]]] = defaultdict(lambda: defaultdict(list))
     for finding in report.expired:
         wanted[finding.project][SceneRef(finding.scene, finding.scene_id)].append(finding.url)
@@ -406,6 +416,14 @@ async def _regenerate(
             for ref, olds in by_scene.items()
             if (scene := find(all_scenes, ref)) is not None and scene.prompt
         )
+        if claims is not None and jobs:
+            mine, held = await claims.claim(project, [job.scene.ref for job in jobs])
+            jobs = tuple(job for job in jobs if job.scene.ref in set(mine))
+            if held:
+                result.errors.append(
+                    f"project {project}: {len(held)} scenes not regenerated: held by another "
+                    "run (a batch waiting, or a generate in progress)"
+                )
         execution = Execution(
             db=db,
             provider=provider,
@@ -416,8 +434,11 @@ async def _regenerate(
             slots=concurrency,
             stop=stop,
             reporter=reporter,
+            claims=claims,
         )
         tally = await execution.run(Plan(jobs))
+        if claims is not None:
+            await claims.release(project)
         result.errors.extend(e for e in tally.errors if e != tally.fatal)
         result.possibly_billed_retries += tally.possibly_billed_retries
         add_usage(result.usage, tally.usage)
