@@ -79,6 +79,8 @@ def test_300_images_in_2_batches_submitted_by_one_host_are_collected_by_another(
     assert sorted(result["batches"]["collected"]) == sorted(out["batches"]["submitted"])
     assert (result["saved"], result["batches"]["submitted"]) == (300, [])
     assert result["usage"]["output_tokens"] == 300 * 1056
+    per_batch = sorted((b["total"], b["received"], b["saved"]) for b in result["per_batch"])
+    assert sum(b[0] for b in per_batch) == 300 and all(len(set(b)) == 1 for b in per_batch)
     urls = scene_urls(db_url)
     assert len(urls) == 150 and all(len(u) == 2 for u in urls.values()), "each image once"
     assert stored(tmp_path) == Counter(sent), "every image paid for is in the store, once"

@@ -91,8 +91,8 @@ class BatchTally:
     skipped_scenes: int = 0
     held_scenes: int = 0
     errors: list[str] = field(default_factory=list)
-    # Per batch collected: {id, status, saved, failed, lost, resumed (lines an earlier,
-    # cut-short collection on this host had done)}.
+    # Per batch collected: {id, status, total, received, saved, failed, lost, resumed (lines
+    # an earlier, cut-short collection on this host had done)}.
     per_batch: list[dict[str, object]] = field(default_factory=list)
     # A collection that could not finish (the output unreadable for now): exit 1.
     uncollected: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
@@ -157,6 +157,7 @@ class Batches:
         # again; each save appends only what the scene lacks, so nothing is saved twice.)
         done = await asyncio.to_thread(saved_lines, self._log.path.parent, batch.id)
         saved = failed = lost = resumed = 0
+        received_before = tally.received
         in_flight: set[asyncio.Task[int]] = set()
         async with contextlib.AsyncExitStack() as stack:
             savers: dict[str, ProjectSaver] = {}
@@ -259,8 +260,9 @@ class Batches:
             )  # fmt: skip
         tally.collected.append(batch.id)
         tally.per_batch.append(
-            {"id": batch.id, "status": batch.status, "total": batch.total, "saved": saved,
-             "failed": failed, "lost": lost, "resumed": resumed}
+            {"id": batch.id, "status": batch.status, "total": batch.total,
+             "received": tally.received - received_before, "saved": saved, "failed": failed,
+             "lost": lost, "resumed": resumed}
         )  # fmt: skip
         tally.saved += saved
         tally.failed += failed
