@@ -499,13 +499,15 @@ def _slot_in_request(raw: bytes) -> Slot | None:
     return slot_of(identifier) if isinstance(identifier, str) else None
 
 
-def _chunks(entries: list[_Entry], size: int) -> list[list[_Entry]]:
-    """Batches of at most `size` requests and MAX_INPUT_BYTES of input each."""
+def _chunks(
+    entries: list[_Entry], size: int, max_bytes: int = MAX_INPUT_BYTES
+) -> list[list[_Entry]]:
+    """Batches of at most `size` requests and `max_bytes` of input each, in order."""
     chunks: list[list[_Entry]] = []
     current: list[_Entry] = []
     weight = 0
     for entry in entries:
-        if current and (len(current) >= size or weight + len(entry.line) > MAX_INPUT_BYTES):
+        if current and (len(current) >= size or weight + len(entry.line) > max_bytes):
             chunks.append(current)
             current, weight = [], 0
         current.append(entry)
