@@ -212,10 +212,18 @@ def test_usage_errors_exit_2(cli, api, incident_project, args, message):
     assert api.requests == 0
 
 
-def test_missing_base_url_is_a_usage_error(cli, incident_project):
+def test_no_image_api_at_all_is_a_usage_error_naming_what_to_set(cli, incident_project):
     ran = cli("generate", "p1")
     assert ran.code == 2
-    assert "set IMGSAVE_BASE_URL" in ran.stderr
+    assert ran.stderr == (
+        "imgsave: error: no image API: set IMGSAVE_API_KEY (or OPENAI_API_KEY), and "
+        "IMGSAVE_BASE_URL "
+        "for an API at another address\n"
+    )
+    azure = cli("generate", "p1", env={"IMGSAVE_PROVIDER": "azure", "AZURE_OPENAI_API_KEY": "k"})
+    assert azure.code == 2 and "set IMGSAVE_BASE_URL to your azure endpoint" in azure.stderr
+    unknown = cli("generate", "p1", env={"IMGSAVE_PROVIDER": "dall-e"})
+    assert unknown.code == 2 and "unknown image API kind 'dall-e'" in unknown.stderr
 
 
 def test_human_output_is_one_summary_line(cli, api, incident_project):

@@ -93,6 +93,4 @@ async def run_cancel(settings: Settings, batch_id: str) -> CancelResult:
 
 
 def _client(settings: Settings) -> BatchClient:
-    if not settings.base_url:
-        raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
-    return BatchClient(settings.base_url, settings.api_key, timeout=settings.provider.timeout)
+    return BatchClient.from_settings(settings)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.imageapi.batches import BatchClient
-from imgsave.adapters.imageapi.client import Provider, add_usage, request_body
+from imgsave.adapters.imageapi.client import Provider, add_usage
 from imgsave.adapters.imageapi.pace import PaceReport
+from imgsave.adapters.imageapi.wires import request_body
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog, new_run_id
 from imgsave.adapters.storage.object_store import Store
@@ -512,16 +513,13 @@ async def run_batch(
     names = [projects] if isinstance(projects, str) else list(dict.fromkeys(projects))
     if bool(names) == all_projects:
         raise UsageError("name the projects to generate for, or give --all (not both)")
-    if not settings.base_url:
-        raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
     store = Store.from_settings(settings)
     log_dir = settings.resolved_log_dir()
+    client = BatchClient.from_settings(settings)
     async with (
+        client,
         await Database.from_settings(settings) as db,
         opened_intake(settings, store, log_dir) as intake,
-        BatchClient(
-            settings.base_url, settings.api_key, timeout=settings.provider.timeout
-        ) as client,
     ):
         if store is not None:
             await store.probe()  # before anything is spent

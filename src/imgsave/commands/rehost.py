@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from imgsave.adapters.imageapi.client import ImageFailed, Provider, Received, add_usage
+from imgsave.adapters.imageapi.client import ImageFailed, Provider, add_usage
+from imgsave.adapters.imageapi.wires import Received
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
 from imgsave.adapters.storage.object_store import Store

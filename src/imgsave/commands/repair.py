@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 
 from imgsave.adapters.imageapi.batches import BatchClient
-from imgsave.adapters.imageapi.client import Provider, Received, add_usage, request_body
+from imgsave.adapters.imageapi.client import Provider, add_usage
+from imgsave.adapters.imageapi.wires import Received, request_body
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.host_lock import exclusive
 from imgsave.adapters.runlog.reader import LogQuery
@@ -299,10 +300,8 @@ async def _collect_batches(
     db: Database, intake: Intake, log: RunLog, settings: Settings, result: RepairResult
 ) -> None:
     """What finished batches hold and no run took in: collected as generate --batch would."""
-    if not settings.base_url:  # pragma: no cover - uncollected is only counted with an API
-        return
     tally = BatchTally()
-    async with BatchClient(settings.base_url, settings.api_key) as client:
+    async with BatchClient.from_settings(settings) as client:
         batches = Batches(
             db=db, client=client, intake=intake, log=log, shape=settings.shape,
             request=lambda prompt: request_body(prompt, settings.model, settings.provider),

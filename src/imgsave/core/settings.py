@@ -26,11 +26,35 @@ class Names:
     updated_at_column: str = "updated_at"
 
 
+# Each kind of image API (adapters/imageapi/wires.py): its default base URL (None: the
+# user's own endpoint), and the variable its own SDKs read the key from.
+PROVIDER_KINDS: dict[str, tuple[str | None, str]] = {
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "azure": (None, "AZURE_OPENAI_API_KEY"),
+    "gemini": ("https://generativelanguage.googleapis.com/v1beta", "GEMINI_API_KEY"),
+}
+
+
+def no_image_api(kind: str) -> str:
+    """What a run that needs an image API, and was told of none, says."""
+    default, key = PROVIDER_KINDS[kind]
+    if default is None:
+        return f"no image API: set IMGSAVE_BASE_URL to your {kind} endpoint, and IMGSAVE_API_KEY"
+    return (
+        f"no image API: set IMGSAVE_API_KEY (or {key}), and IMGSAVE_BASE_URL for an API at "
+        "another address"
+    )
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
     # GPT image models take a minute or more at high quality; a shorter deadline would pay for
     # images it then abandons.
     timeout: float = 600.0
+    # Which image API (PROVIDER_KINDS; IMGSAVE_PROVIDER).
+    kind: str = "openai"
+    # Azure OpenAI's api-version query parameter.
+    api_version: str = "2025-04-01-preview"
     max_attempts: int = 6
     # Retries after a request the provider may already have billed (a timeout once the body was
     # sent, a 200 that was cut off or unreadable): bounded apart from other retries.
@@ -119,6 +143,14 @@ class Settings:
     claims: ClaimSettings = field(default_factory=ClaimSettings)
 
     @property
+    def api_base(self) -> str | None:
+        """The image API's base URL: IMGSAVE_BASE_URL, else the kind's own once a key is set
+        (with neither, no image API was configured, and a run must say so, not call one)."""
+        if self.base_url:
+            return self.base_url
+        return PROVIDER_KINDS[self.provider.kind][0] if self.api_key else None
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never reach any output."""
         found = tuple(
@@ -148,7 +180,8 @@ class Settings:
 ENVIRONMENT = {
     "database_url": ("IMGSAVE_DATABASE_URL", "DATABASE_URL"),
     "base_url": ("IMGSAVE_BASE_URL",),
-    "api_key": ("IMGSAVE_API_KEY", "OPENAI_API_KEY"),
+    "api_key": ("IMGSAVE_API_KEY",),
+    "kind": ("IMGSAVE_PROVIDER",),
     "model": ("IMGSAVE_MODEL",),
     "log_dir": ("IMGSAVE_LOG_DIR",),
     "store_url": ("IMGSAVE_STORE",),
@@ -197,6 +230,17 @@ def load_settings(
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = value
+    kind = str(merged.pop("kind", None) or file_sections.get("provider", {}).get("kind", "openai"))
+    if kind not in PROVIDER_KINDS:
+        raise UsageError(
+            f"unknown image API kind {kind!r} (IMGSAVE_PROVIDER or [provider] kind): "
+            f"use one of {', '.join(PROVIDER_KINDS)}"
+        )
+    file_sections.setdefault("provider", {})["kind"] = kind
+    # The kind's own key variable stands in for IMGSAVE_API_KEY: over the file, under a flag.
+    own_key = environ.get(PROVIDER_KINDS[kind][1])
+    if own_key and not environ.get("IMGSAVE_API_KEY") and not (overrides or {}).get("api_key"):
+        merged["api_key"] = own_key
     return _build(merged, file_sections, path)
 
 

@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgsave.adapters.imageapi.batches import (
+    BATCH_KINDS,
     BatchClient,
     BatchInfo,
     BatchRefused,
     BatchUnavailable,
 )
-from imgsave.adapters.imageapi.client import add_usage, decoded_images, images_of
+from imgsave.adapters.imageapi.client import add_usage
+from imgsave.adapters.imageapi.wires import decoded_images, images_of
 from imgsave.adapters.postgres.batch_rows import BatchRows
 from imgsave.adapters.postgres.claim_rows import ClaimRows
 from imgsave.adapters.postgres.database import Database
@@ -182,7 +184,7 @@ class Batches:
                 if result is None or slot is None or not result.ok:
                     return 0
                 body = result.body or {}
-                answer, _ = images_of(body, decoded, allow_http=self._allow_http)
+                answer = images_of(body, decoded, allow_http=self._allow_http)
                 if answer.images and done[result.custom_id] >= len(answer.images):
                     resumed += 1
                     return 0
@@ -520,10 +522,11 @@ def _chunks(
 async def finished_and_uncollected(settings: Settings, db: Database) -> int:
     """Images finished batches of this database hold that no run collected; 0 when no image
     API is configured or it has no Batch API (audit reads what it can, and says the rest)."""
-    if not settings.base_url:
+    # Only an image API this run was told of: a default base with no key is no one's.
+    if not (settings.base_url or settings.api_key) or settings.provider.kind not in BATCH_KINDS:
         return 0
     try:
-        async with BatchClient(settings.base_url, settings.api_key, max_attempts=2) as client:
+        async with BatchClient.from_settings(settings, max_attempts=2) as client:
             return uncollected_images(await overview(db, client))
     except ImgsaveError:
         return 0

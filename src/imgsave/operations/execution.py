@@ -16,14 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from imgsave.adapters.imageapi.client import (
-    Answer,
-    ImageFailed,
-    NotSent,
-    Provider,
-    Received,
-    add_usage,
-)
+from imgsave.adapters.imageapi.client import ImageFailed, NotSent, Provider, add_usage
+from imgsave.adapters.imageapi.wires import Answer, Received
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
 from imgsave.core.documents import Outcome, Scene, SceneRef, Shape

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgsave.adapters.imageapi.client import Received
 from imgsave.adapters.imageapi.downloads import DownloadFailed, Fetcher
+from imgsave.adapters.imageapi.wires import Received
 from imgsave.adapters.storage import spool
 from imgsave.adapters.storage.object_store import Store, StoreUnavailable
 from imgsave.core.documents import SceneRef

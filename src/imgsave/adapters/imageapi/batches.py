@@ -24,9 +24,12 @@ import httpx
 from imgsave.adapters.imageapi.tls import shared_context
 from imgsave.core.batch_lines import ENDPOINT
 from imgsave.core.redaction import redact
-from imgsave.errors import CannotWork, ProviderRefused
+from imgsave.core.settings import Settings, no_image_api
+from imgsave.errors import CannotWork, ProviderRefused, UsageError
 
 FINISHED = frozenset({"completed", "expired", "cancelled", "failed"})
+# The kinds of image API that serve this Batch API.
+BATCH_KINDS = frozenset({"openai", "azure"})
 RETRIED = frozenset({429, 500, 502, 503, 504})
 
 
@@ -93,6 +96,7 @@ class BatchClient:
         max_attempts: int = 5,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        key_header: str = "Authorization",
     ):
         """`transport` and `sleep` are for tests (an httpx.MockTransport, no real waits)."""
         self._base = base_url.rstrip("/")
@@ -100,11 +104,37 @@ class BatchClient:
         self._max_attempts = max_attempts
         self._sleep = sleep
         self._client = httpx.AsyncClient(
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            headers=(
+                {key_header: f"Bearer {api_key}" if key_header == "Authorization" else api_key}
+                if api_key
+                else {}
+            ),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             transport=transport,
             verify=shared_context(),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, max_attempts: int = 5) -> Self:
+        """The Batch API of the configured image API: OpenAI's at its base URL, Azure
+        OpenAI's at `{endpoint}/openai/v1` with its `api-key` header; UsageError for a kind
+        without one, or without a base URL."""
+        kind = settings.provider.kind
+        if kind not in BATCH_KINDS:
+            raise UsageError(
+                f"the {kind} API has no Batch API imgsave can use: generate without --batch"
+            )
+        base = settings.api_base
+        if not base:
+            raise UsageError(no_image_api(kind))
+        if kind == "azure":
+            return cls(
+                base.rstrip("/") + "/openai/v1", settings.api_key, key_header="api-key",
+                timeout=settings.provider.timeout, max_attempts=max_attempts,
+            )  # fmt: skip
+        return cls(
+            base, settings.api_key, timeout=settings.provider.timeout, max_attempts=max_attempts
         )
 
     async def __aenter__(self) -> Self:

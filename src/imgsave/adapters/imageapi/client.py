@@ -1,5 +1,5 @@
-"""An OpenAI-compatible image API client: `POST {base}/images/generations`, images answered as
-`data[].b64_json` (bytes) or `data[].url` (a link that expires), as many as the answer holds.
+"""The image API client: one request per image, through the wire of the API's kind (wires.py:
+OpenAI, Azure OpenAI, Gemini), whose answer holds the images (bytes, or a link that expires).
 
 Transient trouble (429, 5xx, timeouts, dropped connections, answers that are not the JSON we
 expect) is retried with backoff and jitter, honouring `Retry-After` up to a cap. A retry after a
@@ -15,23 +15,22 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, Self
+from typing import Self
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from imgsave.adapters.imageapi.pace import Pace, PaceClosed, parse_rate
 from imgsave.adapters.imageapi.tls import shared_context
-from imgsave.core.image_bytes import decode_base64
+from imgsave.adapters.imageapi.wires import Answer, Wire, wire_for
 from imgsave.core.redaction import redact
-from imgsave.core.settings import ProviderSettings, Settings
-from imgsave.core.url_rule import shorten, url_problem
+from imgsave.core.settings import ProviderSettings, Settings, no_image_api
+from imgsave.core.url_rule import url_problem
 from imgsave.errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
 from imgsave.logs import logger
 
@@ -58,32 +57,15 @@ class NotSent(Exception):
 
 
 class ImageFailed(Exception):
-    """This one image could not be had; the run goes on."""
+    """This one image could not be had; the run goes on. `refusal`: the provider refused the
+    prompt, and why in its words (`moderation_blocked`, `SAFETY`, ...)."""
 
-    def __init__(self, reason: str, *, possibly_billed_retries: int = 0):
+    def __init__(
+        self, reason: str, *, possibly_billed_retries: int = 0, refusal: str | None = None
+    ):
         super().__init__(reason)
         self.possibly_billed_retries = possibly_billed_retries
-
-
-@dataclass(frozen=True)
-class Received:
-    """One image of an answer: its bytes (b64_json), or the provider's URL (url), or both."""
-
-    data: bytes | None = None
-    url: str | None = None
-    # `data` is the answer's b64_json text as sent, which no decoding could read: paid for,
-    # so it is kept (spooled raw), never dropped and never asked for again.
-    undecodable: bool = False
-
-
-@dataclass
-class Answer:
-    images: list[Received]
-    # The provider's token counts for this request, summed by name.
-    usage: dict[str, int] = field(default_factory=dict)
-    possibly_billed_retries: int = 0
-    # Entries of the answer that held no usable image, each said in one line.
-    problems: list[str] = field(default_factory=list)
+        self.refusal = refusal
 
 
 class _Retryable(Exception):
@@ -129,12 +111,12 @@ class Provider:
         the network, a recorder instead of real waits, a seeded jitter. `pace` spaces the
         starts of every request of the run and learns from 429s (pace.py)."""
         if not base_url:
-            raise UsageError("no image API: set IMGSAVE_BASE_URL (or base_url in imgsave.toml)")
+            raise UsageError(no_image_api(settings.kind))
         problem = url_problem(base_url, allow_http=True)
         if problem:
             raise UsageError(f"IMGSAVE_BASE_URL is not usable: {problem}")
-        self._endpoint = base_url.rstrip("/") + "/images/generations"
-        self._model = model
+        self._wire: Wire = wire_for(settings.kind, base_url, model, settings)
+        self._endpoint = self._wire.url
         self._settings = settings
         self._allow_http = allow_http
         # An answer is read no further than what its images could take as base64 (4/3 of the
@@ -143,7 +125,7 @@ class Provider:
         images = settings.params.get("n", 1)
         per_answer = max(1, images if isinstance(images, int) else 1) + 1
         self._max_answer = max_image_bytes * 4 // 3 * per_answer + ANSWER_SLACK
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = self._wire.headers(api_key)
         # Providers echo a wrong key back ("Incorrect API key provided: sk-..."): every message
         # this client produces is masked before it reaches the run, its log or the terminal.
         self._secrets = (api_key,) if api_key else ()
@@ -171,7 +153,7 @@ class Provider:
     def from_settings(cls, settings: Settings) -> Self:
         rate = settings.provider.rate
         return cls(
-            settings.base_url,
+            settings.api_base,
             settings.api_key,
             settings.model,
             settings.provider,
@@ -266,7 +248,7 @@ class Provider:
             raise
 
     async def _attempt(self, prompt: str) -> Answer:
-        body = request_body(prompt, self._model, self._settings)
+        body = self._wire.body(prompt)
         if self.pace:
             await self.pace.wait()
         if not self._sending:
@@ -312,7 +294,13 @@ class Provider:
                 f"{_detail(response)} (check IMGSAVE_API_KEY, IMGSAVE_BASE_URL and IMGSAVE_MODEL)"
             )
         if status >= 400:
-            raise ImageFailed(f"image API rejected the prompt: {status}{_detail(response)}")
+            try:
+                refusal = self._wire.refusal(status, response.json())
+            except ValueError:
+                refusal = None
+            raise ImageFailed(
+                f"image API rejected the prompt: {status}{_detail(response)}", refusal=refusal
+            )
         if status not in (200, 201):
             raise _Retryable(f"unexpected status {status}")
         return await self._images(response)
@@ -343,94 +331,24 @@ class Provider:
             # A base64 answer is megabytes: parsed and decoded in one worker-thread hop, so
             # other requests and saves are not held up meanwhile.
             if len(content) > DECODE_OFF_LOOP:
-                payload, decoded = await asyncio.to_thread(_parsed, content)
+                payload, decoded = await asyncio.to_thread(self._wire.parse, content)
             else:
-                payload, decoded = _parsed(content)
+                payload, decoded = self._wire.parse(content)
         except ValueError:
             raise _Retryable("the answer is not JSON", billed=True) from None
-        items = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(items, list) or not items:
-            raise _Retryable("the answer holds no data[] with an image", billed=True)
-        answer, refused = images_of(payload, decoded, allow_http=self._allow_http)
+        answer = self._wire.read(payload, decoded, allow_http=self._allow_http)
         if not answer.images:
-            if refused:  # the provider's answer, not a fault: asking again would pay again
-                raise ImageFailed("; ".join(answer.problems))
+            if answer.refusal or answer.refused_urls:
+                # The provider's answer, not a fault: asking again would pay again.
+                raise ImageFailed("; ".join(answer.problems), refusal=answer.refusal)
             raise _Retryable(f"the answer holds no image: {answer.problems[0]}", billed=True)
         return answer
-
-
-def request_body(prompt: str, model: str | None, settings: ProviderSettings) -> dict[str, Any]:
-    """One image request's body, for `POST /images/generations` and a batch's lines alike."""
-    body: dict[str, Any] = {"prompt": prompt, "n": 1, "size": settings.size, **settings.params}
-    if model:
-        body["model"] = model
-    return body
-
-
-def images_of(
-    payload: Any, decoded: dict[int, tuple[bytes, bool]], *, allow_http: bool
-) -> tuple[Answer, int]:
-    """The images an answer's JSON carries (`decoded`: its data[n].b64_json, decoded), with a
-    line for each entry that held none; and how many URLs the URL rule refused. A synchronous
-    answer and a batch's output line are read alike."""
-    items = payload.get("data") if isinstance(payload, dict) else None
-    answer = Answer([], usage=_usage(payload.get("usage") if isinstance(payload, dict) else None))
-    refused = 0
-    for n, item in enumerate(items if isinstance(items, list) else ()):
-        entry: dict[str, Any] = item if isinstance(item, dict) else {}
-        url = entry.get("url")
-        if not isinstance(url, str):
-            url = None
-        elif problem := url_problem(url, allow_http=allow_http):
-            answer.problems.append(
-                f"image API answered with a URL imgsave will not save ({problem}): {shorten(url)!r}"
-            )
-            refused += 1
-            url = None
-        if n in decoded:
-            data, ok = decoded[n]
-            answer.images.append(Received(data=data, url=url, undecodable=not ok))
-        elif url is not None:
-            answer.images.append(Received(url=url))
-        elif not isinstance(entry.get("url"), str):
-            answer.problems.append(f"data[{n}] holds neither b64_json nor url")
-    return answer, refused
-
-
-def _parsed(content: bytes) -> tuple[Any, dict[int, tuple[bytes, bool]]]:
-    """The answer's JSON, and each data[n].b64_json decoded (see decoded_images)."""
-    payload = json.loads(content)
-    return payload, decoded_images(payload)
-
-
-def decoded_images(payload: Any) -> dict[int, tuple[bytes, bool]]:
-    """Each data[n].b64_json decoded: (bytes, True), or (the text as sent, False) where no
-    decoding reads it. The base64 text is dropped from the payload as soon as it is decoded:
-    megabytes each."""
-    decoded: dict[int, tuple[bytes, bool]] = {}
-    items = payload.get("data") if isinstance(payload, dict) else None
-    for n, item in enumerate(items if isinstance(items, list) else ()):
-        text = item.get("b64_json") if isinstance(item, dict) else None
-        if isinstance(text, str) and text:
-            data = decode_base64(text)
-            decoded[n] = (data, True) if data is not None else (text.encode("utf-8"), False)
-            item["b64_json"] = None
-    return decoded
 
 
 def add_usage(total: dict[str, int], usage: dict[str, int]) -> None:
     """Token counts summed by name, into `total`."""
     for name, tokens in usage.items():
         total[name] = total.get(name, 0) + tokens
-
-
-def _usage(value: Any) -> dict[str, int]:
-    """The answer's top-level token counts (input_tokens, output_tokens, total_tokens, ...)."""
-    if not isinstance(value, dict):
-        return {}
-    return {
-        str(k): int(v) for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)
-    }
 
 
 def backoff(
