@@ -23,7 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from imgsave._demo.batch_api import BatchEmulation, Cut
 
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
-# "401", "400", "badurl" (a javascript: URL), "repeat" (the same URL as the last "repeat"),
+# "401", "400", "refuse" (the API's own refusal: OpenAI's 400 moderation_blocked, Gemini's
+# blockReason), "refuse-image" (Gemini: finishReason IMAGE_SAFETY), "badurl" (a javascript:
+# URL), "repeat" (the same URL as the last "repeat"),
 # "svg" (an SVG where an image should be, in the answer's own form), "two" (two images at once),
 # "placeholder" (the same image bytes every time, as a provider's content filter sends), and in
 # b64 mode "mime" (b64_json broken into CRLF lines of 76, as MIME encoders write it), "nopad"
@@ -46,6 +48,51 @@ def mixed_faults(seed: int, **rates: float) -> Callable[[int], Fault]:
         return "ok"
 
     return pick
+
+
+# kind -> (the base URL's path, the header the key goes in).
+WIRES: dict[str, tuple[str, str]] = {
+    "openai": ("/v1", "Authorization"),
+    "azure": ("", "api-key"),
+    "gemini": ("/v1beta", "x-goog-api-key"),
+}
+
+
+def _routed(kind: str, path: str) -> bool:
+    """Whether `path` is this kind's image-generation route."""
+    route, _, query = path.partition("?")
+    if kind == "azure":
+        parts = route.split("/")
+        return (
+            len(parts) == 6
+            and route.startswith("/openai/deployments/")
+            and route.endswith("/images/generations")
+            and bool(parts[3])
+            and "api-version=" in query
+        )
+    if kind == "gemini":
+        return route.startswith("/v1beta/models/") and route.endswith(":generateContent")
+    return True  # openai: as lenient as before, whatever path the tests give
+
+
+def _prompt(kind: str, body: bytes) -> str | None:
+    try:
+        payload = json.loads(body)
+        if kind == "gemini":
+            return str(payload["contents"][0]["parts"][0]["text"])
+        return str(payload["prompt"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _error_body(kind: str, status: int, message: str) -> bytes:
+    """An error as the kind's API writes it (Google's carries a status name)."""
+    error: dict[str, object] = {"message": message}
+    if kind == "gemini":
+        names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED",
+                 500: "INTERNAL"}  # fmt: skip
+        error = {"code": status, "message": message, "status": names.get(status, "UNKNOWN")}
+    return json.dumps({"error": error}).encode()
 
 
 class _Server(ThreadingHTTPServer):
@@ -77,6 +124,7 @@ class LoopbackProvider:
         batch_faults: Callable[[str], str | None] | None = None,
         batch_expire: bool = False,
         batch_create_delay: float = 0.0,
+        kind: str = "openai",
     ):
         """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
         as every current OpenAI GPT image model does). Images are distinct PNGs of
@@ -90,9 +138,20 @@ class LoopbackProvider:
         The Files and Batches endpoints (batch_api.py) answer unless `batch_api` is False (then
         404, as a provider without a Batch API does); a batch completes `batch_seconds` after it
         was created, `batch_faults(custom_id)` fails lines, `batch_expire` expires them half
-        done."""
+        done.
+
+        `kind` is the wire format served (adapters/imageapi/wires.py): "openai" at /v1,
+        "azure" (`/openai/deployments/{deployment}/images/generations?api-version=`, key in
+        `api-key`), or "gemini" (`/v1beta/models/{model}:generateContent`, key in
+        `x-goog-api-key`, images as `inlineData` parts, refusals as block reasons in a 200).
+        The path and key header of each request are kept in `calls`."""
         if answer not in ("url", "b64"):
             raise ValueError(f"answer must be 'url' or 'b64', not {answer!r}")
+        if kind not in WIRES:
+            raise ValueError(f"kind must be one of {', '.join(WIRES)}, not {kind!r}")
+        self.kind = kind
+        # (path, the key as sent) of each image request, in arrival order.
+        self.calls: list[tuple[str, str | None]] = []
         self.answer = answer
         self.image_bytes = image_bytes
         self.expire_after = expire_after
@@ -139,8 +198,9 @@ class LoopbackProvider:
 
     @property
     def base_url(self) -> str:
+        """What IMGSAVE_BASE_URL is set to for this kind."""
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
+        return f"http://{host!s}:{port}{WIRES[self.kind][0]}"
 
     @property
     def origin(self) -> str:
@@ -251,12 +311,22 @@ class LoopbackProvider:
                     content_type = self.headers.get("content-type", "")
                     self._reply(*provider.batches.post(self.path, content_type, body))
                     return
+                key_header = WIRES[provider.kind][1]
+                key = self.headers.get(key_header)
+                with provider._lock:
+                    provider.calls.append((self.path, key))
+                if not _routed(provider.kind, self.path):
+                    self._send(404, b'{"error":{"message":"no such route"}}')
+                    return
+                if provider.kind != "openai" and not key:
+                    self._send(401, _error_body(provider.kind, 401, "no API key given"))
+                    return
                 n = next(provider._counter)
                 with provider._lock:
                     provider._started += 1
                 admitted, limits = provider._admit()
                 if not admitted:
-                    self._send(429, b'{"error":{"message":"rate limit reached"}}', limits)
+                    self._send(429, _error_body(provider.kind, 429, "rate limit reached"), limits)
                     return
                 self._limits = limits
                 fault = provider.faults(n)
@@ -266,13 +336,19 @@ class LoopbackProvider:
                     provider._stopping.wait(provider.hang_seconds)
                     self._send(504, b'{"error":{"message":"too late"}}')
                     return
-                try:
-                    json.loads(body)["prompt"]
-                except (ValueError, KeyError, TypeError):
-                    self._send(400, b'{"error":{"message":"no prompt"}}')
+                if _prompt(provider.kind, body) is None:
+                    self._send(400, _error_body(provider.kind, 400, "no prompt"))
+                    return
+                if provider.kind == "gemini":
+                    self._gemini(n, fault)
                     return
                 if fault == "500":
                     self._send(500, b'{"error":{"message":"internal"}}')
+                elif fault == "refuse":
+                    self._send(400, json.dumps({"error": {
+                        "code": "moderation_blocked", "type": "image_generation_user_error",
+                        "message": "Your request was rejected by the safety system.",
+                    }}).encode())  # fmt: skip
                 elif fault.startswith("429"):
                     after = fault.partition(":")[2] or "1"
                     self._send(429, b'{"error":{"message":"slow down"}}', {"Retry-After": after})
@@ -310,6 +386,39 @@ class LoopbackProvider:
                     usage = {"input_tokens": 12, "output_tokens": 1056 * count}
                     usage["total_tokens"] = 12 + 1056 * count
                     self._json({"created": int(time.time()), "data": items, "usage": usage})
+
+            def _gemini(self, n: int, fault: Fault) -> None:
+                """generateContent's answer: images as inlineData parts beside a text part;
+                a refusal is a 200 saying why."""
+                if fault == "500":
+                    self._send(500, _error_body("gemini", 500, "internal"))
+                elif fault.startswith("429"):
+                    after = fault.partition(":")[2] or "1"
+                    body = _error_body("gemini", 429, "Resource has been exhausted")
+                    self._send(429, body, {"Retry-After": after})
+                elif fault == "refuse":
+                    usage = {"promptTokenCount": 9, "totalTokenCount": 9}
+                    feedback = {"blockReason": "PROHIBITED_CONTENT"}
+                    self._json({"promptFeedback": feedback, "usageMetadata": usage})
+                elif fault == "refuse-image":
+                    self._json({"candidates": [{"finishReason": "IMAGE_SAFETY", "index": 0}]})
+                else:
+                    count = 2 if fault == "two" else 1
+                    parts: list[dict[str, object]] = [{"text": "Here is your image."}]
+                    for k in range(count):
+                        data = provider.png(n * 10 + k)
+                        with provider._lock:
+                            provider.sent.append(hashlib.sha256(data).hexdigest())
+                        inline = {"mimeType": "image/png", "data": base64.b64encode(data).decode()}
+                        parts.append({"inlineData": inline})
+                    self._json({
+                        "candidates": [{"content": {"role": "model", "parts": parts},
+                                        "finishReason": "STOP", "index": 0}],
+                        "usageMetadata": {"promptTokenCount": 9,
+                                          "candidatesTokenCount": 1290 * count,
+                                          "totalTokenCount": 9 + 1290 * count},
+                        "modelVersion": "gemini-3.1-flash-image",
+                    })  # fmt: skip
 
             def do_HEAD(self) -> None:
                 self._image(head=True)

@@ -9,6 +9,7 @@ the database. The results below render themselves.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,10 @@ class GenerateResult:
             parts.append(f"{t.received} received")
         if t.usage.get("total_tokens"):
             parts.append(f"{t.usage['total_tokens']:,} tokens")
+        if t.refusals:
+            parts.append(
+                "refused: " + ", ".join(f"{n} {why}" for why, n in t.refusals.most_common())
+            )
         if t.spooled:
             parts.append(f"{t.spooled} kept in the spool for `imgsave repair`")
         if t.provisional:
@@ -197,6 +202,7 @@ class ManyResult:
     transactions: int = 0
     possibly_billed_retries: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    refusals: Counter[str] = field(default_factory=Counter)
     # Projects named or found that the run never started: it stopped, or --max-images ran out.
     projects_not_started: int = 0
     stopped: str | None = None
@@ -227,6 +233,7 @@ class ManyResult:
         self.transactions += t.transactions
         self.possibly_billed_retries += t.possibly_billed_retries
         add_usage(self.usage, t.usage)
+        self.refusals.update(t.refusals)
         code = result.exit_code
         self._worst = max(self._worst, code)
         if code or result.held_scenes:

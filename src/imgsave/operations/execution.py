@@ -86,6 +86,9 @@ class Tally:
     # Failed images whose URL is in the log (their save failed): `imgsave repair` restores them.
     failed_in_log: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    # Images the provider refused to make, by its reason (moderation_blocked, SAFETY, ...):
+    # failed, not retried.
+    refusals: Counter[str] = field(default_factory=Counter)
     saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
     unlogged: list[dict[str, Any]] = field(default_factory=list)
 
@@ -311,6 +314,8 @@ class Execution:
                     self._reporter.advance(ok=False, requested=False)
             except ImageFailed as exc:
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
+                if exc.refusal:
+                    self.tally.refusals[exc.refusal] += 1
                 self._failed(scene.ref, str(exc))
             except ProviderStopped as exc:  # refused (401/403/404) or unreachable
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries

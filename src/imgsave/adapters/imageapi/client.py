@@ -198,7 +198,9 @@ class Provider:
             raise NotSent(possibly_billed_retries=call.billed_retries) from None
         except ImageFailed as exc:
             raise ImageFailed(
-                redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
+                redact(str(exc), self._secrets),
+                possibly_billed_retries=call.billed_retries,
+                refusal=exc.refusal,
             ) from None
         except ProviderStopped as exc:
             raise type(exc)(
