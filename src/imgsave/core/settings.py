@@ -32,7 +32,12 @@ PROVIDER_KINDS: dict[str, tuple[str | None, str]] = {
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
     "azure": (None, "AZURE_OPENAI_API_KEY"),
     "gemini": ("https://generativelanguage.googleapis.com/v1beta", "GEMINI_API_KEY"),
+    "replicate": ("https://api.replicate.com/v1", "REPLICATE_API_TOKEN"),
+    "fal": ("https://queue.fal.run", "FAL_KEY"),
+    "bfl": ("https://api.bfl.ai/v1", "BFL_API_KEY"),
 }
+# The kinds that answer with a job to poll (adapters/imageapi/jobs.py).
+JOB_KINDS = frozenset({"replicate", "fal", "bfl"})
 
 
 def no_image_api(kind: str) -> str:
@@ -55,6 +60,10 @@ class ProviderSettings:
     kind: str = "openai"
     # Azure OpenAI's api-version query parameter.
     api_version: str = "2025-04-01-preview"
+    # A job (Replicate, fal, BFL) is polled this often, and for this long at most; one still
+    # running then is left in the log, and the next run polls it again.
+    poll_interval: float = 1.0
+    poll_timeout: float = 900.0
     max_attempts: int = 6
     # Retries after a request the provider may already have billed (a timeout once the body was
     # sent, a 200 that was cut off or unreadable): bounded apart from other retries.

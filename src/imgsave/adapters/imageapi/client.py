@@ -13,28 +13,34 @@ usable image is never thrown away, whatever else it holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import itertools
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Self
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from imgsave.adapters.imageapi.jobs import Job, JobWire, Progress, job_wire_for
 from imgsave.adapters.imageapi.pace import Pace, PaceClosed, parse_rate
 from imgsave.adapters.imageapi.tls import shared_context
-from imgsave.adapters.imageapi.wires import Answer, Wire, wire_for
+from imgsave.adapters.imageapi.wires import Answer, Received, Wire, wire_for
+from imgsave.core.image_bytes import decode_base64
 from imgsave.core.redaction import redact
-from imgsave.core.settings import ProviderSettings, Settings, no_image_api
-from imgsave.core.url_rule import url_problem
+from imgsave.core.settings import JOB_KINDS, ProviderSettings, Settings, no_image_api
+from imgsave.core.url_rule import shorten, url_problem
 from imgsave.errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
 from imgsave.logs import logger
 
 FATAL_STATUSES = frozenset({401, 403, 404})
+_T = TypeVar("_T")
 
 # HTTP connection pools requests are spread over (see Provider.__init__).
 POOLS = 8
@@ -61,11 +67,31 @@ class ImageFailed(Exception):
     prompt, and why in its words (`moderation_blocked`, `SAFETY`, ...)."""
 
     def __init__(
-        self, reason: str, *, possibly_billed_retries: int = 0, refusal: str | None = None
+        self,
+        reason: str,
+        *,
+        possibly_billed_retries: int = 0,
+        refusal: str | None = None,
+        job: str | None = None,
+        lost: bool = False,
     ):
         super().__init__(reason)
         self.possibly_billed_retries = possibly_billed_retries
         self.refusal = refusal
+        # The provider's job this image was, now over (failed, refused, or gone): no later run
+        # polls it again. A job still running when this is raised has no `job` here.
+        self.job = job
+        # The job was paid for and its result is gone.
+        self.lost = lost
+
+    def with_reason(self, reason: str, possibly_billed_retries: int) -> ImageFailed:
+        return ImageFailed(
+            reason,
+            possibly_billed_retries=possibly_billed_retries,
+            refusal=self.refusal,
+            job=self.job,
+            lost=self.lost,
+        )
 
 
 class _Retryable(Exception):
@@ -106,6 +132,7 @@ class Provider:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         pace: Pace | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         """`transport`, `sleep` and `rng` are for tests: an `httpx.MockTransport` instead of
         the network, a recorder instead of real waits, a seeded jitter. `pace` spaces the
@@ -115,8 +142,23 @@ class Provider:
         problem = url_problem(base_url, allow_http=True)
         if problem:
             raise UsageError(f"IMGSAVE_BASE_URL is not usable: {problem}")
-        self._wire: Wire = wire_for(settings.kind, base_url, model, settings)
-        self._endpoint = self._wire.url
+        self._jobs: JobWire | None = None
+        if settings.kind in JOB_KINDS:
+            self._jobs = job_wire_for(settings.kind, base_url, model, settings)
+            self._endpoint = self._jobs.url
+            headers = self._jobs.headers(api_key)
+            self._refusal: Callable[[int, Any], str | None] = self._jobs.refusal
+        else:
+            wire = wire_for(settings.kind, base_url, model, settings)
+            self._wire: Wire = wire
+            self._endpoint = wire.url
+            headers = wire.headers(api_key)
+            self._refusal = wire.refusal
+        self._base = urlsplit(base_url)
+        # Jobs being polled when their task was cancelled (a second Ctrl-C): cancelled at the
+        # provider where its API allows it, on close.
+        self._abandoned: list[Job] = []
+        self._clock = clock
         self._settings = settings
         self._allow_http = allow_http
         # An answer is read no further than what its images could take as base64 (4/3 of the
@@ -125,7 +167,6 @@ class Provider:
         images = settings.params.get("n", 1)
         per_answer = max(1, images if isinstance(images, int) else 1) + 1
         self._max_answer = max_image_bytes * 4 // 3 * per_answer + ANSWER_SLACK
-        headers = self._wire.headers(api_key)
         # Providers echo a wrong key back ("Incorrect API key provided: sk-..."): every message
         # this client produces is masked before it reaches the run, its log or the terminal.
         self._secrets = (api_key,) if api_key else ()
@@ -179,29 +220,63 @@ class Provider:
             self.pace.close()
 
     async def aclose(self) -> None:
+        abandoned, self._abandoned = self._abandoned, []
+        for job in abandoned:
+            await self._cancel(job)
         for client in self._clients:
             await client.aclose()
 
-    async def generate(self, prompt: str) -> Answer:
-        """The images the API answers for `prompt`; raises ImageFailed or ProviderRefused."""
+    async def _cancel(self, job: Job) -> None:
+        """Ask the provider to stop a job no one will wait for (Replicate, fal); best effort."""
+        if not job.cancel or not self._same_site(job.cancel):
+            return
+        method = "PUT" if job.kind == "fal" else "POST"
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            async with asyncio.timeout(5):
+                await self._clients[0].request(method, job.cancel)
+
+    async def generate(
+        self, prompt: str, on_job: Callable[[Job], Awaitable[None]] | None = None
+    ) -> Answer:
+        """The images the API answers for `prompt`; raises ImageFailed or ProviderRefused.
+        An API that answers with a job: `on_job(job)` is awaited (the caller logs it, fsynced)
+        before the job is first polled."""
         call = _Call()
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Retryable),
-            stop=stop_after_attempt(self._settings.max_attempts),
-            wait=lambda state: self._wait(state, call),
-            sleep=self._sleep,
-            reraise=True,
-        )
+
+        async def asked() -> Answer:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(_Retryable),
+                stop=stop_after_attempt(self._settings.max_attempts),
+                wait=lambda state: self._wait(state, call),
+                sleep=self._sleep,
+                reraise=True,
+            )
+            if self._jobs is None:
+                answer: Answer = await retrying(self._once, prompt, call, self._images)
+                return answer
+            submitted: tuple[Job, Progress | None] = await retrying(
+                self._once, prompt, call, self._submitted
+            )
+            job, first = submitted
+            if on_job is not None:
+                await on_job(job)
+            return await self._follow(job, first)
+
+        return await self._guarded(asked, call)
+
+    async def resume(self, job: Job) -> Answer:
+        """The images of a job an earlier run submitted and logged: polled, never submitted
+        again. ImageFailed with `lost` when the provider no longer holds its result."""
+        return await self._guarded(lambda: self._follow(job, None), _Call())
+
+    async def _guarded(self, work: Callable[[], Awaitable[Answer]], call: _Call) -> Answer:
+        """`work`'s answer, with every failure said as imgsave says it, secrets masked."""
         try:
-            answer: Answer = await retrying(self._once, prompt, call)
+            answer = await work()
         except (NotSent, PaceClosed):
             raise NotSent(possibly_billed_retries=call.billed_retries) from None
         except ImageFailed as exc:
-            raise ImageFailed(
-                redact(str(exc), self._secrets),
-                possibly_billed_retries=call.billed_retries,
-                refusal=exc.refusal,
-            ) from None
+            raise exc.with_reason(redact(str(exc), self._secrets), call.billed_retries) from None
         except ProviderStopped as exc:
             raise type(exc)(
                 redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
@@ -237,9 +312,14 @@ class Provider:
         )
         return pause
 
-    async def _once(self, prompt: str, call: _Call) -> Answer:
+    async def _once(
+        self,
+        prompt: str,
+        call: _Call,
+        read: Callable[[httpx.Response], Awaitable[_T]],
+    ) -> _T:
         try:
-            return await self._attempt(prompt)
+            return await read(await self._attempt(prompt))
         except _Retryable as exc:
             if exc.billed and call.billed_retries >= self._settings.max_billed_retries:
                 raise ImageFailed(
@@ -249,8 +329,10 @@ class Provider:
                 ) from None
             raise
 
-    async def _attempt(self, prompt: str) -> Answer:
-        body = self._wire.body(prompt)
+    async def _attempt(self, prompt: str) -> httpx.Response:
+        """One request, its answer read, every status that is not a 200 or 201 raised."""
+        body = self._jobs.body(prompt) if self._jobs else self._wire.body(prompt)
+        extra = self._jobs.submit_headers() if self._jobs else {}
         if self.pace:
             await self.pace.wait()
         if not self._sending:
@@ -260,7 +342,9 @@ class Provider:
             # The whole request, body included, gets one deadline.
             async with asyncio.timeout(self._settings.timeout):
                 client = self._clients[next(self._turn) % POOLS]
-                async with client.stream("POST", self._endpoint, json=body) as streamed:
+                async with client.stream(
+                    "POST", self._endpoint, json=body, headers=extra
+                ) as streamed:
                     response = await self._read(streamed)
         except TimeoutError:
             raise _Retryable(
@@ -297,7 +381,7 @@ class Provider:
             )
         if status >= 400:
             try:
-                refusal = self._wire.refusal(status, response.json())
+                refusal = self._refusal(status, response.json())
             except ValueError:
                 refusal = None
             raise ImageFailed(
@@ -305,7 +389,7 @@ class Provider:
             )
         if status not in (200, 201):
             raise _Retryable(f"unexpected status {status}")
-        return await self._images(response)
+        return response
 
     async def _read(self, response: httpx.Response) -> httpx.Response:
         """The answer with its body read, up to the cap (see __init__); ImageFailed past it:
@@ -345,6 +429,134 @@ class Provider:
                 raise ImageFailed("; ".join(answer.problems), refusal=answer.refusal)
             raise _Retryable(f"the answer holds no image: {answer.problems[0]}", billed=True)
         return answer
+
+    # -- jobs (Replicate, fal, BFL) ---------------------------------------------------------
+
+    async def _submitted(self, response: httpx.Response) -> tuple[Job, Progress | None]:
+        """The job a submission's answer names, and its state when the answer already says
+        (Replicate's `Prefer: wait` answers a prediction that finished in time as done)."""
+        assert self._jobs is not None
+        try:
+            payload = json.loads(response.content)
+            job = self._jobs.job(payload)
+        except ValueError as exc:
+            # The job may exist, and be billed: a retry is counted as one that may pay twice.
+            raise _Retryable(f"the answer names no job: {exc}", billed=True) from None
+        first = self._jobs.progress(payload)
+        return job, (None if first.state == "running" else first)
+
+    async def _follow(self, job: Job, first: Progress | None) -> Answer:
+        """Poll `job` until it is done, failed or gone, within `poll_timeout`; its images."""
+        assert self._jobs is not None
+        for url in filter(None, (job.poll, job.result)):
+            if not self._same_site(url):
+                raise ImageFailed(
+                    f"job {job.id}: the provider names {shorten(url)!r}, on another site than "
+                    "IMGSAVE_BASE_URL; the API key is not sent there, and the job is left in "
+                    "the log"
+                )
+        progress = first
+        deadline = self._clock() + self._settings.poll_timeout
+        try:
+            while progress is None or progress.state == "running":
+                if progress is not None:
+                    if self._clock() >= deadline:
+                        raise ImageFailed(
+                            f"job {job.id} still running after {self._settings.poll_timeout:g}s"
+                            " (poll_timeout); left in the log, the next run polls it again"
+                        )
+                    await self._sleep(self._settings.poll_interval)
+                progress = self._jobs.progress(await self._get(job, job.poll))
+        except asyncio.CancelledError:
+            self._abandoned.append(job)
+            raise
+        if progress.state == "gone":
+            raise ImageFailed(
+                f"job {job.id} is no longer held by the provider ({progress.reason}): "
+                "paid for, and its images are lost",
+                job=job.id,
+                lost=True,
+            )
+        if progress.state == "failed":
+            refusal = progress.reason if progress.refusal else None
+            raise ImageFailed(
+                f"job {job.id} failed: {progress.reason}", job=job.id, refusal=refusal
+            )
+        outputs = progress.outputs
+        if not outputs and job.result:
+            outputs = self._jobs.outputs(await self._get(job, job.result))
+        answer = Answer([], job=job.id)
+        for output in outputs:
+            if output.startswith("data:"):
+                data = decode_base64(output)
+                answer.images.append(
+                    Received(data=data)
+                    if data is not None
+                    else Received(data=output.encode(), undecodable=True)
+                )
+            elif problem := url_problem(output, allow_http=self._allow_http):
+                answer.problems.append(
+                    f"job {job.id} answered with a URL imgsave will not save ({problem}): "
+                    f"{shorten(output)!r}"
+                )
+            else:
+                answer.images.append(Received(url=output))
+        if not answer.images:
+            raise ImageFailed(
+                f"job {job.id} finished with no image"
+                + (f": {answer.problems[0]}" if answer.problems else ""),
+                job=job.id,
+            )
+        return answer
+
+    async def _get(self, job: Job, url: str) -> Any:
+        """A job's state or result, as JSON. Polls are not billed: transient trouble is
+        retried; a job the provider no longer knows (404, 410) is `gone`."""
+        assert self._jobs is not None
+        for attempt in range(1, self._settings.max_attempts + 1):
+            try:
+                async with asyncio.timeout(self._settings.timeout):
+                    client = self._clients[next(self._turn) % POOLS]
+                    response = await client.get(url)
+                status = response.status_code
+                if status in (404, 410):
+                    return {"status": "Task not found"} if job.kind == "bfl" else _GONE
+                if status in (401, 403):
+                    raise ProviderRefused(
+                        f"image API refused to show job {job.id} with {status}"
+                        f"{_detail(response)} (check IMGSAVE_API_KEY)"
+                    )
+                if 400 <= status < 500 and status != 429:
+                    refusal = self._refusal(status, _json_or_none(response))
+                    raise ImageFailed(
+                        f"job {job.id} failed: {status}{_detail(response)}",
+                        job=job.id,
+                        refusal=refusal,
+                    )
+                if status == 200:
+                    return response.json()
+                reason, retry_after = f"status {status}", _retry_after(response)
+            except (httpx.TransportError, TimeoutError, ValueError) as exc:
+                reason, retry_after = f"{type(exc).__name__}: {exc}", None
+            if attempt == self._settings.max_attempts:
+                raise ImageFailed(
+                    f"cannot poll job {job.id} ({reason}); left in the log, the next run polls "
+                    "it again"
+                )
+            await self._sleep(
+                backoff(attempt, self._settings, retry_after=retry_after, rng=self._random)
+            )
+        raise AssertionError("unreachable")
+
+    def _same_site(self, url: str) -> bool:
+        """Whether the API key may go to `url`: the base URL's scheme, and its host or a host
+        of the same site (BFL polls at api.us1.bfl.ai for api.bfl.ai)."""
+        parts = urlsplit(url)
+        host, base = parts.hostname or "", self._base.hostname or ""
+        if parts.scheme != self._base.scheme or not host:
+            return False
+        site = ".".join(base.split(".")[-2:])
+        return host in (base, site) or host.endswith("." + site)
 
 
 def add_usage(total: dict[str, int], usage: dict[str, int]) -> None:
@@ -396,6 +608,17 @@ def _retry_after(response: httpx.Response) -> float | None:
         except ValueError:
             pass
     return retry_after_seconds(response.headers.get("retry-after"))
+
+
+# A job the provider no longer holds, in the shape every job wire reads as gone.
+_GONE: dict[str, str] = {"status": "gone"}
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _detail(response: httpx.Response) -> str:

@@ -54,6 +54,8 @@ class Answer:
     # URLs the answer held that imgsave will not save (url_rule): the provider's answer, not a
     # fault, so asking again would only pay again.
     refused_urls: int = 0
+    # The provider's job these images came from (jobs.py), logged with each of them.
+    job: str | None = None
 
 
 class Wire(Protocol):
