@@ -68,6 +68,8 @@ class GenerateResult:
     stalled_scenes: list[int] = field(default_factory=list)
     # Paid images an earlier run received and never saved, saved now instead of paid again.
     recovered: int = 0
+    # Jobs an earlier run paid for and never saw end, polled again (job APIs).
+    jobs_resumed: int = 0
     log_path: str | None = field(default=None, metadata=json_name("log"))
     # The run's pace; only a run of one project carries it (several: the run's result does).
     pace: PaceReport | None = field(default=None, metadata=NOT_IN_JSON)
@@ -102,7 +104,7 @@ class GenerateResult:
             return self.refused_with
         code = self.tally.exit_code
         unprompted = self.strict and self.unprompted_scenes
-        finding = unprompted or self.stalled_scenes
+        finding = unprompted or self.stalled_scenes or self.tally.jobs_lost
         return max(code, EXIT_FINDINGS) if finding and code == 0 else code
 
     def stderr_lines(self) -> list[str]:
@@ -132,6 +134,10 @@ class GenerateResult:
             parts.append(
                 "refused: " + ", ".join(f"{n} {why}" for why, n in t.refusals.most_common())
             )
+        if self.jobs_resumed:
+            parts.append(f"{self.jobs_resumed} jobs of an earlier run polled again")
+        if t.jobs_lost:
+            parts.append(f"{t.jobs_lost} jobs paid for and lost (their results were gone)")
         if t.spooled:
             parts.append(f"{t.spooled} kept in the spool for `imgsave repair`")
         if t.provisional:
@@ -203,6 +209,8 @@ class ManyResult:
     possibly_billed_retries: int = 0
     usage: dict[str, int] = field(default_factory=dict)
     refusals: Counter[str] = field(default_factory=Counter)
+    jobs_resumed: int = 0
+    jobs_lost: int = 0
     # Projects named or found that the run never started: it stopped, or --max-images ran out.
     projects_not_started: int = 0
     stopped: str | None = None
@@ -234,6 +242,8 @@ class ManyResult:
         self.possibly_billed_retries += t.possibly_billed_retries
         add_usage(self.usage, t.usage)
         self.refusals.update(t.refusals)
+        self.jobs_resumed += result.jobs_resumed
+        self.jobs_lost += t.jobs_lost
         code = result.exit_code
         self._worst = max(self._worst, code)
         if code or result.held_scenes:

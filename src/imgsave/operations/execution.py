@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from imgsave.adapters.imageapi.client import ImageFailed, NotSent, Provider, add_usage
+from imgsave.adapters.imageapi.jobs import RemoteJob
 from imgsave.adapters.imageapi.wires import Answer, Received
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
@@ -89,6 +91,8 @@ class Tally:
     # Images the provider refused to make, by its reason (moderation_blocked, SAFETY, ...):
     # failed, not retried.
     refusals: Counter[str] = field(default_factory=Counter)
+    # Jobs paid for whose result the provider no longer held when they were polled.
+    jobs_lost: int = 0
     saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
     unlogged: list[dict[str, Any]] = field(default_factory=list)
 
@@ -204,10 +208,17 @@ class Execution:
         # Every image an answer carries was paid for: each is kept and saved. The first stands
         # in for the replaced URL, if any.
         for n, received in enumerate(answer.images):
-            await self._keep_and_save(saver, scene, received, replaces if n == 0 else ())
+            await self._keep_and_save(
+                saver, scene, received, replaces if n == 0 else (), answer.job
+            )
 
     async def _keep_and_save(
-        self, saver: ProjectSaver, scene: Scene, received: Received, replaces: tuple[str, ...]
+        self,
+        saver: ProjectSaver,
+        scene: Scene,
+        received: Received,
+        replaces: tuple[str, ...],
+        job: str | None = None,
     ) -> None:
         try:
             kept = await self._intake.keep(self._project, scene.ref, received, replaces)
@@ -229,7 +240,8 @@ class Execution:
             self._said.add(EXPIRING)
             if self._reporter:
                 self._reporter.warn(EXPIRING)
-        logged = await self._record_generated(scene, url, replaces, kept.fields)
+        fields = {**kept.fields, "job": job} if job else kept.fields
+        logged = await self._record_generated(scene, url, replaces, fields)
         try:
             outcome = await saver.save(scene.ref, url)
         except Exception as exc:  # whatever the save hit, the paid URL is reported, not dropped
@@ -295,7 +307,9 @@ class Execution:
                 if self._reporter:
                     self._reporter.advance(ok=False, requested=False)
                 return None
-            call = asyncio.ensure_future(self._provider.generate(scene.prompt))
+            call = asyncio.ensure_future(
+                self._provider.generate(scene.prompt, on_job=partial(self._job_started, scene.ref))
+            )
             self._calls.add(call)
             try:
                 return await call
@@ -316,7 +330,9 @@ class Execution:
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 if exc.refusal:
                     self.tally.refusals[exc.refusal] += 1
-                self._failed(scene.ref, str(exc))
+                self.tally.jobs_lost += exc.lost
+                # A job that is over is named, so no later run polls it again.
+                self._failed(scene.ref, str(exc), **job_fields(exc))
             except ProviderStopped as exc:  # refused (401/403/404) or unreachable
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
                 self._stop_run(str(exc))
@@ -347,6 +363,17 @@ class Execution:
         if self._reporter and message not in self._said:
             self._said.add(message)
             self._reporter.warn(text)
+
+    async def _job_started(self, ref: SceneRef, job: RemoteJob) -> None:
+        """A paid job, on disk before it is first polled: a run that dies meanwhile leaves it
+        for the next run to poll instead of paying again."""
+        try:
+            await self._log.record(
+                "image.requested", project=self._project, scene=ref.index, scene_id=ref.id,
+                **job.to_log(),
+            )  # fmt: skip
+        except LogUnwritable as exc:
+            self._log_failed(str(exc))
 
     async def _record_generated(
         self, scene: Scene, url: str, replaces: tuple[str, ...], fields: dict[str, Any]
@@ -418,6 +445,13 @@ class Execution:
         await self._stop.hard.wait()
         for call in list(self._calls):
             call.cancel()
+
+
+def job_fields(exc: ImageFailed) -> dict[str, Any]:
+    """What an image.failed record says of the job it ended (nothing when there was none)."""
+    if exc.job is None:
+        return {}
+    return {"job": exc.job, **({"lost": True} if exc.lost else {})}
 
 
 async def record_generated(

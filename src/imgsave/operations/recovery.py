@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgsave.adapters.imageapi.jobs import RemoteJob
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
 from imgsave.adapters.storage.object_store import Store
@@ -97,6 +98,52 @@ def unsaved_in_log(
     for url, (project, scene) in generated.items():
         if url not in done:
             found.by_project.setdefault(project, defaultdict(list))[scene].append(url)
+    return found
+
+
+def pending_jobs(
+    log_dir: Path, kind: str, *, normalise: Callable[[str], str | None]
+) -> dict[str, list[tuple[SceneKey, RemoteJob]]]:
+    """project -> the jobs of this kind this host's log says were paid for (image.requested)
+    and never ended (no image.generated or image.failed naming them): polled, not bought again."""
+    requested: dict[str, tuple[str, SceneKey, RemoteJob]] = {}
+    ended: set[str] = set()
+    for path in sorted(log_dir.glob("*.jsonl")) if log_dir.is_dir() else []:
+        try:
+            handle = path.open("rb")
+        except OSError:
+            continue
+        with handle:
+            for line in handle:
+                if b'"job"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get("job"), str):
+                    continue
+                event = record.get("event")
+                if event in ("image.generated", "image.failed"):
+                    ended.add(record["job"])
+                    continue
+                job = RemoteJob.from_log(record) if event == "image.requested" else None
+                project, scene = record.get("project"), record.get("scene")
+                scene_id = record.get("scene_id")
+                if (
+                    job is not None
+                    and job.kind == kind
+                    and isinstance(project, str)
+                    and isinstance(scene, int)
+                    and not isinstance(scene, bool)
+                    and isinstance(scene_id, str | None)
+                ):
+                    key = normalise(project) or project
+                    requested.setdefault(job.id, (key, (scene, scene_id), job))
+    found: dict[str, list[tuple[SceneKey, RemoteJob]]] = defaultdict(list)
+    for ident, (project, scene, job) in requested.items():
+        if ident not in ended:
+            found[project].append((scene, job))
     return found
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from imgsave.adapters.imageapi.client import Provider
+from imgsave.adapters.imageapi.jobs import RemoteJob
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
 from imgsave.core.documents import SceneRef, Shape, decode, scenes
@@ -27,7 +28,14 @@ from imgsave.errors import ClaimsUnavailable, DatabaseUnavailable, ImgsaveError,
 from imgsave.operations.claims import Claims, Held, held_lines, stalled
 from imgsave.operations.execution import Execution, Reporter, Tally, finish_log
 from imgsave.operations.intake import Intake
-from imgsave.operations.recovery import Unsaved, save_recovered, unsaved_in_log
+from imgsave.operations.job_resume import Resumed, resume_jobs
+from imgsave.operations.recovery import (
+    SceneKey,
+    Unsaved,
+    pending_jobs,
+    save_recovered,
+    unsaved_in_log,
+)
 from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal
 
@@ -51,6 +59,8 @@ class ProjectResult(Protocol):
     held_scenes: list[int]
     stalled_scenes: list[int]
     recovered: int
+    # Jobs an earlier run paid for and this run polled again (their images are in recovered).
+    jobs_resumed: int
     log_path: str | None
 
     def failure(self, exc: ImgsaveError) -> None: ...
@@ -101,6 +111,8 @@ class Scheduler(Generic[R]):
         self._allow_http = allow_http
         # What this host's log says was paid for and never saved; read once, when first needed.
         self._unsaved: asyncio.Task[Unsaved] | None = None
+        # Jobs this host's log says were paid for and never ended; read once, when first needed.
+        self._pending: asyncio.Task[dict[str, list[tuple[SceneKey, RemoteJob]]]] | None = None
         self._preparing = 0
         self._said: set[str] = set()  # warnings given once per run, whichever project met them
         # Why the whole run stopped (the database went away), if it did.
@@ -231,7 +243,36 @@ class Scheduler(Generic[R]):
             mine = set(claimed)
             first = await planned(mine)
         result.recovered = await self._recover(name, first)
-        return (await planned(mine) if result.recovered else first), held
+        resumed = await self._resume(name, result)
+        if resumed.waiting:  # their jobs are paid for and still running: not bought again
+            mine = (mine or {job.scene.ref for job in first.jobs}) - resumed.waiting
+        changed = result.recovered or resumed.saved or resumed.waiting
+        return (await planned(mine) if changed else first), held
+
+    async def _resume(self, name: str, result: R) -> Resumed:
+        """Poll the jobs earlier runs on this host paid for and never saw end (job APIs)."""
+        kind = self._provider.job_kind
+        if kind is None:
+            return Resumed()
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(
+                asyncio.to_thread(
+                    pending_jobs, self._log.path.parent, kind, normalise=self._db.normalise_key
+                )
+            )
+        pending = [
+            (SceneRef(index, scene_id), job)
+            for (index, scene_id), job in (await self._pending).get(name, [])
+        ]
+        resumed = await resume_jobs(
+            db=self._db, shape=self._shape, provider=self._provider, intake=self._intake,
+            log=self._log, project=name, pending=pending,
+        )  # fmt: skip
+        result.jobs_resumed = resumed.jobs
+        result.recovered += resumed.saved
+        result.tally.jobs_lost += resumed.lost
+        result.tally.errors.extend(resumed.errors)
+        return resumed
 
     async def _recover(self, name: str, the_plan: Plan) -> int:
         """Save what earlier runs received for the planned scenes and never saved; returns how

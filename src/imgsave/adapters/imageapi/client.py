@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from imgsave.adapters.imageapi.jobs import Job, JobWire, Progress, job_wire_for
+from imgsave.adapters.imageapi.jobs import JobWire, Progress, RemoteJob, job_wire_for
 from imgsave.adapters.imageapi.pace import Pace, PaceClosed, parse_rate
 from imgsave.adapters.imageapi.tls import shared_context
 from imgsave.adapters.imageapi.wires import Answer, Received, Wire, wire_for
@@ -157,7 +157,7 @@ class Provider:
         self._base = urlsplit(base_url)
         # Jobs being polled when their task was cancelled (a second Ctrl-C): cancelled at the
         # provider where its API allows it, on close.
-        self._abandoned: list[Job] = []
+        self._abandoned: list[RemoteJob] = []
         self._clock = clock
         self._settings = settings
         self._allow_http = allow_http
@@ -189,6 +189,11 @@ class Provider:
         self._random = rng or random.Random()
         self.pace = pace
         self._sending = True
+
+    @property
+    def job_kind(self) -> str | None:
+        """The API's kind when it answers with jobs to poll (Replicate, fal, BFL)."""
+        return self._jobs.kind if self._jobs else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -226,7 +231,7 @@ class Provider:
         for client in self._clients:
             await client.aclose()
 
-    async def _cancel(self, job: Job) -> None:
+    async def _cancel(self, job: RemoteJob) -> None:
         """Ask the provider to stop a job no one will wait for (Replicate, fal); best effort."""
         if not job.cancel or not self._same_site(job.cancel):
             return
@@ -236,7 +241,7 @@ class Provider:
                 await self._clients[0].request(method, job.cancel)
 
     async def generate(
-        self, prompt: str, on_job: Callable[[Job], Awaitable[None]] | None = None
+        self, prompt: str, on_job: Callable[[RemoteJob], Awaitable[None]] | None = None
     ) -> Answer:
         """The images the API answers for `prompt`; raises ImageFailed or ProviderRefused.
         An API that answers with a job: `on_job(job)` is awaited (the caller logs it, fsynced)
@@ -254,7 +259,7 @@ class Provider:
             if self._jobs is None:
                 answer: Answer = await retrying(self._once, prompt, call, self._images)
                 return answer
-            submitted: tuple[Job, Progress | None] = await retrying(
+            submitted: tuple[RemoteJob, Progress | None] = await retrying(
                 self._once, prompt, call, self._submitted
             )
             job, first = submitted
@@ -264,7 +269,7 @@ class Provider:
 
         return await self._guarded(asked, call)
 
-    async def resume(self, job: Job) -> Answer:
+    async def resume(self, job: RemoteJob) -> Answer:
         """The images of a job an earlier run submitted and logged: polled, never submitted
         again. ImageFailed with `lost` when the provider no longer holds its result."""
         return await self._guarded(lambda: self._follow(job, None), _Call())
@@ -432,7 +437,7 @@ class Provider:
 
     # -- jobs (Replicate, fal, BFL) ---------------------------------------------------------
 
-    async def _submitted(self, response: httpx.Response) -> tuple[Job, Progress | None]:
+    async def _submitted(self, response: httpx.Response) -> tuple[RemoteJob, Progress | None]:
         """The job a submission's answer names, and its state when the answer already says
         (Replicate's `Prefer: wait` answers a prediction that finished in time as done)."""
         assert self._jobs is not None
@@ -445,7 +450,7 @@ class Provider:
         first = self._jobs.progress(payload)
         return job, (None if first.state == "running" else first)
 
-    async def _follow(self, job: Job, first: Progress | None) -> Answer:
+    async def _follow(self, job: RemoteJob, first: Progress | None) -> Answer:
         """Poll `job` until it is done, failed or gone, within `poll_timeout`; its images."""
         assert self._jobs is not None
         for url in filter(None, (job.poll, job.result)):
@@ -509,7 +514,7 @@ class Provider:
             )
         return answer
 
-    async def _get(self, job: Job, url: str) -> Any:
+    async def _get(self, job: RemoteJob, url: str) -> Any:
         """A job's state or result, as JSON. Polls are not billed: transient trouble is
         retried; a job the provider no longer knows (404, 410) is `gone`."""
         assert self._jobs is not None

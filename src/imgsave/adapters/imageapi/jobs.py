@@ -30,7 +30,7 @@ State = Literal["running", "done", "failed", "gone"]
 
 
 @dataclass(frozen=True)
-class Job:
+class RemoteJob:
     """A paid job at the provider: logged (image.requested) before it is first polled, so a
     later run polls it instead of paying again."""
 
@@ -46,7 +46,7 @@ class Job:
         return {"job": self.id, "kind": self.kind, "poll": self.poll, **extra}
 
     @classmethod
-    def from_log(cls, record: dict[str, Any]) -> Job | None:
+    def from_log(cls, record: dict[str, Any]) -> RemoteJob | None:
         job, kind, poll = record.get("job"), record.get("kind"), record.get("poll")
         if not (isinstance(job, str) and isinstance(kind, str) and isinstance(poll, str)):
             return None
@@ -81,7 +81,7 @@ class JobWire(Protocol):
 
     def body(self, prompt: str) -> dict[str, Any]: ...
 
-    def job(self, payload: Any) -> Job:
+    def job(self, payload: Any) -> RemoteJob:
         """The job a submission's answer names; ValueError when it names none."""
         ...
 
@@ -136,14 +136,14 @@ class ReplicateWire:
             body["version"] = self._version
         return body
 
-    def job(self, payload: Any) -> Job:
+    def job(self, payload: Any) -> RemoteJob:
         urls = payload.get("urls") if isinstance(payload, dict) else None
         ident = _text(payload.get("id")) if isinstance(payload, dict) else None
         poll = _text(urls.get("get")) if isinstance(urls, dict) else None
         if ident is None or poll is None:
             raise ValueError("the answer names no prediction (id, urls.get)")
         cancel = _text(urls.get("cancel")) if isinstance(urls, dict) else None
-        return Job(self.kind, ident, poll, cancel=cancel)
+        return RemoteJob(self.kind, ident, poll, cancel=cancel)
 
     def progress(self, payload: Any) -> Progress:
         status = payload.get("status") if isinstance(payload, dict) else None
@@ -179,13 +179,13 @@ class FalWire:
     def body(self, prompt: str) -> dict[str, Any]:
         return {"prompt": prompt, **self._settings.params}
 
-    def job(self, payload: Any) -> Job:
+    def job(self, payload: Any) -> RemoteJob:
         get = payload.get if isinstance(payload, dict) else (lambda _: None)
         ident, poll = _text(get("request_id")), _text(get("status_url"))
         result = _text(get("response_url"))
         if ident is None or poll is None or result is None:
             raise ValueError("the answer names no request (request_id, status_url, response_url)")
-        return Job(self.kind, ident, poll, result=result, cancel=_text(get("cancel_url")))
+        return RemoteJob(self.kind, ident, poll, result=result, cancel=_text(get("cancel_url")))
 
     def progress(self, payload: Any) -> Progress:
         status = payload.get("status") if isinstance(payload, dict) else None
@@ -226,12 +226,12 @@ class BflWire:
     def body(self, prompt: str) -> dict[str, Any]:
         return {"prompt": prompt, **self._settings.params}
 
-    def job(self, payload: Any) -> Job:
+    def job(self, payload: Any) -> RemoteJob:
         get = payload.get if isinstance(payload, dict) else (lambda _: None)
         ident, poll = _text(get("id")), _text(get("polling_url"))
         if ident is None or poll is None:
             raise ValueError("the answer names no task (id, polling_url)")
-        return Job(self.kind, ident, poll)
+        return RemoteJob(self.kind, ident, poll)
 
     def progress(self, payload: Any) -> Progress:
         status = payload.get("status") if isinstance(payload, dict) else None

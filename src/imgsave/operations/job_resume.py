@@ -1,0 +1,92 @@
+"""Jobs an earlier run paid for and never saw end (Replicate, fal, BFL): polled again, never
+submitted again. Their images go through the same intake and locked save as any answer; a job
+whose result the provider no longer holds is said as paid for and lost."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from imgsave.adapters.imageapi.client import ImageFailed, Provider
+from imgsave.adapters.imageapi.jobs import RemoteJob
+from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.runlog.writer import RunLog
+from imgsave.core.documents import Outcome, SceneRef, Shape
+from imgsave.errors import ProviderStopped
+from imgsave.operations.execution import job_fields, record_generated
+from imgsave.operations.group_commit import ProjectSaver
+from imgsave.operations.intake import Intake, NotKept
+
+
+@dataclass
+class Resumed:
+    jobs: int = 0
+    saved: int = 0
+    lost: int = 0
+    # Scenes whose job is still running (or could not be polled now): not planned again.
+    waiting: set[SceneRef] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+
+async def resume_jobs(
+    *,
+    db: Database,
+    shape: Shape,
+    provider: Provider,
+    intake: Intake,
+    log: RunLog,
+    project: str,
+    pending: list[tuple[SceneRef, RemoteJob]],
+) -> Resumed:
+    resumed = Resumed(jobs=len(pending))
+    if not pending:
+        return resumed
+
+    async def one(ref: SceneRef, job: RemoteJob) -> list[tuple[SceneRef, str, str]]:
+        try:
+            answer = await provider.resume(job)
+        except ImageFailed as exc:
+            resumed.errors.append(f"project {project}: {ref}: {exc}")
+            if exc.job is None:
+                resumed.waiting.add(ref)
+            else:
+                resumed.lost += exc.lost
+                log.write(
+                    "image.failed", project=project, scene=ref.index, scene_id=ref.id,
+                    error=str(exc), **job_fields(exc),
+                )  # fmt: skip
+            return []
+        except ProviderStopped as exc:
+            resumed.errors.append(f"project {project}: {ref}: job {job.id} not polled: {exc}")
+            resumed.waiting.add(ref)
+            return []
+        kept_urls = []
+        for received in answer.images:
+            try:
+                kept = await intake.keep(project, ref, received)
+            except NotKept as exc:
+                # Paid, and not to be had: a link that died with the job's files, say.
+                resumed.errors.append(f"project {project}: {ref}: job {job.id}: {exc}")
+                resumed.lost += exc.spooled is None
+                log.write(
+                    "image.failed", project=project, scene=ref.index, scene_id=ref.id,
+                    error=str(exc), job=job.id, **({"lost": True} if exc.spooled is None else {}),
+                )  # fmt: skip
+                continue
+            await record_generated(log, project, ref, kept.url, {**kept.fields, "job": job.id})
+            kept_urls.append((ref, kept.url, job.id))
+        return kept_urls
+
+    found = await asyncio.gather(*(one(ref, job) for ref, job in pending))
+    wanted = [item for items in found for item in items]
+    if wanted:
+        async with ProjectSaver(db, project, shape) as saver:
+            outcomes = await saver.save_many([(ref, url) for ref, url, _ in wanted])
+        for (ref, url, job_id), outcome in zip(wanted, outcomes, strict=True):
+            if outcome is Outcome.ADDED:
+                resumed.saved += 1
+                log.write(
+                    "image.saved", project=project, scene=ref.index, scene_id=ref.id, url=url,
+                    job=job_id,
+                )  # fmt: skip
+    return resumed
