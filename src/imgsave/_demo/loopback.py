@@ -21,6 +21,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from imgsave._demo.batch_api import BatchEmulation, Cut
+from imgsave._demo.job_api import KINDS as JOB_KINDS
+from imgsave._demo.job_api import JobEmulation, prompt_of
 
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
 # "401", "400", "refuse" (the API's own refusal: OpenAI's 400 moderation_blocked, Gemini's
@@ -55,7 +57,15 @@ WIRES: dict[str, tuple[str, str]] = {
     "openai": ("/v1", "Authorization"),
     "azure": ("", "api-key"),
     "gemini": ("/v1beta", "x-goog-api-key"),
+    "replicate": ("/v1", "Authorization"),
+    "fal": ("", "Authorization"),
+    "bfl": ("/v1", "x-key"),
 }
+JSON = "application/json"
+
+
+def _missing() -> tuple[int, bytes, str]:
+    return 404, b'{"detail":"Not found."}', JSON
 
 
 def _routed(kind: str, path: str) -> bool:
@@ -78,6 +88,8 @@ def _routed(kind: str, path: str) -> bool:
 def _prompt(kind: str, body: bytes) -> str | None:
     try:
         payload = json.loads(body)
+        if kind in JOB_KINDS:
+            return prompt_of(kind, payload)
         if kind == "gemini":
             return str(payload["contents"][0]["parts"][0]["text"])
         return str(payload["prompt"])
@@ -125,6 +137,7 @@ class LoopbackProvider:
         batch_expire: bool = False,
         batch_create_delay: float = 0.0,
         kind: str = "openai",
+        job_polls: int = 0,
     ):
         """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
         as every current OpenAI GPT image model does). Images are distinct PNGs of
@@ -144,7 +157,9 @@ class LoopbackProvider:
         "azure" (`/openai/deployments/{deployment}/images/generations?api-version=`, key in
         `api-key`), or "gemini" (`/v1beta/models/{model}:generateContent`, key in
         `x-goog-api-key`, images as `inlineData` parts, refusals as block reasons in a 200).
-        The path and key header of each request are kept in `calls`."""
+        The job APIs "replicate", "fal" and "bfl" (job_api.py) answer each request with a job,
+        done after `job_polls` polls, its images served here. The path and key header of each
+        request are kept in `calls`."""
         if answer not in ("url", "b64"):
             raise ValueError(f"answer must be 'url' or 'b64', not {answer!r}")
         if kind not in WIRES:
@@ -181,6 +196,11 @@ class LoopbackProvider:
         self._started = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self.jobs = (
+            JobEmulation(kind, lambda: self.origin, self._job_image_url, polls=job_polls)
+            if kind in JOB_KINDS
+            else None
+        )
         self.batches = BatchEmulation(
             self._batch_image,
             enabled=batch_api,
@@ -279,6 +299,22 @@ class LoopbackProvider:
             self._answered_at[f"/img/{n:06d}.png"] = time.monotonic()
         return {"url": url}
 
+    def _job_image_url(self, n: int) -> str:
+        """Image n of a job: served here, counted as sent."""
+        with self._lock:
+            self.sent.append(hashlib.sha256(self.png(n)).hexdigest())
+            path = f"/img/{n:06d}.png"
+            self._answered_at[path] = time.monotonic()
+        url = self.origin + path
+        with self._lock:
+            self.served.append(url)
+        return url
+
+    def forget_jobs(self) -> None:
+        """Every job so far is gone at the provider, and its images with it."""
+        assert self.jobs is not None
+        self.dead_paths |= set(self.jobs.forget())
+
     def _batch_image(self) -> dict[str, object]:
         """One batch line's answer: the body a synchronous request would get."""
         n = next(self._counter)
@@ -315,6 +351,9 @@ class LoopbackProvider:
                 key = self.headers.get(key_header)
                 with provider._lock:
                     provider.calls.append((self.path, key))
+                if provider.jobs is not None and self.path.endswith("/cancel"):
+                    self._reply(*(provider.jobs.cancel(self.path) or _missing()))
+                    return
                 if not _routed(provider.kind, self.path):
                     self._send(404, b'{"error":{"message":"no such route"}}')
                     return
@@ -341,6 +380,9 @@ class LoopbackProvider:
                     return
                 if provider.kind == "gemini":
                     self._gemini(n, fault)
+                    return
+                if provider.jobs is not None:
+                    self._job(n, fault, body)
                     return
                 if fault == "500":
                     self._send(500, b'{"error":{"message":"internal"}}')
@@ -427,7 +469,34 @@ class LoopbackProvider:
                 if self.path.startswith(("/v1/files", "/v1/batches")):
                     self._reply(*provider.batches.get(self.path))
                     return
+                if provider.jobs is not None and not self.path.startswith("/img/"):
+                    if not self.headers.get(WIRES[provider.kind][1]):
+                        self._reply(401, _error_body(provider.kind, 401, "no API key given"), JSON)
+                        return
+                    self._reply(*(provider.jobs.get(self.path) or _missing()))
+                    return
                 self._image(head=False)
+
+            def do_PUT(self) -> None:  # fal's cancel
+                cancelled = provider.jobs.cancel(self.path) if provider.jobs else None
+                self._reply(*(cancelled or _missing()))
+
+            def _job(self, n: int, fault: Fault, body: bytes) -> None:
+                """A job API's submission: a new job (how it ends is the fault's), or its
+                error."""
+                assert provider.jobs is not None
+                if fault == "500":
+                    self._send(500, _error_body(provider.kind, 500, "internal"))
+                elif fault.startswith("429"):
+                    after = fault.partition(":")[2] or "1"
+                    body_429 = _error_body(provider.kind, 429, "too many requests")
+                    self._send(429, body_429, {"Retry-After": after})
+                else:
+                    wait = "wait" in (self.headers.get("Prefer") or "")
+                    status, answer, _ = provider.jobs.submit(
+                        self.path, json.loads(body), n, fault, wait
+                    )
+                    self._send(status, answer)
 
             def _reply(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

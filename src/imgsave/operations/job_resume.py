@@ -23,7 +23,9 @@ class Resumed:
     jobs: int = 0
     saved: int = 0
     lost: int = 0
-    # Scenes whose job is still running (or could not be polled now): not planned again.
+    # Scenes not to be planned by this run: their job is still running (or could not be
+    # polled now), or was just found lost, which this run reports rather than buying again
+    # in the same breath (the next run plans the scene as any other).
     waiting: set[SceneRef] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
 
@@ -47,9 +49,8 @@ async def resume_jobs(
             answer = await provider.resume(job)
         except ImageFailed as exc:
             resumed.errors.append(f"project {project}: {ref}: {exc}")
-            if exc.job is None:
-                resumed.waiting.add(ref)
-            else:
+            resumed.waiting.add(ref)
+            if exc.job is not None:
                 resumed.lost += exc.lost
                 log.write(
                     "image.failed", project=project, scene=ref.index, scene_id=ref.id,
@@ -68,6 +69,7 @@ async def resume_jobs(
                 # Paid, and not to be had: a link that died with the job's files, say.
                 resumed.errors.append(f"project {project}: {ref}: job {job.id}: {exc}")
                 resumed.lost += exc.spooled is None
+                resumed.waiting.add(ref)
                 log.write(
                     "image.failed", project=project, scene=ref.index, scene_id=ref.id,
                     error=str(exc), job=job.id, **({"lost": True} if exc.spooled is None else {}),

@@ -471,7 +471,12 @@ class Provider:
                             " (poll_timeout); left in the log, the next run polls it again"
                         )
                     await self._sleep(self._settings.poll_interval)
-                progress = self._jobs.progress(await self._get(job, job.poll))
+                polled = await self._get(job, job.poll)
+                progress = (
+                    Progress("gone", reason="the provider answers 404 for it")
+                    if polled is _GONE
+                    else self._jobs.progress(polled)
+                )
         except asyncio.CancelledError:
             self._abandoned.append(job)
             raise
@@ -489,7 +494,15 @@ class Provider:
             )
         outputs = progress.outputs
         if not outputs and job.result:
-            outputs = self._jobs.outputs(await self._get(job, job.result))
+            result = await self._get(job, job.result)
+            if result is _GONE:
+                raise ImageFailed(
+                    f"job {job.id}'s result is no longer held by the provider: paid for, and "
+                    "its images are lost",
+                    job=job.id,
+                    lost=True,
+                )
+            outputs = self._jobs.outputs(result)
         answer = Answer([], job=job.id)
         for output in outputs:
             if output.startswith("data:"):
@@ -525,12 +538,15 @@ class Provider:
                     response = await client.get(url)
                 status = response.status_code
                 if status in (404, 410):
-                    return {"status": "Task not found"} if job.kind == "bfl" else _GONE
+                    return _GONE
                 if status in (401, 403):
                     raise ProviderRefused(
                         f"image API refused to show job {job.id} with {status}"
                         f"{_detail(response)} (check IMGSAVE_API_KEY)"
                     )
+                failure = self._jobs.failure(status, response.headers, _json_or_none(response))
+                if failure and status >= 400:
+                    raise ImageFailed(f"job {job.id} failed: {failure}", job=job.id)
                 if 400 <= status < 500 and status != 429:
                     refusal = self._refusal(status, _json_or_none(response))
                     raise ImageFailed(
@@ -615,8 +631,8 @@ def _retry_after(response: httpx.Response) -> float | None:
     return retry_after_seconds(response.headers.get("retry-after"))
 
 
-# A job the provider no longer holds, in the shape every job wire reads as gone.
-_GONE: dict[str, str] = {"status": "gone"}
+# What a poll of a job the provider no longer holds (404, 410) returns.
+_GONE: Any = object()
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -10,7 +10,8 @@ its states are, and where its images are once it is done.
 - `fal`: `POST {base}/{model}` (queue.fal.run), `Authorization: Key`; body `{"prompt",
   ...params}` → `{request_id, status_url, response_url, cancel_url}`; `status_url` until
   `COMPLETED`, then `response_url` → `{"images": [{"url", "content_type"}]}`; a 422 whose
-  detail is `content_policy_violation` is a refusal, final.
+  detail is `content_policy_violation` is a refusal, final; a failed request's result is its
+  error with an `error_type` (and `X-Fal-Error-Type`), final too.
 - `bfl`: `POST {base}/{model}` (api.bfl.ai/v1), header `x-key`; body `{"prompt", ...params}` →
   `{id, polling_url}`; `polling_url` until `status` is `Ready` (`result.sample`, a URL valid for
   ten minutes) or a failure (`Error`, `Failed`; `Content Moderated` and `Request Moderated` are
@@ -20,6 +21,7 @@ its states are, and where its images are once it is done.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
@@ -93,6 +95,10 @@ class JobWire(Protocol):
 
     def refusal(self, status: int, payload: Any) -> str | None: ...
 
+    def failure(self, status: int, headers: Mapping[str, str], payload: Any) -> str | None:
+        """Why a job ended in failure, when an error answer to a poll says it is final."""
+        ...
+
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
@@ -161,6 +167,9 @@ class ReplicateWire:
     def refusal(self, status: int, payload: Any) -> str | None:
         return None
 
+    def failure(self, status: int, headers: Mapping[str, str], payload: Any) -> str | None:
+        return None
+
 
 class FalWire:
     kind = "fal"
@@ -200,6 +209,13 @@ class FalWire:
             for image in (images if isinstance(images, list) else [])
             if isinstance(image, dict) and (url := _text(image.get("url")))
         ]
+
+    def failure(self, status: int, headers: Mapping[str, str], payload: Any) -> str | None:
+        # A failed request's result answers its error for good, with its category.
+        kind = headers.get("x-fal-error-type") or (
+            payload.get("error_type") if isinstance(payload, dict) else None
+        )
+        return kind if isinstance(kind, str) and kind else None
 
     def refusal(self, status: int, payload: Any) -> str | None:
         detail = payload.get("detail") if isinstance(payload, dict) else None
@@ -251,6 +267,9 @@ class BflWire:
         return []
 
     def refusal(self, status: int, payload: Any) -> str | None:
+        return None
+
+    def failure(self, status: int, headers: Mapping[str, str], payload: Any) -> str | None:
         return None
 
 

@@ -1,0 +1,179 @@
+"""The image APIs that answer with a job to poll (Replicate, fal, BFL), through the CLI against
+the loopback provider serving each one's documented shapes (_demo/job_api.py). A job paid for
+is logged before it is first polled, and is never paid for again: a run that dies with jobs
+pending leaves them to the next run, which polls them instead of submitting new ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from imgsave._demo.incident import incident_document
+from imgsave._demo.loopback import LoopbackProvider
+
+from .conftest import spawn, wait_for
+
+KINDS = ["replicate", "fal", "bfl"]
+KEY_VARIABLE = {"replicate": "REPLICATE_API_TOKEN", "fal": "FAL_KEY", "bfl": "BFL_API_KEY"}
+MODEL = {"replicate": "black-forest-labs/flux-schnell", "fal": "fal-ai/flux/dev",
+         "bfl": "flux-pro-1.1"}  # fmt: skip
+REFUSAL = {"replicate": "nsfw", "fal": "content_policy_violation", "bfl": "Content Moderated"}
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(tmp_path: Path):
+    """Polls every 20 ms, so a job of several polls takes a test no time."""
+    config = tmp_path / "imgsave.toml"
+    if config.exists():
+        config.write_text(
+            config.read_text().replace("[provider]\n", "[provider]\npoll_interval = 0.02\n")
+        )
+
+
+def env_for(api: LoopbackProvider, tmp_path: Path) -> dict[str, str]:
+    return {
+        "IMGSAVE_PROVIDER": api.kind,
+        "IMGSAVE_BASE_URL": api.base_url,
+        KEY_VARIABLE[api.kind]: f"{api.kind}-key-SECRET-7",
+        "IMGSAVE_MODEL": MODEL[api.kind],
+        "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+        "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+        "IMGSAVE_ALLOW_PRIVATE_NETWORK": "1",  # the jobs' images are served on 127.0.0.1
+    }
+
+
+def stored(tmp_path: Path) -> Counter[str]:
+    return Counter(
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "store").rglob("*.png")
+    )
+
+
+def records(log_dir: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted(log_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_job_is_logged_before_it_is_polled_and_its_images_saved(
+    cli, rows, tmp_path: Path, log_dir: Path, kind: str
+):
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(kind=kind, job_polls=2) as api:
+        assert api.jobs is not None
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env_for(api, tmp_path))
+        out = ran.json()
+        assert ran.code == 0, ran.stdout + ran.stderr
+        assert (out["requested"], out["saved"], out["refusals"]) == (3, 3, {})
+        assert api.jobs.submitted == 3
+        assert all(job["polls"] >= 3 for job in api.jobs.jobs.values()), "several polls each"
+        assert stored(tmp_path) == Counter(api.sent), "every image the jobs made, in the store"
+        keys = {key for _, key in api.calls}
+    expected_key = {"replicate": "Bearer", "fal": "Key"}.get(kind)
+    assert keys == {
+        f"{expected_key} {kind}-key-SECRET-7" if expected_key else f"{kind}-key-SECRET-7"
+    }
+    log = records(log_dir)
+    for job in api.jobs.jobs:
+        events = [r["event"] for r in log if r.get("job") == job]
+        assert events[:2] == ["image.requested", "image.generated"], events
+    assert "SECRET" not in ran.stdout + ran.stderr
+
+
+@pytest.mark.parametrize("kind", ["replicate", "fal"])
+def test_a_job_with_several_images_keeps_them_all(cli, rows, tmp_path: Path, kind: str):
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(kind=kind, faults=lambda _: "two") as api:
+        out = cli("generate", "p1", "--json", "--allow-http", env=env_for(api, tmp_path)).json()
+        assert (out["requested"], out["received"], out["saved"]) == (2, 4, 4), out
+        assert stored(tmp_path) == Counter(api.sent)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_refused_or_failed_job_fails_its_image_with_the_reason_and_is_not_paid_again(
+    cli, rows, tmp_path: Path, log_dir: Path, kind: str
+):
+    rows.put("p1", incident_document(3))
+    faults = {1: "refuse", 2: "fail"}
+    with LoopbackProvider(kind=kind, faults=lambda n: faults.get(n, "ok")) as api:
+        assert api.jobs is not None
+        ran = cli("generate", "p1", "--json", "-c", "1", "--allow-http",
+                  env=env_for(api, tmp_path))  # fmt: skip
+        out = ran.json()
+        assert ran.code == 1
+        assert (out["saved"], out["failed"], out["refusals"]) == (1, 2, {REFUSAL[kind]: 1})
+        assert api.requests == 3, "neither is asked again"
+        # The next run does not poll them again: their ends are in the log.
+        again = cli("generate", "p1", "--json", "-c", "1", "--allow-http",
+                    env=env_for(api, tmp_path)).json()  # fmt: skip
+        assert again["jobs_resumed"] == 0
+    assert sum(r["event"] == "image.failed" and "job" in r for r in records(log_dir)) == (
+        1 if kind == "fal" else 2  # fal refuses at submission: no job was made
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", ["429:0", "500"])
+def test_a_429_or_a_5xx_at_submission_is_retried(cli, rows, tmp_path: Path, kind: str, fault: str):
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(kind=kind, faults=lambda n: fault if n == 1 else "ok") as api:
+        assert api.jobs is not None
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env_for(api, tmp_path))
+        assert ran.code == 0, ran.stdout
+        assert (ran.json()["saved"], api.requests, api.jobs.submitted) == (2, 3, 2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_run_killed_with_20_jobs_pending_is_finished_by_the_next_without_paying_again(
+    db_url, rows, tmp_path: Path, log_dir: Path, kind: str
+):
+    rows.put("p1", incident_document(21))
+    with LoopbackProvider(kind=kind, job_polls=10**6) as api:  # they run until told
+        assert api.jobs is not None
+        env = env_for(api, tmp_path) | {"IMGSAVE_DATABASE_URL": db_url,
+                                          "IMGSAVE_LOG_DIR": str(log_dir)}  # fmt: skip
+        run = spawn(["generate", "p1", "-c", "21", "--allow-http"], env, tmp_path)
+        wait_for(
+            lambda: sum(r["event"] == "image.requested" for r in records(log_dir)) == 21,
+            timeout=60,
+        )
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=30)
+        assert api.jobs.submitted == 21
+        # One job's result is gone before the rerun (BFL keeps them ten minutes).
+        lost = next(iter(api.jobs.jobs))
+        api.jobs.gone.add(lost)
+        api.jobs.polls = 0  # the others are done now
+        rerun = spawn(["generate", "p1", "--json", "--allow-http"], env, tmp_path)
+        out, err = rerun.communicate(timeout=120)
+        result = json.loads(out)
+        assert rerun.returncode == 1, err
+        assert (result["jobs_resumed"], result["recovered"], result["jobs_lost"]) == (21, 20, 1)
+        assert result["requested"] == 0, "the lost job's scene is reported, not re-bought"
+        assert any(f"job {lost}" in e and "lost" in e for e in result["errors"]), result
+        assert api.jobs.submitted == 21, "zero jobs submitted twice"
+    urls = rows.urls("p1")
+    assert sorted(len(u) for u in urls.values()) == [0] + [1] * 20, "each image once"
+    third = records(log_dir)
+    assert sum(r["event"] == "image.failed" and r.get("lost") for r in third) == 1
+
+
+def test_a_poll_url_on_another_site_never_gets_the_key(cli, rows, tmp_path: Path):
+    rows.put("p1", incident_document(1))
+    with LoopbackProvider(kind="bfl", job_polls=1) as api:
+        env = env_for(api, tmp_path) | {
+            "IMGSAVE_BASE_URL": api.base_url.replace("127.0.0.1", "localhost")
+        }
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+        out = ran.json()
+        assert out["saved"] == 0 and "the API key is not sent there" in out["errors"][0], out
+        polls = [path for path, _ in api.calls if "get_result" in path]
+    assert polls == []
