@@ -177,3 +177,63 @@ def test_a_poll_url_on_another_site_never_gets_the_key(cli, rows, tmp_path: Path
         assert out["saved"] == 0 and "the API key is not sent there" in out["errors"][0], out
         polls = [path for path, _ in api.calls if "get_result" in path]
     assert polls == []
+
+
+async def test_a_job_abandoned_at_a_second_ctrl_c_is_cancelled_at_the_provider():
+    import asyncio
+
+    from imgsave.adapters.imageapi.client import Provider
+    from imgsave.core.settings import ProviderSettings
+
+    with LoopbackProvider(kind="replicate", job_polls=10**6) as api:
+        assert api.jobs is not None
+        settings = ProviderSettings(kind="replicate", poll_interval=0.01)
+        provider = Provider(api.base_url, "r8-key", MODEL["replicate"], settings, allow_http=True)
+        started: list[str] = []
+        logged_once = asyncio.Event()
+
+        async def logged(job) -> None:
+            started.append(job.id)
+            logged_once.set()
+
+        task = asyncio.ensure_future(provider.generate("a lighthouse", on_job=logged))
+        await logged_once.wait()
+        await asyncio.sleep(0.05)  # polling now
+        task.cancel()  # what the second Ctrl-C does to a request still waiting
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await provider.aclose()
+        assert api.jobs.cancelled == started, "no one waits for it: the provider stops it"
+
+
+async def test_a_job_still_running_at_poll_timeout_is_left_for_the_next_run():
+    from imgsave.adapters.imageapi.client import ImageFailed, Provider
+    from imgsave.adapters.imageapi.jobs import RemoteJob
+    from imgsave.core.settings import ProviderSettings
+
+    with LoopbackProvider(kind="bfl", job_polls=10**6) as api:
+        assert api.jobs is not None
+        now = [0.0]
+
+        async def sleep(seconds: float) -> None:
+            now[0] += seconds  # the clock moves by the polls' pauses alone
+
+        settings = ProviderSettings(kind="bfl", poll_interval=60, poll_timeout=600)
+        jobs: list[RemoteJob] = []
+
+        async def logged(job: RemoteJob) -> None:
+            jobs.append(job)
+
+        async with Provider(
+            api.base_url, "bfl-key", "flux-pro-1.1", settings, allow_http=True, sleep=sleep,
+            clock=lambda: now[0],
+        ) as provider:  # fmt: skip
+            with pytest.raises(ImageFailed, match="still running after 600s") as failed:
+                await provider.generate("a harbour", on_job=logged)
+            assert failed.value.job is None, "not ended: the next run polls it"
+            (job,) = jobs
+            assert api.jobs.jobs[job.id]["polls"] == 11, "one poll a minute for ten minutes"
+            api.jobs.polls = 0
+            answer = await provider.resume(job)
+        assert answer.job == job.id and len(answer.images) == 1
+        assert api.jobs.submitted == 1
