@@ -133,7 +133,7 @@ def test_a_429_or_a_5xx_at_submission_is_retried(cli, rows, tmp_path: Path, kind
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_run_killed_with_20_jobs_pending_is_finished_by_the_next_without_paying_again(
-    db_url, rows, tmp_path: Path, log_dir: Path, kind: str
+    cli, db_url, rows, tmp_path: Path, log_dir: Path, kind: str
 ):
     rows.put("p1", incident_document(21))
     with LoopbackProvider(kind=kind, job_polls=10**6) as api:  # they run until told
@@ -148,6 +148,9 @@ def test_a_run_killed_with_20_jobs_pending_is_finished_by_the_next_without_payin
         run.send_signal(signal.SIGKILL)
         run.communicate(timeout=30)
         assert api.jobs.submitted == 21
+        # Paid for, not yet in their scenes: audit names every one.
+        audit = cli("audit", "p1", "--json", env=env_for(api, tmp_path)).json()
+        assert (audit["summary"]["jobs_pending"], audit["summary"]["jobs_lost"]) == (21, 0)
         # One job's result is gone before the rerun (BFL keeps them ten minutes).
         lost = next(iter(api.jobs.jobs))
         api.jobs.gone.add(lost)
@@ -164,6 +167,10 @@ def test_a_run_killed_with_20_jobs_pending_is_finished_by_the_next_without_payin
     assert sorted(len(u) for u in urls.values()) == [0] + [1] * 20, "each image once"
     third = records(log_dir)
     assert sum(r["event"] == "image.failed" and r.get("lost") for r in third) == 1
+    after = cli("audit", "p1", "--json")
+    assert after.code == 1, "a job paid for and lost is a finding"
+    assert (after.json()["summary"]["jobs_pending"], after.json()["summary"]["jobs_lost"]) == (0, 1)
+    assert [j["job"] for j in after.json()["jobs"]] == [lost]
 
 
 def test_a_poll_url_on_another_site_never_gets_the_key(cli, rows, tmp_path: Path):

@@ -73,6 +73,9 @@ class AuditReport:
     errors: list[str] = field(default_factory=list)
     # Images of finished batches no run collected (generate --batch): paid for, not saved.
     uncollected: int = field(default=0, metadata=NOT_IN_JSON)
+    # Jobs this host paid for (Replicate, fal, BFL) that are not in their scene: `pending`
+    # (the next generate polls them) or `lost` (their result was gone when polled).
+    jobs: list[dict[str, object]] = field(default_factory=list)
     # Logged URLs absent from their scene whose partner (log_history.SceneHistory) is there.
     represented: set[str] = field(default_factory=set, metadata=NOT_IN_JSON)
     # The time of the oldest log record or journal row read (epoch seconds), if any.
@@ -84,8 +87,12 @@ class AuditReport:
     def exit_code(self) -> int:
         if self.errors:
             return EXIT_CANNOT_WORK
-        missing = self.lost or self.expired or self.spooled or self.uncollected
+        missing = self.lost or self.expired or self.spooled or self.uncollected or self.jobs_lost
         return EXIT_FINDINGS if missing else EXIT_OK
+
+    @property
+    def jobs_lost(self) -> int:
+        return sum(job["state"] == "lost" for job in self.jobs)
 
     def stderr_lines(self) -> list[str]:
         return []
@@ -100,6 +107,8 @@ class AuditReport:
             "unreferenced": len(self.unreferenced),
             "spooled": self.spooled,
             "uncollected": self.uncollected,
+            "jobs_pending": len(self.jobs) - self.jobs_lost,
+            "jobs_lost": self.jobs_lost,
             "lines_skipped": self.stats.lines_skipped,
         } | ({} if self.journal_rows is None else {"journal_rows": self.journal_rows})
 

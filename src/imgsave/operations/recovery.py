@@ -101,13 +101,29 @@ def unsaved_in_log(
     return found
 
 
-def pending_jobs(
-    log_dir: Path, kind: str, *, normalise: Callable[[str], str | None]
-) -> dict[str, list[tuple[SceneKey, RemoteJob]]]:
-    """project -> the jobs of this kind this host's log says were paid for (image.requested)
-    and never ended (no image.generated or image.failed naming them): polled, not bought again."""
+@dataclass
+class JobLedger:
+    """What this host's log says of the jobs it paid for (Replicate, fal, BFL)."""
+
+    # project -> (scene, job) for each job requested and never ended.
+    pending: dict[str, list[tuple[SceneKey, RemoteJob]]] = field(default_factory=dict)
+    # (project, scene, job id) for each job that ended paid for and lost.
+    lost: list[tuple[str, SceneKey, str]] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> dict[str, list[tuple[SceneKey, RemoteJob]]]:
+        return {
+            project: kept
+            for project, jobs in self.pending.items()
+            if (kept := [(scene, job) for scene, job in jobs if job.kind == kind])
+        }
+
+
+def job_ledger(log_dir: Path, *, normalise: Callable[[str], str | None]) -> JobLedger:
+    """Every job this host's log names: pending (image.requested, and no image.generated or
+    image.failed naming it since) or lost (an image.failed saying so)."""
     requested: dict[str, tuple[str, SceneKey, RemoteJob]] = {}
     ended: set[str] = set()
+    ledger = JobLedger()
     for path in sorted(log_dir.glob("*.jsonl")) if log_dir.is_dir() else []:
         try:
             handle = path.open("rb")
@@ -123,28 +139,27 @@ def pending_jobs(
                     continue
                 if not isinstance(record, dict) or not isinstance(record.get("job"), str):
                     continue
-                event = record.get("event")
-                if event in ("image.generated", "image.failed"):
-                    ended.add(record["job"])
-                    continue
-                job = RemoteJob.from_log(record) if event == "image.requested" else None
                 project, scene = record.get("project"), record.get("scene")
                 scene_id = record.get("scene_id")
-                if (
-                    job is not None
-                    and job.kind == kind
-                    and isinstance(project, str)
+                if not (
+                    isinstance(project, str)
                     and isinstance(scene, int)
                     and not isinstance(scene, bool)
                     and isinstance(scene_id, str | None)
                 ):
-                    key = normalise(project) or project
+                    continue
+                key = normalise(project) or project
+                event = record.get("event")
+                if event in ("image.generated", "image.failed"):
+                    ended.add(record["job"])
+                    if event == "image.failed" and record.get("lost") is True:
+                        ledger.lost.append((key, (scene, scene_id), record["job"]))
+                elif event == "image.requested" and (job := RemoteJob.from_log(record)):
                     requested.setdefault(job.id, (key, (scene, scene_id), job))
-    found: dict[str, list[tuple[SceneKey, RemoteJob]]] = defaultdict(list)
     for ident, (project, scene, job) in requested.items():
         if ident not in ended:
-            found[project].append((scene, job))
-    return found
+            ledger.pending.setdefault(project, []).append((scene, job))
+    return ledger
 
 
 def saved_lines(log_dir: Path, batch_id: str) -> Counter[str]:

@@ -32,7 +32,7 @@ from imgsave.operations.job_resume import Resumed, resume_jobs
 from imgsave.operations.recovery import (
     SceneKey,
     Unsaved,
-    pending_jobs,
+    job_ledger,
     save_recovered,
     unsaved_in_log,
 )
@@ -257,7 +257,9 @@ class Scheduler(Generic[R]):
         if self._pending is None:
             self._pending = asyncio.ensure_future(
                 asyncio.to_thread(
-                    pending_jobs, self._log.path.parent, kind, normalise=self._db.normalise_key
+                    lambda: job_ledger(
+                        self._log.path.parent, normalise=self._db.normalise_key
+                    ).of_kind(kind)
                 )
             )
         pending = [

@@ -100,6 +100,11 @@ def summary_line(report: AuditReport, prefix: str = "audit") -> str:
             f"; {report.uncollected} images of finished batches were never collected "
             "(repair --execute collects them)"
         )
+    if report.jobs:
+        lost = report.jobs_lost
+        text += f"; {len(report.jobs) - lost} jobs paid for and still pending (generate polls them)"
+        if lost:
+            text += f", {lost} paid for and lost (their results were gone)"
     if report.unreferenced:
         text += (
             f"; {len(report.unreferenced)} objects in the store are not provably imgsave's "
