@@ -244,3 +244,27 @@ async def test_a_job_still_running_at_poll_timeout_is_left_for_the_next_run():
             answer = await provider.resume(job)
         assert answer.job == job.id and len(answer.images) == 1
         assert api.jobs.submitted == 1
+
+
+def test_rehost_regenerate_through_a_job_api_logs_each_job_and_ends_it(
+    cli, rows, tmp_path: Path, log_dir: Path
+):
+    with LoopbackProvider(kind="replicate", job_polls=1) as api:
+        assert api.jobs is not None
+        dead = f"{api.origin}/img/000091.png"
+        api.dead_paths.add("/img/000091.png")
+        document = incident_document(1)
+        document["scenes"][0]["imageUrls"] = [dead]
+        rows.put("p1", document)
+        env = env_for(api, tmp_path)
+        ran = cli("rehost", "p1", "--execute", "--regenerate", "--json", "--allow-http", env=env)
+        out = ran.json()
+        assert out["regenerated"] == 1, ran.stdout + ran.stderr
+        assert api.jobs.submitted == 1
+        (job,) = api.jobs.jobs
+        events = [r["event"] for r in records(log_dir) if r.get("job") == job]
+        assert events == ["image.requested", "image.rehosted"], events
+        audit = cli("audit", "p1", "--json", env=env).json()
+        assert audit["jobs"] == [], "the job ended in its scene: nothing pending"
+        again = cli("generate", "p1", "--json", "--allow-http", env=env).json()
+        assert (again["jobs_resumed"], api.jobs.submitted) == (0, 1)

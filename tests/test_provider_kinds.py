@@ -142,3 +142,11 @@ def test_a_missing_key_is_refused_by_the_api_and_stops_the_run(
         ran = cli("generate", "p1", "--allow-http", env=env)
         assert ran.code == 3 and "401" in ran.stdout + ran.stderr, ran.stdout
         assert api.requests_started == 0
+
+
+@pytest.mark.parametrize("kind", ["gemini", "replicate", "fal", "bfl"])
+def test_batch_with_an_api_that_has_no_batch_api_is_a_usage_error(cli, rows, kind: str):
+    rows.put("p1", incident_document(1))
+    ran = cli("generate", "p1", "--batch", env={"IMGSAVE_PROVIDER": kind, "IMGSAVE_API_KEY": "k"})
+    assert ran.code == 2
+    assert f"the {kind} API has no Batch API imgsave can use" in ran.stderr

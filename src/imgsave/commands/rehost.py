@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.imageapi.client import ImageFailed, Provider, add_usage
+from imgsave.adapters.imageapi.jobs import RemoteJob
 from imgsave.adapters.imageapi.wires import Received
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
@@ -37,7 +38,7 @@ from imgsave.errors import (
     ProviderStopped,
     UsageError,
 )
-from imgsave.operations.execution import Reporter, record_generated
+from imgsave.operations.execution import Reporter, job_fields, record_generated
 from imgsave.operations.intake import Intake, Kept, NotKept, opened_intake
 from imgsave.operations.stop import StopSignal, sigint_stops
 from imgsave.terminal.consoles import shown
@@ -215,7 +216,10 @@ class Rehosting:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._stop = stop
         self.provider: Provider | None = None
-        self._extras: dict[str, list[tuple[SceneRef, Received]]] = defaultdict(list)
+        self._extras: dict[str, list[tuple[SceneRef, Received, str | None]]] = defaultdict(list)
+        # The job (Replicate, fal, BFL) each regenerated link's image came from, named in its
+        # record so no later run polls it again.
+        self._jobs: dict[str, str] = {}
 
     async def download(self, link: Link) -> Received:
         return Received(url=link.url)
@@ -223,10 +227,22 @@ class Rehosting:
     async def generate(self, link: Link) -> Received:
         if self.provider is None or link.prompt is None:
             raise NotKept("the scene has no prompt to regenerate from")
+
+        async def job_started(job: RemoteJob) -> None:
+            await self._log.record(
+                "image.requested", project=link.project, scene=link.scene,
+                scene_id=link.scene_id, **job.to_log(),
+            )  # fmt: skip
+
         try:
-            answer = await self.provider.generate(link.prompt)
+            answer = await self.provider.generate(link.prompt, on_job=job_started)
         except ImageFailed as exc:
             self._result.possibly_billed_retries += exc.possibly_billed_retries
+            if exc.job is not None:
+                self._log.write(
+                    "image.failed", project=link.project, scene=link.scene,
+                    scene_id=link.scene_id, error=str(exc), **job_fields(exc),
+                )  # fmt: skip
             raise NotKept(str(exc)) from None
         except ProviderStopped as exc:  # refused or unreachable: no further link is tried
             self._result.possibly_billed_retries += exc.possibly_billed_retries
@@ -236,7 +252,9 @@ class Rehosting:
         self._result.possibly_billed_retries += answer.possibly_billed_retries
         add_usage(self._result.usage, answer.usage)
         # The first takes the dead link's place; any more were paid for too, and are added.
-        self._extras[link.project] += [(link.ref, extra) for extra in answer.images[1:]]
+        self._extras[link.project] += [(link.ref, x, answer.job) for x in answer.images[1:]]
+        if answer.job:
+            self._jobs[link.url] = answer.job
         return answer.images[0]
 
     async def save_extras(self) -> None:
@@ -246,10 +264,11 @@ class Rehosting:
 
         for project, extras in self._extras.items():
             async with ProjectSaver(self._db, project, self._settings.shape) as saver:
-                for ref, received in extras:
+                for ref, received, job in extras:
                     try:
                         image = await self._intake.keep(project, ref, received)
-                        await record_generated(self._log, project, ref, image.url, image.fields)
+                        fields = {**image.fields, "job": job} if job else image.fields
+                        await record_generated(self._log, project, ref, image.url, fields)
                         outcome = await saver.save(ref, image.url)
                     except (NotKept, ImgsaveError) as exc:
                         self._result.errors.append(f"project {project}: {ref}: {exc}")
@@ -343,6 +362,7 @@ class Rehosting:
                     replaces=[link.url],
                     regenerated=regenerating,
                     **image.fields,
+                    **({"job": self._jobs[link.url]} if link.url in self._jobs else {}),
                 )
             outcomes = await self._db.locked_update(project, change)
         except ImgsaveError as exc:

@@ -150,7 +150,7 @@ def job_ledger(log_dir: Path, *, normalise: Callable[[str], str | None]) -> JobL
                     continue
                 key = normalise(project) or project
                 event = record.get("event")
-                if event in ("image.generated", "image.failed"):
+                if event in ("image.generated", "image.failed", "image.rehosted"):
                     ended.add(record["job"])
                     if event == "image.failed" and record.get("lost") is True:
                         ledger.lost.append((key, (scene, scene_id), record["job"]))
