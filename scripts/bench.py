@@ -1,7 +1,7 @@
 """imgsave's benchmarks, each against a baseline measured in the same run on the same machine.
 
     python scripts/bench.py [hot-row] [route-fn] [e2e] [fleet] [store] [audit] [startup]
-                            [batches]
+                            [batches] [kinds]
                                                     # default: all
     python scripts/bench.py --readme          # the table in docs/performance.md, from the JSON
 
@@ -23,7 +23,17 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import audit_scale, batches, e2e, fleet, hot_row, route_fn, startup, store_e2e
+from benchmarks import (
+    audit_scale,
+    batches,
+    e2e,
+    fleet,
+    hot_row,
+    kinds,
+    route_fn,
+    startup,
+    store_e2e,
+)
 from benchmarks.common import BenchmarkFailed, Result, bench_database, server_version
 
 BENCHES: dict[str, Callable[[], list[Result]]] = {
@@ -35,6 +45,7 @@ BENCHES: dict[str, Callable[[], list[Result]]] = {
     "audit": audit_scale.run,
     "startup": startup.run,
     "batches": batches.run,
+    "kinds": kinds.run,
 }
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "bench-results.json"

@@ -42,12 +42,16 @@ class JobEmulation:
         image_url: Callable[[int], str],
         *,
         polls: int = 0,
+        seconds: float = 0.0,
     ):
-        """`image_url(n)` is image n's URL (served by the loopback provider, counted sent)."""
+        """`image_url(n)` is image n's URL (served by the loopback provider, counted sent). A
+        job is done once it was polled `polls` times and `seconds` have passed since it was
+        submitted."""
         self.kind = kind
         self._origin = origin
         self._image_url = image_url
         self.polls = polls
+        self.seconds = seconds
         self._lock = threading.Lock()
         self.jobs: dict[str, dict[str, Any]] = {}
         # Jobs submitted: what a test counts as money spent.
@@ -81,7 +85,7 @@ class JobEmulation:
         if self.kind == "replicate":
             # Prefer: wait holds the request until the prediction is done (here: at once when
             # it needs no polls).
-            state = self._replicate(job, advance=wait and self.polls == 0)
+            state = self._replicate(job, advance=wait and self.polls == 0 and not self.seconds)
             return 201, _dump(state), JSON
         if self.kind == "fal":
             base = f"{self._origin()}{job['route']}/requests/{ident}"
@@ -115,7 +119,7 @@ class JobEmulation:
                 done = self._advance(job)
                 return 200, _dump({"status": "COMPLETED" if done else "IN_PROGRESS",
                                    "request_id": ident, "logs": None}), JSON  # fmt: skip
-            if not job["polls"] > self.polls:
+            if not self._done(job):
                 return 400, _dump({"detail": "Request is still in progress"}), JSON
             if job["fault"] == "fail":
                 failed = {"detail": "Internal error while generating",
@@ -154,10 +158,14 @@ class JobEmulation:
         """One poll; whether the job is done now."""
         with self._lock:
             job["polls"] += 1
-            return bool(job["polls"] > self.polls)
+            return self._done(job)
+
+    def _done(self, job: dict[str, Any]) -> bool:
+        aged = time.time() - job["created"] >= self.seconds
+        return bool(job["polls"] > self.polls and aged)
 
     def _replicate(self, job: dict[str, Any], *, advance: bool) -> dict[str, Any]:
-        done = self._advance(job) if advance else job["polls"] > self.polls
+        done = self._advance(job) if advance else self._done(job)
         base = f"{self._origin()}/v1/predictions/{job['id']}"
         state: dict[str, Any] = {
             "id": job["id"], "model": "black-forest-labs/flux-schnell", "version": "dp-4d0bcc",

@@ -138,6 +138,7 @@ class LoopbackProvider:
         batch_create_delay: float = 0.0,
         kind: str = "openai",
         job_polls: int = 0,
+        job_seconds: float = 0.0,
     ):
         """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
         as every current OpenAI GPT image model does). Images are distinct PNGs of
@@ -197,7 +198,13 @@ class LoopbackProvider:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.jobs = (
-            JobEmulation(kind, lambda: self.origin, self._job_image_url, polls=job_polls)
+            JobEmulation(
+                kind,
+                lambda: self.origin,
+                self._job_image_url,
+                polls=job_polls,
+                seconds=job_seconds,
+            )
             if kind in JOB_KINDS
             else None
         )
