@@ -355,7 +355,15 @@ def _cli_runner() -> tuple[Any, Any]:
 
 
 # What a user's shell could hold that would change a run: every test states its own.
-_OUTSIDE = ("DATABASE_URL", "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "GEMINI_API_KEY")
+_OUTSIDE = (
+    "DATABASE_URL",
+    "OPENAI_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "REPLICATE_API_TOKEN",
+    "FAL_KEY",
+    "BFL_API_KEY",
+)
 
 
 @pytest.fixture

@@ -15,8 +15,11 @@ from imgsave._demo.loopback import LoopbackProvider
 
 KINDS = ["openai", "azure", "gemini"]
 KEY_VARIABLE = {"openai": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY",
-                "gemini": "GEMINI_API_KEY"}  # fmt: skip
-MODEL = {"openai": "gpt-image-2", "azure": "my-gpt-image-2", "gemini": "gemini-3.1-flash-image"}
+                "gemini": "GEMINI_API_KEY", "replicate": "REPLICATE_API_TOKEN", "fal": "FAL_KEY",
+                "bfl": "BFL_API_KEY"}  # fmt: skip
+MODEL = {"openai": "gpt-image-2", "azure": "my-gpt-image-2", "gemini": "gemini-3.1-flash-image",
+         "replicate": "black-forest-labs/flux-schnell", "fal": "fal-ai/flux/dev",
+         "bfl": "flux-pro-1.1"}  # fmt: skip
 # What each API calls the refusal the loopback provider answers with ("refuse").
 REFUSAL = {"openai": "moderation_blocked", "azure": "moderation_blocked",
            "gemini": "PROHIBITED_CONTENT"}  # fmt: skip
@@ -119,7 +122,7 @@ def test_a_429_or_a_5xx_is_retried_and_then_saved(cli, rows, tmp_path: Path, kin
         assert api.statuses.count(int(fault[:3])) == 1
 
 
-@pytest.mark.parametrize("kind", ["openai", "azure"])
+@pytest.mark.parametrize("kind", [*KINDS, "replicate", "fal", "bfl"])
 def test_the_rate_headers_of_a_429_pace_the_run(cli, rows, tmp_path: Path, kind: str):
     rows.put("p1", incident_document(30))
     with LoopbackProvider(kind=kind, answer="b64", rate_limit=1200, rate_headers=True) as api:
