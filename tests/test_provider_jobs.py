@@ -268,3 +268,32 @@ def test_rehost_regenerate_through_a_job_api_logs_each_job_and_ends_it(
         assert audit["jobs"] == [], "the job ended in its scene: nothing pending"
         again = cli("generate", "p1", "--json", "--allow-http", env=env).json()
         assert (again["jobs_resumed"], api.jobs.submitted) == (0, 1)
+
+
+def test_repair_execute_polls_the_jobs_a_dead_run_left_and_saves_them(
+    cli, db_url, rows, tmp_path: Path, log_dir: Path
+):
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(kind="fal", job_polls=10**6) as api:
+        assert api.jobs is not None
+        env = env_for(api, tmp_path) | {"IMGSAVE_DATABASE_URL": db_url,
+                                          "IMGSAVE_LOG_DIR": str(log_dir)}  # fmt: skip
+        run = spawn(["generate", "p1", "-c", "3", "--allow-http"], env, tmp_path)
+        wait_for(
+            lambda: sum(r["event"] == "image.requested" for r in records(log_dir)) == 3,
+            timeout=60,
+        )
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=30)
+        api.jobs.polls = 0
+        polled = {ident: job["polls"] for ident, job in api.jobs.jobs.items()}
+        dry = cli("repair", "p1", "--json", env=env_for(api, tmp_path))
+        assert dry.json()["summary"]["jobs_pending"] == 3
+        assert {i: j["polls"] for i, j in api.jobs.jobs.items()} == polled, "a dry run polls none"
+        fixed = cli("repair", "p1", "--execute", "--json", "--allow-http",
+                    env=env_for(api, tmp_path))  # fmt: skip
+        out = fixed.json()
+        assert fixed.code == 0, fixed.stdout
+        assert (out["jobs_resumed"], out["resumed"]) == (3, 3)
+        assert api.jobs.submitted == 3, "polled, never submitted again"
+    assert [len(u) for u in rows.urls("p1").values()] == [1, 1, 1]

@@ -3,7 +3,6 @@ the rules; terminal/audit_view.py how they are shown)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,8 +11,8 @@ from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.adapters.storage.object_store import Store
 from imgsave.core.settings import Settings
 from imgsave.operations.batches import finished_and_uncollected
+from imgsave.operations.job_resume import jobs_not_in_scenes
 from imgsave.operations.lost_images import AuditReport, audit
-from imgsave.operations.recovery import job_ledger
 from imgsave.terminal import audit_view
 
 if TYPE_CHECKING:
@@ -55,26 +54,7 @@ async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) ->
             allow_private_network=settings.allow_private_network,
         )
         report.uncollected = await finished_and_uncollected(settings, db)
-        report.jobs = await jobs_not_in_scenes(settings, db, query)
+        report.jobs = await jobs_not_in_scenes(
+            settings.resolved_log_dir(), db.normalise_key, query.only_projects
+        )
     return AuditResult(report)
-
-
-async def jobs_not_in_scenes(
-    settings: Settings, db: Database, query: LogQuery
-) -> list[dict[str, object]]:
-    """The jobs this host's log says were paid for and are not in their scene."""
-    ledger = await asyncio.to_thread(
-        job_ledger, settings.resolved_log_dir(), normalise=db.normalise_key
-    )
-    named = {db.normalise_key(p) or p for p in query.only_projects}
-    found: list[dict[str, object]] = [
-        {"project": project, "scene": scene, "scene_id": scene_id, "job": job.id,
-         "kind": job.kind, "state": "pending"}
-        for project, jobs in ledger.pending.items()
-        for (scene, scene_id), job in jobs
-    ]  # fmt: skip
-    found += [
-        {"project": project, "scene": scene, "scene_id": scene_id, "job": job, "state": "lost"}
-        for project, (scene, scene_id), job in ledger.lost
-    ]
-    return [j for j in found if not named or j["project"] in named]

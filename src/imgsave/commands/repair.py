@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Collection
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,7 +31,9 @@ from imgsave.operations.batches import Batches, BatchTally, finished_and_uncolle
 from imgsave.operations.claims import Claims
 from imgsave.operations.execution import Execution, Reporter, record_generated
 from imgsave.operations.intake import Intake, Kept, NotKept, opened_intake
+from imgsave.operations.job_resume import jobs_not_in_scenes, resume_jobs
 from imgsave.operations.lost_images import AuditReport, Finding, audit
+from imgsave.operations.recovery import job_ledger
 from imgsave.operations.stop import StopSignal, sigint_stops
 from imgsave.terminal import audit_view
 from imgsave.terminal.consoles import shown
@@ -48,6 +51,9 @@ class RepairResult:
     uploaded: int = 0
     # Images of finished batches no run had collected, saved now.
     collected: int = 0
+    # Jobs an earlier run paid for and never saw end, polled now; their images saved.
+    jobs_resumed: int = 0
+    resumed: int = 0
     regenerated: int = 0
     remaining: int = 0
     errors: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
@@ -195,13 +201,9 @@ async def run_repair(
     log_dir = settings.resolved_log_dir()
     lock = exclusive(log_dir / "repair.lock", "imgsave repair") if execute else nullcontext()
     # The image API is only opened (and its settings only checked) when it may be called.
-    api: contextlib.AbstractAsyncContextManager[Provider | None] = (
-        Provider.from_settings(settings) if regenerate and execute else nullcontext()
-    )
     store = Store.from_settings(settings)
     with lock:
         async with (
-            api as provider,
             await Database.from_settings(settings) as db,
             opened_intake(settings, store, log_dir) as intake,
         ):
@@ -215,24 +217,38 @@ async def run_repair(
                 allow_private_network=settings.allow_private_network,
             )
             report.uncollected = await finished_and_uncollected(settings, db)
+            report.jobs = await jobs_not_in_scenes(log_dir, db.normalise_key, query.only_projects)
             result = RepairResult(report, executed=execute)
-            work = (
-                report.uncollected
-                or report.lost
-                or (report.spooled and store)
-                or (provider and (report.expired or report.empty_scenes))
+            # The jobs of the configured API still pending: polled (polls cost nothing).
+            resumable = any(
+                j["state"] == "pending" and j["kind"] == settings.provider.kind for j in report.jobs
             )
-            if execute and work:
-                if store is not None and (provider or report.spooled):
-                    await store.probe()
-                # Only a repair with something to do leaves a log file behind: cron runs
-                # every few minutes, and audit rereads every file.
-                with RunLog(log_dir) as log:
-                    await _repair(
-                        db, provider, intake, log, settings, result, concurrency, reporter
+            # The image API is only opened (and its settings only checked) when it may be
+            # called.
+            api: contextlib.AbstractAsyncContextManager[Provider | None] = (
+                Provider.from_settings(settings)
+                if execute and (regenerate or resumable)
+                else nullcontext()
+            )
+            async with api as provider:
+                wanted = provider is not None and (
+                    resumable or (regenerate and (report.expired or report.empty_scenes))
+                )
+                work = report.uncollected or report.lost or (report.spooled and store) or wanted
+                if execute and work:
+                    if store is not None and (provider or report.spooled):
+                        await store.probe()
+                    # Only a repair with something to do leaves a log file behind: cron runs
+                    # every few minutes, and audit rereads every file.
+                    with RunLog(log_dir) as log:
+                        await _repair(
+                            db, provider, intake, log, settings, result, concurrency, reporter,
+                            regenerate=regenerate, only=query.only_projects,
+                        )  # fmt: skip
+                elif execute:
+                    result.remaining = (
+                        remaining(report, {}, {}) + report.spooled + report.uncollected
                     )
-            elif execute:
-                result.remaining = remaining(report, {}, {}) + report.spooled + report.uncollected
             return result
 
 
@@ -245,6 +261,9 @@ async def _repair(
     result: RepairResult,
     concurrency: int,
     reporter: Reporter | None,
+    *,
+    regenerate: bool,
+    only: Collection[str],
 ) -> None:
     report = result.report
     result.run = log.run_id
@@ -258,14 +277,16 @@ async def _repair(
         )
     except LogUnwritable as exc:
         result.errors.append(f"{exc}; nothing repaired")
-        result.remaining = remaining(report, {}, {}, empty_scenes=provider is not None)
+        result.remaining = remaining(report, {}, {}, empty_scenes=regenerate)
         return
     restored, result.errors = await restore(db, report, log, settings.shape)
     result.uploaded, spool_done = await _upload_spooled(db, intake, log, settings, result)
     if report.uncollected:
         await _collect_batches(db, intake, log, settings, result)
+    if provider is not None and provider.job_kind:
+        await _resume_jobs(db, provider, intake, log, settings, result, only)
     regenerated: dict[tuple[str, int], int] = {}
-    if provider is not None:
+    if provider is not None and regenerate:
         stop = StopSignal()
         claims = (
             Claims(db, log.run_id, settings.claims.expiry)
@@ -281,7 +302,7 @@ async def _repair(
     result.repaired = sum(restored.values())
     result.regenerated = sum(regenerated.values())
     result.remaining = (
-        remaining(report, restored, regenerated, empty_scenes=provider is not None)
+        remaining(report, restored, regenerated, empty_scenes=regenerate)
         + (report.spooled - spool_done)
         + max(0, report.uncollected - result.collected)
     )
@@ -294,6 +315,34 @@ async def _repair(
             remaining=result.remaining,
             stopped=result.fatal,
         )
+
+
+async def _resume_jobs(
+    db: Database,
+    provider: Provider,
+    intake: Intake,
+    log: RunLog,
+    settings: Settings,
+    result: RepairResult,
+    only: Collection[str],
+) -> None:
+    """Poll the jobs earlier runs on this host paid for and never saw end, and save their
+    images, as the next generate would (job_resume.py)."""
+    kind = provider.job_kind or ""
+    ledger = await asyncio.to_thread(
+        job_ledger, settings.resolved_log_dir(), normalise=db.normalise_key
+    )
+    named = {db.normalise_key(p) or p for p in only}
+    for project, jobs in ledger.of_kind(kind).items():
+        if named and project not in named:
+            continue
+        resumed = await resume_jobs(
+            db=db, shape=settings.shape, provider=provider, intake=intake, log=log,
+            project=project, pending=[(SceneRef(i, s), job) for (i, s), job in jobs],
+        )  # fmt: skip
+        result.jobs_resumed += resumed.jobs
+        result.resumed += resumed.saved
+        result.errors += resumed.errors
 
 
 async def _collect_batches(

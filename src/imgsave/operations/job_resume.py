@@ -5,7 +5,9 @@ whose result the provider no longer holds is said as paid for and lost."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from imgsave.adapters.imageapi.client import ImageFailed, Provider
 from imgsave.adapters.imageapi.jobs import RemoteJob
@@ -16,6 +18,7 @@ from imgsave.errors import ProviderStopped
 from imgsave.operations.execution import job_fields, record_generated
 from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.intake import Intake, NotKept
+from imgsave.operations.recovery import job_ledger
 
 
 @dataclass
@@ -92,3 +95,23 @@ async def resume_jobs(
                     job=job_id,
                 )  # fmt: skip
     return resumed
+
+
+async def jobs_not_in_scenes(
+    log_dir: Path, normalise: Callable[[str], str | None], only: Collection[str] = ()
+) -> list[dict[str, object]]:
+    """The jobs this host's log says were paid for and are not in their scene (of the `only`
+    projects, if named), as audit names them."""
+    ledger = await asyncio.to_thread(job_ledger, log_dir, normalise=normalise)
+    named = {normalise(p) or p for p in only}
+    found: list[dict[str, object]] = [
+        {"project": project, "scene": scene, "scene_id": scene_id, "job": job.id,
+         "kind": job.kind, "state": "pending"}
+        for project, jobs in ledger.pending.items()
+        for (scene, scene_id), job in jobs
+    ]  # fmt: skip
+    found += [
+        {"project": project, "scene": scene, "scene_id": scene_id, "job": job, "state": "lost"}
+        for project, (scene, scene_id), job in ledger.lost
+    ]
+    return [j for j in found if not named or j["project"] in named]
