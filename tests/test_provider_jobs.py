@@ -17,6 +17,7 @@ from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
 
 from .conftest import spawn, wait_for
+from .test_seams import log_records as records
 
 KINDS = ["replicate", "fal", "bfl"]
 KEY_VARIABLE = {"replicate": "REPLICATE_API_TOKEN", "fal": "FAL_KEY", "bfl": "BFL_API_KEY"}
@@ -51,15 +52,6 @@ def stored(tmp_path: Path) -> Counter[str]:
     return Counter(
         hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "store").rglob("*.png")
     )
-
-
-def records(log_dir: Path) -> list[dict]:
-    return [
-        json.loads(line)
-        for path in sorted(log_dir.glob("*.jsonl"))
-        for line in path.read_text().splitlines()
-        if line
-    ]
 
 
 @pytest.mark.parametrize("kind", KINDS)

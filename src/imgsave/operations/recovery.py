@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from imgsave.adapters.imageapi.jobs import RemoteJob
 from imgsave.adapters.postgres.database import Database
@@ -51,12 +52,10 @@ class Unsaved:
         return self.by_project.get(project, {})
 
 
-def unsaved_in_log(
-    log_dir: Path, *, allow_http: bool, normalise: Callable[[str], str | None]
-) -> Unsaved:
-    """Every paid image imgsave's own log on this host holds and never saw saved."""
-    generated: dict[str, tuple[str, SceneKey]] = {}
-    done: set[str] = set()
+def _records(log_dir: Path, needles: tuple[bytes, ...]) -> Iterator[dict[str, Any]]:
+    """Every record of this host's log whose line holds one of `needles` (only those are
+    parsed: a month of logs is read on every run); a line cut short by a crash is skipped
+    (audit counts it)."""
     for path in sorted(log_dir.glob("*.jsonl")) if log_dir.is_dir() else []:
         try:
             handle = path.open("rb")
@@ -64,36 +63,45 @@ def unsaved_in_log(
             continue
         with handle:
             for line in handle:
-                if not any(needle in line for needle in _NEEDLES):
+                if not any(needle in line for needle in needles):
                     continue
                 try:
                     record = json.loads(line)
                 except ValueError:
-                    continue  # a line cut short by a crash: audit counts it
-                if not isinstance(record, dict):
                     continue
-                url, event = record.get("url"), record.get("event")
-                replaces = record.get("replaces")
-                if isinstance(replaces, list):
-                    done.update(u for u in replaces if isinstance(u, str))
-                if not isinstance(url, str):
-                    continue
-                if event in _DONE or record.get("in_scene") is True:
-                    done.add(url)
-                    continue
-                if event != "image.generated":
-                    continue
-                project, scene = record.get("project"), record.get("scene")
-                scene_id = record.get("scene_id")
-                if (
-                    isinstance(project, str)
-                    and isinstance(scene, int)
-                    and not isinstance(scene, bool)
-                    and scene >= 1
-                    and isinstance(scene_id, str | None)
-                    and url_problem(url, allow_http=allow_http) is None
-                ):
-                    generated.setdefault(url, (normalise(project) or project, (scene, scene_id)))
+                if isinstance(record, dict):
+                    yield record
+
+
+def unsaved_in_log(
+    log_dir: Path, *, allow_http: bool, normalise: Callable[[str], str | None]
+) -> Unsaved:
+    """Every paid image imgsave's own log on this host holds and never saw saved."""
+    generated: dict[str, tuple[str, SceneKey]] = {}
+    done: set[str] = set()
+    for record in _records(log_dir, _NEEDLES):
+        url, event = record.get("url"), record.get("event")
+        replaces = record.get("replaces")
+        if isinstance(replaces, list):
+            done.update(u for u in replaces if isinstance(u, str))
+        if not isinstance(url, str):
+            continue
+        if event in _DONE or record.get("in_scene") is True:
+            done.add(url)
+            continue
+        if event != "image.generated":
+            continue
+        project, scene = record.get("project"), record.get("scene")
+        scene_id = record.get("scene_id")
+        if (
+            isinstance(project, str)
+            and isinstance(scene, int)
+            and not isinstance(scene, bool)
+            and scene >= 1
+            and isinstance(scene_id, str | None)
+            and url_problem(url, allow_http=allow_http) is None
+        ):
+            generated.setdefault(url, (normalise(project) or project, (scene, scene_id)))
     found = Unsaved()
     for url, (project, scene) in generated.items():
         if url not in done:
@@ -124,38 +132,26 @@ def job_ledger(log_dir: Path, *, normalise: Callable[[str], str | None]) -> JobL
     requested: dict[str, tuple[str, SceneKey, RemoteJob]] = {}
     ended: set[str] = set()
     ledger = JobLedger()
-    for path in sorted(log_dir.glob("*.jsonl")) if log_dir.is_dir() else []:
-        try:
-            handle = path.open("rb")
-        except OSError:
+    for record in _records(log_dir, (b'"job"',)):
+        if not isinstance(record.get("job"), str):
             continue
-        with handle:
-            for line in handle:
-                if b'"job"' not in line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict) or not isinstance(record.get("job"), str):
-                    continue
-                project, scene = record.get("project"), record.get("scene")
-                scene_id = record.get("scene_id")
-                if not (
-                    isinstance(project, str)
-                    and isinstance(scene, int)
-                    and not isinstance(scene, bool)
-                    and isinstance(scene_id, str | None)
-                ):
-                    continue
-                key = normalise(project) or project
-                event = record.get("event")
-                if event in ("image.generated", "image.failed", "image.rehosted"):
-                    ended.add(record["job"])
-                    if event == "image.failed" and record.get("lost") is True:
-                        ledger.lost.append((key, (scene, scene_id), record["job"]))
-                elif event == "image.requested" and (job := RemoteJob.from_log(record)):
-                    requested.setdefault(job.id, (key, (scene, scene_id), job))
+        project, scene = record.get("project"), record.get("scene")
+        scene_id = record.get("scene_id")
+        if not (
+            isinstance(project, str)
+            and isinstance(scene, int)
+            and not isinstance(scene, bool)
+            and isinstance(scene_id, str | None)
+        ):
+            continue
+        key = normalise(project) or project
+        event = record.get("event")
+        if event in ("image.generated", "image.failed", "image.rehosted"):
+            ended.add(record["job"])
+            if event == "image.failed" and record.get("lost") is True:
+                ledger.lost.append((key, (scene, scene_id), record["job"]))
+        elif event == "image.requested" and (job := RemoteJob.from_log(record)):
+            requested.setdefault(job.id, (key, (scene, scene_id), job))
     for ident, (project, scene, job) in requested.items():
         if ident not in ended:
             ledger.pending.setdefault(project, []).append((scene, job))
@@ -165,28 +161,14 @@ def job_ledger(log_dir: Path, *, normalise: Callable[[str], str | None]) -> JobL
 def saved_lines(log_dir: Path, batch_id: str) -> Counter[str]:
     """custom_id -> how many of its images this host's log says reached their scene, for one
     batch: the lines a collection cut short already did, which its resumption skips."""
-    needle = json.dumps(batch_id).encode()
     done: Counter[str] = Counter()
-    for path in sorted(log_dir.glob("*.jsonl")) if log_dir.is_dir() else []:
-        try:
-            handle = path.open("rb")
-        except OSError:
-            continue
-        with handle:
-            for line in handle:
-                if needle not in line or b'"image.saved"' not in line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if (
-                    isinstance(record, dict)
-                    and record.get("event") == "image.saved"
-                    and record.get("batch") == batch_id
-                    and isinstance(record.get("custom_id"), str)
-                ):
-                    done[record["custom_id"]] += 1
+    for record in _records(log_dir, (json.dumps(batch_id).encode(),)):
+        if (
+            record.get("event") == "image.saved"
+            and record.get("batch") == batch_id
+            and isinstance(record.get("custom_id"), str)
+        ):
+            done[record["custom_id"]] += 1
     return done
 
 

@@ -112,10 +112,33 @@ def _urls(value: object) -> list[str]:
     return []
 
 
+class _JobWireDefaults:
+    """What most job APIs share: a flat body, no extra header, images in the poll's answer,
+    refusals and failures said by state, not by error status."""
+
+    def __init__(self, settings: ProviderSettings):
+        self._settings = settings
+
+    def submit_headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self, prompt: str) -> dict[str, Any]:
+        return {"prompt": prompt, **self._settings.params}
+
+    def outputs(self, payload: Any) -> list[str]:
+        return []
+
+    def refusal(self, status: int, payload: Any) -> str | None:
+        return None
+
+    def failure(self, status: int, headers: Mapping[str, str], payload: Any) -> str | None:
+        return None
+
+
 _VERSION = re.compile(r"^(?:[\w.-]+/[\w.-]+:)?([0-9a-f]{64})$")
 
 
-class ReplicateWire:
+class ReplicateWire(_JobWireDefaults):
     kind = "replicate"
 
     def __init__(self, base_url: str, model: str | None, settings: ProviderSettings):
@@ -127,7 +150,7 @@ class ReplicateWire:
         else:
             owner, _, name = (model or "").partition("/")
             self.url = f"{base}/models/{quote(owner, safe='')}/{quote(name, safe='')}/predictions"
-        self._settings = settings
+        super().__init__(settings)
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -161,32 +184,17 @@ class ReplicateWire:
             return Progress("failed", reason="nsfw" if nsfw else error, refusal=nsfw)
         return Progress("running")
 
-    def outputs(self, payload: Any) -> list[str]:
-        return []
 
-    def refusal(self, status: int, payload: Any) -> str | None:
-        return None
-
-    def failure(self, status: int, headers: Mapping[str, str], payload: Any) -> str | None:
-        return None
-
-
-class FalWire:
+class FalWire(_JobWireDefaults):
     kind = "fal"
 
     def __init__(self, base_url: str, model: str | None, settings: ProviderSettings):
         path = "/".join(quote(part, safe="") for part in (model or "").split("/"))
         self.url = f"{base_url.rstrip('/')}/{path}"
-        self._settings = settings
+        super().__init__(settings)
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         return {"Authorization": f"Key {api_key}"} if api_key else {}
-
-    def submit_headers(self) -> dict[str, str]:
-        return {}
-
-    def body(self, prompt: str) -> dict[str, Any]:
-        return {"prompt": prompt, **self._settings.params}
 
     def job(self, payload: Any) -> RemoteJob:
         get = payload.get if isinstance(payload, dict) else (lambda _: None)
@@ -225,22 +233,16 @@ class FalWire:
         return None
 
 
-class BflWire:
+class BflWire(_JobWireDefaults):
     kind = "bfl"
     _REFUSALS = ("Content Moderated", "Request Moderated")
 
     def __init__(self, base_url: str, model: str | None, settings: ProviderSettings):
         self.url = f"{base_url.rstrip('/')}/{quote(model or '', safe='.-_')}"
-        self._settings = settings
+        super().__init__(settings)
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         return {"x-key": api_key} if api_key else {}
-
-    def submit_headers(self) -> dict[str, str]:
-        return {}
-
-    def body(self, prompt: str) -> dict[str, Any]:
-        return {"prompt": prompt, **self._settings.params}
 
     def job(self, payload: Any) -> RemoteJob:
         get = payload.get if isinstance(payload, dict) else (lambda _: None)
@@ -262,15 +264,6 @@ class BflWire:
         if status in ("Error", "Failed"):
             return Progress("failed", reason=_text(payload.get("details")) or status)
         return Progress("running")
-
-    def outputs(self, payload: Any) -> list[str]:
-        return []
-
-    def refusal(self, status: int, payload: Any) -> str | None:
-        return None
-
-    def failure(self, status: int, headers: Mapping[str, str], payload: Any) -> str | None:
-        return None
 
 
 JOB_WIRES: dict[str, type[ReplicateWire] | type[FalWire] | type[BflWire]] = {
