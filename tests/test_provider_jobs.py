@@ -289,3 +289,31 @@ def test_repair_execute_polls_the_jobs_a_dead_run_left_and_saves_them(
         assert (out["jobs_resumed"], out["resumed"]) == (3, 3)
         assert api.jobs.submitted == 3, "polled, never submitted again"
     assert [len(u) for u in rows.urls("p1").values()] == [1, 1, 1]
+
+
+def test_a_prediction_whose_files_were_deleted_is_paid_for_and_lost(
+    cli, db_url, rows, tmp_path: Path, log_dir: Path
+):
+    """Replicate keeps a prediction but deletes its output files about an hour after it
+    finished: polled again, its URL is dead, and that is said, not re-bought."""
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(kind="replicate", job_polls=10**6) as api:
+        assert api.jobs is not None
+        env = env_for(api, tmp_path) | {"IMGSAVE_DATABASE_URL": db_url,
+                                          "IMGSAVE_LOG_DIR": str(log_dir)}  # fmt: skip
+        run = spawn(["generate", "p1", "-c", "2", "--allow-http"], env, tmp_path)
+        wait_for(
+            lambda: sum(r["event"] == "image.requested" for r in records(log_dir)) == 2,
+            timeout=60,
+        )
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=30)
+        api.jobs.polls = 0
+        first = next(iter(api.jobs.jobs.values()))
+        api.dead_paths.update(first["paths"])
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env_for(api, tmp_path))
+        out = ran.json()
+        assert ran.code == 1, ran.stdout
+        assert (out["jobs_resumed"], out["recovered"], out["jobs_lost"]) == (2, 1, 1), out
+        assert (out["requested"], api.jobs.submitted) == (0, 2)
+    assert sorted(len(u) for u in rows.urls("p1").values()) == [0, 1]

@@ -14,9 +14,9 @@ get_result), so the client under test parses what a real provider sends:
 - `bfl`: `POST /v1/{model}` → `{id, polling_url}`; `GET /v1/get_result?id=` → `{id, status:
   Pending | Ready | Error | Content Moderated | Task not found, result: {sample}}`.
 
-A job is done after `polls` polls (0: at once). `forget()` makes every job so far gone, as the
-provider does after its retention (Replicate about an hour, BFL ten minutes): polls answer
-404 (BFL: `Task not found`) and the job's image URLs die with it.
+A job is done after `polls` polls (0: at once). A job id in `gone` is one the provider no
+longer holds, as after its retention (Replicate about an hour, BFL ten minutes): polls answer
+404 (BFL: `Task not found`).
 """
 
 from __future__ import annotations
@@ -58,12 +58,6 @@ class JobEmulation:
         self.submitted = 0
         self.cancelled: list[str] = []
         self.gone: set[str] = set()
-
-    def forget(self) -> list[str]:
-        """Every job so far is gone; the paths of their images, which die with them."""
-        with self._lock:
-            self.gone |= set(self.jobs)
-            return [p for job in self.jobs.values() for p in job["paths"]]
 
     # -- requests ------------------------------------------------------------------------
 

@@ -317,11 +317,6 @@ class LoopbackProvider:
             self.served.append(url)
         return url
 
-    def forget_jobs(self) -> None:
-        """Every job so far is gone at the provider, and its images with it."""
-        assert self.jobs is not None
-        self.dead_paths |= set(self.jobs.forget())
-
     def _batch_image(self) -> dict[str, object]:
         """One batch line's answer: the body a synchronous request would get."""
         n = next(self._counter)

@@ -65,9 +65,8 @@ class RemoteJob:
 @dataclass(frozen=True)
 class Progress:
     state: State
-    # done: the images, as URLs or data URIs; fal gives them at `fetch` instead.
+    # done: the images, as URLs or data URIs (fal gives them at the job's `result` instead).
     outputs: list[str] = field(default_factory=list)
-    fetch: str | None = None
     # failed: why, in the provider's words; `refusal`: it refused the prompt.
     reason: str | None = None
     refusal: bool = False
