@@ -1,5 +1,6 @@
-"""The image API client: one request per image, through the wire of the API's kind (wires.py:
-OpenAI, Azure OpenAI, Gemini), whose answer holds the images (bytes, or a link that expires).
+"""The image API client: one request per image, through the wire of the API's kind. Its answer
+holds the images (wires.py: OpenAI, Azure OpenAI, Gemini; bytes, or a link that expires) or a
+job to poll until it holds them (jobs.py: Replicate, fal, BFL; the caller logs the job first).
 
 Transient trouble (429, 5xx, timeouts, dropped connections, answers that are not the JSON we
 expect) is retried with backoff and jitter, honouring `Retry-After` up to a cap. A retry after a
@@ -134,9 +135,10 @@ class Provider:
         pace: Pace | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """`transport`, `sleep` and `rng` are for tests: an `httpx.MockTransport` instead of
-        the network, a recorder instead of real waits, a seeded jitter. `pace` spaces the
-        starts of every request of the run and learns from 429s (pace.py)."""
+        """`transport`, `sleep`, `rng` and `clock` are for tests: an `httpx.MockTransport`
+        instead of the network, a recorder instead of real waits, a seeded jitter, the time a
+        job's polling is bounded by. `pace` spaces the starts of every request of the run and
+        learns from 429s (pace.py)."""
         if not base_url:
             raise UsageError(no_image_api(settings.kind))
         problem = url_problem(base_url, allow_http=True)
