@@ -27,13 +27,13 @@ REFUSAL = {"replicate": "nsfw", "fal": "content_policy_violation", "bfl": "Conte
 
 
 @pytest.fixture(autouse=True)
-def quick_polls(tmp_path: Path):
-    """Polls every 20 ms, so a job of several polls takes a test no time."""
+def quick_polls(cli, tmp_path: Path):
+    """Polls every 20 ms, so a job of several polls takes a test no time (after `cli` wrote
+    the test's imgsave.toml)."""
     config = tmp_path / "imgsave.toml"
-    if config.exists():
-        config.write_text(
-            config.read_text().replace("[provider]\n", "[provider]\npoll_interval = 0.02\n")
-        )
+    config.write_text(
+        config.read_text().replace("[provider]\n", "[provider]\npoll_interval = 0.02\n")
+    )
 
 
 def env_for(api: LoopbackProvider, tmp_path: Path) -> dict[str, str]:
