@@ -153,3 +153,27 @@ def test_batch_with_an_api_that_has_no_batch_api_is_a_usage_error(cli, rows, kin
     ran = cli("generate", "p1", "--batch", env={"IMGSAVE_PROVIDER": kind, "IMGSAVE_API_KEY": "k"})
     assert ran.code == 2
     assert f"the {kind} API has no Batch API imgsave can use" in ran.stderr
+
+
+def test_provider_params_go_where_each_api_takes_options():
+    from imgsave.adapters.imageapi.jobs import job_wire_for
+    from imgsave.adapters.imageapi.wires import wire_for
+    from imgsave.core.settings import ProviderSettings
+
+    params = {"aspect_ratio": "16:9", "seed": 7}
+    settings = ProviderSettings(params=params)
+    base = "https://api.example.com/v1"
+    assert wire_for("openai", base, "gpt-image-2", settings).body("p") == {
+        "prompt": "p", "n": 1, "size": "1024x1024", "model": "gpt-image-2", **params,
+    }  # fmt: skip
+    assert "model" not in wire_for("azure", base, "dep", settings).body("p"), "in the path"
+    assert wire_for("gemini", base, "g", settings).body("p") == {
+        "contents": [{"parts": [{"text": "p"}]}], "generationConfig": params,
+    }  # fmt: skip
+    assert job_wire_for("replicate", base, "o/n", settings).body("p") == {
+        "input": {"prompt": "p", **params}
+    }
+    version = "a" * 64
+    assert job_wire_for("replicate", base, version, settings).body("p")["version"] == version
+    for kind in ("fal", "bfl"):
+        assert job_wire_for(kind, base, "m", settings).body("p") == {"prompt": "p", **params}
