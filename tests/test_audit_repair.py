@@ -79,6 +79,8 @@ async def test_incident_audit_finds_exactly_the_lost_and_repair_restores_them(cl
         "uncollected": 0,
         "jobs_pending": 0,
         "jobs_lost": 0,
+        "in_batches": 0,
+        "unanswered": 0,
         "lines_skipped": 0,
     }
     assert all(

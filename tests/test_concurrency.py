@@ -16,7 +16,7 @@ from imgsave._demo.writes import DemoDatabase
 from imgsave.commands import generate as gen
 from imgsave.core.documents import SceneRef, Shape
 from imgsave.core.settings import Settings
-from imgsave.operations.group_commit import ProjectSaver
+from imgsave.operations.group_commit import ProjectSaver, Saving
 
 from .conftest import imgsave_waits_for_a_lock, wait_for
 
@@ -61,7 +61,7 @@ async def test_locked_group_commit_saves_every_image_exactly_once(settings, rows
         await DemoDatabase.from_settings(settings, max_size=8) as db,
         ProjectSaver(db, incident_project, SHAPE) as saver,
     ):
-        items = await hammer(saver.save, 500, 64)
+        items = await hammer(lambda ref, url: saver.save(Saving(ref, url)), 500, 64)
     kept = stored(rows, incident_project)
     assert kept == Counter(url for _, url in items)
     for index, urls in rows.urls(incident_project).items():
@@ -130,7 +130,7 @@ async def test_urls_that_wait_for_a_locked_row_are_committed_together(
             await DemoDatabase.from_settings(conf, max_size=8) as db,
             ProjectSaver(db, incident_project, SHAPE) as saver,
         ):
-            saves = asyncio.gather(*(saver.save(ref, url) for ref, url in items))
+            saves = asyncio.gather(*(saver.save(Saving(ref, url)) for ref, url in items))
 
             await asyncio.to_thread(wait_for, lambda: imgsave_waits_for_a_lock(watch))
             holder.rollback()

@@ -133,7 +133,7 @@ async def test_dead_idle_pooled_connections_cost_a_retry_not_seconds_of_back_off
     async with await DemoDatabase.from_settings(settings, max_size=4) as db:
 
         async def hold() -> None:
-            async with db._pool.connection():
+            async with db.connector._pool.connection():
                 await asyncio.sleep(0.2)
 
         await asyncio.gather(*(hold() for _ in range(4)))  # four connections, now idle

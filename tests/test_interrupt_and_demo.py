@@ -95,10 +95,11 @@ def test_a_second_ctrl_c_reports_the_requests_it_abandoned(
 async def test_a_stopped_run_shows_images_not_requested_apart_from_failures(
     settings, rows, incident_project, log_dir
 ):
-    from imgsave.adapters.imageapi.client import Provider
-    from imgsave.adapters.postgres.database import Database
+    from dataclasses import replace
+
     from imgsave.commands import generate as gen
     from imgsave.operations.stop import StopSignal
+    from imgsave.terminal.generate_view import GenerateResult
     from imgsave.terminal.progress import ProgressReporter
 
     stop = StopSignal()
@@ -110,13 +111,10 @@ async def test_a_stopped_run_shows_images_not_requested_apart_from_failures(
 
     reporter = StoppedAtStart()
     with LoopbackProvider() as api:
-        async with (
-            Provider(api.base_url, None, None, settings.provider, allow_http=True) as provider,
-            await Database.from_settings(settings) as db,
-        ):
-            result = await gen.generate(
-                db=db, provider=provider, log_dir=log_dir, project="p1", shape=settings.shape,
-                images_per_scene=1, concurrency=4, stop=stop, reporter=reporter,
-            )  # fmt: skip
+        conf = replace(settings, base_url=api.base_url, allow_http=True)
+        result = await gen.run(
+            conf, "p1", images_per_scene=1, concurrency=4, stop=stop, reporter=reporter
+        )
+        assert isinstance(result, GenerateResult)
     assert (result.tally.not_requested, reporter.not_requested, reporter.failed) == (20, 20, 0)
     assert "20 not requested" in reporter._note() and "0 failed" in reporter._note()

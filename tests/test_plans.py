@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 from imgsave.adapters.runlog.reader import ReadStats
 from imgsave.cli.parsers import parse_scene_selection
-from imgsave.commands.generate import plan
-from imgsave.commands.repair import remaining
 from imgsave.core.documents import Scene, SceneRef
+from imgsave.core.scene_plan import plan
 from imgsave.operations.lost_images import AuditReport, Finding
+from imgsave.operations.repairing import remaining
 
 scenes_st = st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=8).map(
     lambda specs: [

@@ -65,7 +65,8 @@ def test_sql_prints_a_migration_that_psql_can_apply_twice_and_uninstall_removes_
     printed = cli("sql", "--journal")
     assert printed.code == 0, printed.stderr
     assert printed.stdout.startswith(
-        "-- imgsave: the append function, the claims and batches tables and the journal for "
+        "-- imgsave: the append function, imgsave's claims, ledger and batches tables and the "
+        "journal for "
         '"public"."projects" '
         '("id" text, "generated_output" jsonb).\n'
     )
@@ -92,6 +93,15 @@ def test_sql_prints_a_migration_that_psql_can_apply_twice_and_uninstall_removes_
         "relation imgsave_claims_run",
         "relation imgsave_batches",
         "relation imgsave_batches_pkey",
+        "relation imgsave_meta",
+        "relation imgsave_meta_pkey",
+        "relation imgsave_ledger",
+        "relation imgsave_ledger_pkey",
+        "relation imgsave_ledger_id_seq",
+        "relation imgsave_ledger_open",
+        "relation imgsave_ledger_batch",
+        "relation imgsave_ledger_project",
+        "relation imgsave_ledger_updated",
     }
     # Without --journal, uninstall leaves the journal (and the trigger the app writes through).
     removed = cli("sql", "--uninstall", "--apply")
@@ -620,7 +630,27 @@ def test_uninstall_drops_exactly_the_functions_install_made():
     script = uninstall(table(), Options())
     assert "imgsave_journal" not in script
     assert "imgsave_claims" in script
-    assert uninstall(table(), Options(journal=True)).count("DROP") == 11
+    assert uninstall(table(), Options(journal=True)).count("DROP") == 13
+
+
+def test_uninstall_never_drops_a_ledger_that_holds_purchases_not_yet_in_their_scenes(cli, db_url):
+    assert cli("sql", "--apply").code == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO imgsave_ledger (db_id, project, scene, scene_index, run, host, kind, "
+            "mode, state) VALUES ('d', 'p1', 'index:1', 1, 'r', 'h', 'openai', 'batch', "
+            "'requested')"
+        )
+    refused = cli("sql", "--uninstall", "--apply")
+    assert refused.code == 3 and "holds purchases not yet in their scenes" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM imgsave_ledger").fetchone()[0] == 1
+        assert conn.execute("SELECT to_regproc('imgsave_append_image_urls')").fetchone()[0]
+        conn.execute("UPDATE imgsave_ledger SET state = 'saved'")
+    assert cli("sql", "--uninstall", "--apply").code == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('imgsave_ledger')").fetchone()[0] is None
 
 
 def test_documents_are_written_back_in_the_form_they_were_found(fn, rows):

@@ -215,12 +215,9 @@ def test_keys_fit_every_store_however_long_the_project_key_or_scene_id(
 def test_a_killed_repair_rerun_counts_each_spooled_image_once(cli, rows, s3: S3, log_dir: Path):
     import asyncio
 
-    from imgsave.adapters.runlog.writer import RunLog
-    from imgsave.adapters.storage import spool
     from imgsave.adapters.storage.object_store import Store
     from imgsave.core.image_bytes import checked, object_key
     from imgsave.core.settings import Settings as AppSettings
-    from imgsave.operations.execution import record_generated
 
     rows.put("p1", incident_document(6))
     s3.configure()
@@ -240,13 +237,27 @@ def test_a_killed_repair_rerun_counts_each_spooled_image_once(cli, rows, s3: S3,
     assert store is not None
 
     async def killed_repair() -> None:
-        with RunLog(log_dir) as log:
-            for item in spool.pending(log_dir)[:4]:
-                image = checked(item.path.read_bytes(), max_bytes=10**6)
-                key = object_key(store.prefix, item.project, item.ref, image)
+        """A repair killed between recording its uploads and saving them: 4 spooled images
+        stored, their ledger rows `stored` with their URLs, not yet in their scenes."""
+        from dataclasses import replace
+
+        from imgsave.core.ledger import Kept, Move, State
+        from imgsave.core.settings import load_settings
+        from imgsave.operations.session import opened
+
+        conf = replace(
+            load_settings({"database_url": rows.url}, environ=env), log_dir=log_dir,
+            allow_http=True,
+        )  # fmt: skip
+        async with opened(conf) as s:
+            spooled = [p for p in await s.ledger.unresolved() if p.kept.spool][:4]
+            for p in spooled:
+                data = await asyncio.to_thread(Path(p.kept.spool or "").read_bytes)
+                image = checked(data, max_bytes=10**6)
+                key = object_key(store.prefix, p.project, p.ref, image)
                 await store.put(key, image)
-                fields = {"key": key, "spool": str(item.path)}
-                await record_generated(log, item.project, item.ref, store.public_url(key), fields)
+                kept = Kept(url=store.public_url(key), object_key=key, sha256=image.sha256)
+                await s.ledger.move([Move(p.id, State.STORED, kept)])
 
     asyncio.run(killed_repair())
     repaired = cli("repair", "--execute", "--json", "--allow-http", env=env)
@@ -677,10 +688,12 @@ def test_a_rehost_killed_before_its_commit_leaves_one_image_per_place(
         assert rows.urls("p1") == links, "the replacement never committed"
         audit = cli("audit", "p1", "--json", env=_store_env(tmp_path))
         assert audit.code == 0 and audit.json()["lost"] == [], audit.stdout
+        # The copies are in the ledger, `stored` in place of their links: the next run that
+        # settles puts each where its link is (never beside it).
         repaired = cli("repair", "p1", "--execute", "--json", env=_store_env(tmp_path))
-        assert repaired.json()["repaired"] == 0 and rows.urls("p1") == links
+        assert repaired.code == 0 and repaired.json()["repaired"] == 4, repaired.stdout
         again = cli("rehost", "p1", "--execute", "--allow-http", "--json", env=env)
-        assert again.code == 0 and again.json()["rehosted"] == 4, again.stderr
+        assert again.code == 0 and again.json()["rehosted"] == 0, again.stderr
     urls = rows.urls("p1")
     assert all(
         len(u) == 1 and u[0].startswith("https://images.example.com/") for u in urls.values()

@@ -40,6 +40,10 @@ class ClaimsUnavailable(CannotWork):
     """The claims table cannot be made or used: no scene can be claimed, so none is generated."""
 
 
+class LedgerUnavailable(CannotWork):
+    """The ledger cannot be made or written: nothing may be bought."""
+
+
 class ProjectNotFound(CannotWork):
     pass
 

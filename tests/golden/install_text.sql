@@ -1,4 +1,4 @@
--- imgsave: the append function, the claims and batches tables and the journal for "public"."projects" ("id" text, "generated_output" text).
+-- imgsave: the append function, imgsave's claims, ledger and batches tables and the journal for "public"."projects" ("id" text, "generated_output" text).
 -- Run it in one transaction: a migration, or psql --single-transaction -f FILE.
 -- Safe to run again; `imgsave sql --uninstall` prints what removes it.
 
@@ -385,15 +385,118 @@ BEGIN
 END
 $imgsave$;
 
+CREATE TABLE IF NOT EXISTS "public"."imgsave_meta" (
+  key text PRIMARY KEY,
+  value text NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+-- This database's identity, made once: written into every ledger row, log record, stored
+-- object and batch, so that no host ever reads another database's records as its own. A
+-- restored copy carries the same value: `imgsave sql --new-identity --apply` gives it its own.
+INSERT INTO "public"."imgsave_meta" (key, value) VALUES ('database_id', gen_random_uuid()::text)
+  ON CONFLICT (key) DO NOTHING;
+-- Kept from the app's API roles; for imgsave running as another role than the owner:
+-- GRANT SELECT ON "public"."imgsave_meta" TO that role.
+REVOKE ALL ON "public"."imgsave_meta" FROM PUBLIC;
+DO $imgsave$
+DECLARE
+  r text;
+BEGIN
+  FOREACH r IN ARRAY ARRAY['anon', 'authenticated', 'service_role']::text[] LOOP
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+      EXECUTE format('REVOKE ALL ON "public"."imgsave_meta" FROM %I', r);
+    END IF;
+  END LOOP;
+END
+$imgsave$;
+
+-- One row per image paid for, or about to be (operations/purchases.py): written `requested`
+-- before the request, job or batch leaves, and `saved` in the same transaction as the locked
+-- write that puts its URL in its scene. Any host settles what is unresolved; no run reads a
+-- log folder to know what was bought.
+CREATE TABLE IF NOT EXISTS "public"."imgsave_ledger" (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  db_id text NOT NULL,
+  -- The project's key as the app's table returns it, and the scene: its claims key
+  -- (id:... or index:N), index and id.
+  project text NOT NULL,
+  scene text NOT NULL,
+  scene_index integer NOT NULL,
+  scene_id text,
+  slot integer NOT NULL DEFAULT 0,
+  run text NOT NULL,
+  host text NOT NULL,
+  process text NOT NULL DEFAULT '',
+  kind text NOT NULL,
+  mode text NOT NULL CHECK (mode IN ('sync', 'job', 'batch', 'copy')),
+  state text NOT NULL CHECK (state IN
+    ('requested', 'received', 'stored', 'saved', 'failed', 'refused', 'lost', 'orphaned')),
+  -- How its URL goes into the scene: appended, or in place of replaces[1] (rehost).
+  edit text NOT NULL DEFAULT 'append' CHECK (edit IN ('append', 'replace')),
+  -- The provider's handle: a job (id, where it is polled) or a batch's line.
+  job_id text,
+  poll_url text,
+  result_url text,
+  cancel_url text,
+  batch_id text,
+  custom_id text,
+  input_file text,
+  -- Once the bytes are in hand: where they are kept.
+  url text,
+  object_key text,
+  sha256 text,
+  bytes bigint,
+  content_type text,
+  source_url text,
+  spool text,
+  -- URLs this image stands in for (a regenerated expired link, a rehosted provider link).
+  replaces text[],
+  error text,
+  -- Who works on the row now: a run that settles it, or the run that bought it.
+  lease_run text,
+  lease_process text,
+  lease_until timestamptz,
+  requested_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS "imgsave_ledger_open" ON "public"."imgsave_ledger" (db_id, project, scene)
+  WHERE state IN ('requested', 'received', 'stored');
+CREATE INDEX IF NOT EXISTS "imgsave_ledger_batch" ON "public"."imgsave_ledger" (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS "imgsave_ledger_project" ON "public"."imgsave_ledger" (db_id, project, id);
+CREATE INDEX IF NOT EXISTS "imgsave_ledger_updated" ON "public"."imgsave_ledger" (updated_at);
+-- Kept from the app's API roles; for imgsave running as another role than the owner:
+-- GRANT SELECT, INSERT, UPDATE, DELETE ON "public"."imgsave_ledger" TO that role.
+REVOKE ALL ON "public"."imgsave_ledger" FROM PUBLIC;
+DO $imgsave$
+DECLARE
+  r text;
+BEGIN
+  FOREACH r IN ARRAY ARRAY['anon', 'authenticated', 'service_role']::text[] LOOP
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+      EXECUTE format('REVOKE ALL ON "public"."imgsave_ledger" FROM %I', r);
+    END IF;
+  END LOOP;
+END
+$imgsave$;
+
 CREATE TABLE IF NOT EXISTS "public"."imgsave_batches" (
   batch_id text PRIMARY KEY,
   -- When a run took the batch's images into their scenes (or found its output gone): any
   -- host's later run skips it, so an image the app removed since is never put back.
-  collected_at timestamptz NOT NULL DEFAULT now(),
+  collected_at timestamptz,
   saved integer NOT NULL DEFAULT 0,
   failed integer NOT NULL DEFAULT 0,
   lost integer NOT NULL DEFAULT 0
 );
+-- Since the ledger: who submitted it, for which database, what it asked for.
+ALTER TABLE "public"."imgsave_batches" ALTER COLUMN collected_at DROP NOT NULL,
+  ALTER COLUMN collected_at DROP DEFAULT,
+  ADD COLUMN IF NOT EXISTS db_id text NOT NULL DEFAULT '',
+  ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT '',
+  ADD COLUMN IF NOT EXISTS run text NOT NULL DEFAULT '',
+  ADD COLUMN IF NOT EXISTS input_file text,
+  ADD COLUMN IF NOT EXISTS images integer NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS submitted_at timestamptz NOT NULL DEFAULT now();
 -- Kept from the app's API roles; for imgsave running as another role than the owner:
 -- GRANT SELECT, INSERT, UPDATE ON "public"."imgsave_batches" TO that role.
 REVOKE ALL ON "public"."imgsave_batches" FROM PUBLIC;

@@ -24,18 +24,17 @@ from imgsave._demo.writes import DemoDatabase
 from imgsave.adapters.imageapi.client import Provider
 from imgsave.adapters.postgres import embedded
 from imgsave.adapters.runlog.reader import LogQuery
-from imgsave.adapters.runlog.writer import RunLog, new_run_id
-from imgsave.adapters.storage.object_store import Store
-from imgsave.commands.generate import generate
-from imgsave.commands.repair import restore
+from imgsave.adapters.runlog.writer import new_run_id
+from imgsave.commands import generate
+from imgsave.commands.repair import run_repair
 from imgsave.core.documents import decode, encode, scenes
 from imgsave.core.result_json import fields_json
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_FINDINGS, EXIT_OK
-from imgsave.operations.intake import opened_intake
 from imgsave.operations.lost_images import audit
 from imgsave.operations.stop import StopSignal, sigint_stops
 from imgsave.terminal.consoles import stdout_console
+from imgsave.terminal.generate_view import GenerateResult
 
 SCENES = 20
 IMAGES_PER_SCENE = 2
@@ -148,25 +147,17 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
             settings,
             store=replace(settings.store, url=store_dir.as_uri(), public_url=DEMO_CDN),
         )
-        store = Store.from_settings(store_settings)
         with LoopbackProvider(latency=0.05, jitter=0.1, answer="b64", image_bytes=50_000) as api:
-            async with (
-                Provider(api.base_url, None, None, settings.provider) as b64_provider,
-                opened_intake(store_settings, store, log_dir) as intake,
-            ):
-                if store is not None:
-                    await store.probe()
-                with sigint_stops(StopSignal()):
-                    result = await generate(
-                        db=db,
-                        provider=b64_provider,
-                        log_dir=log_dir,
-                        project=safe_project,
-                        shape=settings.shape,
-                        images_per_scene=IMAGES_PER_SCENE,
-                        concurrency=8,
-                        intake=intake,
-                    )
+            # The command's own run, on the embedded database: the demo shows what users get.
+            run_settings = replace(
+                store_settings, database_url=url, base_url=api.base_url, log_dir=log_dir,
+                allow_http=True,
+            )  # fmt: skip
+            with sigint_stops(StopSignal()):
+                result = await generate.run(
+                    run_settings, safe_project, images_per_scene=IMAGES_PER_SCENE, concurrency=8
+                )
+        assert isinstance(result, GenerateResult)
         safe = _counts(await db.read(safe_project), settings)
         stored = sorted(store_dir.rglob("*.png"))
         example = scenes(decode(await db.read(safe_project)), settings.shape)[0].urls[0]
@@ -190,12 +181,12 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
             "exactly the images the route dropped.\n"
         )
         out.print("[bold]4. imgsave repair --execute[/] appends them under the same lock.")
-        with RunLog(log_dir) as repair_log:
-            restored, _ = await restore(db, report, repair_log, settings.shape)
+        repair_settings = replace(settings, database_url=url, log_dir=log_dir)
+        repaired_run = await run_repair(repair_settings, query, execute=True)
         after = await audit(db, query, log_dir=log_dir, shape=settings.shape)
         repaired = _counts(await db.read(naive_project), settings)
         out.print(
-            f"   {sum(restored.values())} restored; a second audit finds "
+            f"   {repaired_run.repaired} restored; a second audit finds "
             f"[bold green]{len(after.lost)} lost[/].\n"
         )
     table = Table(title="Images per scene in the database", title_justify="left")

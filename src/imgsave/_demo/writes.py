@@ -4,10 +4,9 @@ writer."""
 
 from __future__ import annotations
 
-import psycopg
+from psycopg import sql
 
 from imgsave.adapters.postgres.database import Database
-from imgsave.errors import CannotWork
 
 
 class DemoDatabase(Database):
@@ -15,17 +14,27 @@ class DemoDatabase(Database):
 
     async def put(self, project: str, text: str | None) -> None:
         """Create or replace a project's document (demo and test set-up, not the save path)."""
-        await self._write(project, self._sql.upsert, (project, text))
+        t = self.table
+        statement = sql.SQL(
+            "INSERT INTO {t} ({k}, {d}) VALUES (%s, %s::{dt}) ON CONFLICT ({k}) DO UPDATE "
+            "SET {d} = excluded.{d}"
+        ).format(
+            t=sql.Identifier(t.schema, t.name),
+            k=sql.Identifier(t.key_column),
+            d=sql.Identifier(t.document_column),
+            dt=sql.SQL(t.document_type),
+        )
+        await self.connector.run(f"write project {project}", statement, (project, text))
 
     async def overwrite_unlocked(self, project: str, text: str) -> None:
         """The incident's write: no lock, no check, whatever was written meanwhile is lost."""
-        await self._write(project, self._sql.update, (text, self.normalise_key(project)))
-
-    async def _write(
-        self, project: str, statement: psycopg.sql.Composed, params: tuple[object, ...]
-    ) -> None:
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(statement, params)
-        except psycopg.Error as exc:
-            raise CannotWork(f"project {project}: could not write: {self._one_line(exc)}") from None
+        t = self.table
+        statement = sql.SQL("UPDATE {t} SET {d} = %s::{dt} WHERE {k} = %s").format(
+            t=sql.Identifier(t.schema, t.name),
+            k=sql.Identifier(t.key_column),
+            d=sql.Identifier(t.document_column),
+            dt=sql.SQL(t.document_type),
+        )
+        await self.connector.run(
+            f"write project {project}", statement, (text, self.normalise_key(project))
+        )

@@ -21,6 +21,7 @@ from imgsave.cli.options import (
     ConcurrencyOption,
     DryRunOption,
     LogSources,
+    MaxImagesOption,
     log_source_options,
     shared_options,
 )
@@ -73,6 +74,7 @@ def _main(
 @app.command(epilog=EXIT_CODES)
 @shared_options("store", "quiet", "json_output", "allow_http", "database_url", "config", "verbose")
 def generate(
+    ctx: typer.Context,
     common: Common,
     projects: Annotated[
         list[str] | None,
@@ -103,16 +105,7 @@ def generate(
             "down by itself on 429s. Also [provider] rate.",
         ),
     ] = None,
-    max_images: Annotated[
-        int | None,
-        typer.Option(
-            "--max-images",
-            min=1,
-            metavar="N",
-            show_default=False,
-            help="Request at most N images in this run; what is left is reported (exit 1).",
-        ),
-    ] = None,
+    max_images: MaxImagesOption = None,
     scenes: Annotated[
         str | None,
         typer.Option("--scenes", metavar="LIST", help="Only these scenes, e.g. 1,3,5-8."),
@@ -165,6 +158,8 @@ def generate(
       imgsave generate --all -k 2 --batch --json
     """
 
+    given = _given(ctx)
+
     async def work(settings: Settings) -> _Result:
         from imgsave.adapters.imageapi.pace import parse_rate
         from imgsave.cli.parsers import parse_scene_selection
@@ -172,17 +167,21 @@ def generate(
         from imgsave.terminal.progress import ProgressReporter
 
         selection = parse_scene_selection(scenes) if scenes else None
-        named = projects or []
-        target = named[0] if len(named) == 1 and not all_projects else named
         if batch or settings.provider.batch:
+            # Refused, never silently dropped: a batch has no pace and no concurrency.
+            for name, flag in (("rate", "--rate"), ("concurrency", "--concurrency")):
+                if name in given:
+                    raise UsageError(f"{flag} does not apply to --batch (the provider paces it)")
             return await gen.run_batch(
                 settings,
-                target,
+                projects or [],
                 all_projects=all_projects,
                 images_per_scene=images_per_scene,
                 selection=selection,
                 force=force,
                 batch_size=batch_size,
+                max_images=max_images,
+                strict=strict,
                 wait=wait,
                 reporter=ProgressReporter(quiet=common.quiet),
             )
@@ -193,18 +192,25 @@ def generate(
             settings = replace(settings, provider=replace(settings.provider, rate=rate))
         return await gen.run(
             settings,
-            target,
+            projects or [],
             all_projects=all_projects,
             images_per_scene=images_per_scene,
-            concurrency=concurrency,
             selection=selection,
             force=force,
+            concurrency=concurrency,
             max_images=max_images,
             strict=strict,
+            quiet=common.quiet,
             reporter=ProgressReporter(quiet=common.quiet),
         )
 
     _execute(work, common)
+
+
+def _given(ctx: typer.Context) -> set[str]:
+    """The options given on the command line (not left to their defaults)."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, source in sources.items() if source and source.name != "DEFAULT"}
 
 
 @app.command(epilog=EXIT_CODES)
@@ -252,6 +258,7 @@ def repair(
         ),
     ] = False,
     concurrency: ConcurrencyOption = 8,
+    max_images: MaxImagesOption = None,
 ) -> None:
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
@@ -272,6 +279,7 @@ def repair(
             regenerate=regenerate,
             check_urls=sources.check_urls,
             concurrency=concurrency,
+            max_images=max_images,
             reporter=ProgressReporter(quiet=common.quiet),
         )
 
@@ -300,6 +308,7 @@ def rehost(
         ),
     ] = False,
     concurrency: ConcurrencyOption = 8,
+    max_images: MaxImagesOption = None,
 ) -> None:
     """Copy images behind a provider's expiring links into your store and replace each link in
     place; links that no longer resolve are reported expired.
@@ -321,6 +330,7 @@ def rehost(
             execute=execute,
             regenerate=regenerate,
             concurrency=concurrency,
+            max_images=max_images,
             reporter=ProgressReporter(quiet=common.quiet),
         )
 

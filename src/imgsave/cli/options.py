@@ -80,6 +80,17 @@ ConcurrencyOption = Annotated[
         "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
     ),
 ]
+MaxImagesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-images",
+        min=1,
+        metavar="N",
+        show_default=False,
+        help="Buy at most N images in this run, in every mode (with --batch: images "
+        "submitted); what is left is reported (exit 1).",
+    ),
+]
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,9 @@ from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.reader import LogQuery
-from imgsave.adapters.storage.object_store import Store
 from imgsave.core.settings import Settings
-from imgsave.operations.batches import finished_and_uncollected
-from imgsave.operations.job_resume import jobs_not_in_scenes
-from imgsave.operations.lost_images import AuditReport, audit
+from imgsave.operations.auditing import audited
+from imgsave.operations.lost_images import AuditReport
 from imgsave.terminal import audit_view
 
 if TYPE_CHECKING:
@@ -42,19 +40,5 @@ class AuditResult:
 async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) -> AuditResult:
     """With a store configured, its objects are audited too: one that no log mentions and no
     document holds is an image paid for and never saved."""
-    store = Store.from_settings(settings)
     async with await Database.from_settings(settings) as db:
-        report = await audit(
-            db,
-            query,
-            log_dir=settings.resolved_log_dir(),
-            shape=settings.shape,
-            check_urls=check_urls,
-            store=store,
-            allow_private_network=settings.allow_private_network,
-        )
-        report.uncollected = await finished_and_uncollected(settings, db)
-        report.jobs = await jobs_not_in_scenes(
-            settings.resolved_log_dir(), db.normalise_key, query.only_projects
-        )
-    return AuditResult(report)
+        return AuditResult(await audited(settings, db, query, check_urls=check_urls))

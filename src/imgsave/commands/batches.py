@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from imgsave.adapters.imageapi.batches import BatchClient
 from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.postgres.identity import read_identity
+from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.core.result_json import FieldsResult
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_FINDINGS, EXIT_OK, UsageError
-from imgsave.operations.batches import overview, this_databases
+from imgsave.operations.batch_compat import opened_batch_api
+from imgsave.operations.batches import overview
 from imgsave.terminal.consoles import shown
 
 if TYPE_CHECKING:
@@ -53,11 +55,17 @@ class BatchesResult:
 
 async def run_batches(settings: Settings) -> BatchesResult:
     result = BatchesResult()
-    async with await Database.from_settings(settings) as db, _client(settings) as client:
-        for batch, collected in await overview(db, client):
+    async with (
+        await Database.from_settings(settings) as db,
+        opened_batch_api(settings, required=True) as api,
+    ):
+        assert api is not None
+        ledger = await _ledger(db)
+        for item in await overview(db, ledger, api) if ledger else []:
+            batch = item.batch
             expires = None
-            if batch.output_file_id and batch.finished and not collected:
-                expires = await client.file_expires_at(batch.output_file_id)
+            if batch.output_file and batch.finished and not item.collected:
+                expires = await api.file_expires_at(batch.output_file)
             result.batches.append(
                 {
                     "id": batch.id,
@@ -66,7 +74,7 @@ async def run_batches(settings: Settings) -> BatchesResult:
                     "total": batch.total,
                     "completed": batch.completed,
                     "failed": batch.failed,
-                    "collected": collected,
+                    "collected": item.collected,
                     "finished": batch.finished,
                     "output_expires_at": expires,
                 }
@@ -85,12 +93,20 @@ class CancelResult(FieldsResult):
 
 async def run_cancel(settings: Settings, batch_id: str) -> CancelResult:
     """Cancel one of this database's batches (what finished is still collected)."""
-    async with await Database.from_settings(settings) as db, _client(settings) as client:
-        if batch_id not in {b.id for b in await this_databases(db, client)}:
+    async with (
+        await Database.from_settings(settings) as db,
+        opened_batch_api(settings, required=True) as api,
+    ):
+        assert api is not None
+        ledger = await _ledger(db)
+        if ledger is None or batch_id not in await ledger.batch_ids():
             raise UsageError(f"batch {batch_id} is not a batch of this database")
-        batch = await client.cancel(batch_id)
+        batch = await api.cancel(batch_id)
     return CancelResult(batch.id, batch.status)
 
 
-def _client(settings: Settings) -> BatchClient:
-    return BatchClient.from_settings(settings)
+async def _ledger(db: Database) -> LedgerRows | None:
+    """This database's ledger, or None where nothing was ever bought for it."""
+    db_id = await read_identity(db.connector)
+    ledger = LedgerRows(db.connector, db_id) if db_id else None
+    return ledger if ledger is not None and await ledger.exists() else None

@@ -1,45 +1,40 @@
-"""`imgsave repair`: put back exactly what audit found lost, through the same locked,
-append-if-absent save as generate. Stale and orphaned URLs are never written."""
+"""`imgsave repair`: put back exactly what audit found lost (operations/repairing.py), after
+settling what this database paid for and never saved (operations/settle.py). Stale and orphaned
+URLs are never written. Only one executing repair runs on a host at a time."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import defaultdict
-from collections.abc import Collection
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from imgsave.adapters.imageapi.batches import BatchClient
-from imgsave.adapters.imageapi.client import Provider, add_usage
-from imgsave.adapters.imageapi.wires import Received, request_body
+from imgsave.adapters.imageapi.client import Provider
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.host_lock import exclusive
 from imgsave.adapters.runlog.reader import LogQuery
-from imgsave.adapters.runlog.writer import RunLog
-from imgsave.adapters.storage import spool
-from imgsave.adapters.storage.object_store import Store
-from imgsave.core.documents import Outcome, SceneRef, Shape, decode, find, scenes
+from imgsave.core import events
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name, plain
-from imgsave.core.scene_plan import Job, Plan
 from imgsave.core.settings import Settings
-from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, ImgsaveError, LogUnwritable
-from imgsave.operations.batches import Batches, BatchTally, finished_and_uncollected
-from imgsave.operations.claims import Claims
-from imgsave.operations.execution import Execution, Reporter, record_generated
-from imgsave.operations.intake import Intake, Kept, NotKept, opened_intake
-from imgsave.operations.job_resume import jobs_not_in_scenes, resume_jobs
-from imgsave.operations.lost_images import AuditReport, Finding, audit
-from imgsave.operations.recovery import job_ledger
+from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, LogUnwritable
+from imgsave.operations import generating, repairing
+from imgsave.operations.auditing import audited
+from imgsave.operations.batch_compat import opened_batch_api
+from imgsave.operations.batches import Batches
+from imgsave.operations.claims import claimed
+from imgsave.operations.lost_images import AuditReport
+from imgsave.operations.session import Session, opened
+from imgsave.operations.settle import Settled
 from imgsave.operations.stop import StopSignal, sigint_stops
 from imgsave.terminal import audit_view
 from imgsave.terminal.consoles import shown
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from imgsave.operations.execution import Reporter
 
 
 @dataclass
@@ -63,6 +58,9 @@ class RepairResult:
     # What --regenerate spent: retries the provider may have billed, and its token counts.
     possibly_billed_retries: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    # Settling found these paid and lost, and could not read these APIs (exit 3).
+    lost_now: int = 0
+    unreadable: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
 
     @property
     def lost_before(self) -> int:
@@ -72,9 +70,11 @@ class RepairResult:
     def exit_code(self) -> int:
         if not self.executed:
             return self.report.exit_code
-        if self.fatal or self.report.errors:
+        if self.fatal or self.report.errors or self.unreadable:
             return EXIT_CANNOT_WORK
-        return EXIT_FINDINGS if self.remaining or self.errors else EXIT_OK
+        # The same finding gives the same exit code as audit's: paid and lost is a finding.
+        lost = self.report.jobs_lost or self.lost_now
+        return EXIT_FINDINGS if self.remaining or self.errors or lost else EXIT_OK
 
     def stderr_lines(self) -> list[str]:
         return [self.fatal] if self.fatal else []
@@ -90,7 +90,7 @@ class RepairResult:
                 status: plain(getattr(report, status))
                 for status in ("expired", "stale", "orphaned")
             },
-            "errors": report.errors + self.errors,
+            "errors": report.errors + report.unreadable + self.errors + self.unreadable,
         }
 
     def render(self, console: Console) -> None:
@@ -116,76 +116,6 @@ class RepairResult:
         )
 
 
-async def restore(
-    db: Database, report: AuditReport, log: RunLog, shape: Shape, *, projects_at_once: int = 4
-) -> tuple[dict[tuple[str, int], int], list[str]]:
-    """Append every lost URL, one locked transaction per project; log image.repaired for each.
-
-    Returns how many URLs each (project, scene) got back, and errors by project.
-    """
-    from imgsave.operations.group_commit import ProjectSaver
-
-    by_project: dict[str, list[Finding]] = defaultdict(list)
-    for finding in report.lost:
-        by_project[finding.project].append(finding)
-    restored: dict[tuple[str, int], int] = defaultdict(int)
-    errors: list[str] = []
-    semaphore = asyncio.Semaphore(projects_at_once)
-
-    async def one(project: str, findings: list[Finding]) -> None:
-        async with semaphore:
-            try:
-                async with ProjectSaver(db, project, shape) as saver:
-                    outcomes = await saver.save_many(
-                        [(SceneRef(f.scene, f.scene_id), f.url) for f in findings]
-                    )
-            except Exception as exc:  # one project's failure must not stop the others
-                errors.append(f"{_one_line(exc)} ({len(findings)} URLs not restored)")
-                return
-        for finding, outcome in zip(findings, outcomes, strict=True):
-            if outcome is Outcome.NO_SCENE:
-                errors.append(f"project {project}: scene {finding.scene} no longer exists")
-                continue
-            restored[(project, finding.scene)] += 1
-            if outcome is Outcome.ADDED:
-                try:
-                    await log.record(
-                        "image.repaired",
-                        project=project,
-                        scene=finding.scene,
-                        scene_id=finding.scene_id,
-                        url=finding.url,
-                    )
-                except LogUnwritable as exc:
-                    # Saved all the same; the image was logged when it was generated.
-                    if str(exc) not in errors:
-                        errors.append(str(exc))
-
-    await asyncio.gather(*(one(p, f) for p, f in by_project.items()))
-    return restored, errors
-
-
-def remaining(
-    report: AuditReport,
-    restored: dict[tuple[str, int], int],
-    regenerated: dict[tuple[str, int], int],
-    *,
-    empty_scenes: bool = False,
-) -> int:
-    """Images still missing, scene by scene: what was lost, less what came back or was replaced
-    (with `empty_scenes`, each never-logged empty scene --regenerate was asked to fill counts)."""
-    missing: dict[tuple[str, int], int] = defaultdict(int)
-    for finding in (*report.lost, *report.expired):
-        missing[(finding.project, finding.scene)] += 1
-    if empty_scenes:
-        for project, ref in report.empty_scenes:
-            missing[(project, ref.index)] += 1
-    return sum(
-        max(0, count - restored.get(key, 0) - regenerated.get(key, 0))
-        for key, count in missing.items()
-    )
-
-
 async def run_repair(
     settings: Settings,
     query: LogQuery,
@@ -194,311 +124,126 @@ async def run_repair(
     regenerate: bool = False,
     check_urls: bool = False,
     concurrency: int = 8,
+    max_images: int | None = None,
     reporter: Reporter | None = None,
 ) -> RepairResult:
-    """Audit, then (with `execute`) restore every lost URL and, with `regenerate`, generate new
-    images for scenes left short. Only one executing repair runs on a host at a time."""
+    """Audit, then (with `execute`) settle, restore every lost URL and, with `regenerate`,
+    generate new images for scenes left short."""
     log_dir = settings.resolved_log_dir()
     lock = exclusive(log_dir / "repair.lock", "imgsave repair") if execute else nullcontext()
-    # The image API is only opened (and its settings only checked) when it may be called.
-    store = Store.from_settings(settings)
     with lock:
-        async with (
-            await Database.from_settings(settings) as db,
-            opened_intake(settings, store, log_dir) as intake,
-        ):
-            report = await audit(
-                db,
-                query,
-                log_dir=log_dir,
-                shape=settings.shape,
-                check_urls=check_urls,
-                store=store,
-                allow_private_network=settings.allow_private_network,
-            )
-            report.uncollected = await finished_and_uncollected(settings, db)
-            report.jobs = await jobs_not_in_scenes(log_dir, db.normalise_key, query.only_projects)
-            result = RepairResult(report, executed=execute)
-            # The jobs of the configured API still pending: polled (polls cost nothing).
-            resumable = any(
-                j["state"] == "pending" and j["kind"] == settings.provider.kind for j in report.jobs
-            )
-            # The image API is only opened (and its settings only checked) when it may be
-            # called.
-            api: contextlib.AbstractAsyncContextManager[Provider | None] = (
-                Provider.from_settings(settings)
-                if execute and (regenerate or resumable)
-                else nullcontext()
-            )
-            async with api as provider:
-                wanted = provider is not None and (
-                    resumable or (regenerate and (report.expired or report.empty_scenes))
-                )
-                work = report.uncollected or report.lost or (report.spooled and store) or wanted
-                if execute and work:
-                    if store is not None and (provider or report.spooled):
-                        await store.probe()
-                    # Only a repair with something to do leaves a log file behind: cron runs
-                    # every few minutes, and audit rereads every file.
-                    with RunLog(log_dir) as log:
-                        await _repair(
-                            db, provider, intake, log, settings, result, concurrency, reporter,
-                            regenerate=regenerate, only=query.only_projects,
-                        )  # fmt: skip
-                elif execute:
-                    result.remaining = (
-                        remaining(report, {}, {}) + report.spooled + report.uncollected
-                    )
+        async with await Database.from_settings(settings) as db:
+            report = await audited(settings, db, query, check_urls=check_urls)
+        result = RepairResult(report, executed=execute)
+        if not execute:
             return result
+        async with opened(settings, probe=False) as s, opened_batch_api(settings) as api:
+            provider = _provider(settings, report, regenerate)
+            async with provider if provider is not None else nullcontext() as provider:
+                if s.store is not None and (provider is not None or report.spooled):
+                    await s.store.probe()
+                batches = Batches(api=api, db=s.db, purchases=s.purchases,
+                                  shape=settings.shape) if api else None  # fmt: skip
+                await _repair(s, provider, batches, result, concurrency, max_images, reporter,
+                              regenerate=regenerate)  # fmt: skip
+    return result
+
+
+def _provider(settings: Settings, report: AuditReport, regenerate: bool) -> Provider | None:
+    """The image API, only when it may be called (and its settings only checked then): to
+    regenerate, or to poll the jobs of the configured kind that are still pending."""
+    kind = settings.provider.kind
+    pending = any(j["state"] == "pending" and j["kind"] == kind for j in report.jobs)
+    wanted = (regenerate and (report.expired or report.empty_scenes)) or pending
+    return Provider.from_settings(settings) if wanted else None
 
 
 async def _repair(
-    db: Database,
+    s: Session,
     provider: Provider | None,
-    intake: Intake,
-    log: RunLog,
-    settings: Settings,
+    batches: Batches | None,
     result: RepairResult,
     concurrency: int,
+    max_images: int | None,
     reporter: Reporter | None,
     *,
     regenerate: bool,
-    only: Collection[str],
 ) -> None:
     report = result.report
-    result.run = log.run_id
-    try:
-        log.write(
-            "run.started",
-            command="repair",
-            mode="append",
-            lost=len(report.lost),
-            expired=len(report.expired),
+    result.run = s.run
+    everything = generating.Targets((), all_projects=True)
+    settled = await generating.settle(s, everything, provider, batches)
+    _absorb(result, settled)
+    known = settled.recovered - settled.uploaded - settled.batch_images - settled.job_images
+    result.repaired = known
+    wanted = regenerate and (report.expired or report.empty_scenes)
+    if not (report.lost or wanted or report.spooled or report.uncollected):
+        # Cron runs this every few minutes: nothing to do leaves no log behind.
+        result.remaining = max(0, report.spooled - result.uploaded) + max(
+            0, report.uncollected - result.collected
         )
+        return
+    try:
+        s.log.write(events.RUN_STARTED, command="repair", mode="append", lost=len(report.lost),
+                    expired=len(report.expired))  # fmt: skip
     except LogUnwritable as exc:
         result.errors.append(f"{exc}; nothing repaired")
-        result.remaining = remaining(report, {}, {}, empty_scenes=regenerate)
+        result.remaining = repairing.remaining(report, {}, {}, empty_scenes=regenerate)
         return
-    restored, result.errors = await restore(db, report, log, settings.shape)
-    result.uploaded, spool_done = await _upload_spooled(db, intake, log, settings, result)
-    if report.uncollected:
-        await _collect_batches(db, intake, log, settings, result)
-    if provider is not None and provider.job_kind:
-        await _resume_jobs(db, provider, intake, log, settings, result, only)
-    regenerated: dict[tuple[str, int], int] = {}
+    # What settling just put back is not restored a second time.
+    restored = await repairing.restore(
+        s, [f for f in report.lost if f.url not in settled.saved_urls]
+    )
+    result.errors += restored.errors
+    regenerated: repairing.SceneCounts = {}
     if provider is not None and regenerate:
         stop = StopSignal()
-        claims = (
-            Claims(db, log.run_id, settings.claims.expiry)
-            if settings.claims.enabled
-            else nullcontext()
-        )
         with sigint_stops(stop):
-            async with claims as held:
-                regenerated = await _regenerate(
-                    db, provider, intake, log, settings.shape, report, concurrency, stop,
-                    reporter, result, held,
+            async with claimed(s.db.connector, s.run, s.settings.claims) as claims:
+                regenerated, tally = await repairing.regenerate(
+                    s, provider, report, claims=claims, concurrency=concurrency,
+                    max_images=max_images, stop=stop, reporter=reporter,
                 )  # fmt: skip
-    result.repaired = sum(restored.values())
+        result.errors += [e for e in tally.errors if e != tally.fatal]
+        result.possibly_billed_retries = tally.possibly_billed_retries
+        result.usage = tally.usage
+        result.fatal = tally.fatal
+    result.repaired += sum(restored.by_scene.values())
     result.regenerated = sum(regenerated.values())
     result.remaining = (
-        remaining(report, restored, regenerated, empty_scenes=regenerate)
-        + (report.spooled - spool_done)
+        repairing.remaining(
+            report,
+            _with(restored.by_scene, report, settled.saved_urls),
+            regenerated,
+            empty_scenes=regenerate,
+        )
+        + max(0, report.spooled - result.uploaded)
         + max(0, report.uncollected - result.collected)
     )
     with contextlib.suppress(LogUnwritable):  # already reported by the write that failed first
-        log.write(
-            "run.finished",
-            command="repair",
-            repaired=result.repaired,
-            regenerated=result.regenerated,
-            remaining=result.remaining,
-            stopped=result.fatal,
-        )
-
-
-async def _resume_jobs(
-    db: Database,
-    provider: Provider,
-    intake: Intake,
-    log: RunLog,
-    settings: Settings,
-    result: RepairResult,
-    only: Collection[str],
-) -> None:
-    """Poll the jobs earlier runs on this host paid for and never saw end, and save their
-    images, as the next generate would (job_resume.py)."""
-    kind = provider.job_kind or ""
-    ledger = await asyncio.to_thread(
-        job_ledger, settings.resolved_log_dir(), normalise=db.normalise_key
-    )
-    named = {db.normalise_key(p) or p for p in only}
-    for project, jobs in ledger.of_kind(kind).items():
-        if named and project not in named:
-            continue
-        resumed = await resume_jobs(
-            db=db, shape=settings.shape, provider=provider, intake=intake, log=log,
-            project=project, pending=[(SceneRef(i, s), job) for (i, s), job in jobs],
+        s.log.write(
+            events.RUN_FINISHED, command="repair", repaired=result.repaired,
+            regenerated=result.regenerated, remaining=result.remaining, stopped=result.fatal,
         )  # fmt: skip
-        result.jobs_resumed += resumed.jobs
-        result.resumed += resumed.saved
-        result.errors += resumed.errors
 
 
-async def _collect_batches(
-    db: Database, intake: Intake, log: RunLog, settings: Settings, result: RepairResult
-) -> None:
-    """What finished batches hold and no run took in: collected as generate --batch would."""
-    tally = BatchTally()
-    async with BatchClient.from_settings(settings) as client:
-        batches = Batches(
-            db=db, client=client, intake=intake, log=log, shape=settings.shape,
-            request=lambda prompt: request_body(prompt, settings.model, settings.provider),
-            allow_http=settings.allow_http,
-        )  # fmt: skip
-        await batches.collect(tally)
-    result.collected = tally.saved
-    result.errors += tally.errors
+def _absorb(result: RepairResult, settled: Settled) -> None:
+    result.uploaded = settled.uploaded
+    result.collected = settled.batch_images
+    result.jobs_resumed = settled.jobs_resumed
+    result.resumed = settled.job_images
+    result.lost_now = settled.lost
+    result.unreadable = settled.unreadable
+    result.errors += settled.errors
 
 
-async def _upload_spooled(
-    db: Database, intake: Intake, log: RunLog, settings: Settings, result: RepairResult
-) -> tuple[int, int]:
-    """Put each spooled image in the store and save it in its scene; its spool files go only
-    once it is saved (or its scene already holds it). Returns how many were added, and how
-    many left the spool: one that a killed repair stored and this run's restore already put
-    back is done, counted once (as repaired), not missing."""
-    waiting = spool.pending(settings.resolved_log_dir())
-    if not waiting:
-        return 0, 0
-    if intake.store is None:
-        result.errors.append(
-            f"{len(waiting)} paid images wait in the spool for a store: set IMGSAVE_STORE and "
-            "IMGSAVE_PUBLIC_URL, then run repair again"
-        )
-        return 0, 0
-    from imgsave.operations.group_commit import ProjectSaver
-
-    by_project: dict[str, list[spool.Spooled]] = defaultdict(list)
-    for item in waiting:
-        by_project[item.project].append(item)
-    uploaded = done = 0
-    for project, items in by_project.items():
-        kept: list[tuple[spool.Spooled, Kept]] = []
-        for item in items:
-            try:
-                received = Received(item.path.read_bytes(), item.source_url)
-                image = await intake.keep(project, item.ref, received)
-                fields = {**image.fields, "spool": str(item.path)}
-                await record_generated(log, project, item.ref, image.url, fields, item.replaces)
-            except (OSError, NotKept, ImgsaveError) as exc:
-                result.errors.append(
-                    f"project {project}: {item.ref}: spooled image not restored: "
-                    f"{_one_line(exc)} ({item.path})"
-                )
-                continue
-            kept.append((item, image))
-        if not kept:
-            continue
-        try:  # the project's spooled images in one locked transaction
-            async with ProjectSaver(db, project, settings.shape) as saver:
-                outcomes = await saver.save_many([(item.ref, image.url) for item, image in kept])
-        except ImgsaveError as exc:
-            result.errors.append(
-                f"{_one_line(exc)} ({len(kept)} spooled images stored, not saved; they stay "
-                "in the spool)"
-            )
-            continue
-        for (item, image), outcome in zip(kept, outcomes, strict=True):
-            if outcome is Outcome.NO_SCENE:
-                result.errors.append(
-                    f"project {project}: {item.ref} no longer exists; spooled image kept in "
-                    f"{item.path}"
-                )
-                continue
-            log.write(
-                "image.saved", project=project, scene=item.ref.index, scene_id=item.ref.id,
-                url=image.url,
-            )  # fmt: skip
-            item.remove()
-            uploaded += outcome is Outcome.ADDED
-            done += 1
-    return uploaded, done
-
-
-async def _regenerate(
-    db: Database,
-    provider: Provider,
-    intake: Intake,
-    log: RunLog,
-    shape: Shape,
-    report: AuditReport,
-    concurrency: int,
-    stop: StopSignal,
-    reporter: Reporter | None,
-    result: RepairResult,
-    claims: Claims | None,
-) -> dict[tuple[str, int], int]:
-    """New images for scenes left short: expired URLs that cannot come back (each new image
-    logged as replacing one of them), and scenes that hold nothing and were never logged.
-    Only scenes this run can claim: one waiting in a batch, or being generated now, is being
-    paid for already."""
-    wanted: dict[str, dict[SceneRef, list[str | None]]] = defaultdict(lambda: defaultdict(list))
-    for finding in report.expired:
-        wanted[finding.project][SceneRef(finding.scene, finding.scene_id)].append(finding.url)
-    for project, ref in report.empty_scenes:
-        wanted[project][ref].append(None)
-    regenerated: dict[tuple[str, int], int] = {}
-    for project, by_scene in wanted.items():
-        if stop.requested:
-            break
-        try:
-            all_scenes = scenes(
-                decode(await db.read(project), project=project), shape, project=project
-            )
-        except ImgsaveError as exc:
-            result.errors.append(f"{exc} (not regenerated)")
-            continue
-        jobs = tuple(
-            Job(scene, len(olds), tuple(u for u in olds if u is not None))
-            for ref, olds in by_scene.items()
-            if (scene := find(all_scenes, ref)) is not None and scene.prompt
-        )
-        if claims is not None and jobs:
-            mine, held = await claims.claim(project, [job.scene.ref for job in jobs])
-            jobs = tuple(job for job in jobs if job.scene.ref in set(mine))
-            if held:
-                result.errors.append(
-                    f"project {project}: {len(held)} scenes not regenerated: held by another "
-                    "run (a batch waiting, or a generate in progress)"
-                )
-        execution = Execution(
-            db=db,
-            provider=provider,
-            intake=intake,
-            log=log,
-            project=project,
-            shape=shape,
-            slots=concurrency,
-            stop=stop,
-            reporter=reporter,
-            claims=claims,
-        )
-        tally = await execution.run(Plan(jobs))
-        if claims is not None:
-            await claims.release(project)
-        result.errors.extend(e for e in tally.errors if e != tally.fatal)
-        result.possibly_billed_retries += tally.possibly_billed_retries
-        add_usage(result.usage, tally.usage)
-        for index, saved in tally.saved_by_scene.items():
-            regenerated[(project, index)] = saved
-        if tally.fatal:
-            result.fatal = tally.fatal
-            break
-        if tally.log_error:
-            break
-    return regenerated
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _with(
+    restored: repairing.SceneCounts, report: AuditReport, saved: set[str]
+) -> repairing.SceneCounts:
+    """What came back, scene by scene: restored now, or saved by settling just before."""
+    counts = dict(restored)
+    for finding in report.lost:
+        if finding.url in saved:
+            key = (finding.project, finding.scene)
+            counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -59,7 +59,9 @@ async def run_sql(settings: Settings, *, journal: bool, apply: bool, remove: boo
         table = db.table
         script = uninstall(table, options) if remove else install(table, settings.shape, options)
         if apply:
-            await db.apply(script, "remove imgsave's SQL" if remove else "install imgsave's SQL")
+            await db.connector.apply(
+                script, "remove imgsave's SQL" if remove else "install imgsave's SQL"
+            )
     return SqlResult(
         script=script,
         applied=apply,
@@ -96,7 +98,7 @@ async def run_journal_prune(
     """Delete (with `execute`) journal rows older than the window. Every row of one write has
     the same time, so a write is pruned whole and what is left is still classified right."""
     async with await Database.from_settings(settings, max_size=1) as db:
-        journal = JournalRows(db)
+        journal = JournalRows(db.connector)
         if not await journal.installed():
             raise CannotWork("this database has no imgsave journal (imgsave sql --journal)")
         before = datetime.now(UTC) - older_than

@@ -25,10 +25,26 @@ class Plan:
     jobs: tuple[Job, ...]
     skipped_scenes: tuple[int, ...] = ()
     unprompted_scenes: tuple[int, ...] = ()
+    # Scenes short of K whose missing images are all on their way already (a job, a batch, a
+    # run on another host: core/ledger.without_pending): nothing is bought for them now.
+    pending_scenes: tuple[int, ...] = ()
 
     @property
     def requested(self) -> int:
         return sum(job.count for job in self.jobs)
+
+    def capped(self, budget: int) -> tuple[Plan, int]:
+        """At most `budget` images of this plan (scenes in order), and how many were cut."""
+        jobs: list[Job] = []
+        left = max(0, budget)
+        for job in self.jobs:
+            if left <= 0:
+                break
+            count = min(job.count, left)
+            jobs.append(Job(job.scene, count, job.replaces[:count]))
+            left -= count
+        kept = Plan(tuple(jobs), self.skipped_scenes, self.unprompted_scenes, self.pending_scenes)
+        return kept, self.requested - kept.requested
 
     def to_log(self) -> list[dict[str, Any]]:
         """What run.started records per scene: what it held at plan time and what is planned,

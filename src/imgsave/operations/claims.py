@@ -26,24 +26,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from imgsave.adapters.postgres.claim_rows import ClaimRows
-from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.postgres.connector import Connector
+from imgsave.adapters.runlog.processes import process_is_gone, this_process
 from imgsave.core.documents import SceneRef
+from imgsave.core.ledger import scene_key
+from imgsave.core.settings import ClaimSettings
 from imgsave.errors import ImgsaveError
 from imgsave.logs import logger
-
-
-def scene_key(ref: SceneRef) -> str:
-    """A scene's name in the claims table: its id where it has one, else its index."""
-    return f"id:{ref.id}" if ref.id is not None else f"index:{ref.index}"
 
 
 @dataclass(frozen=True)
@@ -90,49 +87,6 @@ def held_lines(project: str, held: Sequence[Held], expiry: float = math.inf) -> 
     return lines
 
 
-def this_process() -> str:
-    """Who claims, precisely enough that another process on this host can tell it is gone:
-    host, PID namespace (containers reuse PIDs), PID and start time (so do reboots)."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}|{_pid_namespace()}|{pid}|{_start_time(pid)}"
-
-
-def process_is_gone(process: str) -> bool:
-    """True only when `process` named a process on this host, in this PID namespace, that no
-    longer runs. Anything it cannot be sure of (another host, no /proc) is taken as alive."""
-    try:
-        host, namespace, pid, started = process.split("|")
-    except ValueError:
-        return False
-    if host != socket.gethostname() or namespace != _pid_namespace() or not namespace:
-        return False
-    if not pid.isdigit() or not started:
-        return False
-    return _start_time(int(pid)) != started
-
-
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or ''
-    when there is no such process (or only its zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            text = stat.read().decode(errors="replace")
-    except OSError:
-        return ""
-    # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    fields = text[text.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie spends nothing either
-        return ""
-    return fields[19]
-
-
 class Claims:
     """One run's claims. Open with `async with`: extends the claims in the background and
     releases whatever is left at the end. The table is created by the first claim if needed,
@@ -140,7 +94,7 @@ class Claims:
 
     def __init__(
         self,
-        db: Database,
+        db: Connector,
         run: str,
         expiry: float,
         *,
@@ -154,8 +108,6 @@ class Claims:
         self.expiry = expiry
         self._clock = clock
         self._held: dict[str, set[str]] = defaultdict(set)
-        # project -> scene -> when the claim of the run it was taken over from began.
-        self.inherited: dict[str, dict[SceneRef, float]] = {}
         # When each project's latest claim came back: an extension sent before it cannot
         # have seen that claim, so it says nothing about it.
         self._claimed: dict[str, float] = {}
@@ -181,8 +133,8 @@ class Claims:
     async def claim(
         self, project: str, refs: Sequence[SceneRef]
     ) -> tuple[list[SceneRef], list[Held]]:
-        """Take what can be taken of `refs`; the rest is held by other runs. What was taken
-        from a run that never released it is in `inherited` (recovery.py)."""
+        """Take what can be taken of `refs`; the rest is held by other runs. (What a run that
+        died holding them had bought is the ledger's to settle.)"""
         if self._table is None:
             self._table = asyncio.ensure_future(self._rows.ensure_table())
         await self._table  # once, however many projects ask at the same moment
@@ -196,9 +148,6 @@ class Claims:
             if dead:
                 taken |= dict(await self._claim(project, [h[0] for h in holders], dead))
         got = set(taken)
-        self.inherited[project] = {
-            by_key[key]: since for key, since in taken.items() if since is not None
-        }
         if not self._held_any():
             self._valid_until = sent + self.expiry
         self._held[project] |= got
@@ -233,7 +182,6 @@ class Claims:
         """This project is done: its scenes are free for others (filled ones are skipped by
         their plans). Left to expire if the database cannot be reached now."""
         self._claimed.pop(project, None)
-        self.inherited.pop(project, None)
         if self._held.pop(project, None):
             try:
                 await self._rows.release(self.run, project)
@@ -265,3 +213,15 @@ class Claims:
                 # A claim that expired and was taken over is no longer this run's.
                 if self._claimed.get(project, math.inf) < sent:
                     self._held[project] &= still.get(project, set())
+
+
+@contextlib.asynccontextmanager
+async def claimed(
+    connector: Connector, run: str, settings: ClaimSettings
+) -> AsyncIterator[Claims | None]:
+    """The run's claims, or None where [claims] enabled = false (one host only)."""
+    if not settings.enabled:
+        yield None
+        return
+    async with Claims(connector, run, settings.expiry) as claims:
+        yield claims

@@ -1,11 +1,10 @@
-"""The engine every command that spends money shares: run a plan of provider calls, log each
-image durably, save it through the project's batched writer.
-
-Order per image: answer → bytes → put in the store → `image.generated` (permanent URL, key,
-sha256) fsynced → locked save → `image.saved` (intake.py has the store half). Provider calls run
-under a semaphore; no row lock is held during a network call. When the log stops
-taking writes (disk full), no new request starts, every image already in hand is still saved,
-and each one the log could not record is kept in `Tally.unlogged` so it is printed, not lost.
+"""Carrying out one project's plan of synchronous provider calls: its images ordered in the
+ledger before any request leaves, each answer taken through the one paid-image sequence
+(purchases.py: keep → record → locked save), all of the project's saves through its batched
+writer (group_commit.py). Provider calls run under the run's shared slots; no row lock is held
+during a network call. When the log stops taking writes (disk full), no new request starts,
+every image already in hand is still saved, and each one the log could not record is kept in
+`Tally.unlogged` so it is printed, not lost.
 """
 
 from __future__ import annotations
@@ -14,15 +13,16 @@ import asyncio
 import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 from imgsave.adapters.imageapi.client import ImageFailed, NotSent, Provider, add_usage
 from imgsave.adapters.imageapi.jobs import RemoteJob
-from imgsave.adapters.imageapi.wires import Answer, Received
+from imgsave.adapters.imageapi.wires import Answer
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.writer import RunLog
+from imgsave.core import events
 from imgsave.core.documents import Outcome, Scene, SceneRef, Shape
+from imgsave.core.ledger import Edit, Mode, NewPurchase, Purchase, State, unanswered
 from imgsave.core.result_json import NOT_IN_JSON, fields_json
 from imgsave.core.scene_plan import Plan
 from imgsave.errors import (
@@ -36,7 +36,7 @@ from imgsave.errors import (
 )
 from imgsave.operations.claims import Claims
 from imgsave.operations.group_commit import ProjectSaver
-from imgsave.operations.intake import Intake, NotKept
+from imgsave.operations.purchases import Purchases, Taken
 from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal
 
@@ -45,6 +45,11 @@ EXPIRING = (
     "usually expire within hours; set IMGSAVE_STORE and IMGSAVE_PUBLIC_URL to keep the images "
     "(`imgsave rehost` copies the links saved so far)"
 )
+
+
+ABANDONED = unanswered("abandoned at a second Ctrl-C; the provider may have billed it")
+# An answer's images beyond the one asked for get slots of their own, apart from the plan's.
+EXTRA_SLOTS = 1000
 
 
 class Reporter(Protocol):
@@ -93,6 +98,11 @@ class Tally:
     refusals: Counter[str] = field(default_factory=Counter)
     # Jobs paid for whose result the provider no longer held when they were polled.
     jobs_lost: int = 0
+    # Jobs paid for and still running when the run stopped polling them (poll_timeout): the
+    # ledger holds their scenes, and the next run polls them.
+    jobs_pending: int = 0
+    # Images an answer held beyond the one asked for, saved beside it.
+    extras: int = field(default=0, metadata=NOT_IN_JSON)
     saved_by_scene: Counter[int] = field(default_factory=Counter, metadata=NOT_IN_JSON)
     unlogged: list[dict[str, Any]] = field(default_factory=list)
 
@@ -102,7 +112,7 @@ class Tally:
             return EXIT_INTERRUPTED
         if self.fatal:
             return EXIT_CANNOT_WORK
-        short = self.saved < self.requested
+        short = self.saved + self.jobs_pending < self.requested
         unfinished = self.spooled or self.provisional
         if self.failed or self.duplicates or self.log_error or unfinished or short:
             return EXIT_FINDINGS
@@ -110,6 +120,35 @@ class Tally:
 
     def to_json(self) -> dict[str, object]:
         return {**fields_json(self), "stopped": self.fatal or self.log_error}
+
+    def merge(self, other: Tally) -> None:
+        """Add another execution's counts (a run of several plans, as rehost's)."""
+        for name in (
+            "requested",
+            "saved",
+            "failed",
+            "duplicates",
+            "received",
+            "spooled",
+            "provisional",
+            "possibly_billed_retries",
+            "not_requested",
+            "abandoned",
+            "failed_in_log",
+            "jobs_lost",
+            "jobs_pending",
+            "extras",
+            "transactions",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors += other.errors
+        add_usage(self.usage, other.usage)
+        self.refusals.update(other.refusals)
+        self.saved_by_scene.update(other.saved_by_scene)
+        self.unlogged += other.unlogged
+        self.fatal = self.fatal or other.fatal
+        self.log_error = self.log_error or other.log_error
+        self.interrupted = self.interrupted or other.interrupted
 
     def count(self, answer: Answer) -> None:
         self.received += len(answer.images)
@@ -135,8 +174,7 @@ class Execution:
         *,
         db: Database,
         provider: Provider,
-        intake: Intake,
-        log: RunLog,
+        purchases: Purchases,
         project: str,
         shape: Shape,
         slots: Slots | int,
@@ -145,15 +183,17 @@ class Execution:
         claims: Claims | None = None,
         linger: float = 0.0,
         said: set[str] | None = None,
+        edit: Edit = Edit.APPEND,
     ):
         """`slots` is the run's shared concurrency bound (or a number, for a run of one
         project); with `claims`, no request starts for a scene the run does not hold;
         `linger` lets a save wait for the project's other answers (group_commit.py); `said` holds
-        the run-wide warnings already given, shared by the run's projects."""
+        the run-wide warnings already given, shared by the run's projects; `edit`: each image
+        is appended (generate, repair), or takes the place of the URL it replaces (rehost)."""
+        self._edit = edit
         self._db = db
         self._provider = provider
-        self._intake = intake
-        self._log = log
+        self._purchases = purchases
         self._project = project
         self._shape = shape
         self._slots = Slots(slots) if isinstance(slots, int) else slots
@@ -164,6 +204,8 @@ class Execution:
         self._calls: set[asyncio.Future[Answer]] = set()
         self._announced: set[str] = set()
         self._said = set() if said is None else said
+        # The rows whose job the provider accepted (their handles are recorded).
+        self._jobs_started: set[int] = set()
         self.tally = Tally()
 
     async def run(self, plan: Plan) -> Tally:
@@ -172,21 +214,26 @@ class Execution:
             self._reporter.start(plan.requested, f"project {self._project}")
         watcher = asyncio.create_task(self._watch_stop())
         try:
+            # Ordered (committed) before any request leaves: if the database cannot take them,
+            # nothing is bought. Image i of a job stands in for the job's i-th replaced URL.
+            mode = Mode.JOB if self._provider.job_kind else Mode.SYNC
+            wanted = [(job.scene, slot, job.replaces[slot : slot + 1])
+                      for job in plan.jobs for slot in range(job.count)]  # fmt: skip
+            ordered = await self._purchases.order(
+                [NewPurchase(self._project, scene.ref, slot, mode, replaces=replaces,
+                             edit=self._edit if replaces else Edit.APPEND)
+                 for scene, slot, replaces in wanted]
+            )  # fmt: skip
             async with ProjectSaver(
                 self._db,
                 self._project,
                 self._shape,
+                ledger=self._purchases.ledger,
                 linger=self._linger,
                 expecting=lambda: len(self._calls),
             ) as saver:
-                # Image i of a job stands in for the job's i-th replaced URL, if any: one new
-                # image supersedes exactly one old one, so a failure leaves the other reported.
                 await asyncio.gather(
-                    *(
-                        self._one(saver, job.scene, job.replaces[i : i + 1])
-                        for job in plan.jobs
-                        for i in range(job.count)
-                    )
+                    *(self._one(saver, w[0], p) for w, p in zip(wanted, ordered, strict=True))
                 )
             self.tally.transactions = saver.transactions
         finally:
@@ -198,91 +245,77 @@ class Execution:
         )
         return self.tally
 
-    async def _one(self, saver: ProjectSaver, scene: Scene, replaces: tuple[str, ...]) -> None:
-        answer = await self._request(scene)
+    async def _one(self, saver: ProjectSaver, scene: Scene, p: Purchase) -> None:
+        answer = await self._request(scene, p)
         if answer is None:
             return
         self.tally.count(answer)
         for problem in answer.problems:  # entries without an image, beside ones with
             self._note(scene.ref, problem)
-        # Every image an answer carries was paid for: each is kept and saved. The first stands
-        # in for the replaced URL, if any.
+        # Every image an answer carries was paid for: each is kept and saved. The first is the
+        # one asked for; any more get rows of their own.
         for n, received in enumerate(answer.images):
-            await self._keep_and_save(
-                saver, scene, received, replaces if n == 0 else (), answer.job
-            )
+            target = p if n == 0 else await self._purchases.extra(p, p.slot + EXTRA_SLOTS * n)
+            try:
+                taken = await self._purchases.take(
+                    saver, target, received, on_fatal=self._stop_run, job=answer.job
+                )
+            except CannotWork as exc:  # not even the spool could take the bytes
+                self._stop_run(str(exc))
+                return
+            self._taken(scene.ref, taken)
+            self.tally.extras += n > 0 and taken.added
 
-    async def _keep_and_save(
-        self,
-        saver: ProjectSaver,
-        scene: Scene,
-        received: Received,
-        replaces: tuple[str, ...],
-        job: str | None = None,
-    ) -> None:
-        try:
-            kept = await self._intake.keep(self._project, scene.ref, received, replaces)
-        except NotKept as exc:
-            self._not_kept(scene.ref, exc)
+    def _taken(self, ref: SceneRef, taken: Taken) -> None:
+        """Count one paid image's fate and say what needs saying."""
+        if self._purchases.log_error:
+            self._log_failed(self._purchases.log_error)
+        if taken.not_kept is not None:
+            exc = taken.not_kept
+            if exc.spooled is None:  # no image to keep (refused bytes, a dead link): failed
+                self._failed(ref, str(exc))
+                return
+            # Paid, and kept on disk for a later run: spooled, not failed.
+            self.tally.spooled += 1
+            if exc.fatal:
+                self._stop_run(str(exc))
+            else:
+                self._note(ref, str(exc))
+            if self._reporter:
+                self._reporter.advance(ok=False)
             return
-        except CannotWork as exc:  # not even the spool could take the bytes
-            self._stop_run(str(exc))
-            return
-        url = kept.url
+        kept = taken.kept
+        assert kept is not None
         if kept.provisional:
             self.tally.provisional += 1
             self._note(
-                scene.ref,
+                ref,
                 f"{kept.provisional}; the provider's URL is saved as it is: run `imgsave "
                 "rehost` to copy it into the store while it still resolves",
             )
-        if self._intake.store is None and EXPIRING not in self._said:
+        if self._purchases.intake.store is None and EXPIRING not in self._said:
             self._said.add(EXPIRING)
             if self._reporter:
                 self._reporter.warn(EXPIRING)
-        fields = {**kept.fields, "job": job} if job else kept.fields
-        logged = await self._record_generated(scene, url, replaces, fields)
-        try:
-            outcome = await saver.save(scene.ref, url)
-        except Exception as exc:  # whatever the save hit, the paid URL is reported, not dropped
-            self._keep_unlogged(scene.ref, url, logged, saved=False)
-            self.tally.failed_in_log += logged
-            where = "kept in the log for `imgsave repair`" if logged else "printed below"
-            self._failed(scene.ref, f"not saved, {where}: {exc}", url)
+        if taken.save_error is not None:
+            self._keep_unlogged(ref, kept.url, taken.logged, saved=False)
+            self.tally.failed_in_log += taken.logged
+            where = "kept for `imgsave repair`" if taken.logged else "printed below"
+            self._failed(ref, f"not saved, {where}: {taken.save_error}")
             return
-        self._keep_unlogged(scene.ref, url, logged, saved=outcome is Outcome.ADDED)
-        if outcome is Outcome.NO_SCENE:
-            self._failed(scene.ref, "the scene no longer exists; URL not saved", url)
-        elif outcome is Outcome.PRESENT:
+        self._keep_unlogged(ref, kept.url, taken.logged, saved=taken.added)
+        if taken.outcome is Outcome.NO_SCENE:
+            self._failed(ref, "the scene no longer exists; URL not saved")
+        elif taken.outcome is Outcome.PRESENT:
             self.tally.duplicates += 1
-            # `in_scene`: nothing to recover (recovery.py), whoever put it there.
             self._failed(
-                scene.ref,
-                "the image API answered with a URL the scene already holds",
-                url,
-                count=False,
-                in_scene=True,
+                ref, "the image API answered with a URL the scene already holds", count=False
             )
         else:
             self.tally.saved += 1
-            self.tally.saved_by_scene[scene.ref.index] += 1
-            self._write("image.saved", scene.ref, url=url)
+            self.tally.saved_by_scene[ref.index] += 1
             if self._reporter:
                 self._reporter.advance(ok=True)
-
-    def _not_kept(self, ref: SceneRef, exc: NotKept) -> None:
-        if exc.spooled is None:  # no image to keep (refused bytes, a dead link): it failed
-            self._failed(ref, str(exc))
-            return
-        # Paid, and kept on disk for `imgsave repair`: spooled, not failed.
-        self.tally.spooled += 1
-        self._write("image.spooled", ref, spool=str(exc.spooled), error=str(exc))
-        if exc.fatal:
-            self._stop_run(str(exc))
-        else:
-            self._note(ref, str(exc))
-        if self._reporter:
-            self._reporter.advance(ok=False)
 
     def _stop_run(self, reason: str) -> None:
         if self.tally.fatal is None:
@@ -296,20 +329,23 @@ class Execution:
         if self._reporter:
             self._reporter.warn(text)
 
-    async def _request(self, scene: Scene) -> Answer | None:
-        """The provider's answer for one image of `scene`, or None (failed, stopped, refused)."""
+    async def _request(self, scene: Scene, p: Purchase) -> Answer | None:
+        """The provider's answer for one image, or None (failed, stopped, refused: its ledger
+        row says which)."""
         if scene.prompt is None:  # plans hold prompted scenes only; never spend on None
+            await self._purchases.end(p, State.FAILED, "the scene has no prompt")
             self._failed(scene.ref, "the scene has no prompt")
             return None
+        prompt = scene.prompt
         async with self._slots.slot(self._project):
             if self._stop.requested or not self._may_start(scene.ref):
-                self.tally.not_requested += 1
-                if self._reporter:
-                    self._reporter.advance(ok=False, requested=False)
+                await self._not_requested(p)
                 return None
-            call = asyncio.ensure_future(
-                self._provider.generate(scene.prompt, on_job=partial(self._job_started, scene.ref))
-            )
+
+            async def started(job: RemoteJob) -> None:
+                await self._job_started(p, job)
+
+            call = asyncio.ensure_future(self._provider.generate(prompt, on_job=started))
             self._calls.add(call)
             try:
                 return await call
@@ -317,30 +353,53 @@ class Execution:
                 if call.cancelled() and self._stop.hard.is_set():
                     # Sent, maybe billed, its answer never awaited: said, not silently dropped.
                     self.tally.abandoned += 1
+                    await self._purchases.end(p, State.LOST, ABANDONED)
                     if self._reporter:
                         self._reporter.advance(ok=False)
                     return None
                 raise
             except NotSent as exc:  # the run stopped while it waited for its start
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
-                self.tally.not_requested += 1
-                if self._reporter:
-                    self._reporter.advance(ok=False, requested=False)
+                await self._not_requested(p)
             except ImageFailed as exc:
-                self.tally.possibly_billed_retries += exc.possibly_billed_retries
-                if exc.refusal:
-                    self.tally.refusals[exc.refusal] += 1
-                self.tally.jobs_lost += exc.lost
-                # A job that is over is named, so no later run polls it again.
-                self._failed(scene.ref, str(exc), **job_fields(exc))
+                await self._image_failed(scene.ref, p, exc)
             except ProviderStopped as exc:  # refused (401/403/404) or unreachable
                 self.tally.possibly_billed_retries += exc.possibly_billed_retries
+                if p.id not in self._jobs_started:  # a job accepted stays the ledger's
+                    await self._purchases.end(p, State.FAILED, str(exc))
                 self._stop_run(str(exc))
             finally:
                 self._calls.discard(call)
         return None
 
+    async def _image_failed(self, ref: SceneRef, p: Purchase, exc: ImageFailed) -> None:
+        self.tally.possibly_billed_retries += exc.possibly_billed_retries
+        if exc.job is None and p.id in self._jobs_started:
+            # A job still running (or not readable now): paid for and on its way; the ledger
+            # holds its scene and the next run polls it, however long it takes.
+            self.tally.jobs_pending += 1
+            self._note(ref, str(exc))
+            if self._reporter:
+                self._reporter.advance(ok=False)
+            return
+        if exc.refusal:
+            self.tally.refusals[exc.refusal] += 1
+        self.tally.jobs_lost += exc.lost
+        state = State.REFUSED if exc.refusal else State.LOST if exc.lost else State.FAILED
+        job = {"job": exc.job, **({"lost": True} if exc.lost else {})} if exc.job else {}
+        await self._purchases.end(p, state, str(exc), **job)
+        self._failed(ref, str(exc))
+
+    async def _not_requested(self, p: Purchase) -> None:
+        self.tally.not_requested += 1
+        await self._purchases.end(p, State.FAILED, "not requested: the run stopped first")
+        if self._reporter:
+            self._reporter.advance(ok=False, requested=False)
+
     def _may_start(self, ref: SceneRef) -> bool:
+        if self._purchases.log_error is not None:
+            self._log_failed(self._purchases.log_error)
+            return False
         if self._claims is not None and not self._claims.holds(self._project, ref):
             self._note_once(
                 ref,
@@ -364,35 +423,13 @@ class Execution:
             self._said.add(message)
             self._reporter.warn(text)
 
-    async def _job_started(self, ref: SceneRef, job: RemoteJob) -> None:
-        """A paid job, on disk before it is first polled: a run that dies meanwhile leaves it
-        for the next run to poll instead of paying again."""
-        try:
-            await self._log.record(
-                "image.requested", project=self._project, scene=ref.index, scene_id=ref.id,
-                **job.to_log(),
-            )  # fmt: skip
-        except LogUnwritable as exc:
-            self._log_failed(str(exc))
-
-    async def _record_generated(
-        self, scene: Scene, url: str, replaces: tuple[str, ...], fields: dict[str, Any]
-    ) -> bool:
-        """Durably log a paid image before saving it; False when the log would not take it."""
-        try:
-            await record_generated(self._log, self._project, scene.ref, url, fields, replaces)
-        except LogUnwritable as exc:
-            self._log_failed(str(exc))
-            return False
-        return True
-
-    def _write(self, event: str, ref: SceneRef, **fields: Any) -> None:
-        try:
-            self._log.write(
-                event, project=self._project, scene=ref.index, scene_id=ref.id, **fields
-            )
-        except LogUnwritable as exc:
-            self._log_failed(str(exc))
+    async def _job_started(self, p: Purchase, job: RemoteJob) -> None:
+        """A paid job, in the ledger and on disk before it is first polled: a run that dies
+        meanwhile leaves it for the next run to poll instead of paying again."""
+        self._jobs_started.add(p.id)
+        await self._purchases.job_started(p, job)
+        if self._purchases.log_error:
+            self._log_failed(self._purchases.log_error)
 
     def _log_failed(self, message: str) -> None:
         # No new request may start: each would be an image paid for that no log remembers.
@@ -416,20 +453,11 @@ class Execution:
             }
         )
 
-    def _failed(
-        self,
-        ref: SceneRef,
-        message: str,
-        url: str | None = None,
-        *,
-        count: bool = True,
-        **fields: Any,
-    ) -> None:
+    def _failed(self, ref: SceneRef, message: str, *, count: bool = True) -> None:
         if count:
             self.tally.failed += 1
         text = f"project {self._project}: scene {ref.index}: {message}"
         self.tally.errors.append(text)
-        self._write("image.failed", ref, url=url, error=message, **fields)
         if self._reporter:
             # One failing transaction fails every URL in it: say each distinct reason once.
             if message not in self._announced:
@@ -447,39 +475,11 @@ class Execution:
             call.cancel()
 
 
-def job_fields(exc: ImageFailed) -> dict[str, Any]:
-    """What an image.failed record says of the job it ended (nothing when there was none)."""
-    if exc.job is None:
-        return {}
-    return {"job": exc.job, **({"lost": True} if exc.lost else {})}
-
-
-async def record_generated(
-    log: RunLog,
-    project: str,
-    ref: SceneRef,
-    url: str,
-    fields: dict[str, Any],
-    replaces: tuple[str, ...] = (),
-) -> None:
-    """`image.generated`, on disk before this returns: a paid image's record, made before the
-    save that could fail. `replaces` names the URLs it stands in for (audit reads it)."""
-    await log.record(
-        "image.generated",
-        project=project,
-        scene=ref.index,
-        scene_id=ref.id,
-        url=url,
-        **fields,
-        **({"replaces": list(replaces)} if replaces else {}),
-    )
-
-
 def finish_log(log: RunLog, tally: Tally, **fields: Any) -> None:
     """run.finished, with why the run stopped; a log that cannot take it is already reported."""
     with contextlib.suppress(LogUnwritable):
         log.write(
-            "run.finished",
+            events.RUN_FINISHED,
             requested=tally.requested,
             saved=tally.saved,
             failed=tally.failed,

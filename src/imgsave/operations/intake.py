@@ -80,8 +80,16 @@ class Intake:
         self._max_bytes = max_image_bytes
 
     async def keep(
-        self, project: str, ref: SceneRef, received: Received, replaces: tuple[str, ...] = ()
+        self,
+        project: str,
+        ref: SceneRef,
+        received: Received,
+        replaces: tuple[str, ...] = (),
+        *,
+        spooled: Path | None = None,
     ) -> Kept:
+        """`received` kept: stored (its permanent URL), or NotKept. `spooled`: the bytes are
+        already in the spool there; a store that still refuses leaves them where they are."""
         if received.undecodable:
             raw = received.data or b""
             as_sent = Image(raw, "b64", "text/plain", hashlib.sha256(raw).hexdigest())
@@ -117,11 +125,14 @@ class Intake:
         try:
             await self.store.put(key, image)
         except StoreUnavailable as exc:
-            path = spool.put(
+            path = spooled or spool.put(
                 self._log_dir, project, ref, image, replaces=replaces, source_url=received.url
             )
             raise NotKept(f"{exc}; the image is kept in {path}", spooled=path) from None
-        fields: dict[str, Any] = {"key": key, "sha256": image.sha256, "bytes": image.size}
+        fields: dict[str, Any] = {
+            "key": key, "sha256": image.sha256, "bytes": image.size,
+            "content_type": image.content_type,
+        }  # fmt: skip
         if received.url:
             fields["source_url"] = received.url
         return Kept(self.store.public_url(key), fields)

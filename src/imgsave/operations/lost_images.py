@@ -22,7 +22,6 @@ from imgsave.adapters.runlog.reader import (
     expand_paths,
     read_sightings,
 )
-from imgsave.adapters.storage import spool
 from imgsave.adapters.storage.object_store import PROBE_DIR, Store
 from imgsave.core.documents import Scene, SceneRef, Shape, decode, find, scenes
 from imgsave.core.image_bytes import key_segment, scene_segment, segment_text
@@ -73,9 +72,15 @@ class AuditReport:
     errors: list[str] = field(default_factory=list)
     # Images of finished batches no run collected (generate --batch): paid for, not saved.
     uncollected: int = field(default=0, metadata=NOT_IN_JSON)
-    # Jobs this host paid for (Replicate, fal, BFL) that are not in their scene: `pending`
-    # (the next generate polls them) or `lost` (their result was gone when polled).
+    # Purchases not in their scene with no URL to name (the ledger): jobs `pending` (the next
+    # run polls them) and purchases `lost` (paid for, their result gone).
     jobs: list[dict[str, object]] = field(default_factory=list)
+    # Images waiting in batches still running (not lost: on their way).
+    in_batches: int = field(default=0, metadata=NOT_IN_JSON)
+    # Requests whose run ended before any answer came: maybe billed (not known to be).
+    unanswered: int = field(default=0, metadata=NOT_IN_JSON)
+    # The provider's job or Batch API could not be read: nothing seen is not nothing found.
+    unreadable: list[str] = field(default_factory=list)
     # Logged URLs absent from their scene whose partner (log_history.SceneHistory) is there.
     represented: set[str] = field(default_factory=set, metadata=NOT_IN_JSON)
     # The time of the oldest log record or journal row read (epoch seconds), if any.
@@ -85,7 +90,7 @@ class AuditReport:
 
     @property
     def exit_code(self) -> int:
-        if self.errors:
+        if self.errors or self.unreadable:
             return EXIT_CANNOT_WORK
         missing = self.lost or self.expired or self.spooled or self.uncollected or self.jobs_lost
         return EXIT_FINDINGS if missing else EXIT_OK
@@ -109,6 +114,8 @@ class AuditReport:
             "uncollected": self.uncollected,
             "jobs_pending": len(self.jobs) - self.jobs_lost,
             "jobs_lost": self.jobs_lost,
+            "in_batches": self.in_batches,
+            "unanswered": self.unanswered,
             "lines_skipped": self.stats.lines_skipped,
         } | ({} if self.journal_rows is None else {"journal_rows": self.journal_rows})
 
@@ -127,7 +134,7 @@ async def audit(
     allow_private_network: bool = False,
 ) -> AuditReport:
     stats = ReadStats()
-    report = AuditReport(stats, spooled=len(spool.pending(log_dir)))
+    report = AuditReport(stats)
     files = expand_paths(query.paths, log_dir)
     gap = query.run_gap.total_seconds()
     named = {db.normalise_key(p) or p: p for p in query.only_projects}
@@ -242,7 +249,7 @@ async def _store_objects(
 
 
 async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:
-    journal = JournalRows(db)
+    journal = JournalRows(db.connector)
     if not await journal.installed():
         raise CannotWork(
             "--journal: this database has no imgsave journal (install it with "

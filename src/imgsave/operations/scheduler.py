@@ -1,10 +1,9 @@
 """Generating for many projects in one run: which projects are in flight, and each one's course.
 
-A project's course: read and plan it; claim the planned scenes (claims.py); read it again, now
-that no other run can start on them, and plan again (another host may have filled them
-between the first read and the claim); carry the plan out with its own batched writer; release
-the claims. Every project shares the run's slots (the concurrency bound, handed out in turn),
-its pace (in the provider), its log and its stop.
+A project's course: read → plan → claim (planning.py, less what the ledger says is on its way);
+carry the plan out with its own batched writer (execution.py); release the claims. Every
+project shares the run's slots (the concurrency bound, handed out in turn), its pace (in the
+provider), its purchases (ledger and log) and its stop.
 
 Projects are let in while the slots have too little queued to stay busy, and always at least
 `MIN_IN_FLIGHT` of them, so a project with thousands of images cannot keep the rest waiting.
@@ -15,27 +14,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from imgsave.adapters.imageapi.client import Provider
-from imgsave.adapters.imageapi.jobs import RemoteJob
 from imgsave.adapters.postgres.database import Database
-from imgsave.adapters.runlog.writer import RunLog
-from imgsave.core.documents import SceneRef, Shape, decode, scenes
-from imgsave.core.scene_plan import Plan, SceneSelection, plan
-from imgsave.errors import ClaimsUnavailable, DatabaseUnavailable, ImgsaveError, LogUnwritable
-from imgsave.operations.claims import Claims, Held, held_lines, stalled
-from imgsave.operations.execution import Execution, Reporter, Tally, finish_log
-from imgsave.operations.intake import Intake
-from imgsave.operations.job_resume import Resumed, resume_jobs
-from imgsave.operations.recovery import (
-    SceneKey,
-    Unsaved,
-    job_ledger,
-    save_recovered,
-    unsaved_in_log,
+from imgsave.core import events
+from imgsave.core.documents import Shape
+from imgsave.core.scene_plan import Plan
+from imgsave.errors import (
+    ClaimsUnavailable,
+    DatabaseUnavailable,
+    ImgsaveError,
+    LedgerUnavailable,
+    LogUnwritable,
 )
+from imgsave.operations.claims import Claims, held_lines, stalled
+from imgsave.operations.execution import Execution, Reporter, Tally, finish_log
+from imgsave.operations.planning import Ask, plan_project
+from imgsave.operations.purchases import Purchases
 from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal
 
@@ -58,9 +54,8 @@ class ProjectResult(Protocol):
     unprompted_scenes: list[int]
     held_scenes: list[int]
     stalled_scenes: list[int]
-    recovered: int
-    # Jobs an earlier run paid for and this run polled again (their images are in recovered).
-    jobs_resumed: int
+    # Scenes whose missing images are all on their way already (a job, a batch, a dead run).
+    pending_scenes: list[int]
     log_path: str | None
 
     def failure(self, exc: ImgsaveError) -> None: ...
@@ -69,23 +64,13 @@ class ProjectResult(Protocol):
 R = TypeVar("R", bound=ProjectResult)
 
 
-@dataclass(frozen=True)
-class Ask:
-    """What the run asks of every project."""
-
-    images_per_scene: int
-    selection: SceneSelection | None
-    force: bool
-
-
 class Scheduler(Generic[R]):
     def __init__(
         self,
         *,
         db: Database,
         provider: Provider,
-        intake: Intake,
-        log: RunLog,
+        purchases: Purchases,
         shape: Shape,
         ask: Ask,
         slots: Slots,
@@ -94,12 +79,10 @@ class Scheduler(Generic[R]):
         reporter: Callable[[str], Reporter | None],
         result: Callable[[str], R],
         linger: float = 0.0,
-        allow_http: bool = False,
     ):
         self._db = db
         self._provider = provider
-        self._intake = intake
-        self._log = log
+        self._purchases = purchases
         self._shape = shape
         self._ask = ask
         self._slots = slots
@@ -108,11 +91,6 @@ class Scheduler(Generic[R]):
         self._reporter = reporter
         self._result = result
         self._linger = linger
-        self._allow_http = allow_http
-        # What this host's log says was paid for and never saved; read once, when first needed.
-        self._unsaved: asyncio.Task[Unsaved] | None = None
-        # Jobs this host's log says were paid for and never ended; read once, when first needed.
-        self._pending: asyncio.Task[dict[str, list[tuple[SceneKey, RemoteJob]]]] | None = None
         self._preparing = 0
         self._said: set[str] = set()  # warnings given once per run, whichever project met them
         # Why the whole run stopped (the database went away), if it did.
@@ -173,14 +151,21 @@ class Scheduler(Generic[R]):
         result = self._result(name)
         self._preparing += 1
         try:
-            the_plan, held = await self._prepare(name, result, every_selected=strict)
+            planned = await plan_project(
+                self._db, self._purchases.ledger, self._claims, name, self._ask, self._shape,
+                every_selected=strict,
+            )  # fmt: skip
         except ImgsaveError as exc:
             self._failed(result, exc, strict)
+            if self._claims is not None:
+                await self._claims.release(name)
             return result
         finally:
             self._preparing -= 1
+        the_plan, held = planned.plan, planned.held
         result.skipped_scenes = list(the_plan.skipped_scenes)
         result.unprompted_scenes = list(the_plan.unprompted_scenes)
+        result.pending_scenes = list(the_plan.pending_scenes)
         result.held_scenes = sorted(h.ref.index for h in held)
         expiry = self._claims.expiry if self._claims else 0.0
         result.stalled_scenes = sorted(h.ref.index for h in stalled(held, expiry))
@@ -194,7 +179,7 @@ class Scheduler(Generic[R]):
         try:
             if the_plan.jobs:  # else nothing to spend, nothing to record
                 await self._carry_out(name, the_plan, result, reporter)
-        except ImgsaveError as exc:  # the log would not take run.started
+        except ImgsaveError as exc:  # the ledger or the log would not take the purchase
             self._failed(result, exc, strict)
         finally:
             if self._claims is not None:
@@ -204,106 +189,19 @@ class Scheduler(Generic[R]):
     def _failed(self, result: R, exc: ImgsaveError, strict: bool) -> None:
         if strict:
             raise exc
-        run_wide = DatabaseUnavailable | LogUnwritable | ClaimsUnavailable
+        run_wide = DatabaseUnavailable | LogUnwritable | ClaimsUnavailable | LedgerUnavailable
         if isinstance(exc, run_wide) and self.fatal is None:
             # Every other project would meet the same wall: the run stops.
             self.fatal = str(exc)
             self._stop.halt()
         result.failure(exc)
 
-    async def _prepare(
-        self, name: str, result: R, *, every_selected: bool
-    ) -> tuple[Plan, list[Held]]:
-        """The plan for the scenes this run holds, from the document as it is once held, after
-        what earlier runs paid for and never saved is saved (recovery.py)."""
-
-        async def planned(mine: set[SceneRef] | None = None) -> Plan:
-            found = plan(
-                scenes(decode(await self._db.read(name), project=name), self._shape, project=name),
-                self._ask.images_per_scene,
-                selection=self._ask.selection,
-                force=self._ask.force,
-                project=name,
-                every_selected=every_selected,
-            )
-            if mine is None:
-                return found
-            jobs = tuple(job for job in found.jobs if job.scene.ref in mine)
-            return Plan(jobs, found.skipped_scenes, found.unprompted_scenes)
-
-        first = await planned()
-        if not first.jobs:
-            return first, []
-        held: list[Held] = []
-        mine = None
-        if self._claims is not None:
-            claimed, held = await self._claims.claim(name, [job.scene.ref for job in first.jobs])
-            if not claimed:
-                return Plan((), first.skipped_scenes, first.unprompted_scenes), held
-            mine = set(claimed)
-            first = await planned(mine)
-        result.recovered = await self._recover(name, first)
-        resumed = await self._resume(name, result)
-        if resumed.waiting:  # their jobs are paid for and still running: not bought again
-            mine = (mine or {job.scene.ref for job in first.jobs}) - resumed.waiting
-        changed = result.recovered or resumed.saved or resumed.waiting
-        return (await planned(mine) if changed else first), held
-
-    async def _resume(self, name: str, result: R) -> Resumed:
-        """Poll the jobs earlier runs on this host paid for and never saw end (job APIs)."""
-        kind = self._provider.job_kind
-        if kind is None:
-            return Resumed()
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(
-                asyncio.to_thread(
-                    lambda: job_ledger(
-                        self._log.path.parent, normalise=self._db.normalise_key
-                    ).of_kind(kind)
-                )
-            )
-        pending = [
-            (SceneRef(index, scene_id), job)
-            for (index, scene_id), job in (await self._pending).get(name, [])
-        ]
-        resumed = await resume_jobs(
-            db=self._db, shape=self._shape, provider=self._provider, intake=self._intake,
-            log=self._log, project=name, pending=pending,
-        )  # fmt: skip
-        result.jobs_resumed = resumed.jobs
-        result.recovered += resumed.saved
-        result.tally.jobs_lost += resumed.lost
-        result.tally.errors.extend(resumed.errors)
-        return resumed
-
-    async def _recover(self, name: str, the_plan: Plan) -> int:
-        """Save what earlier runs received for the planned scenes and never saved; returns how
-        many images that added (each logged as image.repaired)."""
-        if self._unsaved is None:
-            self._unsaved = asyncio.ensure_future(
-                asyncio.to_thread(
-                    unsaved_in_log,
-                    self._log.path.parent,
-                    allow_http=self._allow_http,
-                    normalise=self._db.normalise_key,
-                )
-            )
-        return await save_recovered(
-            self._db,
-            self._shape,
-            self._log,
-            name,
-            the_plan.jobs,
-            logged=(await self._unsaved).for_project(name),
-            store=self._intake.store,
-            inherited=self._claims.inherited.get(name, {}) if self._claims else {},
-        )
-
     async def _carry_out(
         self, name: str, the_plan: Plan, result: R, reporter: Reporter | None
     ) -> None:
-        self._log.write(
-            "run.started",
+        log = self._purchases.log
+        log.write(
+            events.RUN_STARTED,
             command="generate",
             mode="append",
             project=name,
@@ -311,13 +209,12 @@ class Scheduler(Generic[R]):
             skipped_scenes=list(the_plan.skipped_scenes),
             plan=the_plan.to_log(),
         )
-        result.log_path = str(self._log.path)
+        result.log_path = str(log.path)
         errors = result.tally.errors
         execution = Execution(
             db=self._db,
             provider=self._provider,
-            intake=self._intake,
-            log=self._log,
+            purchases=self._purchases,
             project=name,
             shape=self._shape,
             slots=self._slots,
@@ -329,7 +226,7 @@ class Scheduler(Generic[R]):
         )
         result.tally = await execution.run(the_plan)
         result.tally.errors[:0] = errors
-        finish_log(self._log, result.tally, project=name)
+        finish_log(log, result.tally, project=name)
 
 
 def unprompted_lines(project: str, indexes: tuple[int, ...]) -> list[str]:

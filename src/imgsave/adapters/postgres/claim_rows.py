@@ -7,42 +7,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import psycopg
 from psycopg import sql
 
-from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.postgres.connector import Connector
 from imgsave.adapters.postgres.install import CLAIMS, claims_table
-from imgsave.core.redaction import redact
 from imgsave.errors import ClaimsUnavailable
 
 
 class ClaimRows:
-    """The claims of one database (the same pool, retries and error translation)."""
+    """The claims of one database (the connector's retries and error translation)."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, connector: Connector) -> None:
+        self._db = connector
+        self._table = connector.table(CLAIMS)
 
     async def ensure_table(self) -> None:
         """Create the claims table if it is not there (`imgsave sql` also creates it)."""
-
-        if await self._db._table_exists(self._db._sql.claims, "look for the claims table"):
-            return
-        schema = self._db._sql.table.schema
-        try:
-            async with self._db._connection() as conn, conn.transaction():
-                # Two hosts starting at once would both try to create it; a lock that ends with
-                # the transaction (so the pooler is no trouble) lets one do it.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (CLAIMS,))
-                await conn.execute(claims_table(schema).encode())
-        except psycopg.Error as exc:
-            # The primary message only: the statement psycopg quotes is the whole DDL.
-            reason = exc.diag.message_primary or type(exc).__name__
-            raise ClaimsUnavailable(
-                f"cannot create the claims table {self._db._sql.claims.as_string(None)}: "
-                f"{redact(reason, self._db._secrets)} (run `imgsave sql --apply` as the table's "
-                "owner, or grant CREATE on its schema; on one host only, [claims] enabled = "
-                "false does without)"
-            ) from None
+        name = self._table.as_string(None)
+        await self._db.create(
+            self._table,
+            claims_table(self._db.schema),
+            error=lambda reason: ClaimsUnavailable(
+                f"cannot create the claims table {name}: {reason} (run `imgsave sql --apply` as "
+                "the table's owner, or grant CREATE on its schema; on one host only, [claims] "
+                "enabled = false does without)"
+            ),
+        )
 
     async def take(
         self,
@@ -61,7 +51,7 @@ class ClaimRows:
         the other run it was taken from began (epoch seconds), or None: that run never
         released it, so it may have paid for images it did not live to save."""
 
-        rows, _ = await self._db._run(
+        rows, _ = await self._db.run(
             f"claim scenes of project {project}",
             sql.SQL(
                 "WITH prior AS (SELECT scene, claimed_at FROM {c} WHERE project = %(p)s AND "
@@ -75,7 +65,7 @@ class ClaimRows:
                 "c.expires_at < now() OR c.run = excluded.run OR c.process = "
                 "ANY(%(dead)s::text[]) RETURNING scene, (SELECT extract(epoch FROM "
                 "prior.claimed_at)::float8 FROM prior WHERE prior.scene = c.scene)"
-            ).format(c=self._db._sql.claims),
+            ).format(c=self._table),
             {
                 "p": project,
                 "run": run,
@@ -93,13 +83,13 @@ class ClaimRows:
     ) -> list[tuple[str, str, str, str, float]]:
         """Who holds these scenes: (scene, host, process, run, seconds until it expires)."""
 
-        rows, _ = await self._db._run(
+        rows, _ = await self._db.run(
             f"read the claims of project {project}",
             sql.SQL(
                 "SELECT scene, host, process, run, greatest(0, extract(epoch FROM "
                 "expires_at - now()))::float8 FROM {c} "
                 "WHERE project = %s AND scene = ANY(%s::text[])"
-            ).format(c=self._db._sql.claims),
+            ).format(c=self._table),
             (project, list(scenes)),
         )
         return rows
@@ -108,12 +98,12 @@ class ClaimRows:
         """Push back the expiry of every claim `run` still holds; returns (project, scene) of
         each one extended (a claim that expired and was taken by another run is not)."""
 
-        rows, _ = await self._db._run(
+        rows, _ = await self._db.run(
             "extend the run's claims",
             sql.SQL(
                 "UPDATE {c} SET expires_at = now() + make_interval(secs => %s) "
                 "WHERE run = %s RETURNING project, scene"
-            ).format(c=self._db._sql.claims),
+            ).format(c=self._table),
             (expiry, run),
         )
         return rows
@@ -121,10 +111,10 @@ class ClaimRows:
     async def release(self, run: str, project: str | None = None) -> None:
         """Drop `run`'s claims (on one project, or all of them)."""
 
-        await self._db._run(
+        await self._db.run(
             "release the run's claims",
             sql.SQL("DELETE FROM {c} WHERE run = %s AND (%s::text IS NULL OR project = %s)").format(
-                c=self._db._sql.claims
+                c=self._table
             ),
             (run, project, project),
         )
@@ -132,10 +122,10 @@ class ClaimRows:
     async def release_scenes(self, run: str, project: str, scenes: Sequence[str]) -> None:
         """Drop `run`'s claims on these scenes of `project` (a batch's, once collected)."""
 
-        await self._db._run(
+        await self._db.run(
             f"release the claims of project {project}",
             sql.SQL(
                 "DELETE FROM {c} WHERE run = %s AND project = %s AND scene = ANY(%s::text[])"
-            ).format(c=self._db._sql.claims),
+            ).format(c=self._table),
             (run, project, list(scenes)),
         )

@@ -43,6 +43,10 @@ JOURNAL_SCENES = "imgsave_journal_scenes"
 JOURNAL_PARSE = "imgsave_journal_parse"
 CLAIMS = "imgsave_claims"
 BATCHES = "imgsave_batches"
+LEDGER = "imgsave_ledger"
+META = "imgsave_meta"
+# The ledger's states of an image paid for and not yet in its scene (or given up on).
+UNRESOLVED = ("requested", "received", "stored")
 # A transaction-local setting: what the append function's own UPDATE adds (see _append).
 APPENDED = "imgsave.appended"
 # On Supabase these are the API's roles: `authenticated` (a signed-in user, under row-level
@@ -93,6 +97,8 @@ def install(table: Table, shape: Shape, options: Options) -> str:
     parts.append(_append(table, shape, journaled=options.journal))
     parts.append(_privileges(table, options))
     parts.append(claims_table(table.schema))
+    parts.append(meta_table(table.schema))
+    parts.append(ledger_table(table.schema))
     parts.append(batches_table(table.schema))
     if options.journal:
         parts.append(_journal(table, shape))
@@ -101,13 +107,29 @@ def install(table: Table, shape: Shape, options: Options) -> str:
 
 def uninstall(table: Table, options: Options) -> str:
     """Drops what `install` with the same options created, and nothing else: without
-    `journal` the journal (and the trigger that the app's writes go through) stays."""
+    `journal` the journal (and the trigger that the app's writes go through) stays. The ledger
+    and the batches table go only while no purchase in them is unresolved (paid for and not
+    yet in its scene): with one, the whole script stops and says so, having removed nothing."""
+    ledger, batches = _fn(table, LEDGER), _fn(table, BATCHES)
+    guard = _body(
+        "BEGIN\n"
+        f"  IF to_regclass({_lit(ledger)}) IS NOT NULL THEN\n"
+        f"    IF EXISTS (SELECT FROM {ledger} WHERE state IN {_states(UNRESOLVED)}) THEN\n"
+        f"      RAISE EXCEPTION {_lit(LEDGER + ' holds purchases not yet in their scenes')} "
+        f"USING HINT = {_lit('run imgsave repair --execute (and let batches finish) first')};\n"
+        "    END IF;\n"
+        "  END IF;\n"
+        "END"
+    )
     statements = [
+        f"DO {guard};",
         f"DROP FUNCTION IF EXISTS {_fn(table, APPEND)}({table.key_type}, text, text[]);",
         f"DROP FUNCTION IF EXISTS {_fn(table, SPLICE)}(text, integer, text[]);",
         f"DROP FUNCTION IF EXISTS {_fn(table, URL_PROBLEM)}(text);",
         f"DROP TABLE IF EXISTS {_fn(table, CLAIMS)};",
-        f"DROP TABLE IF EXISTS {_fn(table, BATCHES)};",
+        f"DROP TABLE IF EXISTS {batches};",
+        f"DROP TABLE IF EXISTS {ledger};",
+        f"DROP TABLE IF EXISTS {_fn(table, META)};",
     ]
     if options.journal:
         statements += [
@@ -121,8 +143,24 @@ def uninstall(table: Table, options: Options) -> str:
     return "\n".join(["-- imgsave: uninstall", *statements]) + "\n"
 
 
+def new_identity(schema: str) -> str:
+    """Give this database an identity of its own: for a copy restored from another database's
+    snapshot, which would otherwise collect that database's batches and jobs as its own."""
+    meta = sql.Identifier(schema, META).as_string(None)
+    return (
+        f"-- imgsave: a new identity for this database (run it on a restored copy)\n"
+        f"{meta_table(schema)}\n"
+        f"UPDATE {meta} SET value = gen_random_uuid()::text, updated_at = now() "
+        "WHERE key = 'database_id';\n"
+    )
+
+
+def _states(states: Sequence[str]) -> str:
+    return "(" + ", ".join(_lit(s) for s in states) + ")"
+
+
 def _header(table: Table, options: Options) -> str:
-    what = "the append function, the claims and batches tables" + (
+    what = "the append function, imgsave's claims, ledger and batches tables" + (
         " and the journal" if options.journal else ""
     )
     # Names quoted even in a comment: a newline in one must not end the comment.
@@ -356,13 +394,35 @@ def claims_table(schema: str) -> str:
 
 
 def batches_table(schema: str) -> str:
-    """The batches whose images a run has collected (operations/batches.py), shared by every
-    host: the provider keeps a batch's output for weeks, and it must be taken in only once."""
+    """The batches submitted for this database (operations/batches.py), shared by every host:
+    the provider keeps a batch's output for weeks, and it must be taken in only once."""
     batches = sql.Identifier(schema, BATCHES)
     return _template(
         "batches_table.sql",
         batches=batches,
         private=sql.SQL(_private(batches.as_string(None), rls=False)),
+    )
+
+
+def meta_table(schema: str) -> str:
+    """This database's identity (adapters/postgres/identity.py)."""
+    meta = sql.Identifier(schema, META)
+    return _template(
+        "meta_table.sql", meta=meta, private=sql.SQL(_private(meta.as_string(None), rls=False))
+    )
+
+
+def ledger_table(schema: str) -> str:
+    """What this database paid for, image by image (adapters/postgres/ledger_rows.py)."""
+    ledger = sql.Identifier(schema, LEDGER)
+    return _template(
+        "ledger_table.sql",
+        ledger=ledger,
+        open_index=sql.Identifier(LEDGER + "_open"),
+        batch_index=sql.Identifier(LEDGER + "_batch"),
+        project_index=sql.Identifier(LEDGER + "_project"),
+        updated_index=sql.Identifier(LEDGER + "_updated"),
+        private=sql.SQL(_private(ledger.as_string(None), rls=False)),
     )
 
 

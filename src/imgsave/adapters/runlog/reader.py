@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, cast
 
+from imgsave.core import events
 from imgsave.core.log_history import Sighting
 from imgsave.core.result_json import NOT_IN_JSON
 from imgsave.core.url_rule import url_problem
@@ -27,19 +28,8 @@ from imgsave.errors import UsageError
 # purpose: it repeats a URL already logged, under the repair run's id, and counting it would make
 # the repair run look like the scene's newest generation.
 # image.rehosted names the store's copy and `replaces` the provider's link it stands in for.
-SIGHTING_EVENTS = frozenset({"image.generated", "image.saved", "image.rehosted"})
-OWN_EVENTS = frozenset(
-    {
-        "run.started",
-        "image.generated",
-        "image.saved",
-        "image.failed",
-        "image.repaired",
-        "image.spooled",
-        "image.rehosted",
-        "run.finished",
-    }
-)
+SIGHTING_EVENTS = frozenset({events.IMAGE_GENERATED, events.IMAGE_SAVED, events.IMAGE_REHOSTED})
+OWN_EVENTS = events.ALL | {"image.spooled"}  # image.spooled: written before the ledger
 
 
 OWN_PREFIX = '{"v"'
@@ -92,6 +82,9 @@ class LogQuery:
     only_projects: frozenset[str] = frozenset()
     # Also read the database's journal (imgsave sql --journal); its verdicts beat the logs'.
     journal: bool = False
+    # This database's identity: imgsave's own records naming another database are not read
+    # as evidence (a staging and a prod database on one host never mix).
+    own_db: str | None = None
 
 
 PATTERN_GROUPS = ("url", "scene", "project", "ts", "run", "scene_id")
@@ -201,7 +194,8 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
                 continue
             # imgsave's own records describe themselves, so its log directory can be read
             # alongside another system's log in one audit.
-            parsed = _parse_own(line) if regex is None or line.startswith(OWN_PREFIX) else None
+            own = regex is None or line.startswith(OWN_PREFIX)
+            parsed = _parse_own(line, query.own_db) if own else None
             if regex is not None and (parsed is None or parsed is Verdict.GARBAGE):
                 stats.pattern_lines += 1
                 parsed = _parse_pattern(line, regex, query, stats)
@@ -309,7 +303,7 @@ def _checked(sighting: Sighting) -> Sighting | Invalid:
     return sighting
 
 
-def _parse_own(line: str) -> Sighting | Verdict | Invalid:
+def _parse_own(line: str, own_db: str | None = None) -> Sighting | Verdict | Invalid:
     if not line.strip():
         return Verdict.OTHER
     try:
@@ -320,9 +314,11 @@ def _parse_own(line: str) -> Sighting | Verdict | Invalid:
         return Invalid("JSON nested too deeply")
     if not isinstance(record, dict) or record.get("event") not in OWN_EVENTS:
         return Verdict.GARBAGE
-    if record["event"] not in SIGHTING_EVENTS:
+    if record["event"] not in SIGHTING_EVENTS or record.get("db", own_db) != own_db:
         return Verdict.OTHER
     project, scene, url = record.get("project"), record.get("scene"), record.get("url")
+    if url is None and isinstance(record.get("spool"), str):
+        return Verdict.OTHER  # kept in a spool, not yet at a URL: the ledger counts it
     scene_id, run = record.get("scene_id"), record.get("run")
     replaces = record.get("replaces") or []
     if (

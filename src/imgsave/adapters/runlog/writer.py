@@ -43,8 +43,11 @@ class RunLog:
     found nothing) leaves no file behind; the directory is checked up front all the same.
     """
 
-    def __init__(self, directory: Path, run_id: str | None = None):
+    def __init__(self, directory: Path, run_id: str | None = None, *, db_id: str | None = None):
         self.run_id = run_id or new_run_id()
+        # Every record names the database it concerns: a later run on this host settles only
+        # its own database's records (staging and prod never mix).
+        self._db = {"db": db_id} if db_id else {}
         self.path = directory / f"{self.run_id}{SUFFIX}"
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,10 @@ class RunLog:
             raise ValueError("log is closed")
         if self.broken:
             raise LogUnwritable(self.broken)
-        record = {"v": VERSION, "ts": timestamp(), "run": self.run_id, "event": event, **fields}
+        record = {
+            "v": VERSION, "ts": timestamp(), "run": self.run_id, "event": event, **self._db,
+            **fields,
+        }  # fmt: skip
         # ASCII only: a lone surrogate in some field can then never make a record unwritable.
         data = (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
         fd = self._open()

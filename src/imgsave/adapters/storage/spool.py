@@ -33,8 +33,7 @@ class Spooled:
     source_url: str | None
 
     def remove(self) -> None:
-        for path in (self.path, _meta(self.path)):
-            path.unlink(missing_ok=True)
+        remove(self.path)
 
 
 def spool_dir(log_dir: Path) -> Path:
@@ -71,6 +70,17 @@ def put(
             f"(sha256 {image.sha256}, project {project}, {ref})"
         ) from None
     return path
+
+
+def read(path: Path) -> bytes:
+    """A spooled image's bytes (OSError when they are gone)."""
+    return path.read_bytes()
+
+
+def remove(path: Path) -> None:
+    """A spooled image whose image reached its scene (or never will): both its files go."""
+    for part in (path, _meta(path)):
+        part.unlink(missing_ok=True)
 
 
 def pending(log_dir: Path) -> list[Spooled]:

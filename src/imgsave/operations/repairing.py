@@ -1,0 +1,161 @@
+"""`imgsave repair --execute`: after settling what this database paid for (settle.py), put back
+what audit found lost, through the same locked, append-if-absent save, and, with --regenerate,
+buy new images for scenes left short (claimed first, as generate does). Stale and orphaned URLs
+are never written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from imgsave.adapters.imageapi.client import Provider
+from imgsave.core import events
+from imgsave.core.documents import Outcome, SceneRef, decode, find, scenes
+from imgsave.core.scene_plan import Job, Plan
+from imgsave.errors import ImgsaveError, LogUnwritable
+from imgsave.operations.claims import Claims
+from imgsave.operations.execution import Execution, Reporter, Tally
+from imgsave.operations.group_commit import ProjectSaver, Saving
+from imgsave.operations.lost_images import AuditReport, Finding
+from imgsave.operations.session import Session
+from imgsave.operations.stop import StopSignal
+
+SceneCounts = dict[tuple[str, int], int]
+
+
+@dataclass
+class Restored:
+    by_scene: SceneCounts = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+async def restore(s: Session, findings: list[Finding], *, projects_at_once: int = 4) -> Restored:
+    """Append every lost URL, one locked transaction per project; image.repaired for each."""
+    by_project: dict[str, list[Finding]] = defaultdict(list)
+    for finding in findings:
+        by_project[finding.project].append(finding)
+    done = Restored(defaultdict(int))
+    gate = asyncio.Semaphore(projects_at_once)
+
+    async def one(project: str, items: list[Finding]) -> None:
+        async with gate:
+            try:
+                async with ProjectSaver(s.db, project, s.settings.shape) as saver:
+                    outcomes = await saver.save_many(
+                        [Saving(SceneRef(f.scene, f.scene_id), f.url) for f in items]
+                    )
+            except Exception as exc:  # one project's failure must not stop the others
+                done.errors.append(f"{_one_line(exc)} ({len(items)} URLs not restored)")
+                return
+        for finding, outcome in zip(items, outcomes, strict=True):
+            if outcome is Outcome.NO_SCENE:
+                done.errors.append(f"project {project}: scene {finding.scene} no longer exists")
+                continue
+            done.by_scene[(project, finding.scene)] += 1
+            if outcome is Outcome.ADDED:
+                try:
+                    s.log.write(
+                        events.IMAGE_REPAIRED, project=project, scene=finding.scene,
+                        scene_id=finding.scene_id, url=finding.url,
+                    )  # fmt: skip
+                except LogUnwritable as exc:
+                    # Saved all the same; the image was recorded when it was generated.
+                    if str(exc) not in done.errors:
+                        done.errors.append(str(exc))
+
+    await asyncio.gather(*(one(p, f) for p, f in by_project.items()))
+    return done
+
+
+def remaining(
+    report: AuditReport,
+    restored: SceneCounts,
+    regenerated: SceneCounts,
+    *,
+    empty_scenes: bool = False,
+) -> int:
+    """Images still missing, scene by scene: what was lost, less what came back or was replaced
+    (with `empty_scenes`, each never-logged empty scene --regenerate was asked to fill counts)."""
+    missing: dict[tuple[str, int], int] = defaultdict(int)
+    for finding in (*report.lost, *report.expired):
+        missing[(finding.project, finding.scene)] += 1
+    if empty_scenes:
+        for project, ref in report.empty_scenes:
+            missing[(project, ref.index)] += 1
+    return sum(
+        max(0, count - restored.get(key, 0) - regenerated.get(key, 0))
+        for key, count in missing.items()
+    )
+
+
+async def regenerate(
+    s: Session,
+    provider: Provider,
+    report: AuditReport,
+    *,
+    claims: Claims | None,
+    concurrency: int,
+    max_images: int | None,
+    stop: StopSignal,
+    reporter: Reporter | None,
+) -> tuple[SceneCounts, Tally]:
+    """New images for scenes left short: expired URLs that cannot come back (each new image
+    recorded as replacing one of them), and scenes that hold nothing and were never logged.
+    Only scenes this run can claim: one waiting in a batch, or being generated now, is being
+    paid for already. At most `max_images` in all."""
+    wanted: dict[str, dict[SceneRef, list[str | None]]] = defaultdict(lambda: defaultdict(list))
+    for finding in report.expired:
+        wanted[finding.project][SceneRef(finding.scene, finding.scene_id)].append(finding.url)
+    for project, ref in report.empty_scenes:
+        wanted[project][ref].append(None)
+    regenerated: SceneCounts = {}
+    total = Tally()
+    budget = max_images
+    for project, by_scene in wanted.items():
+        if stop.requested or (budget is not None and budget <= 0):
+            break
+        try:
+            all_scenes = scenes(
+                decode(await s.db.read(project), project=project), s.settings.shape,
+                project=project,
+            )  # fmt: skip
+        except ImgsaveError as exc:
+            total.errors.append(f"{exc} (not regenerated)")
+            continue
+        jobs = tuple(
+            Job(scene, len(olds), tuple(u for u in olds if u is not None))
+            for ref, olds in by_scene.items()
+            if (scene := find(all_scenes, ref)) is not None and scene.prompt
+        )
+        if claims is not None and jobs:
+            mine, held = await claims.claim(project, [job.scene.ref for job in jobs])
+            jobs = tuple(job for job in jobs if job.scene.ref in set(mine))
+            if held:
+                total.errors.append(
+                    f"project {project}: {len(held)} scenes not regenerated: held by another "
+                    "run (a batch waiting, or a generate in progress)"
+                )
+        plan = Plan(jobs)
+        if budget is not None:
+            plan, cut = plan.capped(budget)
+            total.not_requested += cut
+            budget -= plan.requested
+        execution = Execution(
+            db=s.db, provider=provider, purchases=s.purchases, project=project,
+            shape=s.settings.shape, slots=concurrency, stop=stop, reporter=reporter,
+            claims=claims,
+        )  # fmt: skip
+        tally = await execution.run(plan)
+        if claims is not None:
+            await claims.release(project)
+        total.merge(tally)
+        for index, saved in tally.saved_by_scene.items():
+            regenerated[(project, index)] = saved
+        if tally.fatal or tally.log_error:
+            break
+    return regenerated, total
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,392 @@
+"""What `generate` reports, and how it shows it: one project's result, a run over several
+(totals plus each project's own object), and a `--batch` run. Each gives its JSON, its exit code
+and its summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from imgsave.adapters.imageapi.client import add_usage
+from imgsave.adapters.imageapi.pace import PaceReport
+from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
+from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_INTERRUPTED, ImgsaveError
+from imgsave.operations.batches import Submitted
+from imgsave.operations.execution import Tally
+from imgsave.operations.settle import Settled
+from imgsave.terminal.consoles import shown
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+# What `generate` reports: one project's result, and a run over several (totals plus each
+# project's own object). Each renders itself and gives its JSON and exit code.
+
+
+@dataclass
+class GenerateResult:
+    project: str
+    run: str
+    tally: Tally = field(default_factory=Tally, metadata=NOT_IN_JSON)
+    skipped_scenes: list[int] = field(default_factory=list)
+    unprompted_scenes: list[int] = field(default_factory=list)
+    # Scenes another run (this host or another) held: skipped, that run reports them.
+    held_scenes: list[int] = field(default_factory=list)
+    # Of those, the ones whose holder stopped extending its claims (a run that died on another
+    # host): nobody is working on them until their claims expire, so they are a finding.
+    stalled_scenes: list[int] = field(default_factory=list)
+    # Scenes whose missing images are all on their way already (a job, a batch): not bought.
+    pending_scenes: list[int] = field(default_factory=list)
+    # Paid images an earlier run received and never saved, saved now instead of paid again.
+    recovered: int = 0
+    # Jobs an earlier run paid for and never saw end, polled again (job APIs).
+    jobs_resumed: int = 0
+    # The APIs settling could not read (exit 3).
+    unreadable: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+    log_path: str | None = field(default=None, metadata=json_name("log"))
+    # The run's pace; only a run of one project carries it (several: the run's result does).
+    pace: PaceReport | None = field(default=None, metadata=NOT_IN_JSON)
+    # Set when the project could not be worked on at all (not found, malformed, ...).
+    refused_with: int | None = field(default=None, metadata=NOT_IN_JSON)
+    # --strict: a scene without a prompt is a finding (exit 1). Without it such scenes are
+    # reported and the exit code ignores them: nothing imgsave does can give them a prompt,
+    # and a cron run every 15 minutes must not alert on them forever.
+    strict: bool = field(default=False, metadata=NOT_IN_JSON)
+
+    # The engine's counts, under the names the JSON contract gives them.
+    @property
+    def requested(self) -> int:
+        return self.tally.requested
+
+    @property
+    def saved(self) -> int:
+        return self.tally.saved
+
+    @property
+    def failed(self) -> int:
+        return self.tally.failed
+
+    def failure(self, exc: ImgsaveError) -> None:
+        """The project could not be worked on; the run goes on with the others."""
+        self.tally.fatal = str(exc)
+        self.refused_with = exc.exit_code
+
+    def absorb(self, settled: Settled) -> None:
+        """What settling did before the plan: this project's share of the run's JSON."""
+        self.recovered += settled.recovered
+        self.jobs_resumed += settled.jobs_resumed
+        self.tally.jobs_lost += settled.lost
+        self.unreadable += settled.unreadable
+        self.tally.errors[:0] = settled.errors + settled.unreadable
+
+    @property
+    def exit_code(self) -> int:
+        if self.refused_with is not None:
+            return self.refused_with
+        if self.unreadable:  # nothing seen is not nothing found
+            return EXIT_CANNOT_WORK
+        code = self.tally.exit_code
+        unprompted = self.strict and self.unprompted_scenes
+        finding = unprompted or self.stalled_scenes or self.tally.jobs_lost
+        return max(code, EXIT_FINDINGS) if finding and code == 0 else code
+
+    def stderr_lines(self) -> list[str]:
+        fatal = [self.tally.fatal] if self.tally.fatal else []
+        return fatal + self.tally.unlogged_lines()
+
+    def to_json(self) -> dict[str, object]:
+        pace = {"pace": pace_json(self.pace)} if self.pace else {}
+        return {**fields_json(self), **self.tally.to_json(), **pace}
+
+    def render(self, console: Console) -> None:
+        console.print(shown(self.summary()))
+
+    def summary(self) -> str:
+        t = self.tally
+        if self.refused_with is not None:
+            return f"project {self.project}: not worked on: {t.fatal}"
+        head = f"project {self.project}: {t.saved} of {t.requested} images saved"
+        if t.requested:
+            head += f" in {t.transactions} transaction{'s' if t.transactions != 1 else ''}"
+        parts = [head]
+        if t.received != t.requested and t.received:
+            parts.append(f"{t.received} received")
+        if t.usage.get("total_tokens"):
+            parts.append(f"{t.usage['total_tokens']:,} tokens")
+        if t.refusals:
+            parts.append(
+                "refused: " + ", ".join(f"{n} {why}" for why, n in t.refusals.most_common())
+            )
+        if self.jobs_resumed:
+            parts.append(f"{self.jobs_resumed} jobs of an earlier run polled again")
+        if t.jobs_lost:
+            parts.append(f"{t.jobs_lost} jobs paid for and lost (their results were gone)")
+        if t.spooled:
+            parts.append(f"{t.spooled} kept in the spool for `imgsave repair`")
+        if t.provisional:
+            parts.append(f"{t.provisional} saved as the provider's URL (run `imgsave rehost`)")
+        if t.possibly_billed_retries:
+            parts.append(f"{t.possibly_billed_retries} retries the provider may have billed")
+        if t.failed:
+            logged = (
+                f" ({t.failed_in_log} in the log for `imgsave repair`)" if t.failed_in_log else ""
+            )
+            parts.append(f"{t.failed} failed{logged}")
+        if t.duplicates:
+            parts.append(f"{t.duplicates} answered with a URL the scene already held (not saved)")
+        if self.recovered:
+            parts.append(f"{self.recovered} received by an earlier run and saved now")
+        if self.skipped_scenes:
+            parts.append(f"{len(self.skipped_scenes)} scenes already complete")
+        if self.unprompted_scenes:
+            parts.append(f"{len(self.unprompted_scenes)} scenes without a prompt")
+        if self.held_scenes:
+            parts.append(f"{len(self.held_scenes)} scenes held by another run (skipped)")
+        if self.stalled_scenes:
+            parts.append(f"{len(self.stalled_scenes)} of them by a run that stopped")
+        if t.not_requested:
+            parts.append(f"{t.not_requested} not requested")
+        if t.abandoned:
+            parts.append(f"{t.abandoned} abandoned at the second Ctrl-C (may have been billed)")
+        if t.interrupted:
+            parts.append("interrupted")
+        parts += [f"stopped: {why}" for why in (t.fatal, t.log_error) if why]
+        if self.pace and (self.pace.asked or self.pace.throttled):
+            parts.append(pace_text(self.pace))
+        return ", ".join(parts) + f" (run {self.run})"
+
+
+def pace_json(pace: PaceReport) -> dict[str, object]:
+    return {
+        "asked_per_minute": pace.asked,
+        "achieved_per_minute": pace.achieved,
+        "requests": pace.requests,
+        "throttled": pace.throttled,
+    }
+
+
+def pace_text(pace: PaceReport) -> str:
+    asked = f" (asked {pace.asked:g}/min)" if pace.asked else ""
+    achieved = f"{pace.achieved:g} requests/min{asked}, " if pace.achieved else ""
+    return f"{achieved}{pace.throttled} throttled (429)"
+
+
+@dataclass
+class ManyResult:
+    """A run over several projects: totals, and each project's own result object."""
+
+    run: str
+    project: None = None  # the single-project key, kept so one parser reads both shapes
+    requested: int = 0
+    saved: int = 0
+    failed: int = 0
+    not_requested: int = 0
+    abandoned: int = 0
+    # Scenes skipped, counted over every project (each project's object lists its own).
+    skipped_scenes: int = 0
+    unprompted_scenes: int = 0
+    held_scenes: int = 0
+    stalled_scenes: int = 0
+    pending_scenes: int = 0
+    recovered: int = 0
+    transactions: int = 0
+    possibly_billed_retries: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+    refusals: Counter[str] = field(default_factory=Counter)
+    jobs_resumed: int = 0
+    jobs_lost: int = 0
+    # Projects named or found that the run never started: it stopped, or --max-images ran out.
+    projects_not_started: int = 0
+    stopped: str | None = None
+    interrupted: bool = False
+    pace: PaceReport | None = field(default=None, metadata=NOT_IN_JSON)
+    projects: list[dict[str, object]] = field(default_factory=list)
+    # The APIs settling could not read (exit 3).
+    unreadable: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+    errors: list[str] = field(default_factory=list)
+    # -q: one summary line, not one per unfinished project.
+    quiet: bool = field(default=False, metadata=NOT_IN_JSON)
+    _worst: int = field(default=0, metadata=NOT_IN_JSON)
+    _lines: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+    _stderr: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+
+    def add(self, result: GenerateResult) -> None:
+        """Fold one finished project in; only its JSON object and summary line are kept."""
+        t = result.tally
+        if result.refused_with is None and (t.fatal or t.log_error) and not self.stopped:
+            # The image API refused, or the log stopped taking writes: that stopped the run.
+            self.stopped = t.fatal or t.log_error
+        self.projects.append(result.to_json())
+        self.requested += t.requested
+        self.saved += t.saved
+        self.failed += t.failed
+        self.not_requested += t.not_requested
+        self.abandoned += t.abandoned
+        self.skipped_scenes += len(result.skipped_scenes)
+        self.unprompted_scenes += len(result.unprompted_scenes)
+        self.held_scenes += len(result.held_scenes)
+        self.stalled_scenes += len(result.stalled_scenes)
+        self.pending_scenes += len(result.pending_scenes)
+        self.recovered += result.recovered
+        self.transactions += t.transactions
+        self.possibly_billed_retries += t.possibly_billed_retries
+        add_usage(self.usage, t.usage)
+        self.refusals.update(t.refusals)
+        self.jobs_resumed += result.jobs_resumed
+        self.jobs_lost += t.jobs_lost
+        code = result.exit_code
+        self._worst = max(self._worst, code)
+        if code or result.held_scenes:
+            self._lines.append(result.summary())
+        self._stderr += result.tally.unlogged_lines()
+
+    def absorb(self, settled: Settled) -> None:
+        """What settling did before the plan, for every project of the run."""
+        self.recovered += settled.recovered
+        self.jobs_resumed += settled.jobs_resumed
+        self.jobs_lost += settled.lost
+        self.unreadable += settled.unreadable
+        self.errors += settled.errors + settled.unreadable
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped or self.unreadable:
+            return EXIT_CANNOT_WORK
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        short = self.projects_not_started or self.not_requested or self.jobs_lost
+        if self._worst == 0 and short:
+            return EXIT_FINDINGS
+        return self._worst
+
+    def stderr_lines(self) -> list[str]:
+        return ([self.stopped] if self.stopped else []) + self._stderr
+
+    def to_json(self) -> dict[str, object]:
+        pace = {"pace": pace_json(self.pace)} if self.pace else {}
+        return {**fields_json(self), **pace}
+
+    def render(self, console: Console) -> None:
+        for line in () if self.quiet else self._lines:
+            console.print(shown(line))
+        n, tx = len(self.projects), self.transactions
+        parts = [
+            f"generate: {n} project{'' if n == 1 else 's'}, {self.saved} of {self.requested} "
+            f"images saved in {tx} transaction{'' if tx == 1 else 's'}"
+        ]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.not_requested:
+            parts.append(f"{self.not_requested} not requested")
+        if self.abandoned:
+            parts.append(f"{self.abandoned} abandoned at the second Ctrl-C (may have been billed)")
+        if self.projects_not_started:
+            parts.append(f"{self.projects_not_started} projects not started")
+        if self.held_scenes:
+            parts.append(f"{self.held_scenes} scenes held by other runs")
+        if self.stalled_scenes:
+            parts.append(f"{self.stalled_scenes} of them by runs that stopped")
+        if self.unprompted_scenes:
+            parts.append(f"{self.unprompted_scenes} scenes without a prompt")
+        if self.recovered:
+            parts.append(f"{self.recovered} received by an earlier run and saved now")
+        if self.usage.get("total_tokens"):
+            parts.append(f"{self.usage['total_tokens']:,} tokens")
+        if self.possibly_billed_retries:
+            parts.append(f"{self.possibly_billed_retries} retries the provider may have billed")
+        if self.interrupted:
+            parts.append("interrupted")
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}")
+        if self.pace and (self.pace.asked or self.pace.throttled):
+            parts.append(pace_text(self.pace))
+        console.print(shown(", ".join(parts) + f" (run {self.run})"))
+
+
+@dataclass
+class BatchRunResult:
+    """A `generate --batch` run: what it collected (settling), what it submitted, what is still
+    running. `skipped_scenes` and `held_scenes` are counts here, as in a run over several
+    projects."""
+
+    run: str
+    project: str | None
+    settled: Settled = field(default_factory=Settled)
+    submitted: Submitted = field(default_factory=Submitted)
+    skipped_scenes: int = 0
+    unprompted_scenes: int = 0
+    held_scenes: int = 0
+    pending_scenes: int = 0
+    # Images the plan wanted beyond --max-images: not submitted.
+    capped: int = 0
+    # --strict: a scene without a prompt is a finding, as in a synchronous run.
+    strict: bool = field(default=False, metadata=NOT_IN_JSON)
+    # Batches still running (submitted now, or earlier).
+    pending: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        s = self.settled
+        if s.unreadable:
+            return EXIT_CANNOT_WORK
+        unprompted = self.strict and self.unprompted_scenes
+        missing = s.failed or s.lost or s.uncollected or self.capped or self.submitted.errors
+        missing = missing or unprompted
+        return EXIT_FINDINGS if missing else 0
+
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def to_json(self) -> dict[str, object]:
+        s, sub = self.settled, self.submitted
+        return {
+            "project": self.project,
+            "run": self.run,
+            "batch": True,
+            "requested": sub.requested,
+            "saved": s.recovered,
+            "failed": s.failed,
+            "skipped_scenes": self.skipped_scenes,
+            "unprompted_scenes": self.unprompted_scenes,
+            "held_scenes": self.held_scenes,
+            "pending_scenes": self.pending_scenes,
+            "recovered": s.recovered,
+            "jobs_resumed": s.jobs_resumed,
+            "lost": s.lost,
+            "capped": self.capped,
+            "in_batches": sub.in_batches,
+            "batches": {"submitted": sub.submitted, "collected": s.collected,
+                        "pending": self.pending},
+            "per_batch": s.per_batch,
+            "refusals": dict(s.refusals),
+            "usage": s.usage,
+            "possibly_billed_retries": 0,
+            "errors": self.errors + s.errors + s.unreadable + sub.errors,
+        }  # fmt: skip
+
+    def render(self, console: Console) -> None:
+        s, sub = self.settled, self.submitted
+        parts = [
+            f"generate --batch: {len(sub.submitted)} batches submitted ({sub.in_batches} "
+            f"images), {len(s.collected)} collected ({s.recovered} images saved)"
+        ]
+        if self.pending:
+            parts.append(f"{len(self.pending)} still running")
+        if s.failed:
+            parts.append(f"{s.failed} failed")
+        if s.refusals:
+            parts.append(", ".join(f"{n} {why}" for why, n in s.refusals.items()))
+        if s.lost:
+            parts.append(f"{s.lost} paid for and lost (output expired)")
+        if self.capped:
+            parts.append(f"{self.capped} not submitted (--max-images)")
+        if self.held_scenes:
+            parts.append(f"{self.held_scenes} scenes held by other runs")
+        if s.usage.get("total_tokens"):
+            parts.append(f"{s.usage['total_tokens']:,} tokens")
+        for line in self.errors + s.errors + s.unreadable + sub.errors:
+            console.print(shown(line), style="yellow")
+        console.print(shown(", ".join(parts) + f" (run {self.run})"))
