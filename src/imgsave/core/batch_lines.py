@@ -200,7 +200,8 @@ def line_cap(max_image_bytes: int, images: int = 1) -> int:
 
 @dataclass(frozen=True)
 class Oversized:
-    """A line over the cap, not read: its first bytes (HEAD_BYTES) and its length."""
+    """A line over the cap, not read: its first bytes (HEAD_BYTES) and its length (newline
+    not counted)."""
 
     head: bytes
     size: int
@@ -212,12 +213,13 @@ class LineSplitter:
     line so far would copy it over and over); a line that grows past the cap is dropped as it
     comes and handed on as Oversized."""
 
-    def __init__(self, cap: int):
+    def __init__(self, cap: int, *, head: int = HEAD_BYTES):
         self._cap = cap
+        self._head = head
         self._pieces: list[bytes] = []
         self._size = 0
         # The head of the line being skipped, once it went over the cap.
-        self._over: bytes | None = None
+        self._over: bytearray | None = None
 
     def feed(self, chunk: bytes) -> list[bytes | Oversized]:
         *ended, rest = chunk.split(b"\n")
@@ -239,18 +241,22 @@ class LineSplitter:
             return
         self._size += len(piece)
         if self._over is not None:
+            if len(self._over) < self._head:
+                self._over += piece[: self._head - len(self._over)]
             return
         if self._size <= self._cap:
             self._pieces.append(piece)
             return
-        self._over = b"".join([*self._pieces, piece[:HEAD_BYTES]])[:HEAD_BYTES]
+        self._over = bytearray()
+        for held in [*self._pieces, piece]:
+            self._over += held[: self._head - len(self._over)]
         self._pieces = []
 
     def _end(self) -> bytes | Oversized | None:
         size, over, pieces = self._size, self._over, self._pieces
         self._size, self._over, self._pieces = 0, None, []
         if over is not None:
-            return Oversized(over, size)
+            return Oversized(bytes(over), size)
         line = b"".join(pieces)
         return line if line.strip() else None
 
