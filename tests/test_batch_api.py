@@ -184,6 +184,16 @@ async def test_an_expired_or_cancelled_batch_ends_with_what_it_finished(kind: st
     assert len(done) == batch.completed == kept
 
 
+async def test_a_gemini_batch_that_failed_as_a_whole_is_failed_with_nothing_to_read():
+    with loopback("gemini") as api:
+        assert api.gemini_batches is not None
+        api.gemini_batches.fail = True
+        async with client(api.base_url, "gemini") as batches:
+            _, batch = await submit(batches, 3)
+            done = await results(batches, batch)
+    assert (batch.status, batch.finished, batch.output_file, done) == ("failed", True, None, [])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_every_batch_is_listed_newest_first_across_pages(kind: str):
     with loopback(kind) as api:
@@ -466,6 +476,19 @@ async def test_azure_batches_go_to_its_v1_api_with_its_key_header():
     assert str(api.requests[0].url) == "https://res.openai.azure.com/openai/v1/batches/batch_1"
     assert api.requests[0].headers["api-key"] == KEY
     assert "authorization" not in api.requests[0].headers
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_is_the_provider_refusing_not_a_batch(kind: str, status: int):
+    def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"error": {"message": "Incorrect API key provided"}})
+
+    api = Scripted(refused)
+    async with mocked(kind, api) as batches:
+        with pytest.raises(ProviderRefused, match=f"refused with {status}"):
+            [b async for b in batches.listed()]
+    assert len(api.requests) == 1, "not retried"
 
 
 async def test_messages_never_carry_the_key():
