@@ -3,9 +3,11 @@ process by the batch benchmark: next to no overhead of its own, and an output fi
 line by line as it is read (a thousand 512 KB images are 700 MB of JSONL: held in memory, they
 would be this process's cost, not imgsave's).
 
-    python batch_server.py IMAGE_BYTES [pending]   # prints its base URL; stops on stdin EOF
+    python batch_server.py IMAGE_BYTES [pending] [gemini]   # prints its base URL; stops on EOF
 
-A batch completes at once (or, with `pending`, never: for timing a submission alone).
+A batch completes at once (or, with `pending`, never: for timing a submission alone). With
+`gemini`, it is the Gemini API's Batch API (the resumable upload, batchGenerateContent, the
+batch as an operation, the results file of `{"key", "response"}` lines with `inlineData`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ batches: dict[str, dict[str, object]] = {}
 order: list[str] = []
 ids = itertools.count(1)
 pending = False
+gemini = False
 
 
-def answer(writer: asyncio.StreamWriter, status: int, payload: object) -> None:
-    body = json.dumps(payload).encode()
+def answer(writer: asyncio.StreamWriter, status: int, payload: object, headers: str = "") -> None:
+    body = json.dumps(payload).encode() if payload is not None else b""
     writer.write(
-        f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n{headers}"
         f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
@@ -39,13 +42,22 @@ def answer(writer: asyncio.StreamWriter, status: int, payload: object) -> None:
 async def stream_output(writer: asyncio.StreamWriter, custom_ids: list[str]) -> None:
     writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     usage = b'{"input_tokens":12,"output_tokens":1056,"total_tokens":1068}'
+    gemini_usage = b'{"promptTokenCount":9,"candidatesTokenCount":1290,"totalTokenCount":1299}'
     for n, custom_id in enumerate(custom_ids):
-        line = (
-            b'{"id":"batch_req_' + str(n).encode() + b'","custom_id":"' + custom_id.encode()
-            + b'","response":{"status_code":200,"request_id":"r","body":{"created":0,'
-            b'"data":[{"b64_json":"' + images[n % POOL] + b'"}],"usage":' + usage
-            + b'}},"error":null}\n'
-        )  # fmt: skip
+        if gemini:
+            line = (
+                b'{"key":"' + custom_id.encode() + b'","response":{"candidates":[{"content":'
+                b'{"role":"model","parts":[{"inlineData":{"mimeType":"image/png","data":"'
+                + images[n % POOL] + b'"}}]},"finishReason":"STOP","index":0}],'
+                b'"usageMetadata":' + gemini_usage + b"}}\n"
+            )  # fmt: skip
+        else:
+            line = (
+                b'{"id":"batch_req_' + str(n).encode() + b'","custom_id":"' + custom_id.encode()
+                + b'","response":{"status_code":200,"request_id":"r","body":{"created":0,'
+                b'"data":[{"b64_json":"' + images[n % POOL] + b'"}],"usage":' + usage
+                + b'}},"error":null}\n'
+            )  # fmt: skip
         writer.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
         await writer.drain()
     writer.write(b"0\r\n\r\n")
@@ -61,6 +73,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             body = await reader.readexactly(length)
+            if gemini:
+                await handle_gemini(writer, method, path.decode(), body)
+                await writer.drain()
+                continue
             route = path.decode().split("?")[0].removeprefix("/v1")
             if method == b"POST" and route == "/files":
                 # The JSONL is the multipart part that holds custom_ids.
@@ -106,17 +122,70 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
+def operation(batch_id: str) -> dict[str, object]:
+    """A Gemini batch as its long-running operation."""
+    batch = batches[batch_id]
+    count = str(batch["count"])
+    metadata: dict[str, object] = {
+        "name": batch_id, "displayName": batch["display_name"], "createTime":
+        "2026-01-01T00:00:00Z", "inputConfig": {"fileName": batch["input"]},
+        "state": "BATCH_STATE_RUNNING" if pending else "BATCH_STATE_SUCCEEDED",
+        "batchStats": {"requestCount": count} if pending else {
+            "requestCount": count, "successfulRequestCount": count},
+    }  # fmt: skip
+    if pending:
+        return {"name": batch_id, "metadata": metadata}
+    output = {"responsesFile": f"files/out-{batch_id.removeprefix('batches/')}"}
+    return {"name": batch_id, "metadata": {**metadata, "output": output}, "done": True,
+            "response": output}  # fmt: skip
+
+
+async def handle_gemini(
+    writer: asyncio.StreamWriter, method: bytes, path: str, body: bytes
+) -> None:
+    route, _, query = path.partition("?")
+    if method == b"POST" and route == "/upload/v1beta/files" and "upload_id" not in query:
+        upload = f"{next(ids)}"
+        port = writer.get_extra_info("sockname")[1]
+        url = f"http://127.0.0.1:{port}/upload/v1beta/files?upload_id={upload}"
+        answer(writer, 200, None, f"X-Goog-Upload-URL: {url}\r\nX-Goog-Upload-Status: active\r\n")
+    elif method == b"POST" and route == "/upload/v1beta/files":
+        name = f"files/in-{query.partition('upload_id=')[2]}"
+        files[name] = body
+        answer(writer, 200, {"file": {"name": name}}, "X-Goog-Upload-Status: final\r\n")
+    elif method == b"POST" and route.endswith(":batchGenerateContent"):
+        asked = json.loads(body)["batch"]
+        batch_id = f"batches/{next(ids)}"
+        lines = files[asked["input_config"]["file_name"]]
+        batches[batch_id] = {"display_name": asked["display_name"],
+                             "input": asked["input_config"]["file_name"],
+                             "count": lines.count(b"\n")}  # fmt: skip
+        order.insert(0, batch_id)
+        answer(writer, 200, operation(batch_id))
+    elif method == b"GET" and route == "/v1beta/batches":
+        answer(writer, 200, {"operations": [operation(i) for i in order]})
+    elif method == b"GET" and route.startswith("/v1beta/batches/"):
+        answer(writer, 200, operation(route.removeprefix("/v1beta/")))
+    elif method == b"GET" and route.startswith("/download/v1beta/files/out-"):
+        batch_id = "batches/" + route.removesuffix(":download").rpartition("out-")[2]
+        keys = re.findall(rb'"key":"([^"]+)"', files[str(batches[batch_id]["input"])])
+        await stream_output(writer, [k.decode() for k in keys])
+    else:
+        answer(writer, 404, {"error": {"code": 404, "message": f"no route {route}"}})
+
+
 async def main(size: int) -> None:
     images.extend(
         base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(size - 8)) for _ in range(POOL)
     )
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     port = server.sockets[0].getsockname()[1]
-    print(f"http://127.0.0.1:{port}/v1", flush=True)
+    print(f"http://127.0.0.1:{port}/{'v1beta' if gemini else 'v1'}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     server.close()
 
 
 if __name__ == "__main__":
-    pending = len(sys.argv) > 2 and sys.argv[2] == "pending"
+    pending = "pending" in sys.argv[2:]
+    gemini = "gemini" in sys.argv[2:]
     asyncio.run(main(int(sys.argv[1])))

@@ -6,9 +6,14 @@ what a real provider sends.
 A batch moves validating → in_progress → finalizing → completed over `seconds` (zero: at once)
 and makes its images when it completes: each line through the same image maker as a
 synchronous request. `faults(custom_id)` names the lines that fail (an error code such as
-`moderation_blocked`, written to the error file). `expire` ends batches as `expired` with half
-their lines done; a cancelled batch keeps what was done too. `cut_output_after` lines, an
-output file's download stops short of its declared length (a connection lost half-way).
+`moderation_blocked`, written to the error file; `unreadable`, an output line that is not
+JSON; `oversized:N`, an output line whose image's base64 is N bytes). `expire` ends batches as
+`expired` with half their lines done; a cancelled batch keeps what was done too.
+
+Scripted faults: `cut_output_after` lines, an output file's download stops short of its
+declared length (a connection lost half-way); `lose_create_answers`, the next creates make
+the batch and drop the connection before the answer; `failing_lists`, the next lists answer
+503; `stuck_cursor`, every page of the list is the first, `has_more` and all.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ class BatchEmulation:
         self.create_delay = create_delay
         self.max_file_bytes = max_file_bytes
         self.cut_output_after: int | None = None
+        self.lose_create_answers = 0
+        self.failing_lists = 0
+        self.stuck_cursor = False
         self._clock = clock
         self._lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
@@ -206,8 +214,14 @@ class BatchEmulation:
             self._order.append(batch["id"])
             self.created += 1
             answer = _dump(self._advance(batch))
+            lose = self.lose_create_answers > 0
+            self.lose_create_answers -= lose
         if self.create_delay:
             time.sleep(self.create_delay)
+        if lose:  # made, and billed, and the connection drops before the answer
+            cut = Cut(b"")
+            cut.declared = len(answer)
+            return 200, cut, JSON
         return 200, answer, JSON
 
     def _cancel(self, batch_id: str) -> Reply:
@@ -222,8 +236,13 @@ class BatchEmulation:
 
     def _list(self, after: str | None, limit: int) -> Reply:
         with self._lock:
+            if self.failing_lists > 0:
+                self.failing_lists -= 1
+                return _error(503, "The server is overloaded.", "server_error")
             newest_first = list(reversed(self._order))
             start = newest_first.index(after) + 1 if after in newest_first else 0
+            if self.stuck_cursor:
+                start = 0
             page = [self._advance(self.batches[i]) for i in newest_first[start : start + limit]]
             payload = {
                 "object": "list",
@@ -258,13 +277,20 @@ class BatchEmulation:
         return _public(batch)
 
     def _finish(self, batch: dict[str, Any], status: str, *, done: int) -> None:
-        outputs, errors = [], []
+        outputs: list[dict[str, Any] | None] = []
+        errors: list[dict[str, Any]] = []
         for custom_id, _body in batch["_lines"][:done]:
             request_id = f"req_{secrets.token_hex(8)}"
             code = self.faults(custom_id)
             if code is None:
                 response = {"status_code": 200, "request_id": request_id, "body": self._image()}
                 outputs.append(_line(custom_id, response))
+            elif code == "unreadable":
+                outputs.append(None)
+            elif code.startswith("oversized:"):
+                body = {"created": 0, "data": [{"b64_json": "A" * int(code.partition(":")[2])}]}
+                outputs.append(_line(custom_id, {"status_code": 200, "request_id": request_id,
+                                                 "body": body}))  # fmt: skip
             else:
                 error = {"message": f"refused: {code}", "type": "image_generation_user_error",
                          "param": None, "code": code}  # fmt: skip
@@ -272,7 +298,12 @@ class BatchEmulation:
                 errors.append(_line(custom_id, response))
         now = int(self._clock())
         if outputs:
-            content = b"".join(json.dumps(o).encode() + b"\n" for o in outputs)
+            content = b"".join(
+                b"<html>upstream proxy error</html>\n"
+                if o is None
+                else json.dumps(o).encode() + b"\n"
+                for o in outputs
+            )
             batch["output_file_id"] = self._store_locked(content, "batch_output.jsonl")
         if errors:
             content = b"".join(json.dumps(e).encode() + b"\n" for e in errors)

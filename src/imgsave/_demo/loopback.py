@@ -21,6 +21,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from imgsave._demo.batch_api import BatchEmulation, Cut
+from imgsave._demo.gemini_batch import GeminiBatchEmulation
 from imgsave._demo.job_api import KINDS as JOB_KINDS
 from imgsave._demo.job_api import JobEmulation, prompt_of
 
@@ -160,7 +161,8 @@ class LoopbackProvider:
         `x-goog-api-key`, images as `inlineData` parts, refusals as block reasons in a 200).
         The job APIs "replicate", "fal" and "bfl" (job_api.py) answer each request with a job,
         done after `job_polls` polls, its images served here. The path and key header of each
-        request are kept in `calls`."""
+        request are kept in `calls`. Kind "gemini" serves the Gemini API's Batch API too
+        (`gemini_batches`, gemini_batch.py), on the same batch_* arguments."""
         if answer not in ("url", "b64"):
             raise ValueError(f"answer must be 'url' or 'b64', not {answer!r}")
         if kind not in WIRES:
@@ -216,6 +218,12 @@ class LoopbackProvider:
             expire=batch_expire,
             create_delay=batch_create_delay,
         )
+        self.gemini_batches = None
+        if kind == "gemini":
+            self.gemini_batches = GeminiBatchEmulation(
+                self._new_image, self.png, enabled=batch_api, seconds=batch_seconds,
+                faults=batch_faults, expire=batch_expire,
+            )  # fmt: skip
         self._server = _Server(("127.0.0.1", 0), self._handler())
         # shutdown() waits for the serving loop's next poll: 20 ms, not the default half second
         # that every test using the provider would pay at its end.
@@ -317,6 +325,14 @@ class LoopbackProvider:
             self.served.append(url)
         return url
 
+    def _new_image(self) -> int:
+        """A new image's number, counted as sent."""
+        n = next(self._counter)
+        digest = hashlib.sha256(self.png(n)).hexdigest()
+        with self._lock:
+            self.sent.append(digest)
+        return n
+
     def _batch_image(self) -> dict[str, object]:
         """One batch line's answer: the body a synchronous request would get."""
         n = next(self._counter)
@@ -345,6 +361,10 @@ class LoopbackProvider:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
+                gemini = provider.gemini_batches
+                if gemini is not None and gemini.handles(self.path):
+                    gemini.serve(self, "POST", body)
+                    return
                 if self.path.startswith(("/v1/files", "/v1/batches")):
                     content_type = self.headers.get("content-type", "")
                     self._reply(*provider.batches.post(self.path, content_type, body))
@@ -468,6 +488,10 @@ class LoopbackProvider:
                 self._image(head=True)
 
             def do_GET(self) -> None:
+                gemini = provider.gemini_batches
+                if gemini is not None and gemini.handles(self.path):
+                    gemini.serve(self, "GET", b"")
+                    return
                 if self.path.startswith(("/v1/files", "/v1/batches")):
                     self._reply(*provider.batches.get(self.path))
                     return
