@@ -66,7 +66,7 @@ def test_300_images_in_2_batches_submitted_by_one_host_are_collected_by_another(
         again = cli("generate", "--all", "-k", "2", "--batch", "--json", "--allow-http",
                     env=host(api, tmp_path, "a"))  # fmt: skip
         assert again.code == 0 and again.json()["batches"]["submitted"] == [], again.stdout
-        assert again.json()["held_scenes"] == 150 and api.batches.created == 2
+        assert again.json()["pending_scenes"] == 150 and api.batches.created == 2
 
         api.batches.seconds = 0  # they finish
         result: dict = process(args, host(api, tmp_path, "b"), db_url, tmp_path)
@@ -97,6 +97,15 @@ def test_a_provider_without_a_batch_api_costs_nothing_and_claims_nothing(
         assert api.requests == 0 and api.batches.created == 0
     assert ran.code == 3 and "has no Batch API" in ran.stdout + ran.stderr
     assert claims(db_url) == 0
+
+
+def scene_of(db_url: str, custom_id: str) -> int | None:
+    """The scene a batch line is for: its custom_id names its ledger row."""
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT scene_index FROM imgsave_ledger WHERE custom_id = %s", (custom_id,)
+        ).fetchone()
+    return row[0] if row else None
 
 
 def claims(db_url: str) -> int:
@@ -141,7 +150,7 @@ def test_a_synchronous_run_never_pays_for_scenes_waiting_in_a_batch(cli, db_url,
         assert batch.json()["in_batches"] == 20
         sync = cli("generate", "--all", "--json", "--allow-http", env=host(api, tmp_path, "b"))
         assert sync.code == 0, sync.stderr
-        assert (sync.json()["requested"], sync.json()["held_scenes"]) == (0, 20)
+        assert (sync.json()["requested"], sync.json()["pending_scenes"]) == (0, 20)
         assert api.requests == 0, "no scene paid for twice"
 
 
@@ -151,10 +160,7 @@ def test_failed_and_expired_lines_are_reported_released_and_planned_again(
     rows.put("p1", incident_document(4))
 
     def refuse_scene_2(custom_id: str) -> str | None:
-        from imgsave.core.batch_lines import slot_of
-
-        slot = slot_of(custom_id)
-        return "moderation_blocked" if slot and slot.scene == 2 else None
+        return "moderation_blocked" if scene_of(db_url, custom_id) == 2 else None
 
     with LoopbackProvider(answer="b64", batch_faults=refuse_scene_2) as api:
         env = host(api, tmp_path, "a")
@@ -416,7 +422,7 @@ def test_repair_regenerate_never_buys_a_scene_a_batch_is_paying_for(cli, rows, t
                    env=other)  # fmt: skip
         out = repaired.json()
         assert (repaired.code, out["regenerated"], out["remaining"]) == (1, 0, 3), repaired.stdout
-        assert "3 scenes not regenerated: held by another run" in out["errors"][0]
+        assert "3 scenes not regenerated: their images are on their way" in out["errors"][0]
         assert api.requests == 0, "nothing bought beside the batch"
         api.batches.seconds = 0
         collected = cli("generate", "p1", "--batch", "--json", "--allow-http", env=other).json()

@@ -13,8 +13,7 @@ from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.core.result_json import FieldsResult
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_FINDINGS, EXIT_OK, UsageError
-from imgsave.operations.batch_compat import opened_batch_api
-from imgsave.operations.batches import overview
+from imgsave.operations.batches import opened_api, overview
 from imgsave.terminal.consoles import shown
 
 if TYPE_CHECKING:
@@ -57,15 +56,15 @@ async def run_batches(settings: Settings) -> BatchesResult:
     result = BatchesResult()
     async with (
         await Database.from_settings(settings) as db,
-        opened_batch_api(settings, required=True) as api,
+        opened_api(settings, required=True) as api,
     ):
         assert api is not None
         ledger = await _ledger(db)
         for item in await overview(db, ledger, api) if ledger else []:
             batch = item.batch
             expires = None
-            if batch.output_file and batch.finished and not item.collected:
-                expires = await api.file_expires_at(batch.output_file)
+            if batch.finished and not item.collected:
+                expires = await api.output_expires_at(batch)
             result.batches.append(
                 {
                     "id": batch.id,
@@ -95,7 +94,7 @@ async def run_cancel(settings: Settings, batch_id: str) -> CancelResult:
     """Cancel one of this database's batches (what finished is still collected)."""
     async with (
         await Database.from_settings(settings) as db,
-        opened_batch_api(settings, required=True) as api,
+        opened_api(settings, required=True) as api,
     ):
         assert api is not None
         ledger = await _ledger(db)

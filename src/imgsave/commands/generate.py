@@ -18,8 +18,7 @@ from imgsave.core.scene_plan import SceneSelection
 from imgsave.core.settings import Settings
 from imgsave.errors import UsageError
 from imgsave.operations import generating
-from imgsave.operations.batch_compat import opened_batch_api
-from imgsave.operations.batches import Batches
+from imgsave.operations.batches import Batches, opened_api
 from imgsave.operations.claims import claimed
 from imgsave.operations.planning import Ask
 from imgsave.operations.session import Session, opened
@@ -135,7 +134,8 @@ async def run_batch(
             )
             for settled in later:
                 result.settled.merge(settled)
-        result.pending = sorted(set(batches.pending) | set(result.submitted.submitted))
+        running = set(batches.pending) | set(result.submitted.submitted)
+        result.pending = sorted(running - set(result.settled.collected))
     return result
 
 
@@ -152,7 +152,7 @@ async def _batches(
 ) -> AsyncIterator[Batches | None]:
     """The configured kind's Batch API, for settling its batches (and, with `required`, for
     submitting): None where the kind has none or no image API is configured."""
-    async with opened_batch_api(settings, required=required) as api:
+    async with opened_api(settings, required=required) as api:
         yield (
             Batches(api=api, db=s.db, purchases=s.purchases, shape=settings.shape) if api else None
         )

@@ -21,12 +21,11 @@ from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, LogUnwritable
 from imgsave.operations import generating, repairing
 from imgsave.operations.auditing import audited
-from imgsave.operations.batch_compat import opened_batch_api
-from imgsave.operations.batches import Batches
+from imgsave.operations.batches import Batches, opened_api
 from imgsave.operations.claims import claimed
 from imgsave.operations.lost_images import AuditReport
 from imgsave.operations.session import Session, opened
-from imgsave.operations.settle import Settled
+from imgsave.operations.settled import Settled
 from imgsave.operations.stop import StopSignal, sigint_stops
 from imgsave.terminal import audit_view
 from imgsave.terminal.consoles import shown
@@ -137,7 +136,7 @@ async def run_repair(
         result = RepairResult(report, executed=execute)
         if not execute:
             return result
-        async with opened(settings, probe=False) as s, opened_batch_api(settings) as api:
+        async with opened(settings, probe=False) as s, opened_api(settings) as api:
             provider = _provider(settings, report, regenerate)
             async with provider if provider is not None else nullcontext() as provider:
                 if s.store is not None and (provider is not None or report.spooled):

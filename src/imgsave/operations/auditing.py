@@ -12,7 +12,7 @@ from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.adapters.storage.object_store import Store
 from imgsave.core.settings import Settings
-from imgsave.operations.batch_compat import opened_batch_api
+from imgsave.operations.batches import opened_api
 from imgsave.operations.ledger_audit import purchases_not_in_scenes
 from imgsave.operations.lost_images import AuditReport, audit
 
@@ -36,6 +36,6 @@ async def audited(
     if not await ledger.exists():
         return report
     named = sorted({db.normalise_key(p) or p for p in query.only_projects}) or None
-    async with opened_batch_api(settings) as api:
+    async with opened_api(settings) as api:
         await purchases_not_in_scenes(ledger, report, named, api)
     return report

@@ -22,26 +22,35 @@ resolved, so nothing is saved twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from imgsave.adapters.imageapi.batches import BatchRefused, NoBatchApi
+from imgsave.adapters.imageapi.batches import (
+    BATCH_KINDS,
+    BatchApi,
+    BatchInfo,
+    BatchRefused,
+    NoBatchApi,
+    batch_api_for,
+)
 from imgsave.adapters.imageapi.client import add_usage
-from imgsave.adapters.imageapi.wires import Received
 from imgsave.adapters.postgres.batch_rows import BatchRow, BatchRows
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.core import events
+from imgsave.core.batch_lines import Oversized
 from imgsave.core.documents import Scene, Shape
 from imgsave.core.ledger import Handle, Mode, NewPurchase, Purchase, State
 from imgsave.core.scene_plan import Plan
-from imgsave.errors import CannotWork, ImgsaveError, ProviderRefused
+from imgsave.core.settings import Settings, no_image_api
+from imgsave.errors import CannotWork, ImgsaveError, ProviderRefused, UsageError
 from imgsave.operations.execution import Reporter
 from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.purchases import Purchases
+from imgsave.operations.settled import Settled
 
 MAX_REQUESTS = 50_000
 MAX_INPUT_BYTES = 200 * 1024 * 1024
@@ -53,63 +62,6 @@ LINGER = 0.05
 # a create that was sent and whose answer was lost shows in the provider's list at once.
 FIND_GRACE = 600.0
 CUSTOM_ID_PREFIX = "ims2."
-
-
-class BatchInfo(Protocol):
-    """A batch as the provider describes it (read-only)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def created_at(self) -> int: ...
-    @property
-    def total(self) -> int: ...
-    @property
-    def completed(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def finished(self) -> bool: ...
-    @property
-    def input_file(self) -> str | None: ...
-    @property
-    def output_file(self) -> str | None: ...
-
-
-class LineResult(Protocol):
-    """One line of a batch's output, read."""
-
-    @property
-    def custom_id(self) -> str | None: ...
-    @property
-    def images(self) -> list[Received]: ...
-    @property
-    def usage(self) -> dict[str, int]: ...
-    @property
-    def code(self) -> str | None: ...
-    @property
-    def message(self) -> str | None: ...
-    @property
-    def unreadable(self) -> bool: ...
-
-
-class BatchApi(Protocol):
-    """A provider's Batch API (adapters/imageapi): OpenAI's and Azure's, Gemini's."""
-
-    @property
-    def kind(self) -> str: ...
-
-    def request_line(self, custom_id: str, prompt: str) -> bytes: ...
-    async def upload(self, content: bytes, *, display_name: str) -> str: ...
-    async def create(self, input_file: str, *, db_id: str, run: str) -> BatchInfo: ...
-    async def retrieve(self, batch_id: str) -> BatchInfo: ...
-    def listed(self) -> AsyncIterator[BatchInfo]: ...
-    def result_lines(self, batch: BatchInfo) -> AsyncIterator[Any]: ...
-    def parse_line(self, raw: Any) -> LineResult: ...
-    async def cancel(self, batch_id: str) -> BatchInfo: ...
-    async def file_expires_at(self, file_id: str) -> int | None: ...
 
 
 @dataclass
@@ -132,6 +84,8 @@ class _Collection:
     saved: int = 0
     failed: int = 0
     lost: int = 0
+    # Lines an earlier collection, cut short, had already taken: skipped now.
+    resumed: int = 0
 
 
 class Batches:
@@ -159,14 +113,27 @@ class Batches:
 
     # -- collect (settle.py) -------------------------------------------------------------------
 
-    async def settle(self, collect: list[Purchase], find: list[Purchase], done: Any) -> None:
+    async def settle(
+        self,
+        collect: list[Purchase],
+        find: list[Purchase],
+        done: Settled,
+        *,
+        saved: Sequence[Purchase] = (),
+    ) -> None:
         """Collect the finished batches these leased rows wait in; look for the batches of
-        rows whose create answer was lost."""
+        rows whose create answer was lost. `saved`: rows of batches settling has just saved
+        by their known URLs (a collection cut short): a batch none of whose rows is left is
+        collected too."""
         await self._rows.ensure_table()
         found = await self._find(find, done)
         by_batch: dict[str, list[Purchase]] = defaultdict(list)
         for p in [*collect, *found]:
             by_batch[p.handle.batch_id or ""].append(p)
+        for batch_id in {p.handle.batch_id for p in saved if p.handle.batch_id} - set(by_batch):
+            if not any(p.unresolved for p in await self._ledger.of_batch(batch_id)):
+                await self._rows.collected(batch_id, saved=0, failed=0, lost=0)
+                done.collected.append(batch_id)
         for batch_id, rows in by_batch.items():
             try:
                 batch = await self._api.retrieve(batch_id)
@@ -180,7 +147,7 @@ class Batches:
                 continue
             await self._collect(batch, rows, done)
 
-    async def _find(self, rows: list[Purchase], done: Any) -> list[Purchase]:
+    async def _find(self, rows: list[Purchase], done: Settled) -> list[Purchase]:
         """Rows uploaded whose batch the ledger does not know: the create's answer was lost
         (or the run died before it was recorded). The provider's list says."""
         never = [p for p in rows if not p.handle.input_file]
@@ -216,7 +183,7 @@ class Batches:
                 done.pending += len(group)
         return found
 
-    async def _collect(self, batch: BatchInfo, rows: list[Purchase], done: Any) -> None:
+    async def _collect(self, batch: BatchInfo, rows: list[Purchase], done: Settled) -> None:
         asked = {p.handle.custom_id for p in await self._ledger.of_batch(batch.id)}
         job = _Collection(
             batch, {p.handle.custom_id or "": p for p in rows}, {a for a in asked if a}
@@ -244,12 +211,12 @@ class Batches:
         await self._finish(in_flight, savers)
         if gone is not None:
             # The output file is gone (the provider keeps it for weeks): paid, and lost.
+            reason = f"batch {batch.id}: its output can no longer be read ({gone})"
             for p in job.rows.values():
                 if p.handle.custom_id not in job.seen:
                     job.lost += 1
-                    await self._p.end(
-                        p, State.LOST, f"its batch's output is gone: {gone}", lost=True
-                    )
+                    await self._p.end(p, State.LOST, reason, lost=True)
+            done.errors.append(f"{reason}; {job.lost} images were paid for and are lost")
         else:
             unanswered = f"the batch {batch.status} without an answer for it"
             for p in job.rows.values():
@@ -269,7 +236,7 @@ class Batches:
         done.per_batch.append(
             {"id": batch.id, "status": batch.status, "total": batch.total,
              "received": job.received, "saved": job.saved, "failed": job.failed,
-             "lost": job.lost}
+             "lost": job.lost, "resumed": job.resumed}
         )  # fmt: skip
 
     @staticmethod
@@ -281,10 +248,10 @@ class Batches:
     async def _line(
         self,
         job: _Collection,
-        raw: Any,
+        raw: bytes | Oversized,
         savers: dict[str, ProjectSaver],
         in_flight: set[asyncio.Task[None]],
-        done: Any,
+        done: Settled,
     ) -> None:
         # Parsing and decoding a line (megabytes of base64) in a worker thread: the event loop
         # goes on storing and saving the lines before it meanwhile.
@@ -304,6 +271,7 @@ class Batches:
         job.seen.add(cid)
         p = job.rows.get(cid)
         if p is None:  # resolved by an earlier collection: nothing to do twice
+            job.resumed += 1
             return
         add_usage(done.usage, result.usage)
         if result.code is not None:
@@ -419,16 +387,16 @@ class Batches:
     async def wait(
         self,
         waiting: set[str],
-        settle: Callable[[], Awaitable[Any]],
+        settle: Callable[[], Awaitable[Settled]],
         *,
         poll: float,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         reporter: Reporter | None = None,
         total: int = 0,
-    ) -> list[Any]:
+    ) -> list[Settled]:
         """Until every batch in `waiting` is collected (settle() collects what finished, and
         says so); what each settling did, in order."""
-        seen: list[Any] = []
+        seen: list[Settled] = []
         if reporter:
             reporter.start(total, "waiting for the batches")
         try:
@@ -512,3 +480,20 @@ async def overview(db: Database, ledger: LedgerRows, api: BatchApi) -> list[Over
         unresolved = any(p.unresolved for p in await ledger.of_batch(batch_id))
         found.append(Overview(batch, row.collected or not unresolved, row.images))
     return sorted(found, key=lambda o: o.batch.created_at, reverse=True)
+
+
+@contextlib.asynccontextmanager
+async def opened_api(
+    settings: Settings, *, required: bool = False
+) -> AsyncIterator[BatchApi | None]:
+    """The configured kind's Batch API, or None where the kind has none or no image API was
+    configured (a default base with no key is no one's); with `required`, UsageError then."""
+    configured = settings.base_url or settings.api_key
+    if settings.provider.kind not in BATCH_KINDS or not configured:
+        if required:
+            batch_api_for(settings)  # says why, as a usage error
+            raise UsageError(no_image_api(settings.provider.kind))
+        yield None
+        return
+    async with batch_api_for(settings) as api:
+        yield api

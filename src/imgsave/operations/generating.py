@@ -18,7 +18,8 @@ from imgsave.operations.execution import Reporter
 from imgsave.operations.planning import Ask, plan_project
 from imgsave.operations.scheduler import MIN_IN_FLIGHT, R, Scheduler
 from imgsave.operations.session import Session
-from imgsave.operations.settle import Settled, Settler
+from imgsave.operations.settle import Settler
+from imgsave.operations.settled import Settled
 from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal
 

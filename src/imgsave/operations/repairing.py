@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from imgsave.adapters.imageapi.client import Provider
 from imgsave.core import events
 from imgsave.core.documents import Outcome, SceneRef, decode, find, scenes
+from imgsave.core.ledger import on_their_way, scene_key
 from imgsave.core.scene_plan import Job, Plan
 from imgsave.errors import ImgsaveError, LogUnwritable
 from imgsave.operations.claims import Claims
@@ -128,6 +129,15 @@ async def regenerate(
             for ref, olds in by_scene.items()
             if (scene := find(all_scenes, ref)) is not None and scene.prompt
         )
+        # A scene a batch or a job is paying for already is not bought again.
+        pending = on_their_way(await s.ledger.unresolved([project]))
+        waiting = [job for job in jobs if pending.get(scene_key(job.scene.ref))]
+        if waiting:
+            total.errors.append(
+                f"project {project}: {len(waiting)} scenes not regenerated: their images are on "
+                "their way (a batch or a job is paying for them)"
+            )
+            jobs = tuple(job for job in jobs if job not in waiting)
         if claims is not None and jobs:
             mine, held = await claims.claim(project, [job.scene.ref for job in jobs])
             jobs = tuple(job for job in jobs if job.scene.ref in set(mine))

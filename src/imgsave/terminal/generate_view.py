@@ -14,7 +14,7 @@ from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_INTERRUPTED, ImgsaveError
 from imgsave.operations.batches import Submitted
 from imgsave.operations.execution import Tally
-from imgsave.operations.settle import Settled
+from imgsave.operations.settled import Settled
 from imgsave.terminal.consoles import shown
 
 if TYPE_CHECKING:
