@@ -17,7 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imgsave.adapters.imageapi.client import ImageFailed, Provider, backoff, retry_after_seconds
+from imgsave.adapters.imageapi.client import (
+    ImageFailed,
+    Provider,
+    Seams,
+    backoff,
+    retry_after_seconds,
+)
 from imgsave.core.settings import ProviderSettings
 from imgsave.errors import ProviderRefused, ProviderUnreachable
 
@@ -48,9 +54,7 @@ class Api:
             KEY,
             "gpt-image-1",
             settings,
-            transport=httpx.MockTransport(self.handle),
-            sleep=self.sleep,
-            rng=random.Random(7),
+            seams=Seams(httpx.MockTransport(self.handle), self.sleep, random.Random(7)),
         )
 
 
@@ -275,8 +279,7 @@ async def test_an_answer_is_read_no_further_than_its_images_could_be():
         None,
         SETTINGS,
         max_image_bytes=1_000_000,
-        transport=httpx.MockTransport(api.handle),
-        sleep=api.sleep,
+        seams=Seams(httpx.MockTransport(api.handle), api.sleep),
     ) as provider:
         with pytest.raises(ImageFailed, match="not read further, not retried"):
             await provider.generate("a lighthouse")
