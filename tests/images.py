@@ -14,11 +14,20 @@ FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "webp": "WEBP"}
 
 
 def encoded(
-    ext: str, width: int = 8, height: int = 6, *, seed: int = 0, **options: object
+    ext: str,
+    width: int = 8,
+    height: int = 6,
+    *,
+    seed: int = 0,
+    mode: str = "RGB",
+    **options: object,
 ) -> bytes:
-    """An image of `width`x`height` noise (distinct per `seed`) in the format of `ext`."""
+    """An image of `width`x`height` noise (distinct per `seed`) in the format of `ext`, its
+    pixels in `mode` (RGB, RGBA, L, P, I;16, ...)."""
     rng = random.Random(seed)
     picture = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+    if mode != "RGB":
+        picture = picture.convert(mode)
     out = io.BytesIO()
     picture.save(out, FORMATS[ext], **options)
     return out.getvalue()

@@ -285,3 +285,22 @@ def test_the_loopback_emulation_of_another_kind_runs_from_the_command_line(
             assert (ran.code, ran.json()["saved"]) == (0, 1), ran.stdout + ran.stderr
         finally:
             server.terminate()
+
+
+def test_a_key_for_a_plain_http_api_on_another_machine_is_a_usage_error(cli, rows):
+    rows.put("p1", incident_document(1))
+    env = {"IMGSAVE_BASE_URL": "http://images.example.com/v1", "IMGSAVE_API_KEY": "sk-SECRET-1"}
+    ran = cli("generate", "p1", env=env)
+    assert ran.code == 2 and "the API key would travel in clear" in ran.stderr, ran.stderr
+    assert "SECRET" not in ran.stdout + ran.stderr
+
+
+def test_an_api_whose_name_does_not_resolve_stops_the_run_at_once(cli, rows):
+    import time
+
+    rows.put("p1", incident_document(3))
+    env = {"IMGSAVE_BASE_URL": "https://images.no-such-host.invalid/v1", "IMGSAVE_API_KEY": "k"}
+    started = time.monotonic()
+    ran = cli("generate", "p1", "--json", env=env)
+    assert ran.code == 3 and "does not resolve" in ran.stdout, ran.stdout
+    assert time.monotonic() - started < 5, "not six attempts with backoff"
