@@ -114,15 +114,15 @@ class Provider:
             raise UsageError(kind.facts.no_model())
         refuse_key_in_clear(base_url, api_key, allow_http=allow_http)
         seams = seams or Seams()
-        self._jobs: JobWire | None = None
-        self._wire: Wire | None = None
-        if kind.job_wire is not None:
-            self._jobs = kind.job_wire(base_url, model, settings)
-            wire: Wire | JobWire = self._jobs
-        elif kind.wire is not None:
-            self._wire = wire = kind.wire(base_url, model, settings)
-        self._endpoint = wire.url
-        self._keyed = wire
+        # The API's wire: one that answers with images, or one that answers with jobs.
+        self._wire: Wire | None = kind.wire(base_url, model, settings) if kind.wire else None
+        self._jobs: JobWire | None = (
+            kind.job_wire(base_url, model, settings) if kind.job_wire else None
+        )
+        api = self._jobs or self._wire
+        assert api is not None  # Kind holds exactly one
+        self._api: Wire | JobWire = api
+        self._endpoint = api.url
         self._scope = KeyScope(base_url, kind.api_hosts)
         # Jobs being polled when their task was cancelled (a second Ctrl-C): cancelled at the
         # provider where its API allows it, on close.
@@ -146,7 +146,7 @@ class Provider:
         # httpcore#1035), which at concurrency 64 cost more CPU than everything else per image.
         self._clients = [
             httpx.AsyncClient(
-                headers=wire.headers(api_key),
+                headers=api.headers(api_key),
                 timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=16),
                 follow_redirects=False,
@@ -255,7 +255,7 @@ class Provider:
 
     async def _submit(self, prompt: str) -> bytes:
         """One request, its answer read within the cap; every status but 200 or 201 raised."""
-        body = self._keyed.body(prompt)
+        body = self._api.body(prompt)
         if self.pace:
             await self.pace.wait()
         if not self._sending:
@@ -287,18 +287,18 @@ class Provider:
             raise Retryable("rate limited (429)", retry_after(response))
         if status >= 500:
             raise Retryable(f"server error {status}", retry_after(response))
-        payload = _json_or_none(content)
-        if status in FATAL_STATUSES or (
-            400 <= status < 500 and self._keyed.key_refused(status, payload)
-        ):
-            raise ProviderRefused(
-                f"image API refused the request with {status} {response.reason_phrase}"
-                f"{_detail(payload)} (check IMGSAVE_API_KEY, IMGSAVE_BASE_URL and IMGSAVE_MODEL)"
-            )
         if status >= 400:
+            # (Parsed here only: a 200's megabytes of base64 are parsed off the event loop.)
+            payload = _json_or_none(content)
+            if status in FATAL_STATUSES or self._api.key_refused(status, payload):
+                raise ProviderRefused(
+                    f"image API refused the request with {status} {response.reason_phrase}"
+                    f"{_detail(payload)} (check IMGSAVE_API_KEY, IMGSAVE_BASE_URL and "
+                    "IMGSAVE_MODEL)"
+                )
             raise ImageFailed(
                 f"image API rejected the prompt: {status}{_detail(payload)}",
-                refusal=self._keyed.refusal(status, payload),
+                refusal=self._api.refusal(status, payload),
             )
         if status not in (200, 201):
             raise Retryable(f"unexpected status {status}")
