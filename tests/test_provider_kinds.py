@@ -184,8 +184,9 @@ def test_provider_params_go_where_each_api_takes_options():
 
 
 def test_the_registry_and_the_settings_loader_agree_on_every_kind():
-    """Until the settings loader reads the registry itself (core/settings.py's PROVIDER_KINDS
-    and JOB_KINDS go then), both say the same of every kind."""
+    """Until the settings loader and the Batch API read the registry themselves (core/
+    settings.py's PROVIDER_KINDS and JOB_KINDS, batches.py's BATCH_KINDS go then), they all
+    say the same of every kind."""
     from imgsave.core.settings import JOB_KINDS, PROVIDER_KINDS
 
     assert {
@@ -193,6 +194,9 @@ def test_the_registry_and_the_settings_loader_agree_on_every_kind():
         for name, kind in REGISTRY.items()
     } == PROVIDER_KINDS
     assert {name for name, kind in REGISTRY.items() if kind.facts.has_jobs} == JOB_KINDS
+    from imgsave.adapters.imageapi.batches import BATCH_KINDS
+
+    assert {name for name, kind in REGISTRY.items() if kind.facts.has_batch} == BATCH_KINDS
 
 
 def test_a_kind_is_one_module_that_describes_itself():
