@@ -28,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
+from imgsave.adapters.imageapi.kinds import KINDS
 from imgsave.core.settings import DatabaseSettings, ProviderSettings, Settings
 
 TEMPLATE = f"imgsave_template_{os.getpid()}"
@@ -355,15 +356,7 @@ def _cli_runner() -> tuple[Any, Any]:
 
 
 # What a user's shell could hold that would change a run: every test states its own.
-_OUTSIDE = (
-    "DATABASE_URL",
-    "OPENAI_API_KEY",
-    "AZURE_OPENAI_API_KEY",
-    "GEMINI_API_KEY",
-    "REPLICATE_API_TOKEN",
-    "FAL_KEY",
-    "BFL_API_KEY",
-)
+_OUTSIDE = ("DATABASE_URL", *(kind.facts.key_variable for kind in KINDS.values()))
 
 
 @pytest.fixture

@@ -512,3 +512,78 @@ async def test_every_project_key_is_listed_once_a_batch_at_a_time(db_url, key_ty
         batches = [keys async for keys in db.project_keys(batch=3)]
     assert [len(b) for b in batches] == [3, 3, 1]
     assert [k for b in batches for k in b] == expected
+
+
+# A job API whose polls answer 150 MB each, and a client that polls it twice: its peak memory.
+_HUGE_POLLS = r"""
+import asyncio, json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from imgsave.adapters.imageapi.client import ImageFailed, Provider
+from imgsave.core.settings import ProviderSettings
+
+class Hostile(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        base = f"http://127.0.0.1:{self.server.server_address[1]}/v1/predictions/p1"
+        body = json.dumps({"id": "p1", "status": "starting", "urls": {"get": base}}).encode()
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        head, tail = b'{"id": "p1", "status": "processing", "logs": "', b'"}'
+        chunk = b"A" * (1 << 20)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(head) + 150 * len(chunk) + len(tail)))
+        self.end_headers()
+        try:
+            self.wfile.write(head)
+            for _ in range(150):
+                self.wfile.write(chunk)
+            self.wfile.write(tail)
+        except OSError:
+            pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+
+async def main():
+    settings = ProviderSettings(kind="replicate", poll_interval=0.01)
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    outcomes = []
+    async with Provider(base, "r8-key", "o/m", settings, max_image_bytes=1_000_000) as provider:
+        for _ in range(2):
+            try:
+                await provider.generate("a lighthouse")
+                outcomes.append("answered")
+            except ImageFailed as exc:
+                outcomes.append(f"failed job={exc.job}: {exc}")
+    return outcomes
+
+outcomes = asyncio.run(main())
+peak = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"outcomes": outcomes, "peak_kib": int(peak)}))
+"""
+
+
+def test_job_polls_are_read_within_the_answer_cap_in_bounded_memory():
+    """Two polls of 150 MB each: read no further than a submission's answer may be (its
+    images as base64 and their JSON), so the process stays small, and the job is over for
+    imgsave (no image it could store can be in such an answer)."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-c", _HUGE_POLLS], capture_output=True, text=True, timeout=120
+    )
+    result = json.loads(ran.stdout)
+    assert [o.split(":")[0] for o in result["outcomes"]] == ["failed job=p1"] * 2, result
+    assert "a poll's answer is over" in result["outcomes"][0]
+    assert result["peak_kib"] < 100 * 1024, f"peak {result['peak_kib'] // 1024} MiB"

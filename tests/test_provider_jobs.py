@@ -15,14 +15,17 @@ import pytest
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
+from imgsave.adapters.imageapi.kinds import KINDS as REGISTRY
 
 from .conftest import spawn, wait_for
+from .gateway import VIA, Gateway
 from .test_seams import log_records as records
 
-KINDS = ["replicate", "fal", "bfl"]
-KEY_VARIABLE = {"replicate": "REPLICATE_API_TOKEN", "fal": "FAL_KEY", "bfl": "BFL_API_KEY"}
-MODEL = {"replicate": "black-forest-labs/flux-schnell", "fal": "fal-ai/flux/dev",
-         "bfl": "flux-pro-1.1"}  # fmt: skip
+# Every kind that answers with a job, as the registry says.
+KINDS = sorted(name for name, kind in REGISTRY.items() if kind.facts.has_jobs)
+KEY_VARIABLE = {name: REGISTRY[name].facts.key_variable for name in KINDS}
+MODEL = {name: REGISTRY[name].example_model for name in KINDS}
+# What each API calls the refusal the loopback provider answers with ("refuse").
 REFUSAL = {"replicate": "nsfw", "fal": "content_policy_violation", "bfl": "Content Moderated"}
 
 
@@ -165,17 +168,78 @@ def test_a_run_killed_with_20_jobs_pending_is_finished_by_the_next_without_payin
     assert [j["job"] for j in after.json()["jobs"]] == [lost]
 
 
-def test_a_poll_url_on_another_site_never_gets_the_key(cli, rows, tmp_path: Path):
-    rows.put("p1", incident_document(1))
-    with LoopbackProvider(kind="bfl", job_polls=1) as api:
-        env = env_for(api, tmp_path) | {
-            "IMGSAVE_BASE_URL": api.base_url.replace("127.0.0.1", "localhost")
-        }
+def test_the_registry_names_an_emulation_and_a_refusal_for_every_job_kind():
+    assert KINDS and set(KINDS) == set(REFUSAL)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_jobs_behind_a_gateway_are_polled_through_it_and_the_key_goes_nowhere_else(
+    cli, rows, tmp_path: Path, log_dir: Path, kind: str
+):
+    """The API answers with poll and result URLs on its own origin (here: another port of the
+    same host as the gateway); the key follows none of them: each job is polled at the path
+    its API documents under the gateway's base URL, and every image is saved."""
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(kind=kind, job_polls=2) as api, Gateway(api.origin) as gateway:
+        assert api.jobs is not None
+        env = env_for(api, tmp_path) | {"IMGSAVE_BASE_URL": gateway.base + REGISTRY[kind].base_path}
         ran = cli("generate", "p1", "--json", "--allow-http", env=env)
         out = ran.json()
-        assert out["saved"] == 0 and "the API key is not sent there" in out["errors"][0], out
-        polls = [path for path, _ in api.calls if "get_result" in path]
-    assert polls == []
+        assert ran.code == 0, ran.stdout + ran.stderr
+        assert (out["saved"], api.jobs.submitted) == (3, 3)
+        assert all(job["polls"] >= 3 for job in api.jobs.jobs.values())
+        keyed = list(api.keyed)
+    assert keyed and all(via == VIA for *_, via in keyed), "every keyed request via the gateway"
+    assert stored(tmp_path) == Counter(api.sent)
+    logged = [r for r in records(log_dir) if r["event"] == "image.requested"]
+    assert len(logged) == 3 and all(r["poll"].startswith(gateway.base) for r in logged), logged
+
+
+def test_a_job_url_on_another_host_name_is_polled_under_the_base_url_instead(
+    cli, rows, tmp_path: Path
+):
+    """`localhost` and `127.0.0.1` are two origins, whatever they resolve to: the key goes to
+    the base URL's own, and the job is still had."""
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(kind="bfl", job_polls=1) as api:
+        base = api.base_url.replace("127.0.0.1", "localhost")
+        ran = cli("generate", "p1", "--json", "--allow-http",
+                  env=env_for(api, tmp_path) | {"IMGSAVE_BASE_URL": base})  # fmt: skip
+        assert ran.json()["saved"] == 2, ran.stdout
+        hosts = {host.split(":")[0] for _, host, *_ in api.keyed}
+    assert hosts == {"localhost"}, "the polling_url's 127.0.0.1 never got the key"
+
+
+def test_a_replicate_prediction_is_asked_for_without_waiting_and_logged_before_it_is_polled(
+    cli, rows, tmp_path: Path, log_dir: Path
+):
+    """Prefer: wait would hold the request up to 60 s before the prediction's id came back: a
+    run killed meanwhile would never learn it, and the rerun would pay again."""
+    rows.put("p1", incident_document(1))
+    with LoopbackProvider(kind="replicate", job_polls=2) as api, Gateway(api.origin) as gateway:
+        env = env_for(api, tmp_path) | {"IMGSAVE_BASE_URL": gateway.base + "/v1"}
+        assert cli("generate", "p1", "--json", "--allow-http", env=env).json()["saved"] == 1
+    submissions = [headers for method, _, headers in gateway.forwarded if method == "POST"]
+    assert len(submissions) == 1 and "prefer" not in submissions[0]
+    (job,) = api.jobs.jobs if api.jobs else []
+    events = [r["event"] for r in records(log_dir) if r.get("job") == job]
+    assert events[:2] == ["image.requested", "image.generated"]
+
+
+def test_a_prediction_answered_done_at_once_is_taken_without_a_poll(cli, rows, tmp_path: Path):
+    """A gateway that opts its clients into Replicate's sync mode: the creation answer already
+    holds the output, and it is taken as it is."""
+    rows.put("p1", incident_document(2))
+    with (
+        LoopbackProvider(kind="replicate") as api,
+        Gateway(api.origin, add_headers={"Prefer": "wait"}) as gateway,
+    ):
+        assert api.jobs is not None
+        env = env_for(api, tmp_path) | {"IMGSAVE_BASE_URL": gateway.base + "/v1"}
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+        assert ran.json()["saved"] == 2, ran.stdout
+        assert [m for m, *_ in api.keyed] == ["POST", "POST"], "no poll"
+        assert stored(tmp_path) == Counter(api.sent)
 
 
 async def test_a_job_abandoned_at_a_second_ctrl_c_is_cancelled_at_the_provider():
@@ -206,7 +270,7 @@ async def test_a_job_abandoned_at_a_second_ctrl_c_is_cancelled_at_the_provider()
 
 
 async def test_a_job_still_running_at_poll_timeout_is_left_for_the_next_run():
-    from imgsave.adapters.imageapi.client import ImageFailed, Provider
+    from imgsave.adapters.imageapi.client import ImageFailed, Provider, Seams
     from imgsave.adapters.imageapi.jobs import RemoteJob
     from imgsave.core.settings import ProviderSettings
 
@@ -224,8 +288,8 @@ async def test_a_job_still_running_at_poll_timeout_is_left_for_the_next_run():
             jobs.append(job)
 
         async with Provider(
-            api.base_url, "bfl-key", "flux-pro-1.1", settings, allow_http=True, sleep=sleep,
-            clock=lambda: now[0],
+            api.base_url, "bfl-key", "flux-pro-1.1", settings, allow_http=True,
+            seams=Seams(sleep=sleep, clock=lambda: now[0]),
         ) as provider:  # fmt: skip
             with pytest.raises(ImageFailed, match="still running after 600s") as failed:
                 await provider.generate("a harbour", on_job=logged)

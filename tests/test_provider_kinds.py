@@ -1,10 +1,13 @@
 """Each kind of image API that answers with its images (OpenAI, Azure OpenAI, Gemini), through
 the CLI against the loopback provider serving that kind's wire format: the same engine, store,
-log and claims behind each, only the wire differs (adapters/imageapi/wires.py)."""
+log and claims behind each, only the wire differs (adapters/imageapi/kinds/). And what holds for
+every kind, jobs or not, as the registry lists them: its settings, a refused key, the loopback
+emulation from the command line."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -12,14 +15,13 @@ import pytest
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
+from imgsave.adapters.imageapi.kinds import KINDS as REGISTRY
 
-KINDS = ["openai", "azure", "gemini"]
-KEY_VARIABLE = {"openai": "OPENAI_API_KEY", "azure": "AZURE_OPENAI_API_KEY",
-                "gemini": "GEMINI_API_KEY", "replicate": "REPLICATE_API_TOKEN", "fal": "FAL_KEY",
-                "bfl": "BFL_API_KEY"}  # fmt: skip
-MODEL = {"openai": "gpt-image-2", "azure": "my-gpt-image-2", "gemini": "gemini-3.1-flash-image",
-         "replicate": "black-forest-labs/flux-schnell", "fal": "fal-ai/flux/dev",
-         "bfl": "flux-pro-1.1"}  # fmt: skip
+# Every kind, and those that answer with their images, as the registry says.
+ALL_KINDS = sorted(REGISTRY)
+KINDS = sorted(name for name, kind in REGISTRY.items() if not kind.facts.has_jobs)
+KEY_VARIABLE = {name: kind.facts.key_variable for name, kind in REGISTRY.items()}
+MODEL = {name: kind.example_model for name, kind in REGISTRY.items()} | {"azure": "my-gpt-image-2"}
 # What each API calls the refusal the loopback provider answers with ("refuse").
 REFUSAL = {"openai": "moderation_blocked", "azure": "moderation_blocked",
            "gemini": "PROHIBITED_CONTENT"}  # fmt: skip
@@ -34,6 +36,8 @@ def env_for(api: LoopbackProvider, tmp_path: Path) -> dict[str, str]:
         "IMGSAVE_MODEL": MODEL[api.kind],
         "IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
         "IMGSAVE_PUBLIC_URL": "https://images.example.com",
+        # The job APIs' images are served on 127.0.0.1.
+        "IMGSAVE_ALLOW_PRIVATE_NETWORK": "1",
     }
 
 
@@ -122,7 +126,7 @@ def test_a_429_or_a_5xx_is_retried_and_then_saved(cli, rows, tmp_path: Path, kin
         assert api.statuses.count(int(fault[:3])) == 1
 
 
-@pytest.mark.parametrize("kind", [*KINDS, "replicate", "fal", "bfl"])
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_the_rate_headers_of_a_429_pace_the_run(cli, rows, tmp_path: Path, kind: str):
     rows.put("p1", incident_document(30))
     with LoopbackProvider(kind=kind, answer="b64", rate_limit=1200, rate_headers=True) as api:
@@ -147,17 +151,17 @@ def test_a_missing_key_is_refused_by_the_api_and_stops_the_run(
         assert api.requests_started == 0
 
 
-@pytest.mark.parametrize("kind", ["gemini", "replicate", "fal", "bfl"])
+@pytest.mark.parametrize("kind", [k for k in ALL_KINDS if not REGISTRY[k].facts.has_batch])
 def test_batch_with_an_api_that_has_no_batch_api_is_a_usage_error(cli, rows, kind: str):
     rows.put("p1", incident_document(1))
-    ran = cli("generate", "p1", "--batch", env={"IMGSAVE_PROVIDER": kind, "IMGSAVE_API_KEY": "k"})
+    env = {"IMGSAVE_PROVIDER": kind, "IMGSAVE_API_KEY": "k", "IMGSAVE_MODEL": MODEL[kind]}
+    ran = cli("generate", "p1", "--batch", env=env)
     assert ran.code == 2
     assert f"the {kind} API has no Batch API imgsave can use" in ran.stderr
 
 
 def test_provider_params_go_where_each_api_takes_options():
-    from imgsave.adapters.imageapi.jobs import job_wire_for
-    from imgsave.adapters.imageapi.wires import wire_for
+    from imgsave.adapters.imageapi.kinds import job_wire_for, wire_for
     from imgsave.core.settings import ProviderSettings
 
     params = {"aspect_ratio": "16:9", "seed": 7}
@@ -177,3 +181,130 @@ def test_provider_params_go_where_each_api_takes_options():
     assert job_wire_for("replicate", base, version, settings).body("p")["version"] == version
     for kind in ("fal", "bfl"):
         assert job_wire_for(kind, base, "m", settings).body("p") == {"prompt": "p", **params}
+
+
+def test_the_registry_and_the_settings_loader_agree_on_every_kind():
+    """Until the settings loader and the Batch API read the registry themselves (core/
+    settings.py's PROVIDER_KINDS and JOB_KINDS, batches.py's BATCH_KINDS go then), they all
+    say the same of every kind."""
+    from imgsave.core.settings import JOB_KINDS, PROVIDER_KINDS
+
+    assert {
+        name: (kind.facts.default_base_url, kind.facts.key_variable)
+        for name, kind in REGISTRY.items()
+    } == PROVIDER_KINDS
+    assert {name for name, kind in REGISTRY.items() if kind.facts.has_jobs} == JOB_KINDS
+    from imgsave.adapters.imageapi.batches import BATCH_KINDS
+
+    assert {name for name, kind in REGISTRY.items() if kind.facts.has_batch} == BATCH_KINDS
+
+
+def test_a_kind_is_one_module_that_describes_itself():
+    from imgsave.adapters.imageapi.kinds import kind_named
+    from imgsave.errors import UsageError
+
+    for name, kind in REGISTRY.items():
+        assert kind.name == name and kind_named(name) is kind
+        assert (kind.job_wire is not None) == kind.facts.has_jobs
+        assert (kind.wire is not None) != kind.facts.has_jobs
+    with pytest.raises(UsageError, match="unknown image API kind 'dall-e'"):
+        kind_named("dall-e")
+
+
+@pytest.mark.parametrize("kind", [k for k in ALL_KINDS if REGISTRY[k].facts.needs_model])
+def test_a_kind_that_needs_a_model_and_has_none_is_a_usage_error_before_any_request(
+    cli, rows, tmp_path: Path, kind: str
+):
+    rows.put("p1", incident_document(1))
+    with LoopbackProvider(kind=kind) as api:
+        env = env_for(api, tmp_path)
+        del env["IMGSAVE_MODEL"]
+        ran = cli("generate", "p1", "--allow-http", env=env)
+        assert ran.code == 2, ran.stdout + ran.stderr
+        assert "set IMGSAVE_MODEL" in ran.stderr
+        assert api.calls == [], "no /models/:generateContent, no /models//predictions"
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_a_refused_key_stops_the_run_whatever_status_the_api_says_it_with(
+    cli, rows, tmp_path: Path, kind: str
+):
+    """Gemini answers a wrong key with 400 INVALID_ARGUMENT (API_KEY_INVALID), BFL with 403,
+    the others with 401: each stops the run (exit 3) at the first answer, not image by
+    image."""
+    rows.put("p1", incident_document(4))
+    with LoopbackProvider(kind=kind, answer="b64", api_key="the-right-key") as api:
+        ran = cli("generate", "p1", "--json", "-c", "1", "--allow-http",
+                  env=env_for(api, tmp_path))  # fmt: skip
+        assert ran.code == 3, ran.stdout + ran.stderr
+        assert len(api.calls) == 1, "the first refusal stopped it"
+        assert "SECRET" not in ran.stdout + ran.stderr
+
+
+def settings_of(lines: list[str], tmp_path: Path) -> dict[str, str]:
+    """The loopback's printed settings as an environment, with a store."""
+    env = {}
+    for line in lines:
+        name, _, value = line.partition("=")
+        env[name] = value.split("  #")[0].strip()
+    return env | {"IMGSAVE_STORE": f"file://{tmp_path / 'store'}",
+                  "IMGSAVE_PUBLIC_URL": "https://images.example.com"}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_the_settings_the_loopback_prints_for_each_kind_are_enough_to_generate(
+    cli, rows, tmp_path: Path, kind: str
+):
+    from imgsave._demo.loopback import settings_lines
+
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(kind=kind, answer="b64") as api:
+        api.image_base = api.origin + "/"
+        env = settings_of(settings_lines(api, answer="b64"), tmp_path)
+        assert env["IMGSAVE_PROVIDER"] == kind
+        assert ("IMGSAVE_MODEL" in env) == REGISTRY[kind].facts.needs_model
+        ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+        assert (ran.code, ran.json()["saved"]) == (0, 2), ran.stdout + ran.stderr
+
+
+def test_the_loopback_emulation_of_another_kind_runs_from_the_command_line(
+    cli, rows, tmp_path: Path
+):
+    """`python -m imgsave._demo.loopback --kind gemini`, as a newcomer types it."""
+    import subprocess
+    import sys
+
+    rows.put("p1", incident_document(1))
+    with subprocess.Popen(
+        [sys.executable, "-m", "imgsave._demo.loopback", "--kind", "gemini", "--latency", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as server:
+        try:
+            assert server.stdout is not None
+            lines = list(itertools.takewhile(lambda x: not x.startswith("serving"), server.stdout))
+            env = settings_of(lines, tmp_path)
+            assert env["IMGSAVE_PROVIDER"] == "gemini" and "IMGSAVE_MODEL" in env, lines
+            ran = cli("generate", "p1", "--json", "--allow-http", env=env)
+            assert (ran.code, ran.json()["saved"]) == (0, 1), ran.stdout + ran.stderr
+        finally:
+            server.terminate()
+
+
+def test_a_key_for_a_plain_http_api_on_another_machine_is_a_usage_error(cli, rows):
+    rows.put("p1", incident_document(1))
+    env = {"IMGSAVE_BASE_URL": "http://images.example.com/v1", "IMGSAVE_API_KEY": "sk-SECRET-1"}
+    ran = cli("generate", "p1", env=env)
+    assert ran.code == 2 and "the API key would travel in clear" in ran.stderr, ran.stderr
+    assert "SECRET" not in ran.stdout + ran.stderr
+
+
+def test_an_api_whose_name_does_not_resolve_stops_the_run_at_once(cli, rows):
+    import time
+
+    rows.put("p1", incident_document(3))
+    env = {"IMGSAVE_BASE_URL": "https://images.no-such-host.invalid/v1", "IMGSAVE_API_KEY": "k"}
+    started = time.monotonic()
+    ran = cli("generate", "p1", "--json", env=env)
+    assert ran.code == 3 and "does not resolve" in ran.stdout, ran.stdout
+    assert time.monotonic() - started < 5, "not six attempts with backoff"

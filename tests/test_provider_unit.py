@@ -17,7 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imgsave.adapters.imageapi.client import ImageFailed, Provider, backoff, retry_after_seconds
+from imgsave.adapters.imageapi.client import (
+    ImageFailed,
+    Provider,
+    Seams,
+    backoff,
+    retry_after_seconds,
+)
 from imgsave.core.settings import ProviderSettings
 from imgsave.errors import ProviderRefused, ProviderUnreachable
 
@@ -48,9 +54,7 @@ class Api:
             KEY,
             "gpt-image-1",
             settings,
-            transport=httpx.MockTransport(self.handle),
-            sleep=self.sleep,
-            rng=random.Random(7),
+            seams=Seams(httpx.MockTransport(self.handle), self.sleep, random.Random(7)),
         )
 
 
@@ -275,11 +279,258 @@ async def test_an_answer_is_read_no_further_than_its_images_could_be():
         None,
         SETTINGS,
         max_image_bytes=1_000_000,
-        transport=httpx.MockTransport(api.handle),
-        sleep=api.sleep,
+        seams=Seams(httpx.MockTransport(api.handle), api.sleep),
     ) as provider:
         with pytest.raises(ImageFailed, match="not read further, not retried"):
             await provider.generate("a lighthouse")
     assert len(api.requests) == 1, "never asked again: it was answered, and billed"
     # 2 images' worth of base64 (the one asked for, one more) and 1 MB of JSON around them.
     assert len(sent) * 65536 <= 2 * 1_000_000 * 4 // 3 + (1 << 20) + 65536
+
+
+# -- where the key goes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "url", "admitted"),
+    [
+        ("https://api.example.com/v1", "https://api.example.com/v1/predictions/x", True),
+        ("https://api.example.com/v1", "https://API.example.com:443/other", True),
+        ("https://api.example.com/v1", "https://api.example.com:8443/v1/x", False),
+        ("https://api.example.com/v1", "http://api.example.com/v1/x", False),
+        ("https://api.example.com/v1", "https://files.example.com/x", False),
+        ("https://api.example.com/v1", "https://example.com/x", False),
+        ("https://app.herokuapp.com/v1", "https://evil.herokuapp.com/x", False),
+        ("https://api.example.co.uk/v1", "https://evil.co.uk/x", False),
+        ("https://me.workers.dev/v1", "https://you.workers.dev/x", False),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1/x", False),
+        ("http://127.0.0.1:8000/v1", "http://10.0.0.1:8000/v1/x", False),
+        ("http://127.0.0.1:8000/v1", "http://1.0.0.1:8000/v1/x", False),
+        ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1/x", False),
+        ("https://api.example.com/v1", "https://api.example.com.evil.com/x", False),
+        ("https://api.example.com/v1", "https://user@api.example.com:99999/x", False),
+        ("https://api.example.com/v1", "not a url", False),
+    ],
+)
+def test_the_key_goes_to_the_base_urls_exact_origin_only(base: str, url: str, admitted: bool):
+    from imgsave.adapters.imageapi.key_scope import KeyScope
+
+    assert KeyScope(base).admits(url) is admitted
+
+
+@pytest.mark.parametrize(
+    ("base", "url", "admitted"),
+    [
+        ("https://api.bfl.ai/v1", "https://api.us1.bfl.ai/v1/get_result?id=1", True),
+        ("https://api.bfl.ai/v1", "https://api.eu.bfl.ai/v1/get_result?id=1", True),
+        ("https://api.eu.bfl.ai/v1", "https://api.bfl.ai/v1/get_result?id=1", True),
+        ("https://api.bfl.ai/v1", "http://api.us1.bfl.ai/v1/get_result?id=1", False),
+        ("https://api.bfl.ai/v1", "https://api.us1.bfl.ai:8443/v1/get_result", False),
+        ("https://api.bfl.ai/v1", "https://delivery-us1.bfl.ai/x.png", False),
+        ("https://api.bfl.ai/v1", "https://api.us1.bfl.ai.evil.com/v1/get_result", False),
+        ("https://api.bfl.ai/v1", "https://evilbfl.ai/v1/get_result", False),
+        # Behind a gateway, BFL's own hosts get nothing: the gateway holds the key's use.
+        ("https://gw.example.com/bfl/v1", "https://api.us1.bfl.ai/v1/get_result?id=1", False),
+    ],
+)
+def test_bfls_own_regional_hosts_get_the_key_only_while_the_base_is_one_of_them(
+    base: str, url: str, admitted: bool
+):
+    from imgsave.adapters.imageapi.key_scope import KeyScope
+    from imgsave.adapters.imageapi.kinds import kind_named
+
+    assert KeyScope(base, kind_named("bfl").api_hosts).admits(url) is admitted
+
+
+class JobApi(Api):
+    """A scripted job API: the submission's answer, then the answers to the polls."""
+
+    def provider_for(self, kind: str, base: str, **settings: object) -> Provider:
+        conf = ProviderSettings(kind=kind, poll_interval=1.0, **settings)  # type: ignore[arg-type]
+        return Provider(
+            base,
+            KEY,
+            {"replicate": "o/m", "fal": "fal-ai/flux/dev", "bfl": "flux-pro-1.1"}[kind],
+            conf,
+            seams=Seams(httpx.MockTransport(self.handle), self.sleep, random.Random(7)),
+        )
+
+
+PREDICTION = {
+    "id": "p1",
+    "status": "starting",
+    "urls": {
+        "get": "https://api.replicate.com/v1/predictions/p1",
+        "cancel": "https://api.replicate.com/v1/predictions/p1/cancel",
+    },
+}
+DONE = {"id": "p1", "status": "succeeded", "output": ["https://replicate.delivery/p1/out.png"]}
+
+
+async def test_a_job_behind_a_gateway_is_polled_under_the_gateway_with_the_key():
+    api = JobApi(httpx.Response(201, json=PREDICTION), httpx.Response(200, json=DONE))
+    async with api.provider_for("replicate", "https://gw.example.com/replicate/v1") as provider:
+        logged = []
+
+        async def on_job(job) -> None:
+            logged.append(job)
+
+        answer = await provider.generate("a lighthouse", on_job=on_job)
+    assert [i.url for i in answer.images] == ["https://replicate.delivery/p1/out.png"]
+    assert [str(r.url) for r in api.requests] == [
+        "https://gw.example.com/replicate/v1/models/o/m/predictions",
+        "https://gw.example.com/replicate/v1/predictions/p1",
+    ]
+    assert logged[0].poll == "https://gw.example.com/replicate/v1/predictions/p1"
+    assert logged[0].cancel == "https://gw.example.com/replicate/v1/predictions/p1/cancel"
+    assert "prefer" not in api.requests[0].headers, "the id comes back at once, not after 60 s"
+
+
+async def test_a_job_on_bfls_own_api_is_polled_at_the_polling_url_it_names():
+    polling = "https://api.us1.bfl.ai/v1/get_result?id=t1"
+    ready = {
+        "id": "t1",
+        "status": "Ready",
+        "result": {"sample": "https://delivery-us1.bfl.ai/t1.png"},
+    }
+    api = JobApi(httpx.Response(200, json={"id": "t1", "polling_url": polling}),
+                 httpx.Response(200, json=ready))  # fmt: skip
+    async with api.provider_for("bfl", "https://api.bfl.ai/v1") as provider:
+        await provider.generate("a lighthouse")
+    assert str(api.requests[1].url) == polling and api.requests[1].headers["x-key"] == KEY
+    api = JobApi(httpx.Response(200, json={"id": "t1", "polling_url": polling}),
+                 httpx.Response(200, json=ready))  # fmt: skip
+    async with api.provider_for("bfl", "https://gw.example.com/bfl/v1") as provider:
+        await provider.generate("a lighthouse")
+    assert str(api.requests[1].url) == "https://gw.example.com/bfl/v1/get_result?id=t1"
+
+
+async def test_a_resumed_job_logged_at_another_origin_is_polled_under_todays_base_url():
+    from imgsave.adapters.imageapi.jobs import RemoteJob
+
+    logged = RemoteJob(
+        "fal",
+        "r1",
+        "https://queue.fal.run/fal-ai/flux/requests/r1/status",
+        "https://queue.fal.run/fal-ai/flux/requests/r1",
+    )
+    images = {"images": [{"url": "https://v3.fal.media/r1.png"}]}
+    api = JobApi(
+        httpx.Response(200, json={"status": "COMPLETED"}), httpx.Response(200, json=images)
+    )
+    async with api.provider_for("fal", "https://gw.example.com/fal") as provider:
+        answer = await provider.resume(logged)
+    assert answer.job == "r1"
+    assert [str(r.url) for r in api.requests] == [
+        "https://gw.example.com/fal/fal-ai/flux/requests/r1/status",
+        "https://gw.example.com/fal/fal-ai/flux/requests/r1",
+    ]
+
+
+# -- one retry policy ---------------------------------------------------------------------------
+
+
+async def test_polls_are_retried_by_the_same_policy_and_are_never_billed():
+    api = JobApi(
+        httpx.Response(201, json=PREDICTION),
+        httpx.Response(503),
+        httpx.Response(429, headers={"Retry-After": "7"}),
+        httpx.Response(200, text="<html>proxy error</html>"),
+        httpx.Response(200, json=DONE),
+    )
+    async with api.provider_for("replicate", "https://api.replicate.com/v1") as provider:
+        answer = await provider.generate("a lighthouse")
+    assert answer.possibly_billed_retries == 0 and len(api.requests) == 5
+    assert len(api.sleeps) == 3
+    assert SETTINGS.backoff_initial / 2 <= api.sleeps[0] <= SETTINGS.backoff_initial
+    assert 7.0 <= api.sleeps[1] <= 7.05, "Retry-After honoured on a poll as on a submission"
+
+
+async def test_a_poll_that_keeps_failing_leaves_the_job_for_the_next_run():
+    api = JobApi(httpx.Response(201, json=PREDICTION), httpx.Response(502))
+    async with api.provider_for("replicate", "https://api.replicate.com/v1") as provider:
+        with pytest.raises(ImageFailed, match=r"cannot poll job p1 .*next run polls it") as failed:
+            await provider.generate("a lighthouse")
+    assert failed.value.job is None, "not over: a later run polls it again"
+    assert len(api.requests) == 1 + SETTINGS.max_attempts
+
+
+# -- refusals that stop the run, and settings no request could succeed with ---------------------
+
+
+GEMINI_WRONG_KEY = {
+    "error": {
+        "code": 400,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    }
+}
+
+
+async def test_geminis_400_api_key_invalid_stops_the_run_and_its_other_400s_fail_one_image():
+    def gemini(api: Api) -> Provider:
+        return Provider(
+            "https://generativelanguage.googleapis.com/v1beta",
+            KEY,
+            "gemini-3.1-flash-image",
+            ProviderSettings(kind="gemini"),
+            seams=Seams(httpx.MockTransport(api.handle), api.sleep, random.Random(7)),
+        )
+
+    api = Api(httpx.Response(400, json=GEMINI_WRONG_KEY))
+    async with gemini(api) as provider:
+        with pytest.raises(ProviderRefused, match="400"):
+            await provider.generate("a lighthouse")
+    bad_prompt = {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}
+    api = Api(httpx.Response(400, json=bad_prompt))
+    async with gemini(api) as provider:
+        with pytest.raises(ImageFailed) as failed:
+            await provider.generate("a lighthouse")
+    assert failed.value.refusal == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(
+    ("base", "key", "allow_http", "refused"),
+    [
+        ("http://api.example.com/v1", KEY, False, True),
+        ("http://10.0.0.7:8080/v1", KEY, False, True),
+        ("http://api.example.com/v1", KEY, True, False),
+        ("http://api.example.com/v1", None, False, False),
+        ("http://127.0.0.1:8080/v1", KEY, False, False),
+        ("http://[::1]:8080/v1", KEY, False, False),
+        ("http://localhost:8080/v1", KEY, False, False),
+        ("https://api.example.com/v1", KEY, False, False),
+    ],
+)
+def test_a_key_that_would_travel_in_clear_to_another_machine_is_refused(
+    base: str, key: str | None, allow_http: bool, refused: bool
+):
+    from imgsave.errors import UsageError
+
+    if refused:
+        with pytest.raises(UsageError, match="travel in clear"):
+            Provider(base, key, None, SETTINGS, allow_http=allow_http)
+    else:
+        Provider(base, key, None, SETTINGS, allow_http=allow_http)
+
+
+async def test_a_name_that_does_not_resolve_stops_at_once_without_retries():
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with Provider(
+        "https://no-such-host.invalid/v1", KEY, None, SETTINGS, seams=Seams(sleep=sleep)
+    ) as provider:
+        with pytest.raises(ProviderUnreachable, match=r"no-such-host\.invalid does not resolve"):
+            await provider.generate("a lighthouse")
+    assert slept == [], "one attempt: no retry makes a name exist"

@@ -13,6 +13,7 @@ import pytest
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
+from imgsave._demo.sample_images import sample_png
 
 from .storage import S3
 
@@ -182,7 +183,7 @@ def test_scene_id_2_and_the_idless_scene_at_index_2_never_share_a_folder(
     _evidence(log_dir, url=held)
     store = Store.from_settings(AppSettings(store=s3.settings(), allow_http=True))
     assert store is not None
-    image = checked(b"\x89PNG\r\n\x1a\n for the id-less scene 2", max_bytes=1000)
+    image = checked(sample_png(b" for the id-less scene 2"), max_bytes=1000)
     key = object_key(store.prefix, "p1", SceneRef(2, None), image)
     other = object_key(store.prefix, "p1", SceneRef(1, "2"), image)
     assert key != other and key.split("/")[2] == "2"

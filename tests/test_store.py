@@ -13,6 +13,7 @@ import httpx
 
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
+from imgsave._demo.sample_images import sample_png
 from imgsave.commands import generate as gen
 from imgsave.core.settings import Settings, StoreSettings
 
@@ -299,8 +300,8 @@ def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_save
     store = Store.from_settings(AppSettings(store=s3.settings(), allow_http=True))
     assert store is not None
     # The state a crash leaves between the put and the log line: an object, nothing else.
-    crashed = checked(b"\x89PNG\r\n\x1a\n crashed after the put", max_bytes=1000)
-    gone = checked(b"\x89PNG\r\n\x1a\n its scene was deleted", max_bytes=1000)
+    crashed = checked(sample_png(b" crashed after the put"), max_bytes=1000)
+    gone = checked(sample_png(b" its scene was deleted"), max_bytes=1000)
     for ref, image in ((SceneRef(2, "scene-2"), crashed), (SceneRef(9, "scene-9"), gone)):
         asyncio.run(store.put(object_key(store.prefix, "p1", ref, image), image))
     env = {

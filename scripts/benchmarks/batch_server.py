@@ -20,6 +20,8 @@ import os
 import re
 import sys
 
+from imgsave._demo.sample_images import sample_png
+
 POOL = 64  # distinct images, each base64-encoded once before the server is ready
 images: list[bytes] = []
 files: dict[str, bytes] = {}
@@ -175,9 +177,7 @@ async def handle_gemini(
 
 
 async def main(size: int) -> None:
-    images.extend(
-        base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(size - 8)) for _ in range(POOL)
-    )
+    images.extend(base64.b64encode(sample_png(os.urandom(16), size)) for _ in range(POOL))
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     port = server.sockets[0].getsockname()[1]
     print(f"http://127.0.0.1:{port}/{'v1beta' if gemini else 'v1'}", flush=True)

@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 from imgsave._demo.incident import incident_document
+from imgsave.adapters.imageapi.kinds import KINDS as REGISTRY
 
 from .common import IMGSAVE, URL, PipedServer, Result, check, put
 
 LATENCY, IMAGES, CONCURRENCY, POLL = 0.25, 320, 32, 0.1
-KINDS = ("openai", "azure", "gemini", "replicate", "fal", "bfl")
-MODEL = {"openai": "gpt-image-2", "azure": "gpt-image-2", "gemini": "gemini-3.1-flash-image",
-         "replicate": "black-forest-labs/flux-schnell", "fal": "fal-ai/flux/dev",
-         "bfl": "flux-pro-1.1"}  # fmt: skip
+# Every kind in the registry, the OpenAI adapter (the baseline) first.
+KINDS = ("openai", *sorted(set(REGISTRY) - {"openai"}))
+MODEL = {name: kind.example_model for name, kind in REGISTRY.items()}
 
 
 def _run(kind: str, work: Path, *, job_seconds: float = 0.0) -> float:

@@ -5,10 +5,10 @@ is imgsave, not a thread-per-request test server competing for imgsave's interpr
     python provider_server.py LATENCY_SECONDS [url|b64 [IMAGE_BYTES]]
         # prints its base URL; stops when stdin closes
 
-In b64 mode every answer carries a distinct IMAGE_BYTES-long image (a PNG signature, then
-random bytes) as data[].b64_json, as OpenAI's GPT image models answer. The images are made and
-encoded before the server says it is ready: a real provider's work is not on this machine's
-cores, so this one's must not be either while imgsave is measured.
+In b64 mode every answer carries a distinct IMAGE_BYTES-long image (a valid PNG:
+_demo/sample_images.py) as data[].b64_json, as OpenAI's GPT image models answer. The images
+are made and encoded before the server says it is ready: a real provider's work is not on
+this machine's cores, so this one's must not be either while imgsave is measured.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import json
 import os
 import sys
 
+from imgsave._demo.sample_images import sample_png
+
 counter = itertools.count(1)
 
 
@@ -27,7 +29,7 @@ POOL = 600  # distinct images made ahead; a benchmark asks for fewer
 
 
 def b64_image(size: int) -> str:
-    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(size - 8)).decode()
+    return base64.b64encode(sample_png(os.urandom(16), size)).decode()
 
 
 async def handle(

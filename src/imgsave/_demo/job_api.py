@@ -7,10 +7,11 @@ get_result), so the client under test parses what a real provider sends:
   urls: {get, cancel, stream}}`; `Prefer: wait` answers the prediction done when it already is;
   `GET /v1/predictions/{id}`; `POST /v1/predictions/{id}/cancel`. A refusal is `failed` with an
   NSFW error.
-- `fal`: `POST /{model}` → `{request_id, response_url, status_url, cancel_url}`;
-  `GET .../requests/{id}/status` → `{status: IN_QUEUE | IN_PROGRESS | COMPLETED}`;
-  `GET .../requests/{id}` → `{images: [{url, content_type, width, height}], seed, ...}`;
-  `PUT .../requests/{id}/cancel`. A refusal is a 422 with detail `content_policy_violation`.
+- `fal`: `POST /{model}` → `{request_id, response_url, status_url, cancel_url}`, each under
+  the model's app id (`namespace/name`: a subpath such as `/dev` is dropped);
+  `GET /{app}/requests/{id}/status` → `{status: IN_QUEUE | IN_PROGRESS | COMPLETED}`;
+  `GET /{app}/requests/{id}` → `{images: [{url, content_type, width, height}], seed, ...}`;
+  `PUT /{app}/requests/{id}/cancel`. A refusal is a 422 with detail `content_policy_violation`.
 - `bfl`: `POST /v1/{model}` → `{id, polling_url}`; `GET /v1/get_result?id=` → `{id, status:
   Pending | Ready | Error | Content Moderated | Task not found, result: {sample}}`.
 
@@ -31,7 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 
 Reply = tuple[int, bytes, str]
 JSON = "application/json"
-KINDS = ("replicate", "fal", "bfl")
+# The job APIs emulated here (the loopback checks every job kind of the registry has one).
+EMULATED = frozenset({"replicate", "fal", "bfl"})
 
 
 class JobEmulation:
@@ -82,7 +84,8 @@ class JobEmulation:
             state = self._replicate(job, advance=wait and self.polls == 0 and not self.seconds)
             return 201, _dump(state), JSON
         if self.kind == "fal":
-            base = f"{self._origin()}{job['route']}/requests/{ident}"
+            app = "/".join(str(job["route"]).split("/")[:3])  # "/namespace/name"
+            base = f"{self._origin()}{app}/requests/{ident}"
             answer = {"request_id": ident, "response_url": base, "status_url": base + "/status",
                       "cancel_url": base + "/cancel", "queue_position": 0}  # fmt: skip
             return 200, _dump(answer), JSON

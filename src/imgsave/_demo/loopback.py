@@ -1,4 +1,7 @@
-"""A small OpenAI-compatible image API on loopback, for the demo, the tests and the benchmarks.
+"""A small image API on loopback, for the demo, the tests and the benchmarks, in the wire format
+of any kind imgsave speaks (the kinds' registry, adapters/imageapi/kinds/, says which):
+
+    python -m imgsave._demo.loopback [--kind gemini] [--answer b64|url] [--latency S]
 
 It is a real HTTP server (threads, sockets), so the client code under test is exactly the code
 that talks to a real provider. Behaviour per request comes from `faults`, a function of the
@@ -22,8 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from imgsave._demo.batch_api import BatchEmulation, Cut
 from imgsave._demo.gemini_batch import GeminiBatchEmulation
-from imgsave._demo.job_api import KINDS as JOB_KINDS
+from imgsave._demo.job_api import EMULATED as JOB_EMULATIONS
 from imgsave._demo.job_api import JobEmulation, prompt_of
+from imgsave._demo.sample_images import sample_png
+from imgsave.adapters.imageapi.kinds import KINDS
 
 # What a request gets: "ok", "500", "429" (Retry-After 1), "429:<seconds>", "hang", "garbage",
 # "401", "400", "refuse" (the API's own refusal: OpenAI's 400 moderation_blocked, Gemini's
@@ -53,16 +58,36 @@ def mixed_faults(seed: int, **rates: float) -> Callable[[int], Fault]:
     return pick
 
 
-# kind -> (the base URL's path, the header the key goes in).
+# kind -> (the base URL's path, the header the key goes in), from the kinds' registry.
 WIRES: dict[str, tuple[str, str]] = {
-    "openai": ("/v1", "Authorization"),
-    "azure": ("", "api-key"),
-    "gemini": ("/v1beta", "x-goog-api-key"),
-    "replicate": ("/v1", "Authorization"),
-    "fal": ("", "Authorization"),
-    "bfl": ("/v1", "x-key"),
+    name: (kind.base_path, kind.key_header) for name, kind in KINDS.items()
 }
+# The kinds that answer with a job to poll: each has its emulation in job_api.py.
+JOB_KINDS = frozenset(name for name, kind in KINDS.items() if kind.facts.has_jobs)
+if not JOB_KINDS <= JOB_EMULATIONS:  # pragma: no cover - a new job kind without its emulation
+    raise RuntimeError(f"no job emulation for {sorted(JOB_KINDS - JOB_EMULATIONS)}")
 JSON = "application/json"
+# How each API answers a key it does not know (status, body), as their documentation shows.
+_WRONG_KEY: dict[str, tuple[int, object]] = {
+    "openai": (401, {"error": {"message": "Incorrect API key provided.", "param": None,
+                               "type": "invalid_request_error", "code": "invalid_api_key"}}),
+    "azure": (401, {"error": {"code": "401", "message": "Access denied due to invalid "
+                              "subscription key or wrong API endpoint."}}),
+    "gemini": (400, {"error": {
+        "code": 400, "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+             "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com"}},
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US",
+             "message": "API key not valid. Please pass a valid API key."},
+        ]}}),
+    "replicate": (401, {"title": "Unauthenticated", "status": 401,
+                        "detail": "You did not pass a valid authentication token"}),
+    "fal": (401, {"detail": "Invalid Key Authorization header format"}),
+    "bfl": (403, {"detail": "Not authenticated - Invalid Authentication"}),
+}  # fmt: skip
 
 
 def _missing() -> tuple[int, bytes, str]:
@@ -140,6 +165,7 @@ class LoopbackProvider:
         kind: str = "openai",
         job_polls: int = 0,
         job_seconds: float = 0.0,
+        api_key: str | None = None,
     ):
         """`answer` is "url" (data[].url, as Replicate or fal answer) or "b64" (data[].b64_json,
         as every current OpenAI GPT image model does). Images are distinct PNGs of
@@ -161,15 +187,23 @@ class LoopbackProvider:
         `x-goog-api-key`, images as `inlineData` parts, refusals as block reasons in a 200).
         The job APIs "replicate", "fal" and "bfl" (job_api.py) answer each request with a job,
         done after `job_polls` polls, its images served here. The path and key header of each
-        request are kept in `calls`. Kind "gemini" serves the Gemini API's Batch API too
-        (`gemini_batches`, gemini_batch.py), on the same batch_* arguments."""
+        request are kept in `calls`; every request that carried a key, in `keyed`. Kind
+        "gemini" serves the Gemini API's Batch API too (`gemini_batches`, gemini_batch.py), on
+        the same batch_* arguments.
+
+        `api_key`: the one key this API takes; any other is refused as the kind's API refuses
+        a wrong key (Gemini: a 400 INVALID_ARGUMENT, API_KEY_INVALID). None: any key will do."""
         if answer not in ("url", "b64"):
             raise ValueError(f"answer must be 'url' or 'b64', not {answer!r}")
         if kind not in WIRES:
             raise ValueError(f"kind must be one of {', '.join(WIRES)}, not {kind!r}")
         self.kind = kind
+        self.api_key = api_key
         # (path, the key as sent) of each image request, in arrival order.
         self.calls: list[tuple[str, str | None]] = []
+        # Every request that carried a key: (method, Host header, path, the key as sent, Via
+        # header: a gateway forwarded it).
+        self.keyed: list[tuple[str, str, str, str, str | None]] = []
         self.answer = answer
         self.image_bytes = image_bytes
         self.expire_after = expire_after
@@ -297,10 +331,8 @@ class LoopbackProvider:
         return admitted, headers
 
     def png(self, n: int) -> bytes:
-        """Image n: a PNG signature, then bytes no other image of any server shares."""
-        head = b"\x89PNG\r\n\x1a\n" + self._salt + n.to_bytes(8, "big")
-        filler = hashlib.sha256(head).digest() * (self.image_bytes // 32 + 1)
-        return (head + filler)[: max(self.image_bytes, len(head))]
+        """Image n: a valid PNG of `image_bytes` that no other image of any server shares."""
+        return sample_png(self._salt + n.to_bytes(8, "big", signed=True), self.image_bytes)
 
     def _image_item(self, n: int) -> dict[str, str]:
         data = self.png(n)
@@ -373,6 +405,8 @@ class LoopbackProvider:
                 key = self.headers.get(key_header)
                 with provider._lock:
                     provider.calls.append((self.path, key))
+                if self._wrong_key():
+                    return
                 if provider.jobs is not None and self.path.endswith("/cancel"):
                     self._reply(*(provider.jobs.cancel(self.path) or _missing()))
                     return
@@ -496,6 +530,8 @@ class LoopbackProvider:
                     self._reply(*provider.batches.get(self.path))
                     return
                 if provider.jobs is not None and not self.path.startswith("/img/"):
+                    if self._wrong_key():
+                        return
                     if not self.headers.get(WIRES[provider.kind][1]):
                         self._reply(401, _error_body(provider.kind, 401, "no API key given"), JSON)
                         return
@@ -504,8 +540,26 @@ class LoopbackProvider:
                 self._image(head=False)
 
             def do_PUT(self) -> None:  # fal's cancel
+                if self._wrong_key():
+                    return
                 cancelled = provider.jobs.cancel(self.path) if provider.jobs else None
                 self._reply(*(cancelled or _missing()))
+
+            def _wrong_key(self) -> bool:
+                """Records a request that carries a key; answers a key this API does not take
+                as the kind's API does (True: answered)."""
+                key = self.headers.get(WIRES[provider.kind][1])
+                if key:
+                    with provider._lock:
+                        provider.keyed.append((
+                            self.command, self.headers.get("Host", ""), self.path, key,
+                            self.headers.get("Via"),
+                        ))  # fmt: skip
+                if provider.api_key is None or not key or key.split()[-1] == provider.api_key:
+                    return False
+                status, body = _WRONG_KEY[provider.kind]
+                self._send(status, json.dumps(body).encode())
+                return True
 
             def _job(self, n: int, fault: Fault, body: bytes) -> None:
                 """A job API's submission: a new job (how it ends is the fault's), or its
@@ -544,7 +598,7 @@ class LoopbackProvider:
                     self._send(404, b"not found", head=head)
                 else:
                     stem = self.path.removeprefix("/img/").removesuffix(".png")
-                    body = provider.png(int(stem)) if stem.isdigit() else b"\x89PNG fake"
+                    body = provider.png(int(stem) if stem.isdigit() else -1)
                     self._send(200, body, {"Content-Type": "image/png"}, head=head)
 
             def _json(self, payload: object) -> None:
@@ -583,28 +637,43 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="python -m imgsave._demo.loopback",
-        description="An OpenAI-compatible image API on 127.0.0.1 for trying imgsave: it answers "
-        "every prompt with a new image, as base64 bytes (as GPT image models do) or as a URL "
-        "it serves itself (as Replicate or fal do). Point IMGSAVE_BASE_URL at the URL it prints.",
+        description="An image API on 127.0.0.1 for trying imgsave, in the wire format of any "
+        "kind imgsave speaks: it answers every prompt with a new image, as base64 bytes (as GPT "
+        "image models and Gemini do), as a URL it serves itself, or as a job to poll (Replicate, "
+        "fal, BFL). Set the variables it prints, and run imgsave with --allow-http.",
     )
+    parser.add_argument("--kind", choices=sorted(KINDS), default="openai", help="the API's kind")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per answer")
     parser.add_argument(
         "--answer",
         choices=("b64", "url"),
         default="b64",
-        help="b64: data[].b64_json (needs a store); url: data[].url on this server",
+        help="openai, azure: b64 is data[].b64_json (needs a store); url is data[].url on "
+        "this server",
     )
     args = parser.parse_args(argv)
-    with LoopbackProvider(latency=args.latency, answer=args.answer) as provider:
+    with LoopbackProvider(latency=args.latency, answer=args.answer, kind=args.kind) as provider:
         # Its image URLs point at itself, so a store can download them (IMGSAVE_ALLOW_PRIVATE_
         # NETWORK=1 lets downloads reach 127.0.0.1).
         provider.image_base = provider.origin + "/"
-        print(f"IMGSAVE_BASE_URL={provider.base_url}", flush=True)
-        if args.answer == "url":
-            print("IMGSAVE_ALLOW_PRIVATE_NETWORK=1  # its image URLs are on 127.0.0.1", flush=True)
+        for line in settings_lines(provider, answer=args.answer):
+            print(line, flush=True)
         print("serving; Ctrl-C stops (run imgsave with --allow-http: it is plain http)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
+
+
+def settings_lines(provider: LoopbackProvider, *, answer: str) -> list[str]:
+    """The environment that points imgsave at `provider`, one VARIABLE=value a line."""
+    kind = KINDS[provider.kind]
+    lines = [f"IMGSAVE_BASE_URL={provider.base_url}", f"IMGSAVE_PROVIDER={kind.name}"]
+    if kind.name != "openai":
+        lines.append("IMGSAVE_API_KEY=loopback  # any key: this API only wants one")
+    if kind.facts.needs_model:
+        lines.append(f"IMGSAVE_MODEL={kind.example_model}")
+    if kind.facts.has_jobs or answer == "url":
+        lines.append("IMGSAVE_ALLOW_PRIVATE_NETWORK=1  # its image URLs are on 127.0.0.1")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""What an image is to imgsave: bytes whose own signature says png, jpeg, webp or gif, and the
-content-addressed key it is stored under. Pure: no I/O.
+"""What an image is to imgsave: bytes whose own signature says png, jpeg, webp or gif and whose
+structure holds to its end (image_formats.py), and the content-addressed key it is stored
+under. Pure: no I/O.
 
 Only those four formats are stored: an SVG or HTML answer on a public bucket is stored XSS, and
 anything without a known signature is not an image a browser will show.
@@ -11,8 +12,11 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from imgsave.core.documents import SceneRef
+from imgsave.core.image_formats import MAX_IMAGE_PIXELS, walked
+from imgsave.core.image_formats import NotAnImage as NotAnImage  # raised by checked()
 
 # (extension, Content-Type) by leading bytes; webp is RIFF....WEBP.
 _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
@@ -21,10 +25,6 @@ _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
     (b"GIF87a", "gif", "image/gif"),
     (b"GIF89a", "gif", "image/gif"),
 )
-
-
-class NotAnImage(ValueError):
-    """Bytes imgsave will not store; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,15 @@ def kind_of(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def checked(data: bytes, *, max_bytes: int) -> Image:
-    """The bytes as an Image, or NotAnImage naming what they are instead."""
+def checked(data: bytes, *, max_bytes: int, max_pixels: int = MAX_IMAGE_PIXELS) -> Image:
+    """The bytes as an Image (a GIF without its comments: image_formats.py), or NotAnImage
+    naming what they are instead."""
     if len(data) > max_bytes:
         raise NotAnImage(f"{len(data):,} bytes, more than the {max_bytes:,} allowed")
     kind = kind_of(data)
     if kind is None:
         raise NotAnImage(f"not a png, jpeg, webp or gif ({_describe(data)})")
+    data = walked(data, kind[0], max_pixels=max_pixels)
     return Image(data, kind[0], kind[1], hashlib.sha256(data).hexdigest())
 
 
@@ -100,6 +102,20 @@ def decode_base64(text: str) -> bytes | None:
     try:
         return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
+        return None
+
+
+def decode_data_uri(uri: str) -> bytes | None:
+    """The bytes a `data:` URI holds (base64 in any form, or percent-encoded), or None when it
+    is not one."""
+    head, comma, payload = uri.partition(",")
+    if not comma or head[:5].lower() != "data:":
+        return None
+    if head.lower().endswith(";base64"):
+        return decode_base64(payload)
+    try:
+        return unquote_to_bytes(payload)
+    except ValueError:
         return None
 
 

@@ -44,7 +44,7 @@ from imgsave.adapters.imageapi.batch_api import (
     LineResult,
 )
 from imgsave.adapters.imageapi.batch_http import BatchHttp, paged
-from imgsave.adapters.imageapi.wires import GeminiWire
+from imgsave.adapters.imageapi.kinds.gemini import GeminiWire
 from imgsave.core.batch_lines import (
     Oversized,
     UnreadableLine,

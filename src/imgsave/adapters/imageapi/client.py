@@ -1,126 +1,96 @@
-"""The image API client: one request per image, through the wire of the API's kind. Its answer
-holds the images (wires.py: OpenAI, Azure OpenAI, Gemini; bytes, or a link that expires) or a
-job to poll until it holds them (jobs.py: Replicate, fal, BFL; the caller logs the job first).
+"""The image API client: one request per image, through the wire of the API's kind (kinds/).
+Its answer holds the images (OpenAI, Azure OpenAI, Gemini: bytes, or a link that expires) or a
+job to poll until it holds them (Replicate, fal, BFL; the caller logs the job first).
 
 Transient trouble (429, 5xx, timeouts, dropped connections, answers that are not the JSON we
-expect) is retried with backoff and jitter, honouring `Retry-After` up to a cap. A retry after a
+expect) is retried by one policy for submissions and polls alike (retries.py). A retry after a
 request the provider may already have billed (a timeout once the body was sent, a cut or
-unreadable 200) is counted and bounded on its own (`max_billed_retries`). A refusal that no retry
-will change stops the run (401, 403, 404); one that concerns a single prompt (another 4xx, such
-as a content-policy 400) fails that image and lets the others go on. A 200 or 201 that carries a
-usable image is never thrown away, whatever else it holds.
+unreadable 200) is counted and bounded on its own (`max_billed_retries`); polls are never
+billed. A refusal that no retry will change stops the run (a refused key, whatever status the
+API says it with; 404); one that concerns a single prompt (another 4xx, such as a
+content-policy 400) fails that image and lets the others go on. A name that does not resolve
+stops the run at once. A 200 or 201 that carries a usable image is never thrown away, whatever
+else it holds. Every answer, polls included, is read no further than its images could be.
+
+The key goes only where key_scope.py says: a job's URLs on another origin are replaced by the
+paths its API documents under the base URL, so a gateway base URL works and the key stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import itertools
 import json
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC
-from typing import Any, Self, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from imgsave.adapters.imageapi.jobs import JobWire, Progress, RemoteJob, job_wire_for
+from imgsave.adapters.imageapi.failures import ImageFailed, NotSent, Retryable
+from imgsave.adapters.imageapi.jobs import JobWire, Progress, RemoteJob
+from imgsave.adapters.imageapi.key_scope import KeyScope, refuse_key_in_clear
+from imgsave.adapters.imageapi.kinds import kind_named
 from imgsave.adapters.imageapi.pace import Pace, PaceClosed, parse_rate
+from imgsave.adapters.imageapi.retries import Call, RetryPolicy, retry_after
+from imgsave.adapters.imageapi.retries import backoff as backoff
+from imgsave.adapters.imageapi.retries import retry_after_seconds as retry_after_seconds
 from imgsave.adapters.imageapi.tls import shared_context
-from imgsave.adapters.imageapi.wires import Answer, Received, Wire, wire_for
-from imgsave.core.image_bytes import decode_base64
+from imgsave.adapters.imageapi.wires import Answer, Received, Wire
+from imgsave.core.image_bytes import decode_data_uri
 from imgsave.core.redaction import redact
-from imgsave.core.settings import JOB_KINDS, ProviderSettings, Settings, no_image_api
+from imgsave.core.settings import ProviderSettings, Settings
 from imgsave.core.url_rule import shorten, url_problem
 from imgsave.errors import ProviderRefused, ProviderStopped, ProviderUnreachable, UsageError
-from imgsave.logs import logger
 
+__all__ = [
+    "Answer",
+    "ImageFailed",
+    "NotSent",
+    "Provider",
+    "Received",
+    "RemoteJob",
+    "Seams",
+    "add_usage",
+    "backoff",
+    "retry_after_seconds",
+]
+
+# Statuses that stop the run whatever the kind: the route or the model does not exist.
 FATAL_STATUSES = frozenset({401, 403, 404})
-_T = TypeVar("_T")
-
 # HTTP connection pools requests are spread over (see Provider.__init__).
 POOLS = 8
 # What an answer may hold around its base64 images: JSON, usage, a revised prompt.
 ANSWER_SLACK = 1 << 20
-
-
 # base64 this long is decoded in a worker thread: a few ms of CPU would stall every other
 # request and save on the event loop.
 DECODE_OFF_LOOP = 256 * 1024
+# getaddrinfo's answers that mean the name does not exist (not that DNS is having a bad
+# minute, EAI_AGAIN, which is retried).
+_NO_SUCH_NAME = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
 
 
-class NotSent(Exception):
-    """The run stopped before this image's request went out: nothing was spent on it (beyond
-    earlier attempts, counted in `possibly_billed_retries`)."""
+@dataclass(frozen=True)
+class Seams:
+    """What tests put in place of the world: an `httpx.MockTransport` instead of the network,
+    a recorder instead of real waits, a seeded jitter, the clock a job's polling is bounded
+    by."""
 
-    def __init__(self, *, possibly_billed_retries: int = 0):
-        super().__init__("not sent: the run is stopping")
-        self.possibly_billed_retries = possibly_billed_retries
-
-
-class ImageFailed(Exception):
-    """This one image could not be had; the run goes on. `refusal`: the provider refused the
-    prompt, and why in its words (`moderation_blocked`, `SAFETY`, ...)."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        possibly_billed_retries: int = 0,
-        refusal: str | None = None,
-        job: str | None = None,
-        lost: bool = False,
-    ):
-        super().__init__(reason)
-        self.possibly_billed_retries = possibly_billed_retries
-        self.refusal = refusal
-        # The provider's job this image was, now over (failed, refused, or gone): no later run
-        # polls it again. A job still running when this is raised has no `job` here.
-        self.job = job
-        # The job was paid for and its result is gone.
-        self.lost = lost
-
-    def with_reason(self, reason: str, possibly_billed_retries: int) -> ImageFailed:
-        return ImageFailed(
-            reason,
-            possibly_billed_retries=possibly_billed_retries,
-            refusal=self.refusal,
-            job=self.job,
-            lost=self.lost,
-        )
-
-
-class _Retryable(Exception):
-    def __init__(
-        self,
-        reason: str,
-        retry_after: float | None = None,
-        *,
-        unreachable: bool = False,
-        billed: bool = False,
-    ):
-        super().__init__(reason)
-        self.retry_after = retry_after
-        # No connection could be made at all: the API is down or misnamed, not this prompt.
-        self.unreachable = unreachable
-        # The provider may have made (and billed) the image this attempt did not get.
-        self.billed = billed
-
-
-@dataclass
-class _Call:
-    """One image's attempts: how many retries followed a possibly billed failure."""
-
-    billed_retries: int = 0
+    transport: httpx.AsyncBaseTransport | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic
 
 
 class Provider:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - from_settings' four, two options, the pace, the seams
         self,
         base_url: str | None,
         api_key: str | None,
@@ -129,38 +99,35 @@ class Provider:
         *,
         allow_http: bool = False,
         max_image_bytes: int = 50_000_000,
-        transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rng: random.Random | None = None,
         pace: Pace | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        seams: Seams | None = None,
     ):
-        """`transport`, `sleep`, `rng` and `clock` are for tests: an `httpx.MockTransport`
-        instead of the network, a recorder instead of real waits, a seeded jitter, the time a
-        job's polling is bounded by. `pace` spaces the starts of every request of the run and
-        learns from 429s (pace.py)."""
+        """`pace` spaces the starts of every request of the run and learns from 429s
+        (pace.py). UsageError for settings no request could succeed with: no base URL, no
+        model for an API that needs one, a key that would travel in clear."""
+        kind = kind_named(settings.kind)
         if not base_url:
-            raise UsageError(no_image_api(settings.kind))
-        problem = url_problem(base_url, allow_http=True)
-        if problem:
+            raise UsageError(kind.facts.no_image_api())
+        if problem := url_problem(base_url, allow_http=True):
             raise UsageError(f"IMGSAVE_BASE_URL is not usable: {problem}")
-        self._jobs: JobWire | None = None
-        if settings.kind in JOB_KINDS:
-            self._jobs = job_wire_for(settings.kind, base_url, model, settings)
-            self._endpoint = self._jobs.url
-            headers = self._jobs.headers(api_key)
-            self._refusal: Callable[[int, Any], str | None] = self._jobs.refusal
-        else:
-            wire = wire_for(settings.kind, base_url, model, settings)
-            self._wire: Wire = wire
-            self._endpoint = wire.url
-            headers = wire.headers(api_key)
-            self._refusal = wire.refusal
-        self._base = urlsplit(base_url)
+        if kind.facts.needs_model and not model:
+            raise UsageError(kind.facts.no_model())
+        refuse_key_in_clear(base_url, api_key, allow_http=allow_http)
+        seams = seams or Seams()
+        # The API's wire: one that answers with images, or one that answers with jobs.
+        self._wire: Wire | None = kind.wire(base_url, model, settings) if kind.wire else None
+        self._jobs: JobWire | None = (
+            kind.job_wire(base_url, model, settings) if kind.job_wire else None
+        )
+        api = self._jobs or self._wire
+        assert api is not None  # Kind holds exactly one
+        self._api: Wire | JobWire = api
+        self._endpoint = api.url
+        self._scope = KeyScope(base_url, kind.api_hosts)
         # Jobs being polled when their task was cancelled (a second Ctrl-C): cancelled at the
         # provider where its API allows it, on close.
         self._abandoned: list[RemoteJob] = []
-        self._clock = clock
+        self._clock = seams.clock
         self._settings = settings
         self._allow_http = allow_http
         # An answer is read no further than what its images could take as base64 (4/3 of the
@@ -172,23 +139,23 @@ class Provider:
         # Providers echo a wrong key back ("Incorrect API key provided: sk-..."): every message
         # this client produces is masked before it reaches the run, its log or the terminal.
         self._secrets = (api_key,) if api_key else ()
+        self._retries = RetryPolicy(settings, seams.sleep, seams.rng, self._secrets)
+        self._sleep = seams.sleep
         # Several small pools instead of one: httpcore's pool does work in proportion to its
         # connections times its queued requests on every request and every answer (encode/
         # httpcore#1035), which at concurrency 64 cost more CPU than everything else per image.
         self._clients = [
             httpx.AsyncClient(
-                headers=headers,
+                headers=api.headers(api_key),
                 timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=16),
                 follow_redirects=False,
-                transport=transport,
+                transport=seams.transport,
                 verify=shared_context(),
             )
             for _ in range(POOLS)
         ]
         self._turn = itertools.count()
-        self._sleep = sleep
-        self._random = rng or random.Random()
         self.pace = pace
         self._sending = True
 
@@ -233,38 +200,18 @@ class Provider:
         for client in self._clients:
             await client.aclose()
 
-    async def _cancel(self, job: RemoteJob) -> None:
-        """Ask the provider to stop a job no one will wait for (Replicate, fal); best effort."""
-        if not job.cancel or not self._same_site(job.cancel):
-            return
-        method = "PUT" if job.kind == "fal" else "POST"
-        with contextlib.suppress(httpx.HTTPError, TimeoutError):
-            async with asyncio.timeout(5):
-                await self._clients[0].request(method, job.cancel)
-
     async def generate(
         self, prompt: str, on_job: Callable[[RemoteJob], Awaitable[None]] | None = None
     ) -> Answer:
         """The images the API answers for `prompt`; raises ImageFailed or ProviderRefused.
         An API that answers with a job: `on_job(job)` is awaited (the caller logs it, fsynced)
         before the job is first polled."""
-        call = _Call()
+        call = Call()
 
         async def asked() -> Answer:
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(_Retryable),
-                stop=stop_after_attempt(self._settings.max_attempts),
-                wait=lambda state: self._wait(state, call),
-                sleep=self._sleep,
-                reraise=True,
-            )
             if self._jobs is None:
-                answer: Answer = await retrying(self._once, prompt, call, self._images)
-                return answer
-            submitted: tuple[RemoteJob, Progress | None] = await retrying(
-                self._once, prompt, call, self._submitted
-            )
-            job, first = submitted
+                return await self._retries.run(lambda: self._answer(prompt), call)
+            job, first = await self._retries.run(lambda: self._job(prompt), call)
             if on_job is not None:
                 await on_job(job)
             return await self._follow(job, first)
@@ -274,9 +221,9 @@ class Provider:
     async def resume(self, job: RemoteJob) -> Answer:
         """The images of a job an earlier run submitted and logged: polled, never submitted
         again. ImageFailed with `lost` when the provider no longer holds its result."""
-        return await self._guarded(lambda: self._follow(job, None), _Call())
+        return await self._guarded(lambda: self._follow(self._located(job), None), Call())
 
-    async def _guarded(self, work: Callable[[], Awaitable[Answer]], call: _Call) -> Answer:
+    async def _guarded(self, work: Callable[[], Awaitable[Answer]], call: Call) -> Answer:
         """`work`'s answer, with every failure said as imgsave says it, secrets masked."""
         try:
             answer = await work()
@@ -288,58 +235,27 @@ class Provider:
             raise type(exc)(
                 redact(str(exc), self._secrets), possibly_billed_retries=call.billed_retries
             ) from None
-        except _Retryable as exc:
+        except Retryable as exc:
             reason = redact(str(exc), self._secrets)
+            attempts = self._settings.max_attempts
             if exc.unreachable:
                 raise ProviderUnreachable(
-                    f"cannot reach the image API at {self._endpoint} after "
-                    f"{self._settings.max_attempts} attempts: {reason}",
+                    f"cannot reach the image API at {self._endpoint} after {attempts} attempts: "
+                    f"{reason}",
                     possibly_billed_retries=call.billed_retries,
                 ) from None
             raise ImageFailed(
-                f"gave up after {self._settings.max_attempts} attempts: {reason}",
+                f"gave up after {attempts} attempts: {reason}",
                 possibly_billed_retries=call.billed_retries,
             ) from None
         answer.possibly_billed_retries = call.billed_retries
         return answer
 
-    def _wait(self, state: RetryCallState, call: _Call) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
-        if isinstance(exc, _Retryable) and exc.billed:
-            call.billed_retries += 1
-        pause = backoff(
-            state.attempt_number, self._settings, retry_after=retry_after, rng=self._random
-        )
-        logger.debug(
-            "image API: attempt %d failed (%s); retrying in %.2fs",
-            state.attempt_number,
-            redact(str(exc), self._secrets),
-            pause,
-        )
-        return pause
+    # -- one attempt ---------------------------------------------------------------------------
 
-    async def _once(
-        self,
-        prompt: str,
-        call: _Call,
-        read: Callable[[httpx.Response], Awaitable[_T]],
-    ) -> _T:
-        try:
-            return await read(await self._attempt(prompt))
-        except _Retryable as exc:
-            if exc.billed and call.billed_retries >= self._settings.max_billed_retries:
-                raise ImageFailed(
-                    f"{exc}; not retried: the provider may have billed this attempt, and "
-                    f"{call.billed_retries} such retr{'y' if call.billed_retries == 1 else 'ies'}"
-                    f" is the limit (max_billed_retries)"
-                ) from None
-            raise
-
-    async def _attempt(self, prompt: str) -> httpx.Response:
-        """One request, its answer read, every status that is not a 200 or 201 raised."""
-        body = self._jobs.body(prompt) if self._jobs else self._wire.body(prompt)
-        extra = self._jobs.submit_headers() if self._jobs else {}
+    async def _submit(self, prompt: str) -> bytes:
+        """One request, its answer read within the cap; every status but 200 or 201 raised."""
+        body = self._api.body(prompt)
         if self.pace:
             await self.pace.wait()
         if not self._sending:
@@ -348,59 +264,48 @@ class Provider:
             # httpx's timeout is per read: a server trickling a byte at a time never trips it.
             # The whole request, body included, gets one deadline.
             async with asyncio.timeout(self._settings.timeout):
-                client = self._clients[next(self._turn) % POOLS]
-                async with client.stream(
-                    "POST", self._endpoint, json=body, headers=extra
-                ) as streamed:
-                    response = await self._read(streamed)
+                client = self._client()
+                async with client.stream("POST", self._endpoint, json=body) as streamed:
+                    content = await self._read(streamed)
+                    response = streamed
         except TimeoutError:
-            raise _Retryable(
+            raise Retryable(
                 f"no complete answer within {self._settings.timeout:g}s", billed=True
             ) from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
-            raise _Retryable(
-                f"connection failed: {type(exc).__name__}: {exc}", unreachable=True
-            ) from None
-        except httpx.TimeoutException as exc:
-            raise _Retryable(
-                f"no answer within {self._settings.timeout:g}s",
-                billed=isinstance(exc, httpx.ReadTimeout),
-            ) from None
         except httpx.TransportError as exc:
-            # Cut while the answer was coming: the request reached the provider.
-            billed = isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError)
-            raise _Retryable(
-                f"connection failed: {type(exc).__name__}: {exc}", billed=billed
-            ) from None
+            raise _transport_failure(exc, self._endpoint, sent=True) from None
+        self._judge(response, content)
+        return content
+
+    def _judge(self, response: httpx.Response, content: bytes) -> None:
         status = response.status_code
         if self.pace:
             self.pace.observe(response.headers)
         if status == 429:
             if self.pace:
-                self.pace.throttle(_retry_after(response))
-            raise _Retryable("rate limited (429)", _retry_after(response))
+                self.pace.throttle(retry_after(response))
+            raise Retryable("rate limited (429)", retry_after(response))
         if status >= 500:
-            raise _Retryable(f"server error {status}", _retry_after(response))
-        if status in FATAL_STATUSES:
-            raise ProviderRefused(
-                f"image API refused the request with {status} {response.reason_phrase}"
-                f"{_detail(response)} (check IMGSAVE_API_KEY, IMGSAVE_BASE_URL and IMGSAVE_MODEL)"
-            )
+            raise Retryable(f"server error {status}", retry_after(response))
         if status >= 400:
-            try:
-                refusal = self._refusal(status, response.json())
-            except ValueError:
-                refusal = None
+            # (Parsed here only: a 200's megabytes of base64 are parsed off the event loop.)
+            payload = _json_or_none(content)
+            if status in FATAL_STATUSES or self._api.key_refused(status, payload):
+                raise ProviderRefused(
+                    f"image API refused the request with {status} {response.reason_phrase}"
+                    f"{_detail(payload)} (check IMGSAVE_API_KEY, IMGSAVE_BASE_URL and "
+                    "IMGSAVE_MODEL)"
+                )
             raise ImageFailed(
-                f"image API rejected the prompt: {status}{_detail(response)}", refusal=refusal
+                f"image API rejected the prompt: {status}{_detail(payload)}",
+                refusal=self._api.refusal(status, payload),
             )
         if status not in (200, 201):
-            raise _Retryable(f"unexpected status {status}")
-        return response
+            raise Retryable(f"unexpected status {status}")
 
-    async def _read(self, response: httpx.Response) -> httpx.Response:
-        """The answer with its body read, up to the cap (see __init__); ImageFailed past it:
-        the provider has answered (and billed), and asking again would only pay again."""
+    async def _read(self, response: httpx.Response) -> bytes:
+        """The answer's body, up to the cap (see __init__); ImageFailed past it: the provider
+        has answered (and billed), and asking again would only pay again."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
@@ -411,15 +316,19 @@ class Provider:
                     "be (max_image_bytes); not read further, not retried"
                 )
             chunks.append(chunk)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            content=b"".join(chunks),
-            request=response.request,
-        )
+        return b"".join(chunks)
 
-    async def _images(self, response: httpx.Response) -> Answer:
-        content = response.content
+    def _client(self) -> httpx.AsyncClient:
+        return self._clients[next(self._turn) % POOLS]
+
+    # -- answers that hold images (OpenAI, Azure, Gemini) ---------------------------------------
+
+    async def _answer(self, prompt: str) -> Answer:
+        """One attempt at an API that answers with images."""
+        return await self._images(await self._submit(prompt))
+
+    async def _images(self, content: bytes) -> Answer:
+        assert self._wire is not None
         try:
             # A base64 answer is megabytes: parsed and decoded in one worker-thread hop, so
             # other requests and saves are not held up meanwhile.
@@ -428,87 +337,98 @@ class Provider:
             else:
                 payload, decoded = self._wire.parse(content)
         except ValueError:
-            raise _Retryable("the answer is not JSON", billed=True) from None
+            raise Retryable("the answer is not JSON", billed=True) from None
         answer = self._wire.read(payload, decoded, allow_http=self._allow_http)
         if not answer.images:
             if answer.refusal or answer.refused_urls:
                 # The provider's answer, not a fault: asking again would pay again.
                 raise ImageFailed("; ".join(answer.problems), refusal=answer.refusal)
-            raise _Retryable(f"the answer holds no image: {answer.problems[0]}", billed=True)
+            raise Retryable(f"the answer holds no image: {answer.problems[0]}", billed=True)
         return answer
 
-    # -- jobs (Replicate, fal, BFL) ---------------------------------------------------------
+    # -- jobs (Replicate, fal, BFL) -------------------------------------------------------------
 
-    async def _submitted(self, response: httpx.Response) -> tuple[RemoteJob, Progress | None]:
-        """The job a submission's answer names, and its state when the answer already says
-        (Replicate's `Prefer: wait` answers a prediction that finished in time as done)."""
+    async def _job(self, prompt: str) -> tuple[RemoteJob, Progress | None]:
+        """One attempt at an API that answers with a job."""
+        return self._submitted(await self._submit(prompt))
+
+    def _submitted(self, content: bytes) -> tuple[RemoteJob, Progress | None]:
+        """The job a submission's answer names, at the URLs the key may follow, and its state
+        when the answer already says it is over (a prediction that finished in time)."""
         assert self._jobs is not None
         try:
-            payload = json.loads(response.content)
-            job = self._jobs.job(payload)
+            payload = json.loads(content)
+            job = self._located(self._jobs.job(payload))
         except ValueError as exc:
             # The job may exist, and be billed: a retry is counted as one that may pay twice.
-            raise _Retryable(f"the answer names no job: {exc}", billed=True) from None
+            raise Retryable(f"the answer names no job: {exc}", billed=True) from None
         first = self._jobs.progress(payload)
         return job, (None if first.state == "running" else first)
+
+    def _located(self, job: RemoteJob) -> RemoteJob:
+        """`job` with each of its URLs the key may follow: the provider's where the key may go
+        there (key_scope.py), else the path the API documents under the base URL."""
+        assert self._jobs is not None
+        documented = self._jobs.at_base(job)
+
+        def pick(given: str | None, under_base: str | None) -> str | None:
+            return given if given and self._scope.admits(given) else under_base
+
+        return RemoteJob(
+            job.kind,
+            job.id,
+            pick(job.poll, documented.poll) or documented.poll,
+            pick(job.result, documented.result),
+            pick(job.cancel, documented.cancel),
+        )
 
     async def _follow(self, job: RemoteJob, first: Progress | None) -> Answer:
         """Poll `job` until it is done, failed or gone, within `poll_timeout`; its images."""
         assert self._jobs is not None
-        for url in filter(None, (job.poll, job.result)):
-            if not self._same_site(url):
-                raise ImageFailed(
-                    f"job {job.id}: the provider names {shorten(url)!r}, on another site than "
-                    "IMGSAVE_BASE_URL; the API key is not sent there, and the job is left in "
-                    "the log"
-                )
-        progress = first
-        deadline = self._clock() + self._settings.poll_timeout
         try:
-            while progress is None or progress.state == "running":
-                if progress is not None:
-                    if self._clock() >= deadline:
-                        raise ImageFailed(
-                            f"job {job.id} still running after {self._settings.poll_timeout:g}s"
-                            " (poll_timeout); left in the log, the next run polls it again"
-                        )
-                    await self._sleep(self._settings.poll_interval)
-                polled = await self._get(job, job.poll)
-                progress = (
-                    Progress("gone", reason="the provider answers 404 for it")
-                    if polled is _GONE
-                    else self._jobs.progress(polled)
-                )
+            progress = first or await self._progress(job)
+            deadline = self._clock() + self._settings.poll_timeout
+            while progress.state == "running":
+                if self._clock() >= deadline:
+                    raise ImageFailed(
+                        f"job {job.id} still running after {self._settings.poll_timeout:g}s"
+                        " (poll_timeout); left in the log, the next run polls it again"
+                    )
+                await self._sleep(self._settings.poll_interval)
+                progress = await self._progress(job)
         except asyncio.CancelledError:
             self._abandoned.append(job)
             raise
-        if progress.state == "gone":
+        outputs = _ended(job, progress) or await self._results(job)
+        return self._answer_of(job, outputs)
+
+    async def _progress(self, job: RemoteJob) -> Progress:
+        assert self._jobs is not None
+        polled = await self._polled(job, job.poll)
+        if polled is _GONE:
+            return Progress("gone", reason="the provider answers 404 for it")
+        return self._jobs.progress(polled)
+
+    async def _results(self, job: RemoteJob) -> list[str]:
+        """fal: the images at the job's result, once its status said it is done."""
+        assert self._jobs is not None
+        if not job.result:
+            return []
+        result = await self._polled(job, job.result)
+        if result is _GONE:
             raise ImageFailed(
-                f"job {job.id} is no longer held by the provider ({progress.reason}): "
-                "paid for, and its images are lost",
+                f"job {job.id}'s result is no longer held by the provider: paid for, and its "
+                "images are lost",
                 job=job.id,
                 lost=True,
             )
-        if progress.state == "failed":
-            refusal = progress.reason if progress.refusal else None
-            raise ImageFailed(
-                f"job {job.id} failed: {progress.reason}", job=job.id, refusal=refusal
-            )
-        outputs = progress.outputs
-        if not outputs and job.result:
-            result = await self._get(job, job.result)
-            if result is _GONE:
-                raise ImageFailed(
-                    f"job {job.id}'s result is no longer held by the provider: paid for, and "
-                    "its images are lost",
-                    job=job.id,
-                    lost=True,
-                )
-            outputs = self._jobs.outputs(result)
+        return self._jobs.outputs(result)
+
+    def _answer_of(self, job: RemoteJob, outputs: list[str]) -> Answer:
         answer = Answer([], job=job.id)
         for output in outputs:
-            if output.startswith("data:"):
-                data = decode_base64(output)
+            if output[:5].lower() == "data:":
+                data = decode_data_uri(output)
                 answer.images.append(
                     Received(data=data)
                     if data is not None
@@ -529,57 +449,110 @@ class Provider:
             )
         return answer
 
-    async def _get(self, job: RemoteJob, url: str) -> Any:
-        """A job's state or result, as JSON. Polls are not billed: transient trouble is
-        retried; a job the provider no longer knows (404, 410) is `gone`."""
-        assert self._jobs is not None
-        for attempt in range(1, self._settings.max_attempts + 1):
-            try:
-                async with asyncio.timeout(self._settings.timeout):
-                    client = self._clients[next(self._turn) % POOLS]
-                    response = await client.get(url)
-                status = response.status_code
-                if status in (404, 410):
-                    return _GONE
-                if status in (401, 403):
-                    raise ProviderRefused(
-                        f"image API refused to show job {job.id} with {status}"
-                        f"{_detail(response)} (check IMGSAVE_API_KEY)"
-                    )
-                failure = self._jobs.failure(status, response.headers, _json_or_none(response))
-                if failure and status >= 400:
-                    raise ImageFailed(f"job {job.id} failed: {failure}", job=job.id)
-                if 400 <= status < 500 and status != 429:
-                    refusal = self._refusal(status, _json_or_none(response))
-                    raise ImageFailed(
-                        f"job {job.id} failed: {status}{_detail(response)}",
-                        job=job.id,
-                        refusal=refusal,
-                    )
-                if status == 200:
-                    return response.json()
-                reason, retry_after = f"status {status}", _retry_after(response)
-            except (httpx.TransportError, TimeoutError, ValueError) as exc:
-                reason, retry_after = f"{type(exc).__name__}: {exc}", None
-            if attempt == self._settings.max_attempts:
-                raise ImageFailed(
-                    f"cannot poll job {job.id} ({reason}); left in the log, the next run polls "
-                    "it again"
-                )
-            await self._sleep(
-                backoff(attempt, self._settings, retry_after=retry_after, rng=self._random)
-            )
-        raise AssertionError("unreachable")
+    async def _polled(self, job: RemoteJob, url: str) -> Any:
+        """A job's state or result as JSON, through the one retry policy (a poll is never
+        billed); `_GONE` when the provider no longer knows the job (404, 410)."""
+        try:
+            return await self._retries.run(lambda: self._poll(job, url), Call())
+        except Retryable as exc:
+            reason = redact(str(exc), self._secrets)
+            raise ImageFailed(
+                f"cannot poll job {job.id} ({reason}); left in the log, the next run polls it again"
+            ) from None
 
-    def _same_site(self, url: str) -> bool:
-        """Whether the API key may go to `url`: the base URL's scheme, and its host or a host
-        of the same site (BFL polls at api.us1.bfl.ai for api.bfl.ai)."""
-        parts = urlsplit(url)
-        host, base = parts.hostname or "", self._base.hostname or ""
-        if parts.scheme != self._base.scheme or not host:
-            return False
-        site = ".".join(base.split(".")[-2:])
-        return host in (base, site) or host.endswith("." + site)
+    async def _poll(self, job: RemoteJob, url: str) -> Any:
+        assert self._jobs is not None
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                async with self._client().stream("GET", url) as response:
+                    content = await self._read_poll(job, response)
+        except TimeoutError:
+            raise Retryable(f"no answer within {self._settings.timeout:g}s") from None
+        except httpx.TransportError as exc:
+            raise _transport_failure(exc, url, sent=False) from None
+        status = response.status_code
+        payload = _json_or_none(content)
+        if status in (404, 410):
+            return _GONE
+        if 400 <= status < 500 and self._jobs.key_refused(status, payload):
+            raise ProviderRefused(
+                f"image API refused to show job {job.id} with {status}{_detail(payload)} "
+                "(check IMGSAVE_API_KEY)"
+            )
+        if status >= 400 and (failure := self._jobs.failure(status, response.headers, payload)):
+            raise ImageFailed(f"job {job.id} failed: {failure}", job=job.id)
+        if 400 <= status < 500 and status != 429:
+            raise ImageFailed(
+                f"job {job.id} failed: {status}{_detail(payload)}",
+                job=job.id,
+                refusal=self._jobs.refusal(status, payload),
+            )
+        if status != 200:
+            raise Retryable(f"status {status}", retry_after(response))
+        if payload is None:
+            raise Retryable("the answer is not JSON")
+        return payload
+
+    async def _read_poll(self, job: RemoteJob, response: httpx.Response) -> bytes:
+        """A poll's answer within the same cap as a submission's: one past it cannot hold
+        images imgsave would store, so the job is over for imgsave."""
+        try:
+            return await self._read(response)
+        except ImageFailed:
+            raise ImageFailed(
+                f"job {job.id}: a poll's answer is over {self._max_answer:,} bytes, more than "
+                "its images may be (max_image_bytes); not read further",
+                job=job.id,
+            ) from None
+
+    async def _cancel(self, job: RemoteJob) -> None:
+        """Ask the provider to stop a job no one will wait for (Replicate, fal); best effort."""
+        method = self._jobs.cancel_method if self._jobs else None
+        if not (method and job.cancel and self._scope.admits(job.cancel)):
+            return
+        with contextlib.suppress(httpx.HTTPError, TimeoutError):
+            async with asyncio.timeout(5):
+                await self._clients[0].request(method, job.cancel)
+
+
+def _ended(job: RemoteJob, progress: Progress) -> list[str]:
+    """A finished job's outputs; ImageFailed when it is over with none to have."""
+    if progress.state == "gone":
+        raise ImageFailed(
+            f"job {job.id} is no longer held by the provider ({progress.reason}): paid for, "
+            "and its images are lost",
+            job=job.id,
+            lost=True,
+        )
+    if progress.state == "failed":
+        refusal = progress.reason if progress.refusal else None
+        raise ImageFailed(f"job {job.id} failed: {progress.reason}", job=job.id, refusal=refusal)
+    return progress.outputs
+
+
+def _transport_failure(exc: httpx.TransportError, url: str, *, sent: bool) -> Exception:
+    """What a transport error means: a name that does not exist stops the run at once (no
+    retry will make it resolve); no connection is `unreachable`; one cut while the answer was
+    coming may have been billed (`sent`: the request was a submission)."""
+    host = urlsplit(url).hostname or url
+    if _unresolvable(exc):
+        return ProviderUnreachable(f"cannot reach the image API: {host} does not resolve ({exc})")
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol):
+        return Retryable(f"connection failed: {type(exc).__name__}: {exc}", unreachable=True)
+    if isinstance(exc, httpx.TimeoutException):
+        billed = sent and isinstance(exc, httpx.ReadTimeout)
+        return Retryable(f"no answer in time: {type(exc).__name__}", billed=billed)
+    billed = sent and isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError)
+    return Retryable(f"connection failed: {type(exc).__name__}: {exc}", billed=billed)
+
+
+def _unresolvable(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) and seen.errno in _NO_SUCH_NAME:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def add_usage(total: dict[str, int], usage: dict[str, int]) -> None:
@@ -588,65 +561,20 @@ def add_usage(total: dict[str, int], usage: dict[str, int]) -> None:
         total[name] = total.get(name, 0) + tokens
 
 
-def backoff(
-    attempt: int,
-    settings: ProviderSettings,
-    *,
-    retry_after: float | None = None,
-    rng: random.Random,
-) -> float:
-    """Seconds to wait after failed attempt `attempt` (1-based): the server's Retry-After up to
-    a cap, else exponential backoff with jitter, bounded by `backoff_max`."""
-    if retry_after is not None:
-        return min(retry_after, settings.max_retry_after) + rng.uniform(0, 0.05)
-    ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** (attempt - 1))
-    # "Equal jitter": never less than half the ceiling, so retries spread out without
-    # collapsing to zero wait.
-    return rng.uniform(ceiling / 2, ceiling)
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A Retry-After header, in either form (seconds, or an HTTP date), as seconds from now."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read the same way
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    # retry-after-ms (OpenAI, Azure) is finer than Retry-After's whole seconds.
-    millis = response.headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    return retry_after_seconds(response.headers.get("retry-after"))
-
-
 # What a poll of a job the provider no longer holds (404, 410) returns.
 _GONE: Any = object()
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(content: bytes) -> Any:
     try:
-        return response.json()
+        return json.loads(content)
     except ValueError:
         return None
 
 
-def _detail(response: httpx.Response) -> str:
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+def _detail(payload: Any) -> str:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if message is None:
         return ""
     return f": {' '.join(str(message).split())[:200]}"

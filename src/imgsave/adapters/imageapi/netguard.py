@@ -3,6 +3,13 @@ resolves to a loopback, private, link-local (169.254.169.254, the cloud metadata
 shared or reserved address is refused, after DNS resolution and on every hop, so an answer or a
 log line cannot make imgsave fetch an internal service and publish it in the bucket.
 
+An IPv6 address that carries an IPv4 one is judged by the IPv4 one: IPv4-mapped
+(`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), the
+NAT64 well-known prefix (`64:ff9b::/96`, which a NAT64 gateway turns into the IPv4 address it
+ends with), 6to4 (`2002::/16`) and Teredo (`2001::/32`, its server and its client). The local-use
+NAT64 prefix (`64:ff9b:1::/48`) embeds its IPv4 where the local network decides, so it is
+refused whole.
+
 The check and the connection use the same address: the request is sent to the address that was
 checked (the Host header and TLS's SNI keep the name), so a DNS answer that changes between the
 two (rebinding) cannot slip through. `allow_private_network` (for a provider or image host on
@@ -25,10 +32,37 @@ class PrivateAddress(httpx.TransportError):
     """The URL's host resolves to an address downloads may not reach."""
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
 def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        embedded = embedded_ipv4(ip)
+        if embedded:
+            return all(_public(v4) for v4 in embedded)
+    return _public(ip)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address stands for, where it carries any."""
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if ip.teredo is not None:
+        return ip.teredo
+    if ip in _NAT64 or ip in _TRANSLATED or ip in _COMPATIBLE:
+        return (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF),)
+    return ()
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 

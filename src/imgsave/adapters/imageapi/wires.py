@@ -1,27 +1,15 @@
-"""What differs between image APIs that answer a request with its images: where the request
-goes, how the key is sent, the body, how the answer holds its images, and how the API says it
-refused a prompt. The transport, deadlines, pace and retry accounting around them are the
-same for every API (client.py).
-
-- `openai`: `POST {base}/images/generations`, `Authorization: Bearer`; images in
-  `data[].b64_json` or `data[].url`; a refusal is a 400 whose `error.code` says why
-  (`moderation_blocked`).
-- `azure`: `POST {base}/openai/deployments/{deployment}/images/generations?api-version=V`,
-  header `api-key`; answers as OpenAI.
-- `gemini`: `POST {base}/models/{model}:generateContent`, header `x-goog-api-key`, body
-  `{"contents": [{"parts": [{"text": PROMPT}]}], "generationConfig": {...params}}`; images in
-  `candidates[].content.parts[].inlineData {mimeType, data}`; a refusal is a 200 with
-  `promptFeedback.blockReason`, or a candidate whose `finishReason` is not `STOP`.
+"""What image APIs that answer a request with its images have in common: the answer and its
+images, the wire each such API implements (kinds/openai.py, kinds/azure.py, kinds/gemini.py),
+and the OpenAI answer's shape, which the Batch API's output lines share. The transport,
+deadlines, pace and retry accounting around a wire are the same for every API (client.py).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote
 
-from imgsave.core.image_bytes import decode_base64
+from imgsave.core.image_bytes import decode_base64, decode_data_uri
 from imgsave.core.settings import ProviderSettings
 from imgsave.core.url_rule import shorten, url_problem
 
@@ -77,163 +65,15 @@ class Wire(Protocol):
         """Why a 4xx answer refused this prompt, in the provider's words (its error code)."""
         ...
 
-
-class OpenAIWire:
-    kind = "openai"
-
-    def __init__(self, base_url: str, model: str | None, settings: ProviderSettings):
-        self.url = base_url.rstrip("/") + "/images/generations"
-        self._model = model
-        self._settings = settings
-
-    def headers(self, api_key: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-    def body(self, prompt: str) -> dict[str, Any]:
-        return request_body(prompt, self._model, self._settings)
-
-    def parse(self, content: bytes) -> tuple[Any, Decoded]:
-        payload = json.loads(content)
-        return payload, decoded_images(payload)
-
-    def read(self, payload: Any, decoded: Decoded, *, allow_http: bool) -> Answer:
-        items = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(items, list) or not items:
-            return Answer([], problems=["the answer holds no data[] with an image"])
-        return images_of(payload, decoded, allow_http=allow_http)
-
-    def refusal(self, status: int, payload: Any) -> str | None:
-        error = payload.get("error") if isinstance(payload, dict) else None
-        code = error.get("code") if isinstance(error, dict) else None
-        return code if isinstance(code, str) and code else None
+    def key_refused(self, status: int, payload: Any) -> bool:
+        """Whether an error answer says the API key itself is refused (the run stops)."""
+        ...
 
 
-class AzureWire(OpenAIWire):
-    """Azure OpenAI: the deployment (IMGSAVE_MODEL) is in the path, not the body."""
-
-    kind = "azure"
-
-    def __init__(self, base_url: str, model: str | None, settings: ProviderSettings):
-        super().__init__(base_url, None, settings)
-        deployment = quote(model or "", safe="")
-        self.url = (
-            f"{base_url.rstrip('/')}/openai/deployments/{deployment}/images/generations"
-            f"?api-version={quote(settings.api_version, safe='')}"
-        )
-
-    def headers(self, api_key: str | None) -> dict[str, str]:
-        return {"api-key": api_key} if api_key else {}
-
-
-class GeminiWire:
-    kind = "gemini"
-
-    def __init__(self, base_url: str, model: str | None, settings: ProviderSettings):
-        name = (model or "").removeprefix("models/")
-        self.url = f"{base_url.rstrip('/')}/models/{quote(name, safe='.-_')}:generateContent"
-        self._settings = settings
-
-    def headers(self, api_key: str | None) -> dict[str, str]:
-        return {"x-goog-api-key": api_key} if api_key else {}
-
-    def body(self, prompt: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"contents": [{"parts": [{"text": prompt}]}]}
-        if self._settings.params:
-            body["generationConfig"] = dict(self._settings.params)
-        return body
-
-    def parse(self, content: bytes) -> tuple[Any, Decoded]:
-        payload = json.loads(content)
-        decoded: Decoded = {}
-        for n, inline in enumerate(_inline_images(payload)):
-            text = inline.get("data")
-            if isinstance(text, str) and text:
-                data = decode_base64(text)
-                decoded[n] = (data, True) if data is not None else (text.encode("utf-8"), False)
-                inline["data"] = None  # megabytes: dropped as soon as it is decoded
-        return payload, decoded
-
-    def read(self, payload: Any, decoded: Decoded, *, allow_http: bool) -> Answer:
-        usage = payload.get("usageMetadata") if isinstance(payload, dict) else None
-        answer = Answer(
-            [Received(data=data, undecodable=not ok) for _, (data, ok) in sorted(decoded.items())],
-            usage=_gemini_usage(usage),
-        )
-        if answer.images:
-            return answer  # an image in hand is kept, whatever else the answer says
-        feedback = payload.get("promptFeedback") if isinstance(payload, dict) else None
-        blocked = feedback.get("blockReason") if isinstance(feedback, dict) else None
-        candidates = payload.get("candidates") if isinstance(payload, dict) else None
-        finishes = [
-            c.get("finishReason")
-            for c in (candidates if isinstance(candidates, list) else [])
-            if isinstance(c, dict)
-        ]
-        stopped = [f for f in finishes if isinstance(f, str) and f not in ("STOP", "")]
-        if isinstance(blocked, str) and blocked:
-            answer.refusal = blocked
-        elif stopped:
-            answer.refusal = stopped[0]
-        if answer.refusal:
-            answer.problems.append(f"the image API refused the prompt: {answer.refusal}")
-        else:
-            answer.problems.append("the answer holds no candidates[].content.parts[].inlineData")
-        return answer
-
-    def refusal(self, status: int, payload: Any) -> str | None:
-        error = payload.get("error") if isinstance(payload, dict) else None
-        reason = error.get("status") if isinstance(error, dict) else None
-        return reason if isinstance(reason, str) and reason else None
-
-
-WIRES: dict[str, type[OpenAIWire] | type[GeminiWire]] = {
-    "openai": OpenAIWire,
-    "azure": AzureWire,
-    "gemini": GeminiWire,
-}
-
-
-def wire_for(kind: str, base_url: str, model: str | None, settings: ProviderSettings) -> Wire:
-    return WIRES[kind](base_url, model, settings)
-
-
-def _inline_images(payload: Any) -> list[dict[str, Any]]:
-    """Every inlineData part of every candidate holding an image, in order."""
-    found: list[dict[str, Any]] = []
-    candidates = payload.get("candidates") if isinstance(payload, dict) else None
-    for candidate in candidates if isinstance(candidates, list) else ():
-        content = candidate.get("content") if isinstance(candidate, dict) else None
-        parts = content.get("parts") if isinstance(content, dict) else None
-        for part in parts if isinstance(parts, list) else ():
-            # The REST API writes camelCase; some SDK dumps write snake_case.
-            inline = (
-                (part.get("inlineData") or part.get("inline_data"))
-                if isinstance(part, dict)
-                else None
-            )
-            mime = (
-                inline.get("mimeType") or inline.get("mime_type")
-                if isinstance(inline, dict)
-                else None
-            )
-            if isinstance(inline, dict) and isinstance(mime, str) and mime.startswith("image/"):
-                found.append(inline)
-    return found
-
-
-def _gemini_usage(value: Any) -> dict[str, int]:
-    if not isinstance(value, dict):
-        return {}
-    names = {
-        "promptTokenCount": "input_tokens",
-        "candidatesTokenCount": "output_tokens",
-        "totalTokenCount": "total_tokens",
-    }
-    return {
-        ours: int(value[theirs])
-        for theirs, ours in names.items()
-        if isinstance(value.get(theirs), int) and not isinstance(value.get(theirs), bool)
-    }
+def error_of(payload: Any) -> dict[str, Any]:
+    """An error answer's `error` object (OpenAI's and Google's shape), or {}."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 def request_body(prompt: str, model: str | None, settings: ProviderSettings) -> dict[str, Any]:
@@ -253,6 +93,15 @@ def images_of(payload: Any, decoded: Decoded, *, allow_http: bool) -> Answer:
     for n, item in enumerate(items if isinstance(items, list) else ()):
         entry: dict[str, Any] = item if isinstance(item, dict) else {}
         url = entry.get("url")
+        if isinstance(url, str) and url[:5].lower() == "data:" and n not in decoded:
+            # The image itself, in the URL: paid for, so decoded, never refused as a URL.
+            data = decode_data_uri(url)
+            answer.images.append(
+                Received(data=data)
+                if data is not None
+                else Received(data=url.encode(), undecodable=True)
+            )
+            continue
         if not isinstance(url, str):
             url = None
         elif problem := url_problem(url, allow_http=allow_http):
