@@ -118,6 +118,9 @@ def test_a_sigkilled_run_is_finished_by_a_rerun_and_only_its_in_flight_images_ar
             process_env(db_url, a, tmp_path / "a"),
             tmp_path,
         )
+        # The second host starts once the first is working: on a loaded machine, a second
+        # that started first could take every scene before the first claimed any.
+        wait_for(lambda: a.requests >= 1, timeout=60)
         other = spawn(
             ["generate", "--all", "-c", "4", "--json"],
             process_env(db_url, b, tmp_path / "b"),
