@@ -124,7 +124,7 @@ def test_a_broken_settings_file_still_pings_its_exit_code(cli, receiver, tmp_pat
     assert receiver.last_json() == ran.json()
 
 
-def test_the_ping_url_is_a_secret_nowhere_printed(cli, rows, tmp_path):
+def test_the_ping_url_is_a_secret_nowhere_printed(cli, rows, tmp_path, virtual_time):
     url = dead_url() + "-SECRETPATH"
     (tmp_path / "imgsave.toml").write_text("[monitor]\nping_url = 'ftp://x/SECRETPATH'\n")
     ran = cli("audit", "--json")
