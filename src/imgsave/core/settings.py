@@ -199,7 +199,14 @@ class Settings:
         )
         in_urls = (
             userinfo_secret(url)
-            for url in (self.base_url, self.store.url, self.store.public_url, self.store.endpoint)
+            for url in (
+                self.base_url,
+                self.store.url,
+                self.store.public_url,
+                self.store.endpoint,
+                os.environ.get("AWS_ENDPOINT_URL"),
+                os.environ.get("AWS_ENDPOINT"),
+            )
         )
         pinged = (self.monitor.ping_url,) if self.monitor.ping_url else ()
         return (
