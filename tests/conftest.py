@@ -386,7 +386,13 @@ def cli(db_url: str, log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
             k: None for k in os.environ if k.startswith("IMGSAVE_") or k in _OUTSIDE
         }
         environ.update(
-            {"IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_LOG_DIR": str(log_dir), "COLUMNS": "200"}
+            {
+                "IMGSAVE_DATABASE_URL": db_url,
+                "IMGSAVE_LOG_DIR": str(log_dir),
+                "COLUMNS": "200",
+                # The user's own ~/.config/imgsave/imgsave.toml is no test's settings.
+                "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+            }
         )
         environ.update(env or {})
         outcome: list[object] = []
@@ -416,6 +422,7 @@ def process_env(db_url: str, api: LoopbackProvider, log_dir: Path) -> dict[str, 
         "IMGSAVE_BASE_URL": api.base_url,
         "IMGSAVE_API_KEY": "sk-test-SECRET-123",
         "IMGSAVE_ALLOW_PRIVATE_NETWORK": "1",
+        "XDG_CONFIG_HOME": str(log_dir.parent / "xdg-config"),
     }
 
 

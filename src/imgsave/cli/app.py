@@ -220,10 +220,12 @@ def audit(
     """Find the images that were generated but are not in their scene.
 
     \b
-    Example:
-      imgsave audit --log /var/log/app/ --since 2d --pattern REGEX --json
-
-    (REGEX for the incident's console log, and for other log shapes: see docs/usage.md.)
+    Examples (imgsave's own log; a console log of lines such as
+    "2026-11-25T10:00:00Z [6f1c…] [Scene 3] Saved image to database: https://…";
+    JSON lines such as {"time":…,"projectId":…,"sceneIndex":3,"imageUrl":…}):
+      imgsave audit --json
+      imgsave audit --log /var/log/app/ --since 2d --pattern '^(?P<ts>\S+) \[(?P<project>[^\]]+)\] \[Scene (?P<scene>\d+)\] Saved image to database: (?P<url>\S+)'
+      imgsave audit --log app.jsonl --pattern '"time":"(?P<ts>[^"]+)".*"projectId":"(?P<project>[^"]+)".*"sceneIndex":(?P<scene>\d+).*"imageUrl":"(?P<url>[^"]+)"'
     """
 
     async def work(settings: Settings) -> _Result:
@@ -259,7 +261,7 @@ def repair(
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
     \b
-    Example (from cron: see docs/usage.md):
+    Example (from cron, every ten minutes; the exit code to an alert):
       imgsave repair --execute --check-urls --json
     """
 

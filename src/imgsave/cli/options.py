@@ -302,8 +302,8 @@ _LOG_SOURCE_PARAMETERS = (
                 help="Python regex for other systems' logs. Named groups, written (?P<name>...): "
                 "url and scene (required); project (else --project), ts (ISO 8601 or epoch "
                 "seconds/ms), run, scene_id (optional). Lines that do not match are counted, and "
-                "a pattern that matches no line is an error. docs/usage.md has one example per "
-                "common log shape.",
+                "a pattern that matches no line is an error (`imgsave audit --help` shows "
+                "examples).",
             ),
         ],
     ),

@@ -38,6 +38,10 @@ class _Console(Console):
                 yield Segment(text, segment.style, segment.control)
 
 
+# A line's width when stdout is not a terminal: the longest URL saved, with room beside it.
+PIPED_WIDTH = 4096
+
+
 def stderr_console() -> Console:
     return _Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -45,8 +49,9 @@ def stderr_console() -> Console:
 def stdout_console() -> Console:
     console = _Console(highlight=False, soft_wrap=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped into a file or a pager: keep URLs whole rather than folded at 80 columns.
-        console.width = 200
+        # Piped into a file, grep or a pager: no line is folded, so a URL (up to 2,048
+        # characters) stays whole in its table cell, and a table is as wide as its content.
+        console.width = PIPED_WIDTH
     return console
 
 
