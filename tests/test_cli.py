@@ -71,7 +71,11 @@ def test_a_store_endpoint_with_credentials_is_refused_without_repeating_them(
         "--json",
         "--store",
         "s3://bucket/prefix",
-        env={"IMGSAVE_PUBLIC_URL": "https://img.example", "IMGSAVE_API_KEY": "sk-x-12345678", **env},
+        env={
+            "IMGSAVE_PUBLIC_URL": "https://img.example",
+            "IMGSAVE_API_KEY": "sk-x-12345678",
+            **env,
+        },
     )
     assert ran.code == 2, ran.stderr
     assert "SECRET-STORE-KEY" not in ran.stdout + ran.stderr

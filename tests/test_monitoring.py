@@ -105,9 +105,7 @@ def test_generate_audit_and_repair_ping_start_then_their_exit_code_with_the_json
     assert receiver.pings[0][1] == b""
 
 
-def test_the_ping_url_comes_from_the_environment_and_reports_a_failed_run(
-    cli, api, rows, receiver
-):
+def test_the_ping_url_comes_from_the_environment_and_reports_a_failed_run(cli, api, rows, receiver):
     """IMGSAVE_PING_URL, and a run that could not work: `URL/3` with the error object."""
     ran = cli("generate", "nosuch", env=provider_env(api, IMGSAVE_PING_URL=receiver.url))
     assert ran.code == 3

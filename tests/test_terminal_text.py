@@ -13,7 +13,6 @@ import time
 
 from hypothesis import given
 from hypothesis import strategies as st
-from rich.console import Console
 
 from imgsave._demo.loopback import HOSTILE_TEXT, LoopbackProvider
 from imgsave.core.control_chars import UNSAFE_IN_DATA, escape_controls

@@ -224,9 +224,9 @@ def audit(
     "2026-11-25T10:00:00Z [6f1c…] [Scene 3] Saved image to database: https://…";
     JSON lines such as {"time":…,"projectId":…,"sceneIndex":3,"imageUrl":…}):
       imgsave audit --json
-      imgsave audit --log /var/log/app/ --since 2d --pattern '^(?P<ts>\S+) \[(?P<project>[^\]]+)\] \[Scene (?P<scene>\d+)\] Saved image to database: (?P<url>\S+)'
-      imgsave audit --log app.jsonl --pattern '"time":"(?P<ts>[^"]+)".*"projectId":"(?P<project>[^"]+)".*"sceneIndex":(?P<scene>\d+).*"imageUrl":"(?P<url>[^"]+)"'
-    """
+      imgsave audit --log /var/log/app/ --since 2d --pattern '^(?P<ts>\\S+) \\[(?P<project>[^\\]]+)\\] \\[Scene (?P<scene>\\d+)\\] Saved image to database: (?P<url>\\S+)'
+      imgsave audit --log app.jsonl --pattern '"time":"(?P<ts>[^"]+)".*"projectId":"(?P<project>[^"]+)".*"sceneIndex":(?P<scene>\\d+).*"imageUrl":"(?P<url>[^"]+)"'
+    """  # noqa: E501 (examples are whole command lines)
 
     async def work(settings: Settings) -> _Result:
         from imgsave.commands.audit import run_audit
@@ -548,7 +548,8 @@ def config_command(common: Common) -> None:
 
         return run_config(load_sourced(common.flags(), config_path=common.config))
 
-    _execute(work, common)
+    # It shows the monitoring settings; it is no run to report.
+    _execute(work, common, watched=False)
 
 
 def _one_mode(*, dry_run: bool, execute: bool) -> None:
@@ -576,16 +577,19 @@ class _Result(Protocol):
         ...
 
 
-def _execute(work: Callable[[Settings], Awaitable[_Result]], common: Common) -> None:
-    """Run a command's work: settings, logging, the operator's monitoring (ping and metrics),
-    and every way it can end turned into its exit code and its output."""
+def _execute(
+    work: Callable[[Settings], Awaitable[_Result]], common: Common, *, watched: bool = True
+) -> None:
+    """Run a command's work: settings, logging, the operator's monitoring (ping and metrics;
+    `watched=False` for a command that is no run, such as `config`), and every way it can end
+    turned into its exit code and its output."""
     from imgsave.cli.watch import RunWatch
     from imgsave.core.redaction import redact, weak_secret_warnings
     from imgsave.core.settings import MonitorSettings, load_settings
     from imgsave.logs import configure_logging, log_internal_error
     from imgsave.terminal.consoles import error, print_json, stdout_console, warn
 
-    watch = RunWatch(common.command, warn=warn)
+    watch = RunWatch(common.command, warn=warn, enabled=watched)
     secrets: tuple[str, ...] = ()
     try:
         try:

@@ -23,6 +23,8 @@ class RunWatch:
     warn: Callable[[str], None]
     monotonic: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
+    # False: a command that is no run (`config`) reports nothing.
+    enabled: bool = True
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     secrets: tuple[str, ...] = ()
     _started: float = field(init=False)
@@ -38,7 +40,7 @@ class RunWatch:
 
     def begin(self, monitor: MonitorSettings, secrets: tuple[str, ...]) -> None:
         """The settings are known: ping `start`."""
-        self.monitor = monitor
+        self.monitor = monitor if self.enabled else MonitorSettings()
         self.secrets = secrets
         pinger = self._ping()
         if pinger is not None:
