@@ -521,7 +521,7 @@ def demo(
     async def work(settings: Settings) -> _Result:
         from imgsave._demo.demo import run_demo
 
-        return await run_demo(settings)
+        return await run_demo(settings, quiet=common.quiet)
 
     _execute(work, common)
 
