@@ -48,6 +48,9 @@ class RunOutcome:
     images: Mapping[str, int]
 
 
+# Every metric the file holds.
+WRITTEN = frozenset(_HELP)
+
 # Counts in a summary that are not of images: scenes, projects, log lines, transactions,
 # retries, files.
 _NOT_IMAGES = ("scenes", "projects", "lines", "transactions", "retries", "exit_code", "removed")
