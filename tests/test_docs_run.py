@@ -11,6 +11,7 @@ S3 bucket) says so in the page itself, with its reason, as a comment Sybil reads
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -95,10 +96,8 @@ class Reader:
 
     def stop(self) -> None:
         for group in self.groups:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def check_toml(example: Example) -> str | None:
