@@ -144,7 +144,7 @@ def test_the_url_rule_follows_allow_http_and_help_shows_an_example_and_the_envir
     cli, rows, db_url
 ):
     rows.put("p", {"scenes": [{"id": "a"}]})
-    assert cli("sql", "--apply").code == 0
+    assert cli("sql", "--allow-http", "--apply").code == 0
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute(
             "SELECT imgsave_append_image_urls('p', 'a', ARRAY['http://i.test/1'])"

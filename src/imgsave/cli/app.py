@@ -220,12 +220,16 @@ def audit(
     """Find the images that were generated but are not in their scene.
 
     \b
-    Examples (imgsave's own log; a console log of lines such as
-    "2026-11-25T10:00:00Z [6f1c…] [Scene 3] Saved image to database: https://…";
-    JSON lines such as {"time":…,"projectId":…,"sceneIndex":3,"imageUrl":…}):
+    Example:
       imgsave audit --json
       imgsave audit --log /var/log/app/ --since 2d --pattern '^(?P<ts>\\S+) \\[(?P<project>[^\\]]+)\\] \\[Scene (?P<scene>\\d+)\\] Saved image to database: (?P<url>\\S+)'
       imgsave audit --log app.jsonl --pattern '"time":"(?P<ts>[^"]+)".*"projectId":"(?P<project>[^"]+)".*"sceneIndex":(?P<scene>\\d+).*"imageUrl":"(?P<url>[^"]+)"'
+
+    \b
+    The first pattern reads a console log of lines such as
+      2026-11-25T10:00:00Z [6f1c…] [Scene 3] Saved image to database: URL
+    the second JSON lines such as
+      {"time":…,"projectId":…,"sceneIndex":3,"imageUrl":…}
     """  # noqa: E501 (examples are whole command lines)
 
     async def work(settings: Settings) -> _Result:
@@ -366,7 +370,7 @@ def prune(
 
 
 @app.command(name="sql", epilog=EXIT_CODES)
-@shared_options("quiet", "database_url", "config", "verbose")
+@shared_options("quiet", "allow_http_sql", "database_url", "config", "verbose")
 def sql_command(
     common: Common,
     journal: Annotated[

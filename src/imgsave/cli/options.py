@@ -88,6 +88,15 @@ DatabaseUrlOption = Annotated[
 AllowHttpOption = Annotated[
     bool, typer.Option("--allow-http", metavar="", help="Also accept plain http:// image URLs.")
 ]
+# `imgsave sql` installs the rule rather than applying it.
+AllowHttpSqlOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-http",
+        metavar="",
+        help="The installed function also accepts plain http:// image URLs (default: https).",
+    ),
+]
 StoreOption = Annotated[
     str | None,
     typer.Option(
@@ -173,6 +182,7 @@ _SHARED: dict[str, tuple[str, object, object]] = {
     "quiet": ("quiet", False, QuietOption),
     "json_output": ("as_json", False, JsonOption),
     "allow_http": ("allow_http", False, AllowHttpOption),
+    "allow_http_sql": ("allow_http", False, AllowHttpSqlOption),
     "database_url": ("database_url", None, DatabaseUrlOption),
     "config": ("config", None, ConfigOption),
     "verbose": ("verbose", False, VerboseOption),

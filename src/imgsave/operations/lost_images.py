@@ -332,9 +332,8 @@ def _classify(
         for url, current in scene_log.urls.items():
             if url in held:
                 report.present += 1
-            elif scene_log.partners.get(url, set()) & held:
-                # Its copy (or the link it copies) holds its place: one image, present, also
-                # when the rehost that made the copy superseded the link.
+            elif current and scene_log.partners.get(url, set()) & held:
+                # Its copy (or the link it copies) holds its place: one image, present.
                 report.present += 1
                 report.represented.add(url)
             elif current:

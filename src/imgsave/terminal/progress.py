@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 # Projects named beside the bar; the rest are counted.
 NAMED_IN_FLIGHT = 3
-# The columns before the projects in flight: "generate", a 24-wide bar, "1234/5678",
-# "12 failed", "0:01:02", and the spaces between them.
-BESIDE_THE_FLIGHT = 60
+# The columns before the projects in flight: "generate", a 24-wide bar, "12/80", "0 failed",
+# "0:01:02", and the spaces between them.
+BESIDE_THE_FLIGHT = 56
 
 
 class ProgressReporter:
@@ -83,7 +83,7 @@ class ProgressReporter:
         shown = ", ".join(names[:NAMED_IN_FLIGHT])
         if len(names) > NAMED_IN_FLIGHT:
             shown += f" +{len(names) - NAMED_IN_FLIGHT}"
-        text = f"in flight: {shown or '-'}"
+        text = f"projects in flight: {shown or '-'}"
         # What the line has left beside the bar and its numbers: cut here, where it is known
         # to be the flight list, rather than let the table squeeze the bar.
         room = max(12, self._console.width - BESIDE_THE_FLIGHT)
