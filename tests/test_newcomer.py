@@ -303,3 +303,16 @@ def test_make_test_needs_no_root(tmp_path):
     assert "make pgbouncer" in (ROOT / ".ci" / "run").read_text()
     conftest = (ROOT / "tests" / "conftest.py").read_text()
     assert "pytest.skip(reason)" in conftest and "apt-get install pgbouncer" in conftest
+
+
+def test_a_piped_table_keeps_each_url_whole(cli, rows, log_dir):
+    """Item 18: audit's table, piped into a file or grep, folded long URLs mid-string."""
+    from .test_audit_repair import own_line
+
+    rows.put("p1", {"scenes": [{"id": "scene-1", "index": 1, "prompt": "a lighthouse"}]})
+    url = "https://img.example/" + "long-path-segment/" * 15 + "image.png"
+    log_dir.mkdir(parents=True)
+    (log_dir / "r.jsonl").write_text(own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, url) + "\n")
+    ran = cli("audit", env={"COLUMNS": None})
+    assert ran.code == 1
+    assert any(url in line for line in ran.stdout.splitlines()), ran.stdout
