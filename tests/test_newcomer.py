@@ -97,11 +97,10 @@ def serving():
         yield provider
 
 
-def test_audit_after_a_rehost_does_not_list_replaced_links_as_lost(cli, serving, rows, tmp_path):
-    """Item 14, the part this branch fixes: the links rehost replaced were listed under "Lost
-    and unrecoverable images". They are never lost (nothing to restore); whether they count
-    as `present` rather than `stale` needs the record to tell a rehost's copy from a
-    regeneration's new image (left to the ledger's audit)."""
+def test_audit_after_a_rehost_counts_the_replaced_links_as_present(cli, serving, rows, tmp_path):
+    """Item 14: the links rehost replaced showed as `stale` under "Lost and unrecoverable
+    images"; a copy and the link it replaced are one image, present while the copy is there
+    (a dead link that --regenerate replaced stays stale: tests/test_audit_repair.py)."""
     rows.put("p1", {"scenes": [{"index": i, "prompt": f"scene {i}"} for i in (1, 2)]})
     env = provider_env(serving)
     assert cli("generate", "p1", "--allow-http", env=env).code == 0
@@ -113,11 +112,11 @@ def test_audit_after_a_rehost_does_not_list_replaced_links_as_lost(cli, serving,
     rehosted = cli("rehost", "p1", "--execute", "--json", "--allow-http", env=store)
     assert rehosted.code == 0 and rehosted.json()["rehosted"] == 2, rehosted.stderr
     audit = cli("audit", "--json", "--allow-http", env=store)
-    assert audit.code == 0 and audit.json()["summary"]["lost"] == 0
+    summary = audit.json()["summary"]
+    assert audit.code == 0
+    assert (summary["stale"], summary["lost"], summary["present"]) == (0, 0, 4)
     human = cli("audit", "--allow-http", env=store)
-    assert human.code == 0
-    assert "Lost and unrecoverable" not in human.stdout
-    assert "Images not in their scene" in human.stdout
+    assert "Lost and unrecoverable" not in human.stdout and "0 stale" in human.stdout
 
 
 def test_a_file_store_leaves_no_probe_folder(cli, serving, rows, tmp_path):
