@@ -49,3 +49,34 @@ def test_an_internal_error_is_one_masked_line_and_its_traceback_only_with_verbos
     assert "Traceback (most recent call last)" in verbose.stderr
     assert 'raise RuntimeError(f"a bug that saw {PASSWORD}")' in verbose.stderr
     assert PASSWORD not in plain.stderr + verbose.stderr + plain.stdout + verbose.stdout
+
+
+@pytest.mark.parametrize(
+    ("toml", "env"),
+    [
+        ('[store]\nendpoint = "http://u:SECRET-STORE-KEY@minio.internal:9000"\n', {}),
+        ("", {"AWS_ENDPOINT_URL": "http://u:SECRET-STORE-KEY@minio.internal:9000"}),
+        ("", {"AWS_ENDPOINT_URL": "https://u:SECRET-STORE-KEY@minio.internal:9000"}),
+    ],
+)
+def test_a_store_endpoint_with_credentials_is_refused_without_repeating_them(
+    cli, rows, tmp_path, toml, env
+):
+    """Issue 28 item 6: the error names where credentials go, never the URL that holds them."""
+    config = tmp_path / "imgsave.toml"
+    config.write_text(config.read_text() + toml)
+    ran = cli(
+        "generate",
+        "p1",
+        "--json",
+        "--store",
+        "s3://bucket/prefix",
+        env={
+            "IMGSAVE_PUBLIC_URL": "https://img.example",
+            "IMGSAVE_API_KEY": "sk-x-12345678",
+            **env,
+        },
+    )
+    assert ran.code == 2, ran.stderr
+    assert "SECRET-STORE-KEY" not in ran.stdout + ran.stderr
+    assert "must not carry credentials" in ran.json()["error"]

@@ -192,3 +192,37 @@ def test_the_fast_path_of_the_url_rule_agrees_with_the_full_rule(url):
     elif urls.url_problem(url) is None:
         # Accepted by the full path alone: still only RFC 3986 characters.
         assert not urls._UNESCAPED.search(url) and not urls._BAD_PERCENT.search(url)
+
+
+def test_the_settings_file_is_the_first_found_and_every_setting_knows_its_source(tmp_path):
+    from imgsave.core.settings import load_sourced
+
+    user = tmp_path / "user.toml"
+    user.write_text('model = "user"\n[provider]\ntimeout = 5\n')
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    found = load_sourced(environ={}, cwd=cwd, user_file=user)
+    assert (found.config_file, found.settings.model) == (user, "user")
+    assert found.sources["provider.timeout"] == f"file {user}"
+    assert "provider.size" not in found.sources  # a default
+    (cwd / "imgsave.toml").write_text('model = "cwd"\n')
+    found = load_sourced(environ={}, cwd=cwd, user_file=user)
+    assert (found.settings.model, found.settings.provider.timeout) == ("cwd", 600.0), "one file"
+    named = tmp_path / "named.toml"
+    named.write_text('model = "named"\n')
+    env = {"IMGSAVE_CONFIG": str(named), "IMGSAVE_STORE": "file:///srv/img"}
+    found = load_sourced({"store_url": None, "ping_url": "https://hc.example/x"}, environ=env,
+                         cwd=cwd, user_file=user)  # fmt: skip
+    assert found.settings.model == "named"
+    assert found.sources["store.url"] == "env IMGSAVE_STORE"
+    assert found.sources["monitor.ping_url"] == "flag --ping"
+    assert found.settings.monitor.ping_url in found.settings.secrets
+
+
+def test_load_settings_takes_the_kinds_it_knows():
+    kinds = {"openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"), "acme": (None, "ACME_KEY")}
+    s = load_settings(environ={"IMGSAVE_PROVIDER": "acme", "ACME_KEY": "k-123456789"}, kinds=kinds,
+                      user_file=Path("/nonexistent"), cwd=Path("/nonexistent"))  # fmt: skip
+    assert (s.provider.kind, s.api_key) == ("acme", "k-123456789")
+    with pytest.raises(UsageError, match="use one of openai, acme"):
+        load_settings(environ={"IMGSAVE_PROVIDER": "gemini"}, kinds=kinds, cwd=Path("/nonexistent"))

@@ -50,6 +50,16 @@ def test_demo_shows_the_loss_and_imgsave_losing_none(tmp_path):
         }
     )
     env.pop("DATABASE_URL", None)
+    # Issue 27 item 8: `-q` tells no story, and a demo after another counts only its own images.
+    quiet = subprocess.run(
+        [*imgsave_command(), "demo", "-q"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (quiet.returncode, quiet.stdout) == (0, ""), quiet.stderr
     ran = subprocess.run(
         [*imgsave_command(), "demo"],
         env=env,

@@ -13,6 +13,7 @@ import logging
 import sys
 import traceback
 
+from imgsave.core.control_chars import escape_controls
 from imgsave.core.redaction import redact
 
 logger = logging.getLogger("imgsave")
@@ -26,7 +27,9 @@ class _Redacting(logging.Formatter):
         self._secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), self._secrets)
+        # Records quote providers and logs: their control characters are written out.
+        text = redact(super().format(record), self._secrets)
+        return escape_controls(text, keep_line_breaks=True)
 
 
 def configure_logging(*, verbose: bool, secrets: tuple[str, ...]) -> None:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.table import Table
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 from imgsave._demo.incident import APP_LOG_PATTERN, incident_document, naive_generate
 from imgsave._demo.loopback import LoopbackProvider
@@ -28,6 +25,7 @@ from imgsave.adapters.runlog.writer import new_run_id
 from imgsave.commands import generate
 from imgsave.commands.repair import run_repair
 from imgsave.core.documents import decode, encode, scenes
+from imgsave.core.image_bytes import key_segment
 from imgsave.core.result_json import fields_json
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_FINDINGS, EXIT_OK
@@ -87,8 +85,11 @@ def _counts(db_text: str | None, settings: Settings) -> dict[int, int]:
     return {s.ref.index: len(s.urls) for s in scenes(document, settings.shape)}
 
 
-async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoResult:
-    out = stdout_console()
+async def run_demo(
+    settings: Settings, *, data_dir: Path | None = None, quiet: bool = False
+) -> DemoResult:
+    # -q: the story is not told; the result's summary line is the CLI's to print, or not.
+    out = Console(quiet=True) if quiet else stdout_console()
     # The demo always runs on the embedded database and its own log folder: it must never
     # create demo projects in a real database, nor demo entries in the logs cron repairs from.
     settings = replace(settings, database_url=None)
@@ -98,7 +99,7 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
     log_dir = real.with_name(real.name + "-demo")
     app_log = log_dir / "route-console.log"
     store_dir = log_dir / "store"
-    out.rule("[bold]imgsave demo[/]: the lost-images incident, replayed")
+    out.print("[bold]imgsave demo[/]: the lost-images incident, replayed")
     out.print("Starting the embedded PostgreSQL (first start takes a few seconds)…")
     url = embedded.start(data_dir)
     stamp = new_run_id()
@@ -159,7 +160,8 @@ async def run_demo(settings: Settings, *, data_dir: Path | None = None) -> DemoR
                 )
         assert isinstance(result, GenerateResult)
         safe = _counts(await db.read(safe_project), settings)
-        stored = sorted(store_dir.rglob("*.png"))
+        # This demo's images: every demo keeps its projects, and the store folder is shared.
+        stored = sorted((store_dir / key_segment(safe_project)).rglob("*.png"))
         example = scenes(decode(await db.read(safe_project)), settings.shape)[0].urls[0]
         out.print(
             f"   {result.saved} of {result.requested} saved in "

@@ -37,8 +37,12 @@ from imgsave.adapters.imageapi.kinds import KINDS
 # "svg" (an SVG where an image should be, in the answer's own form), "two" (two images at once),
 # "placeholder" (the same image bytes every time, as a provider's content filter sends), and in
 # b64 mode "mime" (b64_json broken into CRLF lines of 76, as MIME encoders write it), "nopad"
-# (no trailing "=") and "notb64" (text no decoder reads).
+# (no trailing "=") and "notb64" (text no decoder reads); "hostile" (a 400 whose message carries
+# terminal escape sequences: clear the screen, a fake summary, a window title).
 Fault = str
+# What a hostile provider writes to a terminal it reaches: clear the screen and home the
+# cursor, a fake summary, the window's title, and a carriage return over the line.
+HOSTILE_TEXT = "\x1b[2J\x1b[Hall 40 images saved\x1b]0;PWNED\x07\r\x9b31m"
 
 
 def mixed_faults(seed: int, **rates: float) -> Callable[[int], Fault]:
@@ -459,6 +463,8 @@ class LoopbackProvider:
                     self._send(401, json.dumps({"error": {"message": message}}).encode())
                 elif fault == "400":
                     self._send(400, b'{"error":{"message":"prompt rejected by safety system"}}')
+                elif fault == "hostile":
+                    self._send(400, json.dumps({"error": {"message": HOSTILE_TEXT}}).encode())
                 elif fault == "repeat":  # the same URL every time: a provider's cache
                     self._json(
                         {"created": 0, "data": [{"url": f"{provider.image_base}img/same.png"}]}

@@ -12,10 +12,11 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, NoReturn, Protocol
 
 import typer
 
+from imgsave.cli.command_classes import MAX_HELP_WIDTH, ImgsaveGroup
 from imgsave.cli.options import (
     Common,
     ConcurrencyOption,
@@ -30,6 +31,7 @@ from imgsave.errors import EXIT_CANNOT_WORK, EXIT_INTERRUPTED, ImgsaveError, Usa
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from imgsave.cli.watch import RunWatch
     from imgsave.core.settings import Settings
 
 EXIT_CODES = (
@@ -44,7 +46,8 @@ app = typer.Typer(
     help="Generate, audit and repair AI scene images in a PostgreSQL JSONB document, losing none.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    cls=ImgsaveGroup,
+    context_settings={"max_content_width": MAX_HELP_WIDTH},
     pretty_exceptions_enable=False,
     # Plain help, as click writes it: no type placeholders such as <bool> beside flags.
     rich_markup_mode=None,
@@ -224,10 +227,16 @@ def audit(
 
     \b
     Example:
-      imgsave audit --log /var/log/app/ --since 2d --pattern REGEX --json
+      imgsave audit --json
+      imgsave audit --log /var/log/app/ --since 2d --pattern '^(?P<ts>\\S+) \\[(?P<project>[^\\]]+)\\] \\[Scene (?P<scene>\\d+)\\] Saved image to database: (?P<url>\\S+)'
+      imgsave audit --log app.jsonl --pattern '"time":"(?P<ts>[^"]+)".*"projectId":"(?P<project>[^"]+)".*"sceneIndex":(?P<scene>\\d+).*"imageUrl":"(?P<url>[^"]+)"'
 
-    (REGEX for the incident's console log, and for other log shapes: see docs/usage.md.)
-    """
+    \b
+    The first pattern reads a console log of lines such as
+      2026-11-25T10:00:00Z [6f1c…] [Scene 3] Saved image to database: URL
+    the second JSON lines such as
+      {"time":…,"projectId":…,"sceneIndex":3,"imageUrl":…}
+    """  # noqa: E501 (examples are whole command lines)
 
     async def work(settings: Settings) -> _Result:
         from imgsave.commands.audit import run_audit
@@ -263,7 +272,7 @@ def repair(
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
     \b
-    Example (from cron: see docs/usage.md):
+    Example (from cron, every ten minutes; the exit code to an alert):
       imgsave repair --execute --check-urls --json
     """
 
@@ -371,7 +380,7 @@ def prune(
 
 
 @app.command(name="sql", epilog=EXIT_CODES)
-@shared_options("quiet", "allow_http", "database_url", "config", "verbose")
+@shared_options("quiet", "allow_http_sql", "database_url", "config", "verbose")
 def sql_command(
     common: Common,
     journal: Annotated[
@@ -526,9 +535,35 @@ def demo(
     async def work(settings: Settings) -> _Result:
         from imgsave._demo.demo import run_demo
 
-        return await run_demo(settings)
+        return await run_demo(settings, quiet=common.quiet)
 
     _execute(work, common)
+
+
+@app.command(name="config", epilog=EXIT_CODES)
+@shared_options("json_output", "store", "allow_http", "database_url", "config", "verbose")
+def config_command(common: Common) -> None:
+    """Show every effective setting and where it came from: a flag, an environment variable
+    (env NAME), the settings file (file PATH) or the default. Secrets are masked.
+
+    Settings are found in this order: flags, environment, --config (or IMGSAVE_CONFIG),
+    ./imgsave.toml, imgsave.toml in the user's config directory; one settings file is read,
+    the first that exists.
+
+    \b
+    Example:
+      imgsave config
+      IMGSAVE_CONFIG=/etc/imgsave/imgsave.toml imgsave config --json
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.config import run_config
+        from imgsave.core.settings import load_sourced
+
+        return run_config(load_sourced(common.flags(), config_path=common.config))
+
+    # It shows the monitoring settings; it is no run to report.
+    _execute(work, common, watched=False)
 
 
 def _one_mode(*, dry_run: bool, execute: bool) -> None:
@@ -556,29 +591,39 @@ class _Result(Protocol):
         ...
 
 
-def _execute(work: Callable[[Settings], Awaitable[_Result]], common: Common) -> None:
+def _execute(
+    work: Callable[[Settings], Awaitable[_Result]], common: Common, *, watched: bool = True
+) -> None:
+    """Run a command's work: settings, logging, the operator's monitoring (ping and metrics;
+    `watched=False` for a command that is no run, such as `config`), and every way it can end
+    turned into its exit code and its output."""
+    from imgsave.cli.watch import RunWatch
     from imgsave.core.redaction import redact, weak_secret_warnings
-    from imgsave.core.settings import load_settings
+    from imgsave.core.settings import MonitorSettings, load_settings
     from imgsave.logs import configure_logging, log_internal_error
     from imgsave.terminal.consoles import error, print_json, stdout_console, warn
 
+    watch = RunWatch(common.command, warn=warn, enabled=watched)
     secrets: tuple[str, ...] = ()
     try:
-        flags = {
-            "allow_http": common.allow_http or None,
-            "database_url": common.database_url,
-            "store_url": common.store,
-        }
-        settings = load_settings(flags, config_path=common.config)
+        try:
+            settings = load_settings(common.flags(), config_path=common.config)
+        except ImgsaveError:
+            watch.known_before_settings(
+                MonitorSettings(ping_url=common.ping, metrics_file=common.metrics_file)
+            )
+            secrets = watch.secrets
+            raise
         secrets = settings.secrets
         configure_logging(verbose=common.verbose, secrets=secrets)
+        watch.begin(settings.monitor, secrets)
         for message in weak_secret_warnings(settings.api_key, settings.database_url):
             warn(message)
         result = asyncio.run(_awaited(work, settings))
     except ImgsaveError as exc:
-        _fail(str(exc), exc.exit_code, secrets, common.as_json)
+        _fail(str(exc), exc.exit_code, secrets, common.as_json, watch)
     except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED, secrets, common.as_json)
+        _fail("interrupted", EXIT_INTERRUPTED, secrets, common.as_json, watch)
     except Exception as exc:  # a bug: say so in one line, never with a secret in it
         log_internal_error(exc)
         hint = "" if common.verbose else " (-v shows the traceback)"
@@ -587,13 +632,16 @@ def _execute(work: Callable[[Settings], Awaitable[_Result]], common: Common) -> 
             EXIT_CANNOT_WORK,
             secrets,
             common.as_json,
+            watch,
         )
     for line in result.stderr_lines():
         error(redact(line, secrets))
-    if common.as_json:
-        print_json(result.to_json())
+    summary = result.to_json() if common.as_json or watch.active else None
+    if common.as_json and summary is not None:
+        print_json(summary)
     elif not (common.quiet and result.exit_code == 0):
         result.render(stdout_console())
+    watch.end(result.exit_code, summary)
     raise typer.Exit(result.exit_code)
 
 
@@ -601,7 +649,9 @@ async def _awaited(work: Callable[[Settings], Awaitable[_Result]], settings: Set
     return await work(settings)
 
 
-def _fail(message: str, code: int, secrets: tuple[str, ...], as_json: bool) -> None:
+def _fail(
+    message: str, code: int, secrets: tuple[str, ...], as_json: bool, watch: RunWatch
+) -> NoReturn:
     from imgsave.core.redaction import redact
     from imgsave.terminal.consoles import error, print_json
 
@@ -609,6 +659,7 @@ def _fail(message: str, code: int, secrets: tuple[str, ...], as_json: bool) -> N
     error(message)
     if as_json:
         print_json({"error": message, "exit_code": code})
+    watch.end(code, {"error": message, "exit_code": code})
     raise typer.Exit(code)
 
 

@@ -29,7 +29,8 @@ class Sighting(NamedTuple):
     across every file read). `replacing` says what a run of this source does to the scene:
     imgsave's own runs only ever append (False); another system's later run is taken to have
     replaced the scene's images (True). `replaces` names URLs this image explicitly stands in
-    for (imgsave's `repair --regenerate` of an expired link).
+    for (imgsave's `repair --regenerate` of an expired link, or `rehost`'s copy of a link);
+    `copy` says the image is a copy of what it replaces (rehost: the same image, not a new one).
     """
 
     project: str
@@ -40,6 +41,7 @@ class Sighting(NamedTuple):
     ts: float | None
     replacing: bool
     replaces: tuple[str, ...] = ()
+    copy: bool = False
 
 
 # About this much log text per partition; a partition's ledger then takes some tens of MB.
@@ -108,6 +110,9 @@ class SceneHistory:
     # image and the dead link it stands in for (--regenerate). While one of them is in the
     # scene, the image is there: the other is neither lost nor ever added beside it.
     partners: dict[str, set[str]] = field(default_factory=dict)
+    # URLs a copy stands in for (rehost): while the copy is in the scene, such a link is the
+    # same image, present, though the rehost superseded it. A regenerated dead link is not.
+    copied: set[str] = field(default_factory=set)
 
 
 def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[SceneRef, SceneHistory]]:
@@ -150,13 +155,14 @@ def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
     explicitly `replaces` is superseded too.
     """
     replaced = {old for item in items for old in item.replaces}
+    copied = {old for item in items if item.copy for old in item.replaces}
     partners: dict[str, set[str]] = {}
     for item in items:
         for old in item.replaces:
             partners.setdefault(item.url, set()).add(old)
             partners.setdefault(old, set()).add(item.url)
     if len(items) == 1:  # most scenes of a big audit: skip the bookkeeping
-        return SceneHistory({items[0].url: items[0].url not in replaced}, partners)
+        return SceneHistory({items[0].url: items[0].url not in replaced}, partners, copied)
     runs: list[tuple[bool, str]] = [(item.replacing, item.run or "") for item in items]
     unnamed = sorted(
         (p for p, item in enumerate(items) if item.run is None),
@@ -185,6 +191,7 @@ def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
             for url, (_, run) in latest.items()
         },
         partners,
+        copied,
     )
 
 

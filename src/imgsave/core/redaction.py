@@ -59,9 +59,12 @@ def database_url_problem(url: str) -> str | None:
     holding an unencoded `?`, `/` or `#` ends the URL's authority early, and libpq's error
     would then show the rest of the password as a host or a parameter. Nothing of the URL is
     repeated."""
-    match = re.match(r"^postgres(?:ql)?://(.*)$", url.strip(), re.IGNORECASE | re.DOTALL)
-    if match is None:
+    text = url.strip()
+    if text.lower() == "embedded":
         return None
+    match = re.match(r"^postgres(?:ql)?://(.*)$", text, re.IGNORECASE | re.DOTALL)
+    if match is None:
+        return None if _is_conninfo(text) else NOT_POSTGRESQL
     rest = match[1]
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" not in authority and "@" in rest:
@@ -71,6 +74,24 @@ def database_url_problem(url: str) -> str | None:
             "postgresql://app:pa%3Fss@host/db; the password is not shown"
         )
     return None
+
+
+NOT_POSTGRESQL = (
+    "the database URL is not a PostgreSQL URL: use postgresql://USER:PASSWORD@HOST:5432/DB, "
+    "a key=value connection string (host=... dbname=...), or 'embedded'"
+)
+
+
+def _is_conninfo(text: str) -> bool:
+    """Whether libpq reads `text` as a key=value connection string (no scheme://)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if re.match(r"^[a-z][a-z0-9+.-]*://", text, re.IGNORECASE):
+        return False
+    try:
+        return bool(conninfo_to_dict(text))
+    except Exception:  # psycopg.ProgrammingError: libpq's "missing '='", and the like
+        return False
 
 
 def mask_url(url: str) -> str:

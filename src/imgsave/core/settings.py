@@ -1,4 +1,10 @@
-"""Settings from flags, environment and `imgsave.toml`, in that order of precedence."""
+"""Settings from flags, environment and a settings file, in that order of precedence, each one
+remembered with where it came from (`imgsave config` shows them).
+
+The settings file is the first that exists of: `--config` (or `IMGSAVE_CONFIG`),
+`./imgsave.toml`, and `imgsave.toml` in the user's config directory (`~/.config/imgsave/` on
+Linux). One file is read, never a blend: what a run did can be traced to one place.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from imgsave.core.documents import Shape
-from imgsave.core.redaction import credentials_problem, url_secrets, userinfo_secret
+from imgsave.core.redaction import (
+    credentials_problem,
+    database_url_problem,
+    url_secrets,
+    userinfo_secret,
+)
 from imgsave.errors import UsageError
 
 CONFIG_FILE_NAME = "imgsave.toml"
+# Where a setting came from, when nothing set it.
+DEFAULT_SOURCE = "default"
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,17 @@ class SqlSettings:
 
 
 @dataclass(frozen=True)
+class MonitorSettings:
+    """Where a run reports that it ran (DESIGN "Running from cron, watched")."""
+
+    # healthchecks.io's convention: URL/start, then URL/<exit code> with the JSON summary. A
+    # secret: whoever has it can report runs that never happened.
+    ping_url: str | None = field(default=None, repr=False)
+    # The Prometheus textfile collector's file, rewritten atomically at the end of each run.
+    metrics_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str | None = field(default=None, repr=False)
     base_url: str | None = None
@@ -150,6 +174,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     sql: SqlSettings = field(default_factory=SqlSettings)
     claims: ClaimSettings = field(default_factory=ClaimSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
     @property
     def api_base(self) -> str | None:
@@ -174,9 +199,19 @@ class Settings:
         )
         in_urls = (
             userinfo_secret(url)
-            for url in (self.base_url, self.store.url, self.store.public_url, self.store.endpoint)
+            for url in (
+                self.base_url,
+                self.store.url,
+                self.store.public_url,
+                self.store.endpoint,
+                os.environ.get("AWS_ENDPOINT_URL"),
+                os.environ.get("AWS_ENDPOINT"),
+            )
         )
-        return found + tuple(s for s in in_urls if s) + url_secrets(self.database_url or "")
+        pinged = (self.monitor.ping_url,) if self.monitor.ping_url else ()
+        return (
+            found + tuple(s for s in in_urls if s) + url_secrets(self.database_url or "") + pinged
+        )
 
     def resolved_log_dir(self) -> Path:
         if self.log_dir is not None:
@@ -196,6 +231,26 @@ ENVIRONMENT = {
     "store_url": ("IMGSAVE_STORE",),
     "public_url": ("IMGSAVE_PUBLIC_URL",),
     "allow_private_network": ("IMGSAVE_ALLOW_PRIVATE_NETWORK",),
+    "ping_url": ("IMGSAVE_PING_URL",),
+    "metrics_file": ("IMGSAVE_METRICS_FILE",),
+}
+# The variable that names the settings file (after --config, before ./imgsave.toml).
+CONFIG_VARIABLE = "IMGSAVE_CONFIG"
+# The flag each overridable setting has, for `imgsave config`'s sources.
+FLAGS = {
+    "database_url": "--database-url",
+    "store_url": "--store",
+    "allow_http": "--allow-http",
+    "ping_url": "--ping",
+    "metrics_file": "--metrics-file",
+}
+# Keys of the flags/environment layer that live in a section of the file.
+_IN_SECTION = {
+    "store_url": "store.url",
+    "public_url": "store.public_url",
+    "kind": "provider.kind",
+    "ping_url": "monitor.ping_url",
+    "metrics_file": "monitor.metrics_file",
 }
 
 _TOP_KEYS = {
@@ -214,7 +269,43 @@ _SECTIONS: dict[str, tuple[type, ...]] = {
     "store": (StoreSettings,),
     "sql": (SqlSettings,),
     "claims": (ClaimSettings,),
+    "monitor": (MonitorSettings,),
 }
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """Settings and, for each one that was set, where: `flag --store`, `env IMGSAVE_STORE`,
+    `file PATH`; a setting missing from `sources` has its default."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+    config_file: Path | None
+
+
+def user_config_file() -> Path:
+    """`imgsave.toml` in the user's config directory (`~/.config/imgsave/` on Linux)."""
+    import platformdirs
+
+    return platformdirs.user_config_path("imgsave", appauthor=False) / CONFIG_FILE_NAME
+
+
+def find_config_file(
+    config_path: Path | None,
+    environ: Mapping[str, str],
+    cwd: Path | None,
+    user_file: Path | None,
+) -> Path | None:
+    """The settings file to read: one that is named must exist; the others are looked for."""
+    if config_path is not None:
+        return config_path
+    named = environ.get(CONFIG_VARIABLE)
+    if named:
+        return Path(named).expanduser()
+    for candidate in ((cwd or Path.cwd()) / CONFIG_FILE_NAME, user_file or user_config_file()):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def load_settings(
@@ -223,34 +314,138 @@ def load_settings(
     config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    user_file: Path | None = None,
+    kinds: Mapping[str, tuple[str | None, str]] = PROVIDER_KINDS,
 ) -> Settings:
-    """Merge the config file, then the environment, then `overrides` (the flags; None = unset)."""
+    """Merge the settings file, then the environment, then `overrides` (the flags; None = unset)."""
+    return load_sourced(
+        overrides,
+        config_path=config_path,
+        environ=environ,
+        cwd=cwd,
+        user_file=user_file,
+        kinds=kinds,
+    ).settings
+
+
+def load_sourced(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user_file: Path | None = None,
+    kinds: Mapping[str, tuple[str | None, str]] = PROVIDER_KINDS,
+) -> Sourced:
+    """`load_settings`, with where each setting came from.
+
+    `kinds` is each image API kind's (default base URL, key variable): the kinds imgsave knows.
+    """
     environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     file_sections: dict[str, dict[str, Any]] = {}
-    path = config_path or (cwd or Path.cwd()) / CONFIG_FILE_NAME
-    if config_path is not None or path.is_file():
+    sources: dict[str, str] = {}
+    path = find_config_file(config_path, environ, cwd, user_file)
+    if path is not None:
         merged, file_sections = _read_file(path)
+        where = f"file {path}"
+        sources.update({_dotted(key): where for key in merged})
+        for section, values in file_sections.items():
+            sources.update({f"{section}.{key}": where for key in values})
     for key, names in ENVIRONMENT.items():
         for name in names:
             if environ.get(name):
                 merged[key] = environ[name]
+                sources[_dotted(key)] = f"env {name}"
                 break
     for key, value in (overrides or {}).items():
         if value is not None:
             merged[key] = value
+            sources[_dotted(key)] = f"flag {FLAGS.get(key, key)}"
     kind = str(merged.pop("kind", None) or file_sections.get("provider", {}).get("kind", "openai"))
-    if kind not in PROVIDER_KINDS:
+    if kind not in kinds:
         raise UsageError(
             f"unknown image API kind {kind!r} (IMGSAVE_PROVIDER or [provider] kind): "
-            f"use one of {', '.join(PROVIDER_KINDS)}"
+            f"use one of {', '.join(kinds)}"
         )
     file_sections.setdefault("provider", {})["kind"] = kind
     # The kind's own key variable stands in for IMGSAVE_API_KEY: over the file, under a flag.
-    own_key = environ.get(PROVIDER_KINDS[kind][1])
+    key_variable = kinds[kind][1]
+    own_key = environ.get(key_variable)
     if own_key and not environ.get("IMGSAVE_API_KEY") and not (overrides or {}).get("api_key"):
         merged["api_key"] = own_key
-    return _build(merged, file_sections, path)
+        sources["api_key"] = f"env {key_variable}"
+    problem = database_url_problem(str(merged.get("database_url") or ""))
+    if merged.get("database_url") and problem:
+        raise UsageError(problem)
+    return Sourced(_build(merged, file_sections, path), sources, path)
+
+
+def _dotted(key: str) -> str:
+    return _IN_SECTION.get(key, key)
+
+
+def describe(sourced: Sourced) -> list[tuple[str, object, str]]:
+    """Every effective setting as (name, value fit to print, source), secrets masked: the
+    database password, the API key, the store's secret key and the ping URL's path."""
+    settings = sourced.settings
+    rows: list[tuple[str, object, str]] = []
+    top = (
+        "database_url",
+        "base_url",
+        "api_key",
+        "model",
+        "log_dir",
+        "allow_http",
+        "allow_private_network",
+    )
+    for name in top:
+        rows.append((name, _shown(name, getattr(settings, name)), sourced.sources.get(name, "")))
+    by_class: dict[type, Any] = {
+        Names: settings.names,
+        Shape: settings.shape,
+        ProviderSettings: settings.provider,
+        DatabaseSettings: settings.database,
+        StoreSettings: settings.store,
+        SqlSettings: settings.sql,
+        ClaimSettings: settings.claims,
+        MonitorSettings: settings.monitor,
+    }
+    for section, classes in _SECTIONS.items():
+        for cls in classes:
+            instance = by_class[cls]
+            for f in fields(instance):
+                dotted = f"{section}.{f.name}"
+                value = _shown(dotted, getattr(instance, f.name))
+                rows.append((dotted, value, sourced.sources.get(dotted, "")))
+    return [(name, value, source or DEFAULT_SOURCE) for name, value, source in rows]
+
+
+_MASKED = "***"
+
+
+def _shown(name: str, value: object) -> object:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from imgsave.core.redaction import mask_url
+
+    if value is None:
+        return None
+    if name in ("api_key", "store.secret_access_key"):
+        return _MASKED
+    if name == "database_url":
+        return mask_url(str(value))
+    if name == "monitor.ping_url":
+        try:
+            parts = urlsplit(str(value))
+        except ValueError:
+            return _MASKED
+        return urlunsplit((parts.scheme, parts.hostname or "", "/" + _MASKED, "", ""))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -274,7 +469,9 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     return top, sections
 
 
-def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Path) -> Settings:
+def _build(
+    merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Path | None
+) -> Settings:
     built: dict[str, Any] = {}
     for section, classes in _SECTIONS.items():
         given = dict(sections.get(section, {}))
@@ -296,6 +493,11 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
         store = replace(store, url=str(merged["store_url"]))
     if merged.get("public_url"):
         store = replace(store, public_url=str(merged["public_url"]))
+    monitor: MonitorSettings = built["MonitorSettings"]
+    if merged.get("ping_url"):
+        monitor = replace(monitor, ping_url=str(merged["ping_url"]))
+    if merged.get("metrics_file"):
+        monitor = replace(monitor, metrics_file=str(merged["metrics_file"]))
     keys = (
         "[store] access_key_id and secret_access_key in imgsave.toml, or AWS_ACCESS_KEY_ID "
         "and AWS_SECRET_ACCESS_KEY"
@@ -313,6 +515,7 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
             "the image API URL (IMGSAVE_BASE_URL)",
             "the key goes in IMGSAVE_API_KEY",
         ),
+        ping_url_problem(monitor.ping_url),
     ):
         if problem:
             raise UsageError(problem)
@@ -331,7 +534,23 @@ def _build(merged: dict[str, Any], sections: dict[str, dict[str, Any]], path: Pa
         store=store,
         sql=built["SqlSettings"],
         claims=built["ClaimSettings"],
+        monitor=monitor,
     )
+
+
+def ping_url_problem(url: str | None) -> str | None:
+    """Why a ping URL cannot be used; the URL itself is never repeated (it is a secret)."""
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return "the ping URL (--ping, IMGSAVE_PING_URL, [monitor] ping_url) must be an http(s) URL"
+    return None
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:

@@ -339,8 +339,9 @@ def _classify(
         for url, current in scene_log.urls.items():
             if url in held:
                 report.present += 1
-            elif current and scene_log.partners.get(url, set()) & held:
-                # Its copy (or the link it copies) holds its place: one image, present.
+            elif scene_log.partners.get(url, set()) & held and (current or url in scene_log.copied):
+                # Its copy (or the link it copies) holds its place: one image, present, also
+                # once the rehost that made the copy superseded the link.
                 report.present += 1
                 report.represented.add(url)
             elif current:

@@ -25,7 +25,7 @@ MAX_ROWS = 200
 
 
 def render(report: AuditReport, console: Console) -> None:
-    render_findings(report, console, "Lost and unrecoverable images")
+    render_findings(report, console, "Images not in their scene")
     report_problems(report)
     console.print(escape(summary_line(report)))
 

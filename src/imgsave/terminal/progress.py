@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from imgsave.terminal.consoles import stderr_console, warn
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 
 # Projects named beside the bar; the rest are counted.
 NAMED_IN_FLIGHT = 3
+# The columns before the projects in flight: "generate", a 24-wide bar, "12/80", "0 failed",
+# "0:01:02", and the spaces between them.
+BESIDE_THE_FLIGHT = 56
 
 
 class ProgressReporter:
@@ -36,17 +40,26 @@ class ProgressReporter:
     def start(self, total: int, description: str) -> None:
         if self._quiet or not self._console.is_terminal or total == 0:
             return
+        # The bar and its numbers first, at their own widths; the projects in flight last, cut
+        # to what the terminal has left (at 80 columns three project keys would otherwise
+        # squeeze the bar out of the line).
         self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[note]}"),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=24),
+            TextColumn("{task.completed}/{task.total}", table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[note]}", table_column=Column(no_wrap=True)),
             TimeElapsedColumn(),
+            TextColumn(
+                "{task.fields[flight]}",
+                table_column=Column(no_wrap=True, overflow="ellipsis"),
+            ),
             console=self._console,
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(escape(description), total=total, note=self._note())
+        self._task = self._progress.add_task(
+            escape(description), total=total, note=self._note(), flight=""
+        )
 
     def project(self, name: str) -> Reporter:
         """A reporter for one project of a run over many; they share this one display."""
@@ -58,19 +71,25 @@ class ProgressReporter:
         if self._progress is None:
             self.start(self._total, "generate")
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, total=self._total, description=self._flight())
+            self._progress.update(self._task, total=self._total, flight=self._flight())
 
     def _landed(self, name: str) -> None:
         self._in_flight.pop(name, None)
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=self._flight())
+            self._progress.update(self._task, flight=self._flight())
 
     def _flight(self) -> str:
         names = list(self._in_flight)
         shown = ", ".join(names[:NAMED_IN_FLIGHT])
         if len(names) > NAMED_IN_FLIGHT:
             shown += f" +{len(names) - NAMED_IN_FLIGHT}"
-        return escape(f"projects in flight: {shown or '-'}")
+        text = f"projects in flight: {shown or '-'}"
+        # What the line has left beside the bar and its numbers: cut here, where it is known
+        # to be the flight list, rather than let the table squeeze the bar.
+        room = max(12, self._console.width - BESIDE_THE_FLIGHT)
+        if len(text) > room:
+            text = text[: room - 1] + "…"
+        return escape(text)
 
     def advance(self, *, ok: bool, requested: bool = True) -> None:
         if not requested:

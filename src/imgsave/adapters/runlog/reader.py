@@ -334,7 +334,8 @@ def _parse_own(line: str, own_db: str | None = None) -> Sighting | Verdict | Inv
     ):
         return Verdict.GARBAGE
     ts = parse_timestamp(record["ts"]) if isinstance(record.get("ts"), str) else None
-    return _checked(Sighting(project, scene, scene_id, url, run, ts, False, tuple(replaces)))
+    copy = record["event"] == "image.rehosted"
+    return _checked(Sighting(project, scene, scene_id, url, run, ts, False, tuple(replaces), copy))
 
 
 def _parse_pattern(

@@ -9,6 +9,7 @@ conditional put is needed (Supabase's S3 endpoint ignores them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from imgsave.core.image_bytes import Image, key_segment, kind_of
-from imgsave.core.redaction import redact
+from imgsave.core.redaction import credentials_problem, redact
 from imgsave.core.settings import Settings, StoreSettings
 from imgsave.core.url_rule import url_problem
 from imgsave.errors import CannotWork, UsageError
@@ -53,6 +54,7 @@ class Store:
         settings: StoreSettings,
         secrets: tuple[str, ...],
         attributes: bool = True,
+        local_root: Path | None = None,
     ):
         # A local directory keeps no Content-Type or Cache-Control (obstore refuses them there);
         # the web server in front of it sets them from the extension.
@@ -63,6 +65,8 @@ class Store:
         self.where = where
         self._settings = settings
         self._secrets = secrets
+        # A file:// store's directory: the probe's folder is removed there once empty.
+        self._local_root = local_root
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store | None:
@@ -97,6 +101,7 @@ class Store:
         return cls(
             LocalStore(root),
             attributes=False,
+            local_root=root,
             prefix="",
             public_url=_checked_public_url(conf.public_url, settings),
             where=conf.url or "",
@@ -120,6 +125,16 @@ class Store:
             conf.endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
         )
         allow_http = conf.allow_http or os.environ.get("AWS_ALLOW_HTTP", "").lower() == "true"
+        # AWS_ENDPOINT_URL is not one of imgsave's settings: its credentials are refused here,
+        # as [store] endpoint's are when the settings are read, and it is never repeated.
+        problem = credentials_problem(
+            endpoint,
+            "the store endpoint ([store] endpoint, AWS_ENDPOINT_URL)",
+            "[store] access_key_id and secret_access_key, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY",
+        )
+        if problem:
+            raise UsageError(problem)
         if endpoint and urlsplit(endpoint).scheme == "http" and not allow_http:
             # obstore says only "builder error" here.
             raise UsageError(
@@ -224,6 +239,12 @@ class Store:
             await obstore.delete_async(self._store, key)
         except Exception as exc:  # writes work, which is what counts; a stray probe is harmless
             logger.debug("store: probe %s left in place: %s", key, _one_line(exc, self._secrets))
+            return
+        if self._local_root is not None:
+            # A directory holds no object of its own: an empty folder would be left behind in
+            # the user's directory. Another run's probe still in it keeps it, harmlessly.
+            with contextlib.suppress(OSError):
+                (self._local_root / PROBE_DIR).rmdir()
 
     async def objects(self, prefix: str) -> AsyncIterator[tuple[str, datetime, int]]:
         """(key, last modified, size) of every object under `prefix`."""
