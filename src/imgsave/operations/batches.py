@@ -125,6 +125,8 @@ class Batches:
         rows whose create answer was lost. `saved`: rows of batches settling has just saved
         by their known URLs (a collection cut short): a batch none of whose rows is left is
         collected too."""
+        if not (collect or find or saved):
+            return
         await self._rows.ensure_table()
         found = await self._find(find, done)
         by_batch: dict[str, list[Purchase]] = defaultdict(list)

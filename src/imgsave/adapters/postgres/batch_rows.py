@@ -11,6 +11,7 @@ from psycopg import sql
 
 from imgsave.adapters.postgres.connector import Connector
 from imgsave.adapters.postgres.install import BATCHES, batches_table
+from imgsave.errors import CannotWork
 
 # A batches table made before the ledger lacks this column: it is brought up to date once.
 _NEWEST_COLUMN = "submitted_at"
@@ -46,7 +47,11 @@ class BatchRows:
             (self._db.schema, BATCHES, _NEWEST_COLUMN),
         )
         if not rows[0][0]:
-            await self._db.apply(batches_table(self._db.schema), f"create {name}")
+            await self._db.migrate(
+                self._table,
+                batches_table(self._db.schema),
+                error=lambda reason: CannotWork(f"cannot create {name}: {reason}"),
+            )
         self._ready = True
 
     async def submitted(

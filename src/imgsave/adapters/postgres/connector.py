@@ -254,7 +254,9 @@ class Connector:
             raise CannotWork(f"cannot {what}: {self.one_line(exc)}") from None
 
     async def table_exists(self, table: sql.Identifier, what: str) -> bool:
-        rows, _ = await self.run(what, "SELECT to_regclass(%s) IS NOT NULL", (table.as_string(),))
+        rows, _ = await self.run(
+            what, "SELECT to_regclass(%s) IS NOT NULL", (table.as_string(None),)
+        )
         return bool(rows and rows[0][0])
 
     async def create(
@@ -263,12 +265,19 @@ class Connector:
         """Run `ddl` (idempotent: IF NOT EXISTS) unless `table` is there already. Two hosts
         starting at once would both try; a lock that ends with the transaction (so the pooler
         is no trouble) lets one do it. `error(reason)` is what a refusal becomes."""
-        if await self.table_exists(table, f"look for {table.as_string()}"):
+        if await self.table_exists(table, f"look for {table.as_string(None)}"):
             return
+        await self.migrate(table, ddl, error=error)
+
+    async def migrate(
+        self, table: sql.Identifier, ddl: str, *, error: Callable[[str], CannotWork]
+    ) -> None:
+        """Run idempotent DDL for `table` under a lock that ends with its transaction: two
+        hosts at once would both try, and PostgreSQL's IF NOT EXISTS does not serialise them."""
         try:
             async with self._connection() as conn, conn.transaction():
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (table.as_string(),)
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (table.as_string(None),)
                 )
                 await conn.execute(ddl.encode())
         except psycopg.Error as exc:
