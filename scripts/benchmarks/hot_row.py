@@ -13,7 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 from imgsave._demo.incident import incident_document
 from imgsave._demo.writes import DemoDatabase
 from imgsave.core.documents import SceneRef
-from imgsave.operations.group_commit import ProjectSaver
+from imgsave.operations.group_commit import ProjectSaver, Saving
 
 from .common import BENCH_DB, HERE, URL, Result, check, put, settings, stored_count
 
@@ -69,7 +69,7 @@ async def imgsave_rate(clients: int, images: int) -> tuple[float, int]:
         async def completion_stream(client: int) -> None:
             for n in range(per_client):
                 ref = SceneRef((client * per_client + n) % 20 + 1)
-                await saver.save(ref, f"https://img.bench/imgsave/{client}-{n}")
+                await saver.save(Saving(ref, f"https://img.bench/imgsave/{client}-{n}"))
 
         started = time.perf_counter()
         await asyncio.gather(*(completion_stream(c) for c in range(clients)))

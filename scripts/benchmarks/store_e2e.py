@@ -21,12 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from imgsave._demo.incident import incident_document
-from imgsave._demo.writes import DemoDatabase
-from imgsave.adapters.imageapi.client import Provider
-from imgsave.adapters.storage.object_store import Store
-from imgsave.commands.generate import generate
+from imgsave.commands import generate as gen
 from imgsave.core.settings import StoreSettings
-from imgsave.operations.intake import opened_intake
 
 from .audit_scale import measured_run
 from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings, stored_count
@@ -95,27 +91,15 @@ async def loop_lag_during_store_run(sink: SinkProcess) -> tuple[float, float]:
         ProviderProcess(LATENCY, "b64", IMAGE_BYTES) as api,
         tempfile.TemporaryDirectory() as logs,
     ):
-        conf = replace(settings(base_url=api.base_url), store=sink.store("lag"), allow_http=True)
-        store = Store.from_settings(conf)
-        async with (
-            Provider.from_settings(conf) as provider,
-            await DemoDatabase.from_settings(conf) as db,
-            opened_intake(conf, store, Path(logs)) as intake,
-        ):
-            if store is not None:
-                await store.probe()  # as `imgsave generate` does before its first request
-            watcher = asyncio.create_task(watch())
-            result = await generate(
-                db=db,
-                provider=provider,
-                log_dir=Path(logs),
-                project="lag",
-                shape=conf.shape,
-                images_per_scene=IMAGES // 20,
-                concurrency=CONCURRENCY,
-                intake=intake,
-            )
-            watcher.cancel()
+        conf = replace(
+            settings(base_url=api.base_url),
+            store=sink.store("lag"),
+            allow_http=True,
+            log_dir=Path(logs),
+        )
+        watcher = asyncio.create_task(watch())
+        result = await gen.run(conf, "lag", images_per_scene=IMAGES // 20, concurrency=CONCURRENCY)
+        watcher.cancel()
     check(result.saved == IMAGES, f"in-process store run saved {result.saved} of {IMAGES}")
     return max(lags), statistics.quantiles(lags, n=100)[98]
 
