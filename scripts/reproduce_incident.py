@@ -19,6 +19,7 @@ from imgsave._demo.incident import APP_LOG_PATTERN, incident_document, naive_gen
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave._demo.writes import DemoDatabase
 from imgsave.adapters.imageapi.client import Provider
+from imgsave.adapters.imageapi.kinds import FACTS
 from imgsave.core.documents import decode, encode, scenes
 from imgsave.core.settings import load_settings
 
@@ -30,7 +31,7 @@ async def main() -> int:
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--app-log", type=Path, default=Path("app-console.log"))
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_settings(kinds=FACTS)
     async with await DemoDatabase.from_settings(settings, max_size=8) as db:
         await db.put(args.project, encode(decode(json.dumps(incident_document(args.scenes)))))
         with LoopbackProvider(latency=0.05, jitter=0.1) as api, args.app_log.open("a") as log:

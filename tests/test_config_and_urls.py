@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imgsave.adapters.imageapi.kinds import FACTS
+from imgsave.core.kind_facts import KindFacts
 from imgsave.core.redaction import mask_url, redact
-from imgsave.core.settings import load_settings
+from imgsave.core.settings import load_settings as load_with_kinds
+from imgsave.core.settings import load_sourced as sourced_with_kinds
 from imgsave.core.url_rule import url_problem
 from imgsave.errors import UsageError
+
+
+def load_settings(*args: Any, **kwargs: Any) -> Any:
+    """The loader with the kinds imgsave knows, as the CLI calls it."""
+    return load_with_kinds(*args, **{"kinds": FACTS, **kwargs})
+
+
+def load_sourced(*args: Any, **kwargs: Any) -> Any:
+    return sourced_with_kinds(*args, **{"kinds": FACTS, **kwargs})
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -195,7 +208,6 @@ def test_the_fast_path_of_the_url_rule_agrees_with_the_full_rule(url):
 
 
 def test_the_settings_file_is_the_first_found_and_every_setting_knows_its_source(tmp_path):
-    from imgsave.core.settings import load_sourced
 
     user = tmp_path / "user.toml"
     user.write_text('model = "user"\n[provider]\ntimeout = 5\n')
@@ -220,7 +232,8 @@ def test_the_settings_file_is_the_first_found_and_every_setting_knows_its_source
 
 
 def test_load_settings_takes_the_kinds_it_knows():
-    kinds = {"openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"), "acme": (None, "ACME_KEY")}
+    acme = KindFacts("acme", None, "ACME_KEY", needs_model=False, has_jobs=False, has_batch=False)
+    kinds = {"openai": FACTS["openai"], "acme": acme}
     s = load_settings(environ={"IMGSAVE_PROVIDER": "acme", "ACME_KEY": "k-123456789"}, kinds=kinds,
                       user_file=Path("/nonexistent"), cwd=Path("/nonexistent"))  # fmt: skip
     assert (s.provider.kind, s.api_key) == ("acme", "k-123456789")

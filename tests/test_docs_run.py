@@ -30,6 +30,7 @@ import yaml
 from sybil import Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
+from imgsave.adapters.imageapi.kinds import FACTS
 from imgsave.core.settings import load_settings
 
 from .test_docs import parse
@@ -107,7 +108,7 @@ def check_toml(example: Example) -> str | None:
         path = Path(home) / "imgsave.toml"
         path.write_text(str(example.parsed))
         try:
-            load_settings(config_path=path, environ={})
+            load_settings(config_path=path, environ={}, kinds=FACTS)
         except Exception as exc:
             return f"line {example.line}: imgsave does not take this imgsave.toml: {exc}"
     return None

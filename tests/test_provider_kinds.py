@@ -183,20 +183,20 @@ def test_provider_params_go_where_each_api_takes_options():
         assert job_wire_for(kind, base, "m", settings).body("p") == {"prompt": "p", **params}
 
 
-def test_the_registry_and_the_settings_loader_agree_on_every_kind():
-    """Until the settings loader and the Batch API read the registry themselves (core/
-    settings.py's PROVIDER_KINDS and JOB_KINDS, batches.py's BATCH_KINDS go then), they all
-    say the same of every kind."""
-    from imgsave.core.settings import JOB_KINDS, PROVIDER_KINDS
-
-    assert {
-        name: (kind.facts.default_base_url, kind.facts.key_variable)
-        for name, kind in REGISTRY.items()
-    } == PROVIDER_KINDS
-    assert {name for name, kind in REGISTRY.items() if kind.facts.has_jobs} == JOB_KINDS
+def test_the_settings_loader_knows_every_kind_from_the_registry_alone():
+    """A kind is its module: the loader takes the registry's facts (its default base URL, its
+    key's own variable), and the Batch API serves exactly the kinds that say they have one."""
     from imgsave.adapters.imageapi.batches import BATCH_KINDS
+    from imgsave.adapters.imageapi.kinds import FACTS
+    from imgsave.core.settings import load_settings
 
-    assert {name for name, kind in REGISTRY.items() if kind.facts.has_batch} == BATCH_KINDS
+    for name, facts in FACTS.items():
+        env = {"IMGSAVE_PROVIDER": name, facts.key_variable: f"{name}-key-0123456789"}
+        loaded = load_settings(environ=env, kinds=FACTS, cwd=Path("/nonexistent"),
+                               user_file=Path("/nonexistent"))  # fmt: skip
+        assert loaded.api_key == f"{name}-key-0123456789"
+        assert loaded.api_base == facts.default_base_url
+    assert {name for name, facts in FACTS.items() if facts.has_batch} == BATCH_KINDS
 
 
 def test_a_kind_is_one_module_that_describes_itself():

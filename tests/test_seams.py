@@ -242,12 +242,13 @@ def test_a_killed_repair_rerun_counts_each_spooled_image_once(cli, rows, s3: S3,
         stored, their ledger rows `stored` with their URLs, not yet in their scenes."""
         from dataclasses import replace
 
+        from imgsave.adapters.imageapi.kinds import FACTS
         from imgsave.core.ledger import Kept, Move, State
         from imgsave.core.settings import load_settings
         from imgsave.operations.session import opened
 
         conf = replace(
-            load_settings({"database_url": rows.url}, environ=env), log_dir=log_dir,
+            load_settings({"database_url": rows.url}, environ=env, kinds=FACTS), log_dir=log_dir,
             allow_http=True,
         )  # fmt: skip
         async with opened(conf) as s:

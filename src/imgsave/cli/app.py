@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, NoReturn, Protocol
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from imgsave.cli.watch import RunWatch
+    from imgsave.core.kind_facts import KindFacts
     from imgsave.core.settings import Settings
 
 EXIT_CODES = (
@@ -560,7 +561,7 @@ def config_command(common: Common) -> None:
         from imgsave.commands.config import run_config
         from imgsave.core.settings import load_sourced
 
-        return run_config(load_sourced(common.flags(), config_path=common.config))
+        return run_config(load_sourced(common.flags(), config_path=common.config, kinds=_kinds()))
 
     # It shows the monitoring settings; it is no run to report.
     _execute(work, common, watched=False)
@@ -607,7 +608,7 @@ def _execute(
     secrets: tuple[str, ...] = ()
     try:
         try:
-            settings = load_settings(common.flags(), config_path=common.config)
+            settings = load_settings(common.flags(), config_path=common.config, kinds=_kinds())
         except ImgsaveError:
             watch.known_before_settings(
                 MonitorSettings(ping_url=common.ping, metrics_file=common.metrics_file)
@@ -661,6 +662,13 @@ def _fail(
         print_json({"error": message, "exit_code": code})
     watch.end(code, {"error": message, "exit_code": code})
     raise typer.Exit(code)
+
+
+def _kinds() -> Mapping[str, KindFacts]:
+    """What each kind of image API says of itself, for the settings loader."""
+    from imgsave.adapters.imageapi.kinds import FACTS
+
+    return FACTS
 
 
 def main() -> None:

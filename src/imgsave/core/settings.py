@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgsave.core.documents import Shape
+from imgsave.core.kind_facts import KindFacts
 from imgsave.core.redaction import (
     credentials_problem,
     database_url_problem,
@@ -39,38 +40,15 @@ class Names:
     updated_at_column: str = "updated_at"
 
 
-# Each kind of image API (adapters/imageapi/wires.py): its default base URL (None: the
-# user's own endpoint), and the variable its own SDKs read the key from.
-PROVIDER_KINDS: dict[str, tuple[str | None, str]] = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "azure": (None, "AZURE_OPENAI_API_KEY"),
-    "gemini": ("https://generativelanguage.googleapis.com/v1beta", "GEMINI_API_KEY"),
-    "replicate": ("https://api.replicate.com/v1", "REPLICATE_API_TOKEN"),
-    "fal": ("https://queue.fal.run", "FAL_KEY"),
-    "bfl": ("https://api.bfl.ai/v1", "BFL_API_KEY"),
-}
-# The kinds that answer with a job to poll (adapters/imageapi/jobs.py).
-JOB_KINDS = frozenset({"replicate", "fal", "bfl"})
-
-
-def no_image_api(kind: str) -> str:
-    """What a run that needs an image API, and was told of none, says."""
-    default, key = PROVIDER_KINDS[kind]
-    if default is None:
-        return f"no image API: set IMGSAVE_BASE_URL to your {kind} endpoint, and IMGSAVE_API_KEY"
-    return (
-        f"no image API: set IMGSAVE_API_KEY (or {key}), and IMGSAVE_BASE_URL for an API at "
-        "another address"
-    )
-
-
 @dataclass(frozen=True)
 class ProviderSettings:
     # GPT image models take a minute or more at high quality; a shorter deadline would pay for
     # images it then abandons.
     timeout: float = 600.0
-    # Which image API (PROVIDER_KINDS; IMGSAVE_PROVIDER).
+    # Which image API (adapters/imageapi/kinds/; IMGSAVE_PROVIDER).
     kind: str = "openai"
+    # The kind's own base URL, from its facts (None: the user's own endpoint, as Azure's).
+    default_base_url: str | None = None
     # Azure OpenAI's api-version query parameter.
     api_version: str = "2025-04-01-preview"
     # A job (Replicate, fal, BFL) is polled this often, and for this long at most; one still
@@ -182,7 +160,7 @@ class Settings:
         (with neither, no image API was configured, and a run must say so, not call one)."""
         if self.base_url:
             return self.base_url
-        return PROVIDER_KINDS[self.provider.kind][0] if self.api_key else None
+        return self.provider.default_base_url if self.api_key else None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -315,7 +293,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user_file: Path | None = None,
-    kinds: Mapping[str, tuple[str | None, str]] = PROVIDER_KINDS,
+    kinds: Mapping[str, KindFacts],
 ) -> Settings:
     """Merge the settings file, then the environment, then `overrides` (the flags; None = unset)."""
     return load_sourced(
@@ -335,12 +313,11 @@ def load_sourced(
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user_file: Path | None = None,
-    kinds: Mapping[str, tuple[str | None, str]] = PROVIDER_KINDS,
+    kinds: Mapping[str, KindFacts],
 ) -> Sourced:
-    """`load_settings`, with where each setting came from.
-
-    `kinds` is each image API kind's (default base URL, key variable): the kinds imgsave knows.
-    """
+    """`load_settings`, with where each setting came from. `kinds`: what each kind of image API
+    imgsave knows says of itself (adapters/imageapi/kinds/: its default base URL, its key's
+    variable)."""
     environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
     file_sections: dict[str, dict[str, Any]] = {}
@@ -370,7 +347,7 @@ def load_sourced(
         )
     file_sections.setdefault("provider", {})["kind"] = kind
     # The kind's own key variable stands in for IMGSAVE_API_KEY: over the file, under a flag.
-    key_variable = kinds[kind][1]
+    key_variable = kinds[kind].key_variable
     own_key = environ.get(key_variable)
     if own_key and not environ.get("IMGSAVE_API_KEY") and not (overrides or {}).get("api_key"):
         merged["api_key"] = own_key
@@ -378,7 +355,9 @@ def load_sourced(
     problem = database_url_problem(str(merged.get("database_url") or ""))
     if merged.get("database_url") and problem:
         raise UsageError(problem)
-    return Sourced(_build(merged, file_sections, path), sources, path)
+    built = _build(merged, file_sections, path)
+    provider = replace(built.provider, default_base_url=kinds[kind].default_base_url)
+    return Sourced(replace(built, provider=provider), sources, path)
 
 
 def _dotted(key: str) -> str:

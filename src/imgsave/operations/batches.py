@@ -37,6 +37,7 @@ from imgsave.adapters.imageapi.batches import (
     batch_api_for,
 )
 from imgsave.adapters.imageapi.client import add_usage
+from imgsave.adapters.imageapi.kinds import kind_named
 from imgsave.adapters.postgres.batch_rows import BatchRow, BatchRows
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.postgres.ledger_rows import LedgerRows
@@ -45,7 +46,7 @@ from imgsave.core.batch_lines import Oversized
 from imgsave.core.documents import Scene, Shape
 from imgsave.core.ledger import Handle, Mode, NewPurchase, Purchase, State
 from imgsave.core.scene_plan import Plan
-from imgsave.core.settings import Settings, no_image_api
+from imgsave.core.settings import Settings
 from imgsave.errors import CannotWork, ImgsaveError, ProviderRefused, UsageError
 from imgsave.operations.execution import Reporter
 from imgsave.operations.group_commit import ProjectSaver
@@ -494,7 +495,7 @@ async def opened_api(
     if settings.provider.kind not in BATCH_KINDS or not configured:
         if required:
             batch_api_for(settings)  # says why, as a usage error
-            raise UsageError(no_image_api(settings.provider.kind))
+            raise UsageError(kind_named(settings.provider.kind).facts.no_image_api())
         yield None
         return
     async with batch_api_for(settings) as api:

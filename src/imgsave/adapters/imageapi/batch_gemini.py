@@ -44,6 +44,7 @@ from imgsave.adapters.imageapi.batch_api import (
     LineResult,
 )
 from imgsave.adapters.imageapi.batch_http import BatchHttp, paged
+from imgsave.adapters.imageapi.kinds import kind_named
 from imgsave.adapters.imageapi.kinds.gemini import GeminiWire
 from imgsave.core.batch_lines import (
     Oversized,
@@ -56,7 +57,7 @@ from imgsave.core.batch_lines import (
     parse_gemini_result,
 )
 from imgsave.core.image_bytes import decode_base64
-from imgsave.core.settings import Settings, no_image_api
+from imgsave.core.settings import Settings
 from imgsave.errors import UsageError
 
 # Google's states (BATCH_STATE_* in the REST API, JOB_STATE_* in the SDK) in the shared words.
@@ -91,7 +92,7 @@ class GeminiBatchApi:
         `transport` and `sleep` are for tests."""
         base = settings.api_base
         if not base:
-            raise UsageError(no_image_api("gemini"))
+            raise UsageError(kind_named("gemini").facts.no_image_api())
         self._base = base.rstrip("/")
         self._upload = _beside(self._base, "upload")
         self._download = _beside(self._base, "download")

@@ -22,6 +22,7 @@ from imgsave.adapters.imageapi.batch_api import (
     LineResult,
 )
 from imgsave.adapters.imageapi.batch_http import BatchHttp, paged
+from imgsave.adapters.imageapi.kinds import kind_named
 from imgsave.adapters.imageapi.wires import decoded_images, images_of, request_body
 from imgsave.core.batch_lines import (
     ENDPOINT,
@@ -34,7 +35,7 @@ from imgsave.core.batch_lines import (
     parse_result,
     request_line,
 )
-from imgsave.core.settings import Settings, no_image_api
+from imgsave.core.settings import Settings
 from imgsave.errors import UsageError
 
 
@@ -54,7 +55,7 @@ class OpenAIBatchApi:
         base URL); `transport` and `sleep` are for tests."""
         base = settings.api_base
         if not base:
-            raise UsageError(no_image_api(settings.provider.kind))
+            raise UsageError(kind_named(settings.provider.kind).facts.no_image_api())
         key = settings.api_key
         if settings.provider.kind == "azure":
             self.kind = "azure"
