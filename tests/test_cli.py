@@ -34,10 +34,10 @@ def test_an_internal_error_is_one_masked_line_and_its_traceback_only_with_verbos
 
     import imgsave.commands.prune
 
-    def broken(*args: object, **kwargs: object) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError(f"a bug that saw {PASSWORD}")
 
-    monkeypatch.setattr(imgsave.commands.prune, "prune", broken)
+    monkeypatch.setattr(imgsave.commands.prune, "run_prune", broken)
     env = {"IMGSAVE_DATABASE_URL": make_conninfo(db_url, password=PASSWORD)}
     plain = cli("prune", env=env)
     verbose = cli("prune", "-v", env=env)

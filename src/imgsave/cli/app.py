@@ -348,7 +348,7 @@ def rehost(
 
 
 @app.command(epilog=EXIT_CODES)
-@shared_options("quiet", "json_output", "config", "verbose")
+@shared_options("quiet", "json_output", "database_url", "config", "verbose")
 def prune(
     common: Common,
     older_than: Annotated[
@@ -356,14 +356,15 @@ def prune(
         typer.Option(
             "--older-than",
             metavar="DURATION",
-            help="Remove run logs last written before this: 30d, 12w.",
+            help="Remove what was last written before this: 30d, 12w.",
         ),
     ] = "30d",
     execute: Annotated[
         bool, typer.Option("--execute", metavar="", help="Remove them (default: only list).")
     ] = False,
 ) -> None:
-    """Remove imgsave's own generation logs older than a window (a retention rule for cron).
+    """Remove the ledger's rows that reached their end and imgsave's own run logs, older than a
+    window (a retention rule for cron). A purchase still on its way is never removed.
 
     \b
     Example:
@@ -372,10 +373,10 @@ def prune(
 
     async def work(settings: Settings) -> _Result:
         from imgsave.cli.parsers import parse_duration
-        from imgsave.commands.prune import prune as run_prune
+        from imgsave.commands.prune import run_prune
 
         window = parse_duration(older_than, "--older-than")
-        return run_prune(settings.resolved_log_dir(), window, label=older_than, execute=execute)
+        return await run_prune(settings, window, label=older_than, execute=execute)
 
     _execute(work, common)
 
@@ -402,7 +403,18 @@ def sql_command(
         typer.Option(
             "--uninstall",
             metavar="",
-            help="The SQL that removes it instead (the journal's table only with --journal).",
+            help="The SQL that removes it instead (the journal's table only with --journal; "
+            "the ledger only while it holds no purchase on its way).",
+        ),
+    ] = False,
+    new_identity: Annotated[
+        bool,
+        typer.Option(
+            "--new-identity",
+            metavar="",
+            help="Instead: give this database an identity of its own. Run it on a copy "
+            "restored from another database's snapshot, before anything else: a copy carries "
+            "its original's identity, and would collect its batches and jobs.",
         ),
     ] = False,
 ) -> None:
@@ -418,11 +430,16 @@ def sql_command(
     Example:
       imgsave sql --journal > supabase/migrations/20261126_imgsave.sql
       imgsave sql --journal --apply
+      imgsave sql --new-identity --apply      # on a database restored from a snapshot
     """
 
     async def work(settings: Settings) -> _Result:
-        from imgsave.commands.sql import run_sql
+        from imgsave.commands.sql import run_new_identity, run_sql
 
+        if new_identity:
+            if remove or journal:
+                raise UsageError("--new-identity goes alone (not with --uninstall or --journal)")
+            return await run_new_identity(settings, apply=apply)
         return await run_sql(settings, journal=journal, apply=apply, remove=remove)
 
     _execute(work, common)
@@ -466,6 +483,45 @@ def journal_prune(
 
         window = parse_duration(older_than, "--older-than")
         return await run_journal_prune(settings, window, label=older_than, execute=execute)
+
+    _execute(work, common)
+
+
+ledger_app = typer.Typer(
+    help="What this database paid for, image by image (the ledger).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command(name="import", epilog=EXIT_CODES)
+@shared_options("quiet", "json_output", "database_url", "config", "verbose")
+def ledger_import(
+    common: Common,
+    logs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log",
+            metavar="PATH",
+            show_default=False,
+            help="More of imgsave's own logs (files, folders, globs) beside this host's.",
+        ),
+    ] = None,
+) -> None:
+    """Take the history of runs from before the ledger into it, once: images never saved, jobs
+    pending, batches not collected, spooled images. Run it against the database those logs are
+    for; running it again takes nothing twice.
+
+    \b
+    Example:
+      imgsave ledger import --json
+    """
+
+    async def work(settings: Settings) -> _Result:
+        from imgsave.commands.ledger import run_import
+
+        return await run_import(settings, logs or [])
 
     _execute(work, common)
 

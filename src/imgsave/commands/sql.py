@@ -1,5 +1,6 @@
-"""`imgsave sql` and `imgsave journal prune`: what imgsave installs in the app's database (see
-`migration`), printed for a migration or applied in one transaction, and the journal's upkeep."""
+"""`imgsave sql` and `imgsave journal prune`: what imgsave installs in the app's database,
+printed for a migration or applied in one transaction; a new identity for a restored copy; the
+journal's upkeep."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.postgres.identity import read_identity
 from imgsave.adapters.postgres.install import (
     APPEND,
     JOURNAL,
     SUPABASE_ROLES,
     Options,
     install,
+    new_identity,
     uninstall,
 )
 from imgsave.adapters.postgres.journal_rows import JournalRows
+from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.core.result_json import NOT_IN_JSON, FieldsResult
 from imgsave.core.settings import Settings
 from imgsave.errors import CannotWork
@@ -48,6 +52,46 @@ class SqlResult(FieldsResult):
                 f"sql: installed {parts} on {shown(self.table)}; EXECUTE granted to {self.granted}",
                 markup=False,
             )
+
+
+@dataclass
+class IdentityResult(FieldsResult):
+    script: str = field(metadata=NOT_IN_JSON)
+    applied: bool
+    old: str | None
+    new: str | None
+    # Purchases on their way under the old identity: the original database's, not this one's.
+    left_behind: int
+
+    def render(self, console: Console) -> None:
+        if not self.applied:
+            console.out(self.script, end="", highlight=False)
+            return
+        console.print(
+            f"sql: this database's identity is now {self.new} (it was {self.old or 'unset'})"
+            + (
+                f"; {self.left_behind} purchases still on their way belong to the database "
+                "this one was copied from, and are left to it"
+                if self.left_behind
+                else ""
+            ),
+            markup=False,
+        )
+
+
+async def run_new_identity(settings: Settings, *, apply: bool) -> IdentityResult:
+    """A new identity for this database (printed, or applied): what a copy restored from
+    another database's snapshot needs before it runs anything else."""
+    async with await Database.from_settings(settings, max_size=1) as db:
+        script = new_identity(db.table.schema)
+        old = await read_identity(db.connector)
+        if not apply:
+            return IdentityResult(script, applied=False, old=old, new=None, left_behind=0)
+        await db.connector.apply(script, "give this database a new identity")
+        new = await read_identity(db.connector)
+        ledger = LedgerRows(db.connector, old or "")
+        left = len(await ledger.unresolved()) if old and await ledger.exists() else 0
+    return IdentityResult(script, applied=True, old=old, new=new, left_behind=left)
 
 
 async def run_sql(settings: Settings, *, journal: bool, apply: bool, remove: bool) -> SqlResult:

@@ -142,6 +142,11 @@ class NewPurchase:
     handle: Handle = field(default_factory=Handle)
     state: State = State.REQUESTED
     kept: Kept = field(default_factory=Kept)
+    # When it was bought (epoch seconds), where that is not now: history taken from a log.
+    requested_at: float | None = None
+    error: str | None = None
+    # The image API it was bought from, where that is not the run's (history from a log).
+    kind: str | None = None
 
 
 @dataclass(frozen=True)

@@ -109,18 +109,21 @@ class LedgerRows:
                 "INSERT INTO {t} (db_id, project, scene, scene_index, scene_id, slot, run, host, "
                 "process, kind, mode, state, edit, replaces, job_id, poll_url, result_url, "
                 "cancel_url, batch_id, custom_id, input_file, url, object_key, sha256, bytes, "
-                "content_type, source_url, spool, lease_run, lease_process, lease_until) "
+                "content_type, source_url, spool, error, requested_at, lease_run, lease_process, "
+                "lease_until) "
                 "SELECT %(db)s, r.project, r.scene, r.scene_index, r.scene_id, r.slot, %(run)s, "
-                "%(host)s, %(process)s, %(kind)s, r.mode, r.state, r.edit, r.replaces, r.job_id, "
-                "r.poll_url, r.result_url, r.cancel_url, r.batch_id, r.custom_id, r.input_file, "
+                "%(host)s, %(process)s, coalesce(r.kind, %(kind)s), r.mode, r.state, r.edit, "
+                "r.replaces, r.job_id, r.poll_url, r.result_url, r.cancel_url, r.batch_id, "
+                "r.custom_id, r.input_file, "
                 "r.url, r.object_key, r.sha256, r.bytes, r.content_type, r.source_url, r.spool, "
-                "%(run)s, %(process)s, now() + make_interval(secs => %(lease)s) "
+                "r.error, coalesce(to_timestamp(r.requested_at), now()), %(run)s, %(process)s, "
+                "now() + make_interval(secs => %(lease)s) "
                 "FROM jsonb_to_recordset(%(rows)s) AS r(project text, scene text, "
                 "scene_index integer, scene_id text, slot integer, mode text, state text, "
                 "edit text, replaces text[], job_id text, poll_url text, result_url text, "
                 "cancel_url text, batch_id text, custom_id text, input_file text, url text, "
                 "object_key text, sha256 text, bytes bigint, content_type text, "
-                "source_url text, spool text) "
+                "source_url text, spool text, error text, requested_at float8, kind text) "
                 "RETURNING {columns}"
             ).format(t=self._table, columns=_COLUMNS),
             {"db": self.db_id, "run": run, "host": host, "process": process, "kind": kind,
@@ -278,6 +281,28 @@ class LedgerRows:
         )
         return {row[0] for row in rows}
 
+    async def known(self) -> tuple[set[tuple[str, str]], set[str], set[tuple[str, str]], set[str]]:
+        """What the ledger already holds, for an import not to take it twice: (project, URL)
+        of every image, job ids, (batch id, custom_id) and spool paths."""
+        urls: set[tuple[str, str]] = set()
+        jobs: set[str] = set()
+        lines: set[tuple[str, str]] = set()
+        spools: set[str] = set()
+        query = sql.SQL(
+            "SELECT project, url, source_url, job_id, batch_id, custom_id, spool FROM {t} "
+            "WHERE db_id = %s"
+        ).format(t=self._table)
+        async for batch in self._db.stream("read the ledger", query, (self.db_id,)):
+            for project, url, source, job, batch_id, custom_id, spooled in batch:
+                urls.update((project, u) for u in (url, source) if u)
+                if job:
+                    jobs.add(job)
+                if batch_id and custom_id:
+                    lines.add((batch_id, custom_id))
+                if spooled:
+                    spools.add(spooled)
+        return urls, jobs, lines, spools
+
     async def batch_ids(self) -> list[str]:
         """Every batch this database's ledger names, newest first."""
         rows, _ = await self._db.run(
@@ -347,6 +372,9 @@ def _record(p: NewPurchase) -> dict[str, Any]:
         "replaces": list(p.replaces) or None,
         **asdict(p.handle),
         **asdict(p.kept),
+        "error": p.error,
+        "requested_at": p.requested_at,
+        "kind": p.kind,
     }
 
 

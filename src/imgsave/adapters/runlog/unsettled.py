@@ -73,6 +73,15 @@ def marked(log_dir: Path, db_id: str) -> list[Marker]:
     return found
 
 
+def every_marker(log_dir: Path) -> list[Marker]:
+    """Every database's markers on this host (prune keeps the logs they name)."""
+    root = log_dir / UNSETTLED
+    found: list[Marker] = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        found += marked(log_dir, folder.name)
+    return found
+
+
 def records(log: Path) -> Iterator[dict[str, Any]]:
     """The whole records of one run's log (a line cut short by a crash is skipped)."""
     try:

@@ -1,0 +1,165 @@
+"""The ledger in PostgreSQL: its rows' moves, leases, identity, pruning and the new identity of
+a restored copy, against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import psycopg
+
+from imgsave._demo.incident import incident_document
+from imgsave.core.documents import SceneRef
+from imgsave.core.ledger import Kept, Mode, Move, NewPurchase, State
+from imgsave.operations.session import opened
+
+
+def ordered(settings, count: int = 3, project: str = "p1"):
+    """`count` rows ordered (requested) by one session, and the session's ids."""
+
+    async def order() -> tuple[str, list[int]]:
+        async with opened(settings) as s:
+            rows = await s.purchases.order(
+                [NewPurchase(project, SceneRef(n + 1), 0, Mode.SYNC) for n in range(count)]
+            )
+            return s.ledger.db_id, [p.id for p in rows]
+
+    return asyncio.run(order())
+
+
+def ledger(db_url: str, *columns: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            f"SELECT {', '.join(columns)} FROM imgsave_ledger ORDER BY id"
+        ).fetchall()
+
+
+def test_rows_come_back_in_the_order_they_were_ordered_with_their_scenes(settings, rows, db_url):
+    rows.put("p1", incident_document(40))
+
+    async def order() -> list[tuple[int, int]]:
+        async with opened(settings) as s:
+            wanted = [NewPurchase("p1", SceneRef(n % 40 + 1), n // 40, Mode.SYNC)
+                      for n in reversed(range(200))]  # fmt: skip
+            made = await s.purchases.order(wanted)
+            return [(p.ref.index, w.ref.index) for p, w in zip(made, wanted, strict=True)]
+
+    assert all(a == b for a, b in asyncio.run(order()))
+
+
+def test_moves_go_forward_only_and_a_saved_row_never_moves_again(settings, rows, db_url):
+    rows.put("p1", incident_document(3))
+    _, ids = ordered(settings)
+
+    async def moves() -> list[set[int]]:
+        async with opened(settings) as s:
+            a, b, c = ids
+            url = Kept(url="https://i.test/a.png")
+            return [
+                await s.ledger.move([Move(a, State.STORED, url), Move(b, State.FAILED)]),
+                await s.ledger.move([Move(a, State.SAVED, url)]),
+                # Back out of saved, back out of failed, back to requested: all refused.
+                await s.ledger.move(
+                    [Move(a, State.STORED, url), Move(b, State.SAVED), Move(c, State.REQUESTED)]
+                ),
+                await s.ledger.move([Move(c, State.LOST), Move(c, State.STORED, url)]),
+            ]
+
+    first, second, refused, last = asyncio.run(moves())
+    assert (first, second, refused) == ({ids[0], ids[1]}, {ids[0]}, {ids[2]})
+    assert ledger(db_url, "state") == [("saved",), ("failed",), ("lost",)]
+    assert last == {ids[2]}
+
+
+def test_a_row_is_another_databases_and_never_moved_by_this_one(settings, rows, db_url):
+    rows.put("p1", incident_document(3))
+    _, ids = ordered(settings)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE imgsave_ledger SET db_id = 'another'")
+
+    async def move() -> tuple[set[int], int]:
+        async with opened(settings) as s:
+            moved = await s.ledger.move([Move(ids[0], State.FAILED)])
+            return moved, len(await s.ledger.unresolved())
+
+    assert asyncio.run(move()) == (set(), 0)
+
+
+def test_a_lease_is_the_runs_until_it_lapses_or_its_process_is_gone(settings, rows, db_url):
+    rows.put("p1", incident_document(3))
+    _, ids = ordered(settings)  # leased to a run that ended: released on its way out
+
+    async def lease() -> list[int]:
+        async with opened(settings) as a, opened(settings) as b:
+            took = await a.ledger.lease(ids, run="a", process="pa", seconds=60, dead=())
+            not_b = await b.ledger.lease(ids, run="b", process="pb", seconds=60, dead=())
+            dead = await b.ledger.lease(ids, run="b", process="pb", seconds=60, dead=["pa"])
+            return [len(took), len(not_b), len(dead)]
+
+    assert asyncio.run(lease()) == [3, 0, 3]
+
+
+def prune_env(db_url: str, log_dir: Path) -> dict[str, str]:
+    return {"IMGSAVE_DATABASE_URL": db_url, "IMGSAVE_LOG_DIR": str(log_dir)}
+
+
+def test_prune_keeps_what_is_on_its_way_and_every_log_a_marker_holds(
+    cli, settings, rows, db_url, log_dir
+):
+    rows.put("p1", incident_document(4))
+    db_id, ids = ordered(settings, 4)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE imgsave_ledger SET state = 'saved' WHERE id = %s", (ids[0],))
+        conn.execute("UPDATE imgsave_ledger SET state = 'lost' WHERE id = %s", (ids[1],))
+        conn.execute("UPDATE imgsave_ledger SET updated_at = now() - interval '40 days'")
+    old = time.time() - 40 * 86400
+    for name in ("20250101T000000Z-aaaaaa", "20250101T000000Z-bbbbbb"):
+        path = log_dir / f"{name}.jsonl"
+        path.write_text(json.dumps({"event": "run.started", "db": db_id}) + "\n")
+        os.utime(path, (old, old))
+    marker = log_dir / "unsettled" / db_id / "20250101T000000Z-bbbbbb"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("elsewhere|ns|1|1\n")
+    listed = cli("prune", "--older-than", "30d", "--json", env=prune_env(db_url, log_dir))
+    assert listed.code == 0, listed.stderr
+    assert (listed.json()["ledger_rows"], listed.json()["would_remove"]) == (2, 1)
+    pruned = cli("prune", "--older-than", "30d", "--execute", "--json",
+                 env=prune_env(db_url, log_dir))  # fmt: skip
+    assert (pruned.json()["ledger_rows"], pruned.json()["removed"]) == (2, 1)
+    assert ledger(db_url, "state") == [("requested",), ("requested",)], "on their way: kept"
+    assert not (log_dir / "20250101T000000Z-aaaaaa.jsonl").exists()
+    assert (log_dir / "20250101T000000Z-bbbbbb.jsonl").exists(), "its records may be unsettled"
+
+
+def test_prune_without_a_database_is_a_usage_error(cli):
+    ran = cli("prune", env={"IMGSAVE_DATABASE_URL": ""})
+    assert ran.code == 2 and "IMGSAVE_DATABASE_URL" in ran.stderr
+
+
+def test_a_restored_copy_given_a_new_identity_leaves_its_originals_purchases_alone(
+    cli, settings, rows, db_url
+):
+    rows.put("p1", incident_document(3))
+    old, _ = ordered(settings)
+    printed = cli("sql", "--new-identity")
+    assert printed.code == 0 and "UPDATE" in printed.stdout and "database_id" in printed.stdout
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT value FROM imgsave_meta").fetchone() == (old,), "printed only"
+    applied = cli("sql", "--new-identity", "--apply")
+    assert applied.code == 0, applied.stderr
+    assert "3 purchases still on their way belong to the database" in applied.stdout
+    with psycopg.connect(db_url) as conn:
+        (new,) = conn.execute("SELECT value FROM imgsave_meta").fetchone()
+    assert new != old and new in applied.stdout
+
+    async def unresolved() -> int:
+        async with opened(settings) as s:
+            assert s.ledger.db_id == new
+            return len(await s.ledger.unresolved())
+
+    assert asyncio.run(unresolved()) == 0, "the original's rows are not this copy's to settle"
+    both = cli("sql", "--new-identity", "--uninstall")
+    assert both.code == 2
