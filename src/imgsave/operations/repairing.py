@@ -6,6 +6,7 @@ are never written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -13,16 +14,142 @@ from imgsave.adapters.imageapi.client import Provider
 from imgsave.core import events
 from imgsave.core.documents import Outcome, SceneRef, decode, find, scenes
 from imgsave.core.ledger import on_their_way, scene_key
+from imgsave.core.result_json import NOT_IN_JSON, json_name
 from imgsave.core.scene_plan import Job, Plan
+from imgsave.core.settings import Settings
 from imgsave.errors import ImgsaveError, LogUnwritable
-from imgsave.operations.claims import Claims
+from imgsave.operations.batches import Batches
+from imgsave.operations.claims import Claims, claimed
 from imgsave.operations.execution import Execution, Reporter, Tally
+from imgsave.operations.generating import Targets, settle
 from imgsave.operations.group_commit import ProjectSaver, Saving
 from imgsave.operations.lost_images import AuditReport, Finding
 from imgsave.operations.session import Session
-from imgsave.operations.stop import StopSignal
+from imgsave.operations.settled import Settled
+from imgsave.operations.stop import StopSignal, sigint_stops
 
 SceneCounts = dict[tuple[str, int], int]
+
+
+@dataclass
+class Repaired:
+    """What an executing repair did, in its JSON."""
+
+    repaired: int = 0
+    # Spooled images put in the store and saved.
+    uploaded: int = 0
+    # Images of finished batches no run had collected, saved now.
+    collected: int = 0
+    # Jobs an earlier run paid for and never saw end, polled now; their images saved.
+    jobs_resumed: int = 0
+    resumed: int = 0
+    regenerated: int = 0
+    remaining: int = 0
+    errors: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+    run: str | None = None
+    # Why regeneration stopped (the image API refused or could not be reached).
+    fatal: str | None = field(default=None, metadata=json_name("stopped"))
+    # What --regenerate spent: retries the provider may have billed, and its token counts.
+    possibly_billed_retries: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+    # Settling found these paid and lost, and could not read these APIs (exit 3).
+    lost_now: int = 0
+    unreadable: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+
+    def absorb(self, settled: Settled) -> None:
+        self.uploaded = settled.uploaded
+        self.collected = settled.batch_images
+        self.jobs_resumed = settled.jobs_resumed
+        self.resumed = settled.job_images
+        self.lost_now = settled.lost
+        self.unreadable = settled.unreadable
+        self.errors += settled.errors
+        # Saved by their known URLs: what a run left stored, or a copy a rehost left.
+        self.repaired = (
+            settled.recovered - settled.uploaded - settled.batch_images - settled.job_images
+        )
+
+
+def needs_provider(settings: Settings, report: AuditReport, *, regenerate: bool) -> bool:
+    """Whether the image API may be called (and its settings checked): to regenerate, or to
+    poll the jobs of the configured kind that are still pending."""
+    kind = settings.provider.kind
+    pending = any(j["state"] == "pending" and j["kind"] == kind for j in report.jobs)
+    return bool(regenerate and (report.expired or report.empty_scenes)) or pending
+
+
+async def repair(
+    s: Session,
+    report: AuditReport,
+    done: Repaired,
+    *,
+    provider: Provider | None,
+    batches: Batches | None,
+    regenerate: bool,
+    concurrency: int,
+    max_images: int | None,
+    reporter: Reporter | None,
+) -> None:
+    """Settle what this database paid for, restore what the audit found lost (and settling did
+    not already put back), and, with `regenerate`, buy new images for scenes left short."""
+    done.run = s.run
+    everything = Targets((), all_projects=True)
+    settled = await settle(s, everything, provider, batches)
+    done.absorb(settled)
+    wanted = regenerate and (report.expired or report.empty_scenes)
+    if not (report.lost or wanted or report.spooled or report.uncollected):
+        # Cron runs this every few minutes: nothing to do leaves no log behind.
+        done.remaining = _waiting(report, done)
+        return
+    try:
+        s.log.write(events.RUN_STARTED, command="repair", mode="append", lost=len(report.lost),
+                    expired=len(report.expired))  # fmt: skip
+    except LogUnwritable as exc:
+        done.errors.append(f"{exc}; nothing repaired")
+        done.remaining = remaining(report, {}, {}, empty_scenes=regenerate)
+        return
+    # What settling just put back is not restored a second time.
+    lost = [f for f in report.lost if f.url not in settled.saved_urls]
+    restored = await restore(s, lost)
+    done.errors += restored.errors
+    regenerated: SceneCounts = {}
+    if provider is not None and regenerate:
+        stop = StopSignal()
+        with sigint_stops(stop):
+            async with claimed(s.db.connector, s.run, s.settings.claims) as claims:
+                regenerated, tally = await regenerate_short(
+                    s, provider, report, claims=claims, concurrency=concurrency,
+                    max_images=max_images, stop=stop, reporter=reporter,
+                )  # fmt: skip
+        done.errors += [e for e in tally.errors if e != tally.fatal]
+        done.possibly_billed_retries = tally.possibly_billed_retries
+        done.usage = tally.usage
+        done.fatal = tally.fatal
+    done.repaired += sum(restored.by_scene.values())
+    done.regenerated = sum(regenerated.values())
+    back = _with_settled(restored.by_scene, report, settled.saved_urls)
+    done.remaining = remaining(report, back, regenerated, empty_scenes=regenerate)
+    done.remaining += _waiting(report, done)
+    with contextlib.suppress(LogUnwritable):  # already reported by the write that failed first
+        s.log.write(
+            events.RUN_FINISHED, command="repair", repaired=done.repaired,
+            regenerated=done.regenerated, remaining=done.remaining, stopped=done.fatal,
+        )  # fmt: skip
+
+
+def _waiting(report: AuditReport, done: Repaired) -> int:
+    """Spooled images not uploaded, and images of finished batches not collected."""
+    return max(0, report.spooled - done.uploaded) + max(0, report.uncollected - done.collected)
+
+
+def _with_settled(restored: SceneCounts, report: AuditReport, saved: set[str]) -> SceneCounts:
+    """What came back, scene by scene: restored now, or saved by settling just before."""
+    counts = dict(restored)
+    for finding in report.lost:
+        if finding.url in saved:
+            key = (finding.project, finding.scene)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 @dataclass
@@ -90,7 +217,7 @@ def remaining(
     )
 
 
-async def regenerate(
+async def regenerate_short(
     s: Session,
     provider: Provider,
     report: AuditReport,
