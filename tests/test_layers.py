@@ -119,6 +119,44 @@ def test_no_command_imports_another_and_nothing_imports_the_demo_but_the_cli():
             assert not any(t.startswith("_demo") for t in targets), f"{module} imports _demo"
 
 
+# What a command may take from the adapters: the openers of the outside systems (the database,
+# the image API, the store), the value a log query is, repair's host-wide lock, and for `sql`
+# the SQL it prints. Everything else a command needs is an operation's to do.
+COMMAND_ADAPTERS = {
+    "adapters.postgres.database",
+    "adapters.imageapi.client",
+    "adapters.storage.object_store",
+    "adapters.runlog.reader",
+    "adapters.runlog.host_lock",
+}
+COMMAND_OWN_ADAPTERS = {"commands.sql": {"adapters.postgres.install"}}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if _layer(m) == "commands"))
+def test_a_command_opens_the_outside_systems_and_leaves_the_rest_to_operations(module: str):
+    allowed = COMMAND_ADAPTERS | COMMAND_OWN_ADAPTERS.get(module, set())
+    taken = {t for t in GRAPH[module] if _layer(t) == "adapters"}
+    assert taken <= allowed, f"{module} imports {sorted(taken - allowed)}"
+
+
+def test_no_module_touches_another_modules_private_members():
+    """`other._member` across modules (psycopg's way: a class's insides are its own)."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
+                continue
+            outer, inner = node.value, node.attr
+            # self._x._y: reaching into what another object keeps private.
+            if (
+                isinstance(outer.value, ast.Name)
+                and outer.value.id == "self"
+                and outer.attr.startswith("_")
+                and inner.startswith("_")
+                and not inner.startswith("__")
+            ):
+                pytest.fail(f"{path.relative_to(PACKAGE)}:{node.lineno}: self.{outer.attr}.{inner}")
+
+
 def test_every_folder_says_what_lives_there_and_what_it_may_import():
     for init in PACKAGE.rglob("__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""

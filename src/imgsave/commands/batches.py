@@ -8,12 +8,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
-from imgsave.adapters.postgres.identity import read_identity
-from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.core.result_json import FieldsResult
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from imgsave.operations.batches import opened_api, overview
+from imgsave.operations.upkeep import existing_ledger
 from imgsave.terminal.consoles import shown
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ async def run_batches(settings: Settings) -> BatchesResult:
         opened_api(settings, required=True) as api,
     ):
         assert api is not None
-        ledger = await _ledger(db)
+        ledger = await existing_ledger(db)
         for item in await overview(db, ledger, api) if ledger else []:
             batch = item.batch
             expires = None
@@ -97,15 +96,8 @@ async def run_cancel(settings: Settings, batch_id: str) -> CancelResult:
         opened_api(settings, required=True) as api,
     ):
         assert api is not None
-        ledger = await _ledger(db)
+        ledger = await existing_ledger(db)
         if ledger is None or batch_id not in await ledger.batch_ids():
             raise UsageError(f"batch {batch_id} is not a batch of this database")
         batch = await api.cancel(batch_id)
     return CancelResult(batch.id, batch.status)
-
-
-async def _ledger(db: Database) -> LedgerRows | None:
-    """This database's ledger, or None where nothing was ever bought for it."""
-    db_id = await read_identity(db.connector)
-    ledger = LedgerRows(db.connector, db_id) if db_id else None
-    return ledger if ledger is not None and await ledger.exists() else None

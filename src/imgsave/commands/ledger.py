@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
-from imgsave.adapters.postgres.identity import ensure_identity
-from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.core.result_json import FieldsResult
 from imgsave.core.settings import Settings
 from imgsave.operations.ledger_import import Imported, import_history
+from imgsave.operations.upkeep import made_ledger
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -35,8 +34,7 @@ class ImportResult(FieldsResult, Imported):
 async def run_import(settings: Settings, paths: Sequence[str]) -> ImportResult:
     async with await Database.from_settings(settings, max_size=2) as db:
         await db.check_readable()
-        ledger = LedgerRows(db.connector, await ensure_identity(db.connector))
-        await ledger.ensure_table()
+        ledger = await made_ledger(db)
         found = await import_history(
             ledger, settings.resolved_log_dir(), paths, host=socket.gethostname(),
             kind=settings.provider.kind,

@@ -9,21 +9,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
-from imgsave.adapters.postgres.identity import read_identity
 from imgsave.adapters.postgres.install import (
     APPEND,
     JOURNAL,
     SUPABASE_ROLES,
     Options,
     install,
-    new_identity,
     uninstall,
 )
-from imgsave.adapters.postgres.journal_rows import JournalRows
-from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.core.result_json import NOT_IN_JSON, FieldsResult
 from imgsave.core.settings import Settings
-from imgsave.errors import CannotWork
+from imgsave.operations import upkeep
 from imgsave.terminal.consoles import shown
 
 if TYPE_CHECKING:
@@ -83,15 +79,8 @@ async def run_new_identity(settings: Settings, *, apply: bool) -> IdentityResult
     """A new identity for this database (printed, or applied): what a copy restored from
     another database's snapshot needs before it runs anything else."""
     async with await Database.from_settings(settings, max_size=1) as db:
-        script = new_identity(db.table.schema)
-        old = await read_identity(db.connector)
-        if not apply:
-            return IdentityResult(script, applied=False, old=old, new=None, left_behind=0)
-        await db.connector.apply(script, "give this database a new identity")
-        new = await read_identity(db.connector)
-        ledger = LedgerRows(db.connector, old or "")
-        left = len(await ledger.unresolved()) if old and await ledger.exists() else 0
-    return IdentityResult(script, applied=True, old=old, new=new, left_behind=left)
+        done = await upkeep.renew_identity(db, apply=apply)
+    return IdentityResult(done.script, apply, done.old, done.new, done.left_behind)
 
 
 async def run_sql(settings: Settings, *, journal: bool, apply: bool, remove: bool) -> SqlResult:
@@ -142,9 +131,6 @@ async def run_journal_prune(
     """Delete (with `execute`) journal rows older than the window. Every row of one write has
     the same time, so a write is pruned whole and what is left is still classified right."""
     async with await Database.from_settings(settings, max_size=1) as db:
-        journal = JournalRows(db.connector)
-        if not await journal.installed():
-            raise CannotWork("this database has no imgsave journal (imgsave sql --journal)")
         before = datetime.now(UTC) - older_than
-        removed = await journal.prune(before, execute=execute)
+        removed = await upkeep.prune_journal(db, before, execute=execute)
     return JournalPruneResult(executed=execute, older_than=label, removed=removed)

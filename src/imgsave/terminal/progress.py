@@ -65,7 +65,7 @@ class ProgressReporter:
         """A reporter for one project of a run over many; they share this one display."""
         return _ProjectView(self, name)
 
-    def _grow(self, total: int, name: str) -> None:
+    def grow(self, total: int, name: str) -> None:
         self._in_flight[name] = None
         self._total += total
         if self._progress is None:
@@ -73,7 +73,7 @@ class ProgressReporter:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, total=self._total, flight=self._flight())
 
-    def _landed(self, name: str) -> None:
+    def landed(self, name: str) -> None:
         self._in_flight.pop(name, None)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, flight=self._flight())
@@ -125,7 +125,7 @@ class _ProjectView:
         self._name = name
 
     def start(self, total: int, description: str) -> None:
-        self._display._grow(total, self._name)
+        self._display.grow(total, self._name)
 
     def advance(self, *, ok: bool, requested: bool = True) -> None:
         self._display.advance(ok=ok, requested=requested)
@@ -134,4 +134,4 @@ class _ProjectView:
         self._display.warn(message)
 
     def finish(self) -> None:
-        self._display._landed(self._name)
+        self._display.landed(self._name)
