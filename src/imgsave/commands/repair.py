@@ -4,25 +4,18 @@ URLs are never written. Only one executing repair runs on a host at a time."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from imgsave.adapters.imageapi.client import Provider
-from imgsave.adapters.postgres.database import Database
-from imgsave.adapters.runlog.host_lock import exclusive
 from imgsave.adapters.runlog.reader import LogQuery, ReadStats
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, plain
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK
 from imgsave.operations import repairing
-from imgsave.operations.auditing import audited
-from imgsave.operations.batches import Batches, opened_api
 from imgsave.operations.lost_images import AuditReport
 from imgsave.operations.repairing import Repaired
-from imgsave.operations.session import opened
 from imgsave.terminal import audit_view
 from imgsave.terminal.consoles import shown
 
@@ -106,25 +99,10 @@ async def run_repair(
 ) -> RepairResult:
     """Audit, then (with `execute`) settle, restore every lost URL and, with `regenerate`,
     generate new images for scenes left short."""
-    log_dir = settings.resolved_log_dir()
-    lock = exclusive(log_dir / "repair.lock", "imgsave repair") if execute else nullcontext()
-    with lock:
-        async with await Database.from_settings(settings) as db:
-            report = await audited(settings, db, query, check_urls=check_urls)
-        result = RepairResult(report=report, executed=execute)
-        if not execute:
-            return result
-        async with opened(settings, probe=False) as s, opened_api(settings) as api:
-            wanted = repairing.needs_provider(settings, report, regenerate=regenerate)
-            provider = Provider.from_settings(settings) if wanted else None
-            async with provider if provider is not None else nullcontext() as provider:
-                if s.store is not None and (provider is not None or report.spooled):
-                    await s.store.probe()
-                batches = Batches(api=api, db=s.db, purchases=s.purchases,
-                                  shape=settings.shape) if api else None  # fmt: skip
-                await repairing.repair(
-                    s, report, result, provider=provider, batches=batches,
-                    regenerate=regenerate, concurrency=concurrency, max_images=max_images,
-                    reporter=reporter,
-                )  # fmt: skip
+    result = RepairResult(executed=execute)
+    result.report = await repairing.run(
+        settings, query, result if execute else None, regenerate=regenerate,
+        check_urls=check_urls, concurrency=concurrency, max_images=max_images,
+        reporter=reporter,
+    )  # fmt: skip
     return result

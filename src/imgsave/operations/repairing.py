@@ -8,9 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from imgsave.adapters.imageapi.client import Provider
+from imgsave.adapters.postgres.database import Database
+from imgsave.adapters.runlog.host_lock import exclusive
+from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.core import events
 from imgsave.core.documents import Outcome, SceneRef, decode, find, scenes
 from imgsave.core.ledger import on_their_way, scene_key
@@ -18,13 +22,14 @@ from imgsave.core.result_json import NOT_IN_JSON, json_name
 from imgsave.core.scene_plan import Job, Plan
 from imgsave.core.settings import Settings
 from imgsave.errors import ImgsaveError, LogUnwritable
-from imgsave.operations.batches import Batches
+from imgsave.operations.auditing import audited
+from imgsave.operations.batches import Batches, opened_api
 from imgsave.operations.claims import Claims, claimed
 from imgsave.operations.execution import Execution, Reporter, Tally
 from imgsave.operations.generating import Targets, settle
 from imgsave.operations.group_commit import ProjectSaver, Saving
 from imgsave.operations.lost_images import AuditReport, Finding
-from imgsave.operations.session import Session
+from imgsave.operations.session import Session, opened
 from imgsave.operations.settled import Settled
 from imgsave.operations.stop import StopSignal, sigint_stops
 
@@ -68,6 +73,42 @@ class Repaired:
         self.repaired = (
             settled.recovered - settled.uploaded - settled.batch_images - settled.job_images
         )
+
+
+async def run(
+    settings: Settings,
+    query: LogQuery,
+    done: Repaired | None,
+    *,
+    regenerate: bool,
+    check_urls: bool,
+    concurrency: int,
+    max_images: int | None,
+    reporter: Reporter | None,
+) -> AuditReport:
+    """The audit's report; with `done` (an executing repair), the repair itself, counted in
+    `done`. Only one executing repair runs on a host at a time."""
+    log_dir = settings.resolved_log_dir()
+    lock = exclusive(log_dir / "repair.lock", "imgsave repair") if done else nullcontext()
+    with lock:
+        async with await Database.from_settings(settings) as db:
+            report = await audited(settings, db, query, check_urls=check_urls)
+        if done is None:
+            return report
+        async with opened(settings, probe=False) as s, opened_api(settings) as api:
+            wanted = needs_provider(settings, report, regenerate=regenerate)
+            provider = Provider.from_settings(settings) if wanted else None
+            async with provider if provider is not None else nullcontext() as provider:
+                if s.store is not None and (provider is not None or report.spooled):
+                    await s.store.probe()
+                batches = Batches(api=api, db=s.db, purchases=s.purchases,
+                                  shape=settings.shape) if api else None  # fmt: skip
+                await repair(
+                    s, report, done, provider=provider, batches=batches,
+                    regenerate=regenerate, concurrency=concurrency, max_images=max_images,
+                    reporter=reporter,
+                )  # fmt: skip
+    return report
 
 
 def needs_provider(settings: Settings, report: AuditReport, *, regenerate: bool) -> bool:
