@@ -36,6 +36,7 @@ from imgsave.errors import (
 )
 from imgsave.operations.claims import Claims
 from imgsave.operations.group_commit import ProjectSaver
+from imgsave.operations.intake import Kept, NotKept
 from imgsave.operations.purchases import Purchases, Taken
 from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal
@@ -166,44 +167,51 @@ class Tally:
         ]
 
 
+@dataclass
+class Means:
+    """What a run's projects share as they buy: the database, the image API, the purchases
+    (ledger and log), the document's shape, the concurrency bound (`slots`), the stop, the
+    claims (no request starts for a scene the run does not hold), how long a save may wait for
+    a project's other answers (`linger`, group_commit.py), and the warnings already given."""
+
+    db: Database
+    provider: Provider
+    purchases: Purchases
+    shape: Shape
+    slots: Slots
+    stop: StopSignal = field(default_factory=StopSignal)
+    claims: Claims | None = None
+    linger: float = 0.0
+    said: set[str] = field(default_factory=set)
+
+
 class Execution:
     """One plan for one project, carried out once. `run` returns the tally."""
 
     def __init__(
         self,
-        *,
-        db: Database,
-        provider: Provider,
-        purchases: Purchases,
+        means: Means,
         project: str,
-        shape: Shape,
-        slots: Slots | int,
-        stop: StopSignal | None = None,
+        *,
         reporter: Reporter | None = None,
-        claims: Claims | None = None,
-        linger: float = 0.0,
-        said: set[str] | None = None,
         edit: Edit = Edit.APPEND,
     ):
-        """`slots` is the run's shared concurrency bound (or a number, for a run of one
-        project); with `claims`, no request starts for a scene the run does not hold;
-        `linger` lets a save wait for the project's other answers (group_commit.py); `said` holds
-        the run-wide warnings already given, shared by the run's projects; `edit`: each image
-        is appended (generate, repair), or takes the place of the URL it replaces (rehost)."""
+        """`edit`: each image is appended (generate, repair), or takes the place of the URL it
+        replaces (rehost)."""
         self._edit = edit
-        self._db = db
-        self._provider = provider
-        self._purchases = purchases
+        self._db = means.db
+        self._provider = means.provider
+        self._purchases = means.purchases
         self._project = project
-        self._shape = shape
-        self._slots = Slots(slots) if isinstance(slots, int) else slots
-        self._claims = claims
-        self._linger = linger
-        self._stop = stop or StopSignal()
+        self._shape = means.shape
+        self._slots = means.slots
+        self._claims = means.claims
+        self._linger = means.linger
+        self._stop = means.stop
         self._reporter = reporter
         self._calls: set[asyncio.Future[Answer]] = set()
         self._announced: set[str] = set()
-        self._said = set() if said is None else said
+        self._said = means.said
         # The rows whose job the provider accepted (their handles are recorded).
         self._jobs_started: set[int] = set()
         self.tally = Tally()
@@ -271,32 +279,11 @@ class Execution:
         if self._purchases.log_error:
             self._log_failed(self._purchases.log_error)
         if taken.not_kept is not None:
-            exc = taken.not_kept
-            if exc.spooled is None:  # no image to keep (refused bytes, a dead link): failed
-                self._failed(ref, str(exc))
-                return
-            # Paid, and kept on disk for a later run: spooled, not failed.
-            self.tally.spooled += 1
-            if exc.fatal:
-                self._stop_run(str(exc))
-            else:
-                self._note(ref, str(exc))
-            if self._reporter:
-                self._reporter.advance(ok=False)
+            self._not_kept(ref, taken.not_kept)
             return
         kept = taken.kept
         assert kept is not None
-        if kept.provisional:
-            self.tally.provisional += 1
-            self._note(
-                ref,
-                f"{kept.provisional}; the provider's URL is saved as it is: run `imgsave "
-                "rehost` to copy it into the store while it still resolves",
-            )
-        if self._purchases.intake.store is None and EXPIRING not in self._said:
-            self._said.add(EXPIRING)
-            if self._reporter:
-                self._reporter.warn(EXPIRING)
+        self._kept(ref, kept)
         if taken.save_error is not None:
             self._keep_unlogged(ref, kept.url, taken.logged, saved=False)
             self.tally.failed_in_log += taken.logged
@@ -317,6 +304,34 @@ class Execution:
             if self._reporter:
                 self._reporter.advance(ok=True)
 
+    def _not_kept(self, ref: SceneRef, exc: NotKept) -> None:
+        if exc.spooled is None:  # no image to keep (refused bytes, a dead link): failed
+            self._failed(ref, str(exc))
+            return
+        # Paid, and kept on disk for a later run: spooled, not failed.
+        self.tally.spooled += 1
+        if exc.fatal:
+            self._stop_run(str(exc))
+        else:
+            self._note(ref, str(exc))
+        if self._reporter:
+            self._reporter.advance(ok=False)
+
+    def _kept(self, ref: SceneRef, kept: Kept) -> None:
+        """What a kept image may need said before its save: a provider's URL it had to keep
+        as it is, or (once a run) that without a store such URLs expire."""
+        if kept.provisional:
+            self.tally.provisional += 1
+            self._note(
+                ref,
+                f"{kept.provisional}; the provider's URL is saved as it is: run `imgsave "
+                "rehost` to copy it into the store while it still resolves",
+            )
+        if self._purchases.intake.store is None and EXPIRING not in self._said:
+            self._said.add(EXPIRING)
+            if self._reporter:
+                self._reporter.warn(EXPIRING)
+
     def _stop_run(self, reason: str) -> None:
         if self.tally.fatal is None:
             self.tally.fatal = reason
@@ -336,40 +351,43 @@ class Execution:
             await self._purchases.end(p, State.FAILED, "the scene has no prompt")
             self._failed(scene.ref, "the scene has no prompt")
             return None
-        prompt = scene.prompt
         async with self._slots.slot(self._project):
             if self._stop.requested or not self._may_start(scene.ref):
                 await self._not_requested(p)
                 return None
+            return await self._call(scene.ref, scene.prompt, p)
 
-            async def started(job: RemoteJob) -> None:
-                await self._job_started(p, job)
+    async def _call(self, ref: SceneRef, prompt: str, p: Purchase) -> Answer | None:
+        """One request sent and answered; each way it can end without an answer recorded."""
 
-            call = asyncio.ensure_future(self._provider.generate(prompt, on_job=started))
-            self._calls.add(call)
-            try:
-                return await call
-            except asyncio.CancelledError:
-                if call.cancelled() and self._stop.hard.is_set():
-                    # Sent, maybe billed, its answer never awaited: said, not silently dropped.
-                    self.tally.abandoned += 1
-                    await self._purchases.end(p, State.LOST, ABANDONED)
-                    if self._reporter:
-                        self._reporter.advance(ok=False)
-                    return None
-                raise
-            except NotSent as exc:  # the run stopped while it waited for its start
-                self.tally.possibly_billed_retries += exc.possibly_billed_retries
-                await self._not_requested(p)
-            except ImageFailed as exc:
-                await self._image_failed(scene.ref, p, exc)
-            except ProviderStopped as exc:  # refused (401/403/404) or unreachable
-                self.tally.possibly_billed_retries += exc.possibly_billed_retries
-                if p.id not in self._jobs_started:  # a job accepted stays the ledger's
-                    await self._purchases.end(p, State.FAILED, str(exc))
-                self._stop_run(str(exc))
-            finally:
-                self._calls.discard(call)
+        async def started(job: RemoteJob) -> None:
+            await self._job_started(p, job)
+
+        call = asyncio.ensure_future(self._provider.generate(prompt, on_job=started))
+        self._calls.add(call)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if call.cancelled() and self._stop.hard.is_set():
+                # Sent, maybe billed, its answer never awaited: said, not silently dropped.
+                self.tally.abandoned += 1
+                await self._purchases.end(p, State.LOST, ABANDONED)
+                if self._reporter:
+                    self._reporter.advance(ok=False)
+                return None
+            raise
+        except NotSent as exc:  # the run stopped while it waited for its start
+            self.tally.possibly_billed_retries += exc.possibly_billed_retries
+            await self._not_requested(p)
+        except ImageFailed as exc:
+            await self._image_failed(ref, p, exc)
+        except ProviderStopped as exc:  # refused (401/403/404) or unreachable
+            self.tally.possibly_billed_retries += exc.possibly_billed_retries
+            if p.id not in self._jobs_started:  # a job accepted stays the ledger's
+                await self._purchases.end(p, State.FAILED, str(exc))
+            self._stop_run(str(exc))
+        finally:
+            self._calls.discard(call)
         return None
 
     async def _image_failed(self, ref: SceneRef, p: Purchase, exc: ImageFailed) -> None:

@@ -14,7 +14,7 @@ from imgsave.core.scene_plan import Plan
 from imgsave.errors import ImgsaveError
 from imgsave.operations.batches import Batches, Submitted
 from imgsave.operations.claims import Claims, Held
-from imgsave.operations.execution import Reporter
+from imgsave.operations.execution import Means, Reporter
 from imgsave.operations.planning import Ask, plan_project
 from imgsave.operations.scheduler import MIN_IN_FLIGHT, R, Scheduler
 from imgsave.operations.session import Session
@@ -84,23 +84,16 @@ async def buy_sync(
     """Every target project planned and bought under one concurrency bound; each result
     handed to `landed`. Returns how many projects were never started (the run stopped, or
     --max-images ran out) and why the whole run stopped, if it did."""
-    scheduler: Scheduler[R] = Scheduler(
-        db=s.db,
-        provider=provider,
-        purchases=s.purchases,
-        shape=s.settings.shape,
-        ask=ask,
-        slots=Slots(
-            concurrency,
-            budget=max_images,
-            quantum=1 if targets.single else max(1, concurrency // MIN_IN_FLIGHT),
-        ),
-        stop=stop,
-        claims=claims,
-        reporter=reporter,
-        result=result,
-        linger=0.0 if targets.single else LINGER,
+    slots = Slots(
+        concurrency,
+        budget=max_images,
+        quantum=1 if targets.single else max(1, concurrency // MIN_IN_FLIGHT),
     )
+    means = Means(
+        s.db, provider, s.purchases, s.settings.shape, slots, stop, claims,
+        linger=0.0 if targets.single else LINGER,
+    )  # fmt: skip
+    scheduler: Scheduler[R] = Scheduler(means, ask, reporter=reporter, result=result)
     not_started = await scheduler.run(targets.sources(s.db, ask), landed, strict=targets.single)
     return not_started, scheduler.fatal
 

@@ -25,9 +25,10 @@ from imgsave.core.result_json import NOT_IN_JSON
 from imgsave.core.scene_plan import Job, Plan
 from imgsave.core.url_rule import url_problem
 from imgsave.errors import ImgsaveError, ProjectNotFound
-from imgsave.operations.execution import Execution, Reporter, Tally
+from imgsave.operations.execution import Execution, Means, Reporter, Tally
 from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.session import Session
+from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal
 
 # Projects read at once while looking for links.
@@ -180,6 +181,7 @@ async def regenerate_links(
     total = Tally()
     placed = 0
     budget = max_images
+    means = Means(s.db, provider, s.purchases, s.settings.shape, Slots(concurrency), stop)
     by_project: dict[str, list[Link]] = defaultdict(list)
     for link in expired:
         by_project[link.project].append(link)
@@ -198,11 +200,7 @@ async def regenerate_links(
             plan, cut = plan.capped(budget)
             total.not_requested += cut
             budget -= plan.requested
-        execution = Execution(
-            db=s.db, provider=provider, purchases=s.purchases, project=project,
-            shape=s.settings.shape, slots=concurrency, stop=stop, reporter=reporter,
-            edit=Edit.REPLACE,
-        )  # fmt: skip
+        execution = Execution(means, project, reporter=reporter, edit=Edit.REPLACE)
         tally = await execution.run(plan)
         placed += tally.saved - tally.extras
         total.merge(tally)

@@ -25,12 +25,13 @@ from imgsave.errors import ImgsaveError, LogUnwritable
 from imgsave.operations.auditing import audited
 from imgsave.operations.batches import Batches, opened_api
 from imgsave.operations.claims import Claims, claimed
-from imgsave.operations.execution import Execution, Reporter, Tally
+from imgsave.operations.execution import Execution, Means, Reporter, Tally
 from imgsave.operations.generating import Targets, settle
 from imgsave.operations.group_commit import ProjectSaver, Saving
 from imgsave.operations.lost_images import AuditReport, Finding
 from imgsave.operations.session import Session, opened
 from imgsave.operations.settled import Settled
+from imgsave.operations.slots import Slots
 from imgsave.operations.stop import StopSignal, sigint_stops
 
 SceneCounts = dict[tuple[str, int], int]
@@ -281,6 +282,7 @@ async def regenerate_short(
     regenerated: SceneCounts = {}
     total = Tally()
     budget = max_images
+    means = Means(s.db, provider, s.purchases, s.settings.shape, Slots(concurrency), stop, claims)
     for project, by_scene in wanted.items():
         if stop.requested or (budget is not None and budget <= 0):
             break
@@ -319,11 +321,7 @@ async def regenerate_short(
             plan, cut = plan.capped(budget)
             total.not_requested += cut
             budget -= plan.requested
-        execution = Execution(
-            db=s.db, provider=provider, purchases=s.purchases, project=project,
-            shape=s.settings.shape, slots=concurrency, stop=stop, reporter=reporter,
-            claims=claims,
-        )  # fmt: skip
+        execution = Execution(means, project, reporter=reporter)
         tally = await execution.run(plan)
         if claims is not None:
             await claims.release(project)

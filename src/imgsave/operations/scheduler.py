@@ -16,10 +16,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, Protocol, TypeVar
 
-from imgsave.adapters.imageapi.client import Provider
-from imgsave.adapters.postgres.database import Database
 from imgsave.core import events
-from imgsave.core.documents import Shape
 from imgsave.core.scene_plan import Plan
 from imgsave.errors import (
     ClaimsUnavailable,
@@ -28,12 +25,9 @@ from imgsave.errors import (
     LedgerUnavailable,
     LogUnwritable,
 )
-from imgsave.operations.claims import Claims, held_lines, stalled
-from imgsave.operations.execution import Execution, Reporter, Tally, finish_log
+from imgsave.operations.claims import held_lines, stalled
+from imgsave.operations.execution import Execution, Means, Reporter, Tally, finish_log
 from imgsave.operations.planning import Ask, plan_project
-from imgsave.operations.purchases import Purchases
-from imgsave.operations.slots import Slots
-from imgsave.operations.stop import StopSignal
 
 # Projects always in flight (when there are that many): the fairness floor.
 MIN_IN_FLIGHT = 4
@@ -67,32 +61,25 @@ R = TypeVar("R", bound=ProjectResult)
 class Scheduler(Generic[R]):
     def __init__(
         self,
-        *,
-        db: Database,
-        provider: Provider,
-        purchases: Purchases,
-        shape: Shape,
+        means: Means,
         ask: Ask,
-        slots: Slots,
-        stop: StopSignal,
-        claims: Claims | None,
+        *,
         reporter: Callable[[str], Reporter | None],
         result: Callable[[str], R],
-        linger: float = 0.0,
     ):
-        self._db = db
-        self._provider = provider
-        self._purchases = purchases
-        self._shape = shape
+        """`reporter(project)`: where a project's progress is shown; `result(project)`: the
+        object its outcome is put in."""
+        self._means = means
+        self._db = means.db
+        self._purchases = means.purchases
+        self._shape = means.shape
         self._ask = ask
-        self._slots = slots
-        self._stop = stop
-        self._claims = claims
+        self._slots = means.slots
+        self._stop = means.stop
+        self._claims = means.claims
         self._reporter = reporter
         self._result = result
-        self._linger = linger
         self._preparing = 0
-        self._said: set[str] = set()  # warnings given once per run, whichever project met them
         # Why the whole run stopped (the database went away), if it did.
         self.fatal: str | None = None
 
@@ -211,19 +198,7 @@ class Scheduler(Generic[R]):
         )
         result.log_path = str(log.path)
         errors = result.tally.errors
-        execution = Execution(
-            db=self._db,
-            provider=self._provider,
-            purchases=self._purchases,
-            project=name,
-            shape=self._shape,
-            slots=self._slots,
-            stop=self._stop,
-            reporter=reporter,
-            claims=self._claims,
-            linger=self._linger,
-            said=self._said,
-        )
+        execution = Execution(self._means, name, reporter=reporter)
         result.tally = await execution.run(the_plan)
         result.tally.errors[:0] = errors
         finish_log(log, result.tally, project=name)
