@@ -1,7 +1,7 @@
 """imgsave's benchmarks, each against a baseline measured in the same run on the same machine.
 
     python scripts/bench.py [hot-row] [route-fn] [e2e] [fleet] [store] [audit] [startup]
-                            [batches] [kinds]
+                            [batches] [kinds] [history]
                                                     # default: all
     python scripts/bench.py --readme          # the table in docs/performance.md, from the JSON
 
@@ -28,6 +28,7 @@ from benchmarks import (
     batches,
     e2e,
     fleet,
+    history_scale,
     hot_row,
     kinds,
     route_fn,
@@ -46,6 +47,7 @@ BENCHES: dict[str, Callable[[], list[Result]]] = {
     "startup": startup.run,
     "batches": batches.run,
     "kinds": kinds.run,
+    "history": history_scale.run,
 }
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "bench-results.json"

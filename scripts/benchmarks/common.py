@@ -21,7 +21,9 @@ from imgsave.core.settings import DatabaseSettings, ProviderSettings, Settings
 SERVER = os.environ.get(
     "IMGSAVE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-BENCH_DB = "imgsave_bench"
+# Its own name per checkout when several share a server (IMGSAVE_BENCH_DB): a run drops and
+# recreates it, and another run's audit would find its projects truncated under it.
+BENCH_DB = os.environ.get("IMGSAVE_BENCH_DB", "imgsave_bench")
 URL = make_conninfo(SERVER, dbname=BENCH_DB)
 IMGSAVE = str(Path(sys.executable).with_name("imgsave"))
 HERE = Path(__file__).parent
