@@ -70,6 +70,16 @@ class ProviderSettings:
     batch: bool = False
     # Seconds between looks at running batches (`generate --batch --wait`).
     batch_poll: float = 10.0
+    # What one image costs bought synchronously, in the account's currency: the dry run's
+    # estimate, `--max-cost`, and the `cost` in a run's JSON (core/cost.py). Unset: no price,
+    # no estimate. Never built in: it depends on the model, size, quality and contract.
+    price: float | None = None
+    # The price's factor through the Batch API (`--batch`): OpenAI, Azure OpenAI and the Gemini
+    # API document half the synchronous price for it.
+    batch_discount: float = 0.5
+    # A label for amounts, never converted: the image APIs imgsave knows publish their prices
+    # in US dollars, so a price copied from a price list is in dollars unless said otherwise.
+    currency: str = "USD"
     # [provider.params]: passed through in every request (quality, output_format, background,
     # moderation, ...).
     params: dict[str, str | int | float | bool] = field(default_factory=dict)
@@ -460,7 +470,12 @@ def _build(
             instance = cls()
             for key, value in picked.items():
                 default = getattr(instance, key)
-                picked[key] = _coerce(value, default, f"{path}: [{section}] {key}")
+                where = f"{path}: [{section}] {key}"
+                picked[key] = (
+                    _price(value, where, key)
+                    if cls is ProviderSettings and key in _PRICES
+                    else _coerce(value, default, where)
+                )
             built[cls.__name__] = replace(instance, **picked)
         if given:
             raise UsageError(
@@ -553,6 +568,21 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if not isinstance(value, str) or not value:
         raise UsageError(f"config file {where} must be a non-empty string")
     return value
+
+
+# [provider] numbers that are money: a price per image, and the batch's factor of it.
+_PRICES = ("price", "batch_discount")
+
+
+def _price(value: Any, where: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e12:
+        raise UsageError(f"config file {where} must be a positive number, such as 0.04")
+    if key == "batch_discount" and value > 1:
+        raise UsageError(
+            f"config file {where} is the batch price's factor of [provider] price: at most 1 "
+            "(0.5 for half price)"
+        )
+    return float(value)
 
 
 def _flag(value: Any) -> bool:
