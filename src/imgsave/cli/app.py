@@ -22,6 +22,7 @@ from imgsave.cli.options import (
     ConcurrencyOption,
     DryRunOption,
     LogSources,
+    MaxCostOption,
     MaxImagesOption,
     log_source_options,
     shared_options,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from imgsave.cli.watch import RunWatch
     from imgsave.core.kind_facts import KindFacts
     from imgsave.core.settings import Settings
+    from imgsave.terminal.generate_view import PlanOutput
 
 EXIT_CODES = (
     "Exit codes: 0 done, nothing missing; 1 finished with findings (images lost or left "
@@ -110,6 +112,16 @@ def generate(
         ),
     ] = None,
     max_images: MaxImagesOption = None,
+    max_cost: MaxCostOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            metavar="",
+            help="Print the plan (per project: the scenes short and the images it would buy; "
+            "the mode; the estimated cost) and buy, claim and write nothing.",
+        ),
+    ] = False,
     scenes: Annotated[
         str | None,
         typer.Option("--scenes", metavar="LIST", help="Only these scenes, e.g. 1,3,5-8."),
@@ -160,22 +172,49 @@ def generate(
       imgsave generate 6f1c0f1e-... --images-per-scene 2 --concurrency 16 --json
       imgsave generate --all -k 2 --concurrency 32 --rate 600/min --max-images 5000
       imgsave generate --all -k 2 --batch --json
+      imgsave generate --all -k 2 --max-cost 25 --dry-run
     """
 
     given = _given(ctx)
+    output: PlanOutput | None = None
+    if dry_run:
+        from imgsave.terminal.generate_view import PlanOutput
+
+        output = PlanOutput(as_json=common.as_json, quiet=common.quiet)
 
     async def work(settings: Settings) -> _Result:
         from imgsave.adapters.imageapi.pace import parse_rate
         from imgsave.cli.parsers import parse_scene_selection
         from imgsave.commands import generate as gen
+        from imgsave.core.cost import parse_amount
         from imgsave.terminal.progress import ProgressReporter
 
         selection = parse_scene_selection(scenes) if scenes else None
-        if batch or settings.provider.batch:
+        budget = parse_amount(max_cost) if max_cost is not None else None
+        in_batch = batch or settings.provider.batch
+        if in_batch:
             # Refused, never silently dropped: a batch has no pace and no concurrency.
             for name, flag in (("rate", "--rate"), ("concurrency", "--concurrency")):
                 if name in given:
                     raise UsageError(f"{flag} does not apply to --batch (the provider paces it)")
+        elif wait:
+            raise UsageError("--wait goes with --batch")
+        if rate is not None:
+            parse_rate(rate)
+        if output is not None:
+            return await gen.run_dry(
+                settings,
+                projects or [],
+                all_projects=all_projects,
+                images_per_scene=images_per_scene,
+                selection=selection,
+                force=force,
+                batch=in_batch,
+                max_images=max_images,
+                max_cost=budget,
+                output=output,
+            )
+        if in_batch:
             return await gen.run_batch(
                 settings,
                 projects or [],
@@ -185,14 +224,12 @@ def generate(
                 force=force,
                 batch_size=batch_size,
                 max_images=max_images,
+                max_cost=budget,
                 strict=strict,
                 wait=wait,
                 reporter=ProgressReporter(quiet=common.quiet),
             )
-        if wait:
-            raise UsageError("--wait goes with --batch")
         if rate is not None:
-            parse_rate(rate)
             settings = replace(settings, provider=replace(settings.provider, rate=rate))
         return await gen.run(
             settings,
@@ -203,12 +240,15 @@ def generate(
             force=force,
             concurrency=concurrency,
             max_images=max_images,
+            max_cost=budget,
             strict=strict,
             quiet=common.quiet,
             reporter=ProgressReporter(quiet=common.quiet),
         )
 
-    _execute(work, common)
+    # A dry run is no run to report: it pings no check and writes no metrics (a cron
+    # monitor must not see a plan as the run it watches).
+    _execute(work, common, watched=output is None, stream=output)
 
 
 def _given(ctx: typer.Context) -> set[str]:
@@ -269,6 +309,7 @@ def repair(
     ] = False,
     concurrency: ConcurrencyOption = 8,
     max_images: MaxImagesOption = None,
+    max_cost: MaxCostOption = None,
 ) -> None:
     """Put lost images back (with --execute); never restores stale or orphaned URLs.
 
@@ -279,6 +320,7 @@ def repair(
 
     async def work(settings: Settings) -> _Result:
         from imgsave.commands.repair import run_repair
+        from imgsave.core.cost import parse_amount
         from imgsave.terminal.progress import ProgressReporter
 
         _one_mode(dry_run=dry_run, execute=execute)
@@ -290,6 +332,7 @@ def repair(
             check_urls=sources.check_urls,
             concurrency=concurrency,
             max_images=max_images,
+            max_cost=parse_amount(max_cost) if max_cost is not None else None,
             reporter=ProgressReporter(quiet=common.quiet),
         )
 
@@ -319,6 +362,7 @@ def rehost(
     ] = False,
     concurrency: ConcurrencyOption = 8,
     max_images: MaxImagesOption = None,
+    max_cost: MaxCostOption = None,
 ) -> None:
     """Copy images behind a provider's expiring links into your store and replace each link in
     place; links that no longer resolve are reported expired.
@@ -330,6 +374,7 @@ def rehost(
 
     async def work(settings: Settings) -> _Result:
         from imgsave.commands.rehost import run_rehost
+        from imgsave.core.cost import parse_amount
         from imgsave.terminal.progress import ProgressReporter
 
         _one_mode(dry_run=dry_run, execute=execute)
@@ -341,6 +386,7 @@ def rehost(
             regenerate=regenerate,
             concurrency=concurrency,
             max_images=max_images,
+            max_cost=parse_amount(max_cost) if max_cost is not None else None,
             reporter=ProgressReporter(quiet=common.quiet),
         )
 
@@ -649,11 +695,17 @@ class _Result(Protocol):
 
 
 def _execute(
-    work: Callable[[Settings], Awaitable[_Result]], common: Common, *, watched: bool = True
+    work: Callable[[Settings], Awaitable[_Result]],
+    common: Common,
+    *,
+    watched: bool = True,
+    stream: PlanOutput | None = None,
 ) -> None:
     """Run a command's work: settings, logging, the operator's monitoring (ping and metrics;
     `watched=False` for a command that is no run, such as `config`), and every way it can end
-    turned into its exit code and its output."""
+    turned into its exit code and its output. `stream`: output the work began printing
+    itself (a dry run's projects, as they were planned); its JSON object is ended here, with
+    the result's keys or the error's."""
     from imgsave.cli.watch import RunWatch
     from imgsave.core.redaction import redact, weak_secret_warnings
     from imgsave.core.settings import MonitorSettings, load_settings
@@ -678,9 +730,9 @@ def _execute(
             warn(message)
         result = asyncio.run(_awaited(work, settings))
     except ImgsaveError as exc:
-        _fail(str(exc), exc.exit_code, secrets, common.as_json, watch)
+        _fail(str(exc), exc.exit_code, secrets, common.as_json, watch, stream)
     except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED, secrets, common.as_json, watch)
+        _fail("interrupted", EXIT_INTERRUPTED, secrets, common.as_json, watch, stream)
     except Exception as exc:  # a bug: say so in one line, never with a secret in it
         log_internal_error(exc)
         hint = "" if common.verbose else " (-v shows the traceback)"
@@ -690,12 +742,16 @@ def _execute(
             secrets,
             common.as_json,
             watch,
+            stream,
         )
     for line in result.stderr_lines():
         error(redact(line, secrets))
     summary = result.to_json() if common.as_json or watch.active else None
     if common.as_json and summary is not None:
-        print_json(summary)
+        if stream is not None:
+            stream.close_json(summary)
+        else:
+            print_json(summary)
     elif not (common.quiet and result.exit_code == 0):
         result.render(stdout_console())
     watch.end(result.exit_code, summary)
@@ -707,14 +763,22 @@ async def _awaited(work: Callable[[Settings], Awaitable[_Result]], settings: Set
 
 
 def _fail(
-    message: str, code: int, secrets: tuple[str, ...], as_json: bool, watch: RunWatch
+    message: str,
+    code: int,
+    secrets: tuple[str, ...],
+    as_json: bool,
+    watch: RunWatch,
+    stream: PlanOutput | None = None,
 ) -> NoReturn:
     from imgsave.core.redaction import redact
     from imgsave.terminal.consoles import error, print_json
 
     message = redact(" ".join(message.split()), secrets)
     error(message)
-    if as_json:
+    if as_json and stream is not None and stream.begun:
+        # Still one JSON object: the projects printed so far, then why it stopped.
+        stream.close_json({"error": message, "exit_code": code})
+    elif as_json:
         print_json({"error": message, "exit_code": code})
     watch.end(code, {"error": message, "exit_code": code})
     raise typer.Exit(code)

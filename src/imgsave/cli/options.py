@@ -124,6 +124,16 @@ ConcurrencyOption = Annotated[
         "--concurrency", "-c", min=1, max=1024, metavar="C", help="Provider calls at once."
     ),
 ]
+MaxCostOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-cost",
+        metavar="AMOUNT",
+        show_default=False,
+        help="Spend at most AMOUNT in this run, at [provider] price per image (with --batch: "
+        "times [provider] batch_discount); with --max-images, the smaller cap wins.",
+    ),
+]
 MaxImagesOption = Annotated[
     int | None,
     typer.Option(

@@ -4,6 +4,9 @@ Opens the image API, the database, the store and the run's log (operations/sessi
 asks operations/generating.py to settle what this database paid for and to buy what is still
 missing, synchronously or through the Batch API. The results (terminal/generate_view.py)
 render themselves.
+
+`--dry-run` (`run_dry`) opens the database alone, reads, and prints the plan: nothing is
+bought, claimed or written, and no table is made.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.imageapi.client import Provider
+from imgsave.adapters.postgres.database import Database
+from imgsave.core import cost
+from imgsave.core.cost import BATCH, SYNC, Pricing
 from imgsave.core.scene_plan import SceneSelection
 from imgsave.core.settings import Settings
 from imgsave.errors import UsageError
@@ -23,7 +30,13 @@ from imgsave.operations.claims import claimed
 from imgsave.operations.planning import Ask
 from imgsave.operations.session import Session, opened
 from imgsave.operations.stop import StopSignal, sigint_stops
-from imgsave.terminal.generate_view import BatchRunResult, GenerateResult, ManyResult
+from imgsave.terminal.generate_view import (
+    BatchRunResult,
+    DryRunResult,
+    GenerateResult,
+    ManyResult,
+    PlanOutput,
+)
 
 if TYPE_CHECKING:
     from imgsave.operations.execution import Reporter
@@ -40,15 +53,19 @@ async def run(
     force: bool = False,
     concurrency: int = 8,
     max_images: int | None = None,
+    max_cost: Decimal | None = None,
     strict: bool = False,
     quiet: bool = False,
     stop: StopSignal | None = None,
     reporter: ProgressReporter | None = None,
 ) -> GenerateResult | ManyResult:
     """Settle, then generate synchronously: one project named gives that project's result;
-    several, or `--all`, the run's. `stop`: the run's Ctrl-C (one of its own by default)."""
+    several, or `--all`, the run's. `stop`: the run's Ctrl-C (one of its own by default).
+    At most `max_images` images, and no more than `max_cost` buys at the configured price."""
     names = _named(projects, all_projects)
     ask = Ask(images_per_scene, selection, force)
+    pricing = Pricing.of(settings.provider)
+    cap = cost.cap(max_images, max_cost, pricing, SYNC)
     stop = stop or StopSignal()
     async with (
         Provider.from_settings(settings) as provider,
@@ -59,11 +76,11 @@ async def run(
         settled = await generating.settle(s, targets, provider, batches)
         ask = replace(ask, held_back=frozenset(settled.held_back))
         landed: list[GenerateResult] = []
-        many = ManyResult(run=s.run, quiet=quiet)
+        many = ManyResult(run=s.run, quiet=quiet, pricing=pricing)
         many.absorb(settled)
 
         def result(name: str) -> GenerateResult:
-            return GenerateResult(project=name, run=s.run, strict=strict)
+            return GenerateResult(project=name, run=s.run, strict=strict, pricing=pricing)
 
         def project_reporter(name: str) -> Reporter | None:
             return reporter if targets.single or reporter is None else reporter.project(name)
@@ -73,7 +90,7 @@ async def run(
                 try:
                     many.projects_not_started, fatal = await generating.buy_sync(
                         s, provider, targets, ask, concurrency=concurrency,
-                        max_images=max_images, stop=stop, claims=claims,
+                        cap=cap, stop=stop, claims=claims,
                         reporter=project_reporter, result=result,
                         landed=landed.append if targets.single else many.add,
                     )  # fmt: skip
@@ -102,24 +119,31 @@ async def run_batch(
     force: bool = False,
     batch_size: int = 500,
     max_images: int | None = None,
+    max_cost: Decimal | None = None,
     strict: bool = False,
     wait: bool = False,
     reporter: ProgressReporter | None = None,
 ) -> BatchRunResult:
     """Collect every finished batch of this database, then submit what is still missing and
-    not already on its way; with `wait`, stay until what was submitted is collected."""
+    not already on its way; with `wait`, stay until what was submitted is collected. At most
+    `max_images` images submitted, and no more than `max_cost` buys at the batch price."""
     names = _named(projects, all_projects)
     ask = Ask(images_per_scene, selection, force)
+    pricing = Pricing.of(settings.provider)
+    cap = cost.cap(max_images, max_cost, pricing, BATCH)
     async with opened(settings) as s, _batches(settings, s, required=True) as batches:
         assert batches is not None
         targets = generating.Targets(await generating.resolve(s.db, names), all_projects)
-        result = BatchRunResult(s.run, targets.names[0] if targets.single else None, strict=strict)
+        result = BatchRunResult(
+            s.run, targets.names[0] if targets.single else None, strict=strict, cap=cap,
+            pricing=pricing,
+        )  # fmt: skip
         result.settled = await generating.settle(s, targets, None, batches)
         ask = replace(ask, held_back=frozenset(result.settled.held_back))
         async with claimed(s.db.connector, s.run, settings.claims) as claims:
             result.submitted, plan = await generating.buy_batch(
                 s, batches, targets, ask, claims=claims, batch_size=batch_size,
-                max_images=max_images, errors=result.errors,
+                max_images=cap.images, errors=result.errors,
             )  # fmt: skip
         result.skipped_scenes, result.held_scenes = plan.skipped_scenes, plan.held_scenes
         result.pending_scenes, result.capped = plan.pending_scenes, plan.capped
@@ -136,6 +160,41 @@ async def run_batch(
                 result.settled.merge(settled)
         running = set(batches.pending) | set(result.submitted.submitted)
         result.pending = sorted(running - set(result.settled.collected))
+    return result
+
+
+async def run_dry(
+    settings: Settings,
+    projects: Sequence[str] = (),
+    *,
+    all_projects: bool = False,
+    images_per_scene: int,
+    selection: SceneSelection | None = None,
+    force: bool = False,
+    batch: bool = False,
+    max_images: int | None = None,
+    max_cost: Decimal | None = None,
+    output: PlanOutput,
+) -> DryRunResult:
+    """The plan a run with these arguments would make, each project printed by `output` as it
+    is planned: no image API is called, nothing claimed, no ledger row, table, log file or
+    store object is made (the database is read, and the ledger only where it exists)."""
+    names = _named(projects, all_projects)
+    mode = BATCH if batch else SYNC
+    if batch:
+        generating.refuse_without_batch_api(settings.provider.kind)
+    pricing = Pricing.of(settings.provider)
+    cap = cost.cap(max_images, max_cost, pricing, mode)
+    ask = Ask(images_per_scene, selection, force)
+    result = DryRunResult(mode, pricing, cap, output)
+    output.open(result.header())
+    async with await Database.from_settings(settings, max_size=2) as db:
+        await db.check_readable()
+        ledger = await generating.ledger_if_any(db)
+        targets = generating.Targets(await generating.resolve(db, names), all_projects)
+        plans = generating.dry_plans(db, ledger, targets, ask, settings.shape, budget=cap.images)
+        async for planned in plans:
+            result.add(planned)
     return result
 
 

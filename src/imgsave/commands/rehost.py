@@ -7,13 +7,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.imageapi.client import Provider
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.storage.object_store import Store
-from imgsave.core import events
-from imgsave.core.result_json import fields_json, json_name
+from imgsave.core import cost, events
+from imgsave.core.cost import SYNC, Pricing
+from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, LogUnwritable, UsageError
 from imgsave.operations import generating, rehosting
@@ -45,6 +47,9 @@ class RehostResult:
     errors: list[str] = field(default_factory=list)
     run: str | None = None
     fatal: str | None = field(default=None, metadata=json_name("stopped"))
+    # With --regenerate: images asked of the image API and what one costs (the JSON's `cost`).
+    sent: int = field(default=0, metadata=NOT_IN_JSON)
+    pricing: Pricing | None = field(default=None, metadata=NOT_IN_JSON)
 
     @property
     def projects(self) -> int:
@@ -61,7 +66,8 @@ class RehostResult:
         return [self.fatal] if self.fatal else []
 
     def to_json(self) -> dict[str, object]:
-        return fields_json(self)
+        priced = {"cost": self.pricing.cost_json(self.sent, SYNC)} if self.pricing else {}
+        return {**fields_json(self), **priced}
 
     def render(self, console: Console) -> None:
         for error in self.errors:
@@ -96,8 +102,12 @@ async def run_rehost(
     regenerate: bool = False,
     concurrency: int = 8,
     max_images: int | None = None,
+    max_cost: Decimal | None = None,
     reporter: Reporter | None = None,
 ) -> RehostResult:
+    """Copy every provider link into the store and replace it; with `regenerate`, buy a new
+    image for each link that no longer resolves: at most `max_images`, and no more than
+    `max_cost` buys at the configured price."""
     if bool(projects) == all_projects:
         raise UsageError("name the projects to rehost, or give --all")
     store = Store.from_settings(settings)
@@ -106,7 +116,9 @@ async def run_rehost(
             "rehost copies images into your store: set IMGSAVE_STORE (s3://BUCKET/PREFIX or "
             "file:///DIR) and IMGSAVE_PUBLIC_URL"
         )
-    result = RehostResult(executed=execute)
+    pricing = Pricing.of(settings.provider)
+    max_images = cost.cap(max_images, max_cost, pricing, SYNC).images
+    result = RehostResult(executed=execute, pricing=pricing if regenerate else None)
     async with await Database.from_settings(settings) as db:
         names = await generating.resolve(db, projects)
         found = await rehosting.find_links(
@@ -138,6 +150,7 @@ async def run_rehost(
                 result.added = tally.extras
                 result.possibly_billed_retries = tally.possibly_billed_retries
                 result.usage = tally.usage
+                result.sent = tally.sent
                 result.fatal = tally.fatal
                 result.errors += [e for e in tally.errors if e != tally.fatal]
         result.remaining = len(found.links) - result.rehosted - result.regenerated

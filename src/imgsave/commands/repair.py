@@ -5,11 +5,14 @@ URLs are never written. Only one executing repair runs on a host at a time."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from imgsave.adapters.runlog.reader import LogQuery, ReadStats
+from imgsave.core import cost
+from imgsave.core.cost import SYNC, Pricing
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, plain
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK
@@ -31,6 +34,8 @@ class RepairResult(Repaired):
         default_factory=lambda: AuditReport(ReadStats()), metadata=NOT_IN_JSON
     )
     executed: bool = False
+    # With --regenerate, what one image costs: the JSON's `cost` for the images it asked for.
+    pricing: Pricing | None = field(default=None, metadata=NOT_IN_JSON)
 
     @property
     def lost_before(self) -> int:
@@ -61,6 +66,7 @@ class RepairResult(Repaired):
                 for status in ("expired", "stale", "orphaned")
             },
             "errors": report.errors + report.unreadable + self.errors + self.unreadable,
+            **({"cost": self.pricing.cost_json(self.sent, SYNC)} if self.pricing else {}),
         }
 
     def render(self, console: Console) -> None:
@@ -95,14 +101,18 @@ async def run_repair(
     check_urls: bool = False,
     concurrency: int = 8,
     max_images: int | None = None,
+    max_cost: Decimal | None = None,
     reporter: Reporter | None = None,
 ) -> RepairResult:
     """Audit, then (with `execute`) settle, restore every lost URL and, with `regenerate`,
-    generate new images for scenes left short."""
-    result = RepairResult(executed=execute)
+    generate new images for scenes left short: at most `max_images`, and no more than
+    `max_cost` buys at the configured price."""
+    pricing = Pricing.of(settings.provider)
+    cap = cost.cap(max_images, max_cost, pricing, SYNC)
+    result = RepairResult(executed=execute, pricing=pricing if regenerate else None)
     result.report = await repairing.run(
         settings, query, result if execute else None, regenerate=regenerate,
-        check_urls=check_urls, concurrency=concurrency, max_images=max_images,
+        check_urls=check_urls, concurrency=concurrency, max_images=cap.images,
         reporter=reporter,
     )  # fmt: skip
     return result

@@ -68,6 +68,9 @@ class Tally:
     requested: int = 0
     saved: int = 0
     failed: int = 0
+    # Images asked of the image API (one request each, retries aside): what the run paid for,
+    # whatever became of them; `requested` is what the plan held.
+    sent: int = field(default=0, metadata=NOT_IN_JSON)
     # The provider answered with a URL the scene already held: paid for, nothing gained.
     duplicates: int = 0
     errors: list[str] = field(default_factory=list)
@@ -126,6 +129,7 @@ class Tally:
         """Add another execution's counts (a run of several plans, as rehost's)."""
         for name in (
             "requested",
+            "sent",
             "saved",
             "failed",
             "duplicates",
@@ -363,6 +367,7 @@ class Execution:
         async def started(job: RemoteJob) -> None:
             await self._job_started(p, job)
 
+        self.tally.sent += 1
         call = asyncio.ensure_future(self._provider.generate(prompt, on_job=started))
         self._calls.add(call)
         try:
@@ -426,7 +431,7 @@ class Execution:
             )
             return False
         if not self._slots.spend():
-            self._note_once(ref, f"--max-images {self._slots.budget} reached; not requested")
+            self._note_once(ref, f"{self._slots.cap} reached; not requested")
             return False
         return True
 

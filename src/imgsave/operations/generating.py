@@ -1,17 +1,27 @@
 """A generate run's work once the command has opened what it needs: settle what this database
 paid for and did not save (settle.py), then plan and buy what is still missing — synchronously,
 many projects under one bound (scheduler.py), or through the provider's Batch API
-(batches.py). Both paths plan through planning.py and buy through purchases.py."""
+(batches.py). Both paths plan through planning.py and buy through purchases.py.
+
+A dry run (`generate --dry-run`) plans with the same arithmetic and buys, claims and writes
+nothing (`dry_plans`)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from imgsave.adapters.imageapi.batches import BATCH_KINDS, no_batch_api
 from imgsave.adapters.imageapi.client import Provider
 from imgsave.adapters.postgres.database import Database
-from imgsave.core.scene_plan import Plan
-from imgsave.errors import ImgsaveError
+from imgsave.adapters.postgres.identity import read_identity
+from imgsave.adapters.postgres.ledger_rows import LedgerRows
+from imgsave.core.cost import Cap
+from imgsave.core.documents import Shape, decode, scenes
+from imgsave.core.ledger import Purchase, on_their_way, without_pending
+from imgsave.core.scene_plan import Plan, plan
+from imgsave.errors import CannotWork, ImgsaveError, ProjectNotFound, UsageError
 from imgsave.operations.batches import Batches, Submitted
 from imgsave.operations.claims import Claims, Held
 from imgsave.operations.execution import Means, Reporter
@@ -74,7 +84,7 @@ async def buy_sync(
     ask: Ask,
     *,
     concurrency: int,
-    max_images: int | None,
+    cap: Cap,
     stop: StopSignal,
     claims: Claims | None,
     reporter: Callable[[str], Reporter | None],
@@ -83,10 +93,11 @@ async def buy_sync(
 ) -> tuple[int, str | None]:
     """Every target project planned and bought under one concurrency bound; each result
     handed to `landed`. Returns how many projects were never started (the run stopped, or
-    --max-images ran out) and why the whole run stopped, if it did."""
+    the cap, --max-images or --max-cost, ran out) and why the whole run stopped, if it did."""
     slots = Slots(
         concurrency,
-        budget=max_images,
+        budget=cap.images,
+        cap=cap.label,
         quantum=1 if targets.single else max(1, concurrency // MIN_IN_FLIGHT),
     )
     means = Means(
@@ -164,3 +175,103 @@ async def buy_batch(
 
 async def _listed(names: list[str]) -> AsyncIterator[list[str]]:
     yield names
+
+
+# Projects planned together by a dry run: one read of their documents, one of their ledger rows.
+DRY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class ProjectPlan:
+    """What a run would buy for one project, as a dry run shows it."""
+
+    project: str
+    # The scenes short of K it would buy for, and how many images in all.
+    scenes_short: tuple[int, ...] = ()
+    images: int = 0
+    # Images the plan wanted beyond the run's cap (--max-images, --max-cost).
+    capped: int = 0
+    skipped_scenes: tuple[int, ...] = ()
+    unprompted_scenes: tuple[int, ...] = ()
+    pending_scenes: tuple[int, ...] = ()
+    # Why the project could not be planned (not found, malformed); a real run would fail it.
+    error: str | None = None
+
+
+def refuse_without_batch_api(kind: str) -> None:
+    """A plan in batch mode for a kind that has no Batch API is refused as the run would be
+    (exit 2), without opening anything."""
+    if kind not in BATCH_KINDS:
+        raise UsageError(no_batch_api(kind))
+
+
+async def ledger_if_any(db: Database) -> LedgerRows | None:
+    """This database's ledger, read where it exists and never made: a database no buying run
+    has used yet has nothing on its way."""
+    db_id = await read_identity(db.connector)
+    if db_id is None:
+        return None
+    ledger = LedgerRows(db.connector, db_id)
+    return ledger if await ledger.exists() else None
+
+
+async def dry_plans(
+    db: Database,
+    ledger: LedgerRows | None,
+    targets: Targets,
+    ask: Ask,
+    shape: Shape,
+    *,
+    budget: int | None,
+) -> AsyncIterator[ProjectPlan]:
+    """Each target project's plan, as a real run would make it before buying (planning.py's
+    arithmetic: the scenes short of K, less what the ledger says is on its way, within the
+    run's budget), with no claim, no ledger row and nothing written. Streamed: a batch of
+    projects at a time, whatever `--all` finds."""
+    left = budget
+    async for names in targets.sources(db, ask):
+        for start in range(0, len(names), DRY_BATCH):
+            chunk = names[start : start + DRY_BATCH]
+            documents: dict[str, str | None]
+            failures: dict[str, str] = {}
+            if targets.single:
+                documents = {chunk[0]: await db.read(chunk[0])}
+            else:
+                documents, failures = await db.read_many(chunk)
+            rows: dict[str, list[Purchase]] = defaultdict(list)
+            for row in await ledger.unresolved(chunk) if ledger is not None else ():
+                rows[row.project].append(row)
+            for project in chunk:
+                try:
+                    if project in failures:
+                        raise CannotWork(failures[project])
+                    if project not in documents:
+                        raise ProjectNotFound(f"project {project} not found")
+                    wanted = without_pending(
+                        plan(
+                            scenes(decode(documents[project], project=project), shape,
+                                   project=project),
+                            ask.images_per_scene, selection=ask.selection, force=ask.force,
+                            project=project, every_selected=targets.single,
+                        ),
+                        on_their_way(rows.get(project, ())),
+                        force=ask.force,
+                    )  # fmt: skip
+                except ImgsaveError as exc:
+                    if targets.single:
+                        raise
+                    yield ProjectPlan(project, error=str(exc))
+                    continue
+                capped = 0
+                if left is not None:
+                    wanted, capped = wanted.capped(left)
+                    left -= wanted.requested
+                yield ProjectPlan(
+                    project,
+                    scenes_short=tuple(job.scene.ref.index for job in wanted.jobs),
+                    images=wanted.requested,
+                    capped=capped,
+                    skipped_scenes=wanted.skipped_scenes,
+                    unprompted_scenes=wanted.unprompted_scenes,
+                    pending_scenes=wanted.pending_scenes,
+                )

@@ -58,6 +58,8 @@ class Repaired:
     # What --regenerate spent: retries the provider may have billed, and its token counts.
     possibly_billed_retries: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    # Images --regenerate asked of the image API (what it bought: `cost` in the JSON).
+    sent: int = field(default=0, metadata=NOT_IN_JSON)
     # Settling found these paid and lost, and could not read these APIs (exit 3).
     lost_now: int = 0
     unreadable: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
@@ -166,6 +168,7 @@ async def repair(
         done.errors += [e for e in tally.errors if e != tally.fatal]
         done.possibly_billed_retries = tally.possibly_billed_retries
         done.usage = tally.usage
+        done.sent = tally.sent
         done.fatal = tally.fatal
     done.repaired += sum(restored.by_scene.values())
     done.regenerated = sum(regenerated.values())

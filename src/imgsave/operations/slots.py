@@ -20,8 +20,11 @@ from contextlib import asynccontextmanager
 
 
 class Slots:
-    def __init__(self, concurrency: int, *, budget: int | None = None, quantum: int = 1):
-        """`budget`: how many requests the run may start (`--max-images`); None: no cap.
+    def __init__(
+        self, concurrency: int, *, budget: int | None = None, quantum: int = 1, cap: str = ""
+    ):
+        """`budget`: how many requests the run may start (`--max-images`, or what `--max-cost`
+        buys); None: no cap. `cap`: the flag that set it, as the run says it was reached.
         `quantum`: slots a project is given in a row when its turn comes."""
         self.concurrency = concurrency
         self._free = concurrency
@@ -30,6 +33,7 @@ class Slots:
         self._lines: dict[str, deque[asyncio.Future[None]]] = {}
         self._ring: deque[str] = deque()
         self.budget = budget
+        self.cap = cap or f"--max-images {budget}"
         self.spent = 0
 
     @property

@@ -68,11 +68,20 @@ def shown(text: str) -> str:
 
 
 def print_json(payload: Mapping[str, object]) -> None:
-    # No masking here: data is printed as it is; secrets were masked in the error texts of
-    # outside systems where imgsave took them in (the adapters).
-    text = json.dumps(payload, ensure_ascii=False)
+    write_stdout(json_text(payload) + "\n")
+
+
+def json_text(value: object) -> str:
+    """`value` as JSON fit for a terminal. No masking here: data is printed as it is; secrets
+    were masked in the error texts of outside systems where imgsave took them in (the
+    adapters)."""
+    text = json.dumps(value, ensure_ascii=False)
     # JSON escapes C0 controls itself; C1 controls and bidi overrides it leaves raw.
-    text = UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n"
+    return UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
+def write_stdout(text: str) -> None:
+    """Text on stdout as it is (JSON made by json_text, printed a piece at a time)."""
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8", "backslashreplace"))
     sys.stdout.flush()

@@ -5,17 +5,26 @@ and its summary."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.imageapi.client import add_usage
 from imgsave.adapters.imageapi.pace import PaceReport
+from imgsave.core.cost import BATCH, SYNC, Cap, Pricing, amount_json, money
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
-from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_INTERRUPTED, ImgsaveError
+from imgsave.errors import (
+    EXIT_CANNOT_WORK,
+    EXIT_FINDINGS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ImgsaveError,
+)
 from imgsave.operations.batches import Submitted
 from imgsave.operations.execution import Tally
+from imgsave.operations.generating import ProjectPlan
 from imgsave.operations.settled import Settled
-from imgsave.terminal.consoles import shown
+from imgsave.terminal.consoles import json_text, shown, stdout_console, write_stdout
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,6 +63,8 @@ class GenerateResult:
     # reported and the exit code ignores them: nothing imgsave does can give them a prompt,
     # and a cron run every 15 minutes must not alert on them forever.
     strict: bool = field(default=False, metadata=NOT_IN_JSON)
+    # What an image costs: the JSON's `cost` (None: a library caller that did not ask).
+    pricing: Pricing | None = field(default=None, metadata=NOT_IN_JSON)
 
     # The engine's counts, under the names the JSON contract gives them.
     @property
@@ -98,7 +109,8 @@ class GenerateResult:
 
     def to_json(self) -> dict[str, object]:
         pace = {"pace": pace_json(self.pace)} if self.pace else {}
-        return {**fields_json(self), **self.tally.to_json(), **pace}
+        cost = {"cost": self.pricing.cost_json(self.tally.sent, SYNC)} if self.pricing else {}
+        return {**fields_json(self), **self.tally.to_json(), **pace, **cost}
 
     def render(self, console: Console) -> None:
         console.print(shown(self.summary()))
@@ -115,6 +127,8 @@ class GenerateResult:
             parts.append(f"{t.received} received")
         if t.usage.get("total_tokens"):
             parts.append(f"{t.usage['total_tokens']:,} tokens")
+        if spent := cost_text(self.pricing, t.sent, SYNC):
+            parts.append(f"estimated {spent}")
         if t.refusals:
             parts.append(
                 "refused: " + ", ".join(f"{n} {why}" for why, n in t.refusals.most_common())
@@ -208,6 +222,9 @@ class ManyResult:
     errors: list[str] = field(default_factory=list)
     # -q: one summary line, not one per unfinished project.
     quiet: bool = field(default=False, metadata=NOT_IN_JSON)
+    # Images asked of the image API, and what one costs: the JSON's `cost`.
+    sent: int = field(default=0, metadata=NOT_IN_JSON)
+    pricing: Pricing | None = field(default=None, metadata=NOT_IN_JSON)
     _worst: int = field(default=0, metadata=NOT_IN_JSON)
     _lines: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
     _stderr: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
@@ -220,6 +237,7 @@ class ManyResult:
             self.stopped = t.fatal or t.log_error
         self.projects.append(result.to_json())
         self.requested += t.requested
+        self.sent += t.sent
         self.saved += t.saved
         self.failed += t.failed
         self.not_requested += t.not_requested
@@ -266,7 +284,8 @@ class ManyResult:
 
     def to_json(self) -> dict[str, object]:
         pace = {"pace": pace_json(self.pace)} if self.pace else {}
-        return {**fields_json(self), **pace}
+        cost = {"cost": self.pricing.cost_json(self.sent, SYNC)} if self.pricing else {}
+        return {**fields_json(self), **pace, **cost}
 
     def render(self, console: Console) -> None:
         for line in () if self.quiet else self._lines:
@@ -294,6 +313,8 @@ class ManyResult:
             parts.append(f"{self.recovered} received by an earlier run and saved now")
         if self.usage.get("total_tokens"):
             parts.append(f"{self.usage['total_tokens']:,} tokens")
+        if spent := cost_text(self.pricing, self.sent, SYNC):
+            parts.append(f"estimated {spent}")
         if self.possibly_billed_retries:
             parts.append(f"{self.possibly_billed_retries} retries the provider may have billed")
         if self.interrupted:
@@ -319,8 +340,10 @@ class BatchRunResult:
     unprompted_scenes: int = 0
     held_scenes: int = 0
     pending_scenes: int = 0
-    # Images the plan wanted beyond --max-images: not submitted.
+    # Images the plan wanted beyond the cap (--max-images, --max-cost): not submitted.
     capped: int = 0
+    cap: Cap = field(default_factory=lambda: Cap(None), metadata=NOT_IN_JSON)
+    pricing: Pricing | None = field(default=None, metadata=NOT_IN_JSON)
     # --strict: a scene without a prompt is a finding, as in a synchronous run.
     strict: bool = field(default=False, metadata=NOT_IN_JSON)
     # Batches still running (submitted now, or earlier).
@@ -365,6 +388,7 @@ class BatchRunResult:
             "usage": s.usage,
             "possibly_billed_retries": 0,
             "errors": self.errors + s.errors + s.unreadable + sub.errors,
+            **({"cost": self.pricing.cost_json(sub.requested, BATCH)} if self.pricing else {}),
         }  # fmt: skip
 
     def render(self, console: Console) -> None:
@@ -382,11 +406,158 @@ class BatchRunResult:
         if s.lost:
             parts.append(f"{s.lost} paid for and lost (output expired)")
         if self.capped:
-            parts.append(f"{self.capped} not submitted (--max-images)")
+            parts.append(f"{self.capped} not submitted ({self.cap})")
         if self.held_scenes:
             parts.append(f"{self.held_scenes} scenes held by other runs")
         if s.usage.get("total_tokens"):
             parts.append(f"{s.usage['total_tokens']:,} tokens")
+        if spent := cost_text(self.pricing, sub.requested, BATCH):
+            parts.append(f"submitted for an estimated {spent}")
         for line in self.errors + s.errors + s.unreadable + sub.errors:
             console.print(shown(line), style="yellow")
         console.print(shown(", ".join(parts) + f" (run {self.run})"))
+
+
+def cost_text(pricing: Pricing | None, images: int, mode: str) -> str | None:
+    """What `images` bought in `mode` cost, for people; None without a price or images."""
+    estimate = pricing.estimate(images, mode) if pricing and images else None
+    return None if estimate is None or pricing is None else f"{money(estimate)} {pricing.currency}"
+
+
+class PlanOutput:
+    """A dry run's plan, printed project by project as it is made, so that `--all` over any
+    number of projects holds one batch of them in memory, never the list: with `--json` one
+    object whose `projects` array is written an element at a time; for people, one line per
+    project and the total. Its header waits for the first project: an error before it is the
+    usual one-object answer."""
+
+    def __init__(self, *, as_json: bool, quiet: bool) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+        self.begun = False
+        self._header: dict[str, object] = {}
+
+    def open(self, header: Mapping[str, object]) -> None:
+        """The keys written before the projects (known before any is planned)."""
+        self._header = dict(header)
+
+    def project(self, entry: ProjectPlan) -> None:
+        if self.as_json:
+            text = json_text(_entry_json(entry))
+            if self.begun:
+                write_stdout(",\n" + text)
+            else:
+                write_stdout(json_text(self._header)[:-1] + ', "projects": [\n' + text)
+        elif not self.quiet:
+            stdout_console().print(shown(_entry_line(entry)))
+        self.begun = True
+
+    def close_json(self, tail: Mapping[str, object]) -> None:
+        """The rest of the object: the plan's totals, or the error that stopped it."""
+        if not self.begun:
+            write_stdout(json_text({**self._header, "projects": [], **tail}) + "\n")
+            return
+        rest = json_text(dict(tail))
+        write_stdout("\n]" + (", " + rest[1:] if len(rest) > 2 else "}") + "\n")
+
+
+def _entry_json(entry: ProjectPlan) -> dict[str, object]:
+    if entry.error is not None:
+        return {"project": entry.project, "error": entry.error}
+    out = fields_json(entry)
+    del out["error"]
+    return out
+
+
+def _entry_line(entry: ProjectPlan) -> str:
+    if entry.error is not None:
+        return f"{entry.project}: not planned: {entry.error}"
+    if entry.images:
+        n = len(entry.scenes_short)
+        parts = [f"{entry.project}: {_n(entry.images, 'image')} for {_n(n, 'scene')}"]
+    else:
+        parts = [f"{entry.project}: nothing to buy"]
+    if entry.pending_scenes:
+        parts.append(f"{_n(len(entry.pending_scenes), 'scene')} already on its way")
+    if entry.unprompted_scenes:
+        parts.append(f"{_n(len(entry.unprompted_scenes), 'scene')} without a prompt")
+    if entry.skipped_scenes:
+        parts.append(f"{_n(len(entry.skipped_scenes), 'scene')} complete")
+    if entry.capped:
+        parts.append(f"{entry.capped} beyond the cap")
+    return ", ".join(parts)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+@dataclass
+class DryRunResult:
+    """`generate --dry-run`: the plan, nothing bought. Its projects were printed as they were
+    planned (PlanOutput); what is left is the total."""
+
+    mode: str
+    pricing: Pricing
+    cap: Cap
+    output: PlanOutput
+    images: int = 0
+    # Projects it would buy for, projects planned, and those that could not be (exit 3).
+    buying: int = 0
+    planned: int = 0
+    unplanned: int = 0
+    capped: int = 0
+
+    def add(self, entry: ProjectPlan) -> None:
+        self.output.project(entry)
+        self.planned += 1
+        self.unplanned += entry.error is not None
+        self.images += entry.images
+        self.buying += entry.images > 0
+        self.capped += entry.capped
+
+    @property
+    def exit_code(self) -> int:
+        # The plan was made: 0, whatever a run would leave missing (it is a preview, not a
+        # finding); a project that cannot be planned would fail a real run too.
+        return EXIT_CANNOT_WORK if self.unplanned else EXIT_OK
+
+    def stderr_lines(self) -> list[str]:
+        return []
+
+    def header(self) -> dict[str, object]:
+        return {"dry_run": True, "mode": self.mode}
+
+    def to_json(self) -> dict[str, object]:
+        """What follows the projects in the JSON object."""
+        unit = self.pricing.unit(self.mode)
+        return {
+            "plan": {
+                "images": self.images,
+                "projects": self.buying,
+                "mode": self.mode,
+                "estimated_cost": amount_json(self.pricing.estimate(self.images, self.mode)),
+                "currency": self.pricing.currency,
+                "unit_price": amount_json(unit),
+            },
+            "capped": self.capped,
+            "cap": self.cap.label or None,
+            "unplanned": self.unplanned,
+        }
+
+    def render(self, console: Console) -> None:
+        mode = "through the Batch API" if self.mode == BATCH else "synchronously"
+        line = (
+            f"plan (dry run, nothing bought): {_n(self.images, 'image')} for "
+            f"{_n(self.buying, 'project')} {mode}"
+        )
+        estimate = self.pricing.estimate(self.images, self.mode)
+        if estimate is None:
+            line += ", no estimate (set [provider] price)"
+        else:
+            line += f", estimated {money(estimate)} {self.pricing.currency}"
+        if self.capped:
+            line += f"; {self.capped} more beyond {self.cap}"
+        if self.unplanned:
+            line += f"; {_n(self.unplanned, 'project')} could not be planned"
+        console.print(shown(line))
