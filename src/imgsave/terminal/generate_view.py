@@ -24,7 +24,13 @@ from imgsave.operations.batches import Submitted
 from imgsave.operations.execution import Tally
 from imgsave.operations.generating import ProjectPlan
 from imgsave.operations.settled import Settled
-from imgsave.terminal.consoles import json_text, shown, stdout_console, write_stdout
+from imgsave.terminal.consoles import (
+    json_text,
+    printable,
+    shown,
+    stdout_console,
+    write_stdout,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -436,6 +442,7 @@ class PlanOutput:
         self.quiet = quiet
         self.begun = False
         self._header: dict[str, object] = {}
+        self._console: Console | None = None
 
     def open(self, header: Mapping[str, object]) -> None:
         """The keys written before the projects (known before any is planned)."""
@@ -449,7 +456,9 @@ class PlanOutput:
             else:
                 write_stdout(json_text(self._header)[:-1] + ', "projects": [\n' + text)
         elif not self.quiet:
-            stdout_console().print(shown(_entry_line(entry)))
+            self._console = self._console or stdout_console()
+            # Plain text, not markup: a project key's brackets are printed as they are.
+            self._console.print(printable(_entry_line(entry)), markup=False)
         self.begun = True
 
     def close_json(self, tail: Mapping[str, object]) -> None:
@@ -462,11 +471,18 @@ class PlanOutput:
 
 
 def _entry_json(entry: ProjectPlan) -> dict[str, object]:
+    # Written out, not derived from the fields: a dry run of --all writes one per project.
     if entry.error is not None:
         return {"project": entry.project, "error": entry.error}
-    out = fields_json(entry)
-    del out["error"]
-    return out
+    return {
+        "project": entry.project,
+        "scenes_short": list(entry.scenes_short),
+        "images": entry.images,
+        "capped": entry.capped,
+        "skipped_scenes": list(entry.skipped_scenes),
+        "unprompted_scenes": list(entry.unprompted_scenes),
+        "pending_scenes": list(entry.pending_scenes),
+    }
 
 
 def _entry_line(entry: ProjectPlan) -> str:
