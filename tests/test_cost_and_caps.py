@@ -530,3 +530,12 @@ def test_strict_means_the_same_in_both_modes(cli, rows, tmp_path: Path) -> None:
             strict = cli("generate", "p1", *mode, "--strict", "--json", env=env)
             assert strict.code == 1, (mode, strict.stdout)
             assert strict.json()["unprompted_scenes"] in ([2], 1)
+
+
+def test_a_dry_run_prints_a_projects_key_as_text_never_as_terminal_commands(cli, rows) -> None:
+    rows.put("a\x1b[2J[b]", incident_document(1))
+    rows.put("c", incident_document(1))
+    ran = cli("generate", "--all", "--dry-run")
+    assert ran.code == 0, ran.stderr
+    assert "\x1b" not in ran.stdout
+    assert ran.stdout.splitlines()[0] == "a\\x1b[2J[b]: 1 image for 1 scene"
