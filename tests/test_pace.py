@@ -231,7 +231,9 @@ def test_rate_3000_per_minute_over_60_images_takes_a_second_and_never_meets_a_42
     assert api.statuses == [200] * 60, "no request was refused"
     assert elapsed >= 59 / 50
     assert out["pace"]["throttled"] == 0 and out["pace"]["asked_per_minute"] == 3000
-    assert 2500 <= out["pace"]["achieved_per_minute"] <= 3150  # timing: a few percent
+    # Never faster than asked, to a few percent; slower only as far as a loaded machine falls
+    # behind (the lower bound catches a pace that waits twice as long as it should).
+    assert 1500 <= out["pace"]["achieved_per_minute"] <= 3150
 
 
 def test_a_provider_that_allows_fewer_than_asked_slows_the_run_down_and_it_saves_everything(
