@@ -95,11 +95,16 @@ def _flush(buffer: list[tuple[Any, ...]], handle: BinaryIO) -> None:
 
 
 def load(path: Path) -> Iterator[Sighting]:
+    for chunk in load_tuples(path):
+        yield from map(Sighting._make, chunk)
+
+
+def load_tuples(path: Path) -> Iterator[list[tuple[Any, ...]]]:
+    """The spilled sightings as plain tuples, chunk by chunk (`build` takes them as they are)."""
     with path.open("rb") as handle:
         # Whole chunks through marshal.loads: marshal.load on a file reads piece by piece.
         while size := handle.read(8):
-            chunk = marshal.loads(handle.read(int.from_bytes(size, "little")))
-            yield from map(Sighting._make, chunk)
+            yield marshal.loads(handle.read(int.from_bytes(size, "little")))
 
 
 @dataclass(slots=True)
@@ -115,8 +120,10 @@ class SceneHistory:
     copied: set[str] = field(default_factory=set)
 
 
-def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[SceneRef, SceneHistory]]:
-    """project -> scene -> history, from one partition's sightings."""
+def build(
+    sightings: Iterable[Sighting | tuple[Any, ...]], run_gap: float
+) -> dict[str, dict[SceneRef, SceneHistory]]:
+    """project -> scene -> history, from one partition's sightings (or their plain tuples)."""
     # Hundreds of thousands of small, acyclic containers: the cyclic collector would rescan
     # them over and over (half the build time) and could never free one.
     was_enabled = gc.isenabled()
@@ -129,19 +136,59 @@ def build(sightings: Iterable[Sighting], run_gap: float) -> dict[str, dict[Scene
 
 
 def _build(
-    sightings: Iterable[Sighting], run_gap: float
+    sightings: Iterable[Sighting | tuple[Any, ...]], run_gap: float
 ) -> dict[str, dict[SceneRef, SceneHistory]]:
     # One history per scene *index*: another system's log rarely names the scene's id, and its
     # runs must still be able to supersede imgsave's lines for the same scene.
-    groups: dict[tuple[str, int], list[Sighting]] = defaultdict(list)
+    groups: dict[tuple[str, int], list[Any]] = defaultdict(list)
     for sighting in sightings:
         groups[sighting[:2]].append(sighting)
     projects: dict[str, dict[SceneRef, SceneHistory]] = defaultdict(dict)
+    refs: dict[int, SceneRef] = {}  # one SceneRef per index for the scenes no line names by id
     for (project, scene), items in groups.items():
-        ids = [(_ts(item), n, item.scene_id) for n, item in enumerate(items) if item.scene_id]
-        scene_id = max(ids)[2] if ids else None
-        projects[project][SceneRef(scene, scene_id)] = history(items, run_gap)
+        if any(item[2] for item in items):
+            ids = [(_ts(item), n, item[2]) for n, item in enumerate(items) if item[2]]
+            ref = SceneRef(scene, max(ids)[2])
+        elif (shared := refs.get(scene)) is not None:
+            ref = shared
+        else:
+            ref = refs[scene] = SceneRef(scene)
+        projects[project][ref] = _quick(items, run_gap) or history(
+            [Sighting._make(item) for item in items], run_gap
+        )
     return projects
+
+
+def _quick(items: Sequence[tuple[Any, ...]], run_gap: float) -> SceneHistory | None:
+    """`history(items)` for the scenes most logs are made of, without its bookkeeping; None
+    for any other (a property test holds the two to the same answer).
+
+    Lines that replace nothing explicitly, either all of imgsave's own (runs that add: every
+    URL stays) or all another system's, timed, without run ids, within `run_gap` of each other
+    (one run: every URL stays).
+    """
+    first = items[0]
+    if len(items) == 1:
+        return None if first[7] else SceneHistory({first[3]: True})
+    if first[6]:
+        low = high = first[5]
+        if low is None:
+            return None
+        for item in items:
+            ts = item[5]
+            if item[7] or item[6] is not True or item[4] is not None or ts is None:
+                return None
+            if ts < low:
+                low = ts
+            elif ts > high:
+                high = ts
+        if high - low > run_gap:
+            return None
+    else:
+        for item in items:
+            if item[7] or item[6] is not False:
+                return None
+    return SceneHistory(dict.fromkeys([item[3] for item in items], True))
 
 
 def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
@@ -195,5 +242,6 @@ def history(items: Sequence[Sighting], run_gap: float) -> SceneHistory:
     )
 
 
-def _ts(item: Sighting) -> float:
-    return item.ts if item.ts is not None else _NO_TS
+def _ts(item: Sighting | tuple[Any, ...]) -> float:
+    ts: float | None = item[5]
+    return ts if ts is not None else _NO_TS

@@ -9,6 +9,8 @@ A source that yields nothing usable is an error, never a clean bill of health.
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -16,17 +18,27 @@ from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.postgres.journal_rows import JournalRows
+from imgsave.adapters.runlog.bulk_reader import PROCESS_BYTES, bucket, read_all, work_bytes
 from imgsave.adapters.runlog.reader import (
     LogQuery,
     ReadStats,
     expand_paths,
     read_sightings,
 )
+from imgsave.adapters.runlog.workers import Worker, cores, renamed, workers
 from imgsave.adapters.storage.object_store import PROBE_DIR, Store
-from imgsave.core.documents import Scene, SceneRef, Shape, decode, find, scenes
+from imgsave.core.documents import Scene, SceneRef, Shape, decode, scenes
 from imgsave.core.image_bytes import key_segment, scene_segment, segment_text
 from imgsave.core.journal_verdicts import JournalLedger, Verdicts, overlay
-from imgsave.core.log_history import SceneHistory, Sighting, build, load, partition_count, spilled
+from imgsave.core.log_diff import Diff, diff_project
+from imgsave.core.log_history import (
+    SceneHistory,
+    Sighting,
+    build,
+    load,
+    partition_count,
+    spilled,
+)
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
 from imgsave.errors import (
     EXIT_CANNOT_WORK,
@@ -41,6 +53,9 @@ if TYPE_CHECKING:
     pass
 
 BATCH = 500
+# False: read the logs line by line in this process (the reference the tests hold the bulk
+# path to), not by `bulk_reader` in worker processes.
+BULK = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,19 +151,10 @@ async def audit(
     stats = ReadStats()
     report = AuditReport(stats)
     files = expand_paths(query.paths, log_dir)
-    gap = query.run_gap.total_seconds()
     named = {db.normalise_key(p) or p: p for p in query.only_projects}
     query = replace(query, only_projects=frozenset(named))
-    seen: set[str] = set()
-    found = 0
     journal = await _journal(db, query, report) if query.journal else {}
-    sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
-    with spilled(sightings, partition_count(files)) as parts:
-        for part in parts:
-            logged = build(load(part), gap)
-            overlay(logged, journal)
-            seen.update(logged)
-            found += await _classify_all(db, logged, shape, report)
+    seen, found = await _logs_against_documents(db, files, query, shape, report, journal)
     # Projects only the journal names.
     seen.update(journal)
     found += await _classify_all(db, journal, shape, report)
@@ -264,6 +270,123 @@ async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdic
     return ledger.verdicts(query.only_projects)
 
 
+async def _logs_against_documents(
+    db: Database,
+    files: list[Path],
+    query: LogQuery,
+    shape: Shape,
+    report: AuditReport,
+    journal: Verdicts,
+) -> tuple[set[str], int]:
+    """Classify every URL the logs name; return the projects they name and how many of those
+    exist.
+
+    The logs are read by `bulk_reader` (bytes, a literal before the pattern) in worker
+    processes, one per core, into partitions of projects; each partition's history is built
+    and diffed against its documents in a worker too, while this process reads the next
+    documents from the database. Should the logs spell one project's key in two ways that fall
+    in two partitions (a uuid in braces and without), they are read again line by line, where
+    keys are normalised before the split.
+    """
+    partitions = partition_count(files)
+    gap = query.run_gap.total_seconds()
+    seen: set[str] = set()
+    found = 0
+    if BULK:
+        count = cores() if work_bytes(files) >= PROCESS_BYTES else 1
+        async with workers(count) as pool:
+            with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as folder:
+                stats = ReadStats()
+                reading = await read_all(
+                    files, query, stats, partitions=partitions, folder=folder, workers=pool
+                )
+                keys = {p: k for p in reading.projects if (k := db.normalise_key(p)) and k != p}
+                if all(bucket(k, partitions) == bucket(p, partitions) for p, k in keys.items()):
+                    report.stats.add(stats)
+                    if not journal:
+                        return await _diff_partitions(
+                            db, reading.parts, keys, gap, shape, report, pool
+                        )
+                    for part_files in reading.parts:
+                        logged = build(renamed(part_files, keys), gap)
+                        overlay(logged, journal)
+                        seen.update(logged)
+                        found += await _classify_all(db, logged, shape, report)
+                    return seen, found
+    stats = ReadStats()
+    sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
+    with spilled(sightings, partitions) as parts:
+        report.stats.add(stats)
+        for part in parts:
+            logged = build(load(part), gap)
+            overlay(logged, journal)
+            seen.update(logged)
+            found += await _classify_all(db, logged, shape, report)
+    return seen, found
+
+
+# What a worker answers for one batch of a partition's projects: how many exist, the errors of
+# those that could not be read, and the diff of the others.
+_Batch = tuple[int, list[str], Diff]
+
+
+async def _diff_partitions(
+    db: Database,
+    parts: list[list[Path]],
+    keys: dict[str, str],
+    gap: float,
+    shape: Shape,
+    report: AuditReport,
+    pool: list[Worker],
+) -> tuple[set[str], int]:
+    """Each partition built and diffed by the next free worker; the findings added to the
+    report in partition order, as if one process had done them one after another."""
+    answers: list[tuple[list[str], list[_Batch]]] = [([], []) for _ in parts]
+    queue = list(range(len(parts)))
+
+    async def serve(worker: Worker) -> None:
+        while queue:
+            part = queue.pop(0)
+            projects = await worker.ask(("build", parts[part], keys, gap))
+            answers[part] = (projects, await _diff_batches(db, worker, projects, shape))
+
+    async with asyncio.TaskGroup() as group:
+        for worker in pool:
+            group.create_task(serve(worker))
+    seen: set[str] = set()
+    found = 0
+    for projects, batches in answers:
+        seen.update(projects)
+        for existing, errors, diff in batches:
+            found += existing
+            report.errors += errors
+            _take(diff, report)
+    return seen, found
+
+
+async def _diff_batches(
+    db: Database, worker: Worker, projects: list[str], shape: Shape
+) -> list[_Batch]:
+    """The partition's projects diffed batch by batch, the next batch's documents read from
+    the database while the worker diffs this one."""
+    batches = [projects[start : start + BATCH] for start in range(0, len(projects), BATCH)]
+    answers: list[_Batch] = []
+    reads = [asyncio.ensure_future(db.read_many(batches[0]))] if batches else []
+    try:
+        for number, batch in enumerate(batches):
+            documents, failures = await reads[-1]
+            if number + 1 < len(batches):
+                reads.append(asyncio.ensure_future(db.read_many(batches[number + 1])))
+            todo = [p for p in batch if p not in failures]
+            diff = await worker.ask(("diff", todo, documents, shape))
+            errors = [f"{message} (not audited)" for message in failures.values()]
+            answers.append((len(documents), errors, diff))
+    finally:
+        if reads and not reads[-1].done():
+            reads[-1].cancel()
+    return answers
+
+
 def _normalised(sighting: Sighting, db: Database) -> Sighting:
     """The project key spelled as the key column spells it (a uuid's case, an int's zeros)."""
     key = db.normalise_key(sighting.project)
@@ -317,37 +440,17 @@ def _classify(
     shape: Shape,
     report: AuditReport,
 ) -> None:
-    if project not in documents:
-        for ref, scene_log in logged.items():
-            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
-        if not logged:
-            report.errors.append(f"project {project} not found")
-        return
-    try:
-        all_scenes = scenes(decode(documents[project], project=project), shape, project=project)
-    except ImgsaveError as exc:
-        report.errors.append(f"{exc} (not audited)")
-        return
-    seen = set()
-    for ref, scene_log in logged.items():
-        scene = find(all_scenes, ref)
-        if scene is None:
-            report.orphaned.extend(Finding(project, ref.index, ref.id, u) for u in scene_log.urls)
-            continue
-        seen.add(scene.position)
-        held = set(scene.urls)
-        for url, current in scene_log.urls.items():
-            if url in held:
-                report.present += 1
-            elif scene_log.partners.get(url, set()) & held and (current or url in scene_log.copied):
-                # Its copy (or the link it copies) holds its place: one image, present, also
-                # once the rehost that made the copy superseded the link.
-                report.present += 1
-                report.represented.add(url)
-            elif current:
-                report.lost.append(Finding(project, scene.ref.index, scene.ref.id, url))
-            else:
-                report.stale.append(Finding(project, scene.ref.index, scene.ref.id, url))
-    for scene in all_scenes:
-        if scene.position not in seen and not scene.urls and scene.prompt:
-            report.empty_scenes.append((project, scene.ref))
+    diff = Diff()
+    diff_project(project, documents, logged, shape, diff)
+    _take(diff, report)
+
+
+def _take(diff: Diff, report: AuditReport) -> None:
+    """Add one diff's findings to the report."""
+    report.lost += (Finding(*row) for row in diff.lost)
+    report.stale += (Finding(*row) for row in diff.stale)
+    report.orphaned += (Finding(*row) for row in diff.orphaned)
+    report.present += diff.present
+    report.represented |= diff.represented
+    report.empty_scenes += diff.empty_scenes
+    report.errors += diff.errors

@@ -12,11 +12,14 @@ import glob
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol, cast
+
+import orjson
 
 from imgsave.core import events
 from imgsave.core.log_history import Sighting
@@ -29,6 +32,8 @@ from imgsave.errors import UsageError
 # the repair run look like the scene's newest generation.
 # image.rehosted names the store's copy and `replaces` the provider's link it stands in for.
 SIGHTING_EVENTS = frozenset({events.IMAGE_GENERATED, events.IMAGE_SAVED, events.IMAGE_REHOSTED})
+# A line carrying one of these is imgsave's own record, read as such (or passed over), never
+# counted as garbage; keys beyond the contract's (a `ledger` row id) are ignored, not refused.
 OWN_EVENTS = events.ALL | {"image.spooled"}  # image.spooled: written before the ledger
 
 
@@ -59,6 +64,16 @@ class ReadStats:
     refused_examples: list[str] = field(default_factory=list)
     invalid_examples: list[str] = field(default_factory=list)
 
+    def add(self, other: ReadStats) -> None:
+        """Count what `other` read after what this one did (examples: the first five)."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.oldest is not None and (self.oldest is None or other.oldest < self.oldest):
+            self.oldest = other.oldest
+        self.truncated_files += other.truncated_files
+        self.refused_examples = (self.refused_examples + other.refused_examples)[:5]
+        self.invalid_examples = (self.invalid_examples + other.invalid_examples)[:5]
+
     @property
     def lines_skipped(self) -> int:
         return (
@@ -69,6 +84,23 @@ class ReadStats:
             + self.invalid
             + self.too_long
         )
+
+
+_COUNTS = (
+    "files",
+    "lines",
+    "sightings",
+    "unmatched",
+    "garbage",
+    "undecodable",
+    "refused",
+    "invalid",
+    "too_long",
+    "pattern_lines",
+    "matched",
+    "untimed",
+    "before_since",
+)
 
 
 @dataclass(frozen=True)
@@ -180,7 +212,10 @@ def _ignored(path: Path) -> bool:
 
 
 def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> Iterator[Sighting]:
-    """Every usable claim in `files`, in file order; what is not usable is counted in `stats`."""
+    """Every usable claim in `files`, in file order; what is not usable is counted in `stats`.
+
+    Line by line, the reference: `bulk_reader` finds the same, faster, and is held to this.
+    """
     regex = compile_pattern(query.pattern, query.project) if query.pattern else None
     since = query.since.timestamp() if query.since else None
     for path in files:
@@ -192,52 +227,80 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
             except UnicodeDecodeError:
                 stats.undecodable += 1
                 continue
-            # imgsave's own records describe themselves, so its log directory can be read
-            # alongside another system's log in one audit.
-            own = regex is None or line.startswith(OWN_PREFIX)
-            parsed = _parse_own(line, query.own_db) if own else None
-            if regex is not None and (parsed is None or parsed is Verdict.GARBAGE):
-                stats.pattern_lines += 1
-                parsed = _parse_pattern(line, regex, query, stats)
-            if parsed is None and complete:
-                stats.unmatched += 1
-                continue
-            if parsed is None or parsed is Verdict.GARBAGE:
-                if not complete:
-                    stats.truncated_files.append(f"{path}:{number}")
-                stats.garbage += 1
-                continue
-            if parsed is Verdict.OTHER:
-                continue
-            if isinstance(parsed, Invalid):
-                stats.invalid += 1
-                if len(stats.invalid_examples) < 5:
-                    stats.invalid_examples.append(f"{path}:{number}: {parsed.reason}")
-                continue
-            if not complete:
-                # A last line cut short is never taken for a record, even when what is left of
-                # it happens to parse.
-                stats.truncated_files.append(f"{path}:{number}")
-                stats.garbage += 1
-                continue
-            if query.only_projects and parsed.project not in query.only_projects:
-                continue
-            problem = url_problem(parsed.url, allow_http=query.allow_http)
-            if problem:
-                stats.refused += 1
-                if len(stats.refused_examples) < 5:
-                    stats.refused_examples.append(f"{path}:{number}: {problem}")
-                continue
-            if parsed.ts is None:
-                stats.untimed += 1
-            elif since is not None and parsed.ts < since:
-                stats.before_since += 1
-                continue
-            elif stats.oldest is None or parsed.ts < stats.oldest:
-                stats.oldest = parsed.ts
-            stats.sightings += 1
-            yield parsed
+            where = f"{path}:{number}"
+            parsed = line_verdict(line, complete, where, regex, query, stats)
+            if parsed is not None and accepted(parsed, where, query, since, stats):
+                yield parsed
 
+
+def line_verdict(
+    line: str,
+    complete: bool,
+    where: str,
+    regex: Matcher | None,
+    query: LogQuery,
+    stats: ReadStats,
+) -> Sighting | None:
+    """One decoded line's sighting, or None with the reason counted in `stats`."""
+    # imgsave's own records describe themselves, so its log directory can be read
+    # alongside another system's log in one audit.
+    own = regex is None or line.startswith(OWN_PREFIX)
+    parsed = _parse_own(line, query.own_db) if own else None
+    if regex is not None and (parsed is None or parsed is Verdict.GARBAGE):
+        stats.pattern_lines += 1
+        parsed = _parse_pattern(line, regex, query, stats)
+    if parsed is None and complete:
+        stats.unmatched += 1
+        return None
+    if parsed is None or parsed is Verdict.GARBAGE:
+        if not complete:
+            stats.truncated_files.append(where)
+        stats.garbage += 1
+        return None
+    if parsed is Verdict.OTHER:
+        return None
+    if isinstance(parsed, Invalid):
+        stats.invalid += 1
+        if len(stats.invalid_examples) < 5:
+            stats.invalid_examples.append(f"{where}: {parsed.reason}")
+        return None
+    if not complete:
+        # A last line cut short is never taken for a record, even when what is left of
+        # it happens to parse.
+        stats.truncated_files.append(where)
+        stats.garbage += 1
+        return None
+    return parsed
+
+
+def accepted(
+    sighting: Sighting, where: str, query: LogQuery, since: float | None, stats: ReadStats
+) -> bool:
+    """Whether a parsed sighting is used: of a project asked for, a URL the rule allows, not
+    older than --since; what is not is counted."""
+    if query.only_projects and sighting.project not in query.only_projects:
+        return False
+    problem = url_problem(sighting.url, allow_http=query.allow_http)
+    if problem:
+        stats.refused += 1
+        if len(stats.refused_examples) < 5:
+            stats.refused_examples.append(f"{where}: {problem}")
+        return False
+    ts = sighting.ts
+    if ts is None:
+        stats.untimed += 1
+    elif since is not None and ts < since:
+        stats.before_since += 1
+        return False
+    elif stats.oldest is None or ts < stats.oldest:
+        stats.oldest = ts
+    stats.sightings += 1
+    return True
+
+
+# What reading a file may raise that ends that file's read, not the audit: a file that vanished
+# or cannot be read, a gzip stream cut short (EOFError) or corrupt (zlib.error, BadGzipFile).
+UNREADABLE = (OSError, EOFError, zlib.error)
 
 # No log line imgsave reads is anywhere near this long; a longer one is skipped and counted,
 # so memory never depends on the longest line in a file someone else wrote.
@@ -262,8 +325,9 @@ def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[bytes, bool]]:
                         pass
                     continue
                 yield raw.rstrip(b"\r\n"), raw.endswith(b"\n")
-    except (OSError, EOFError) as exc:
-        # A gzip cut short, or a file that vanished: what was read counts; the rest is reported.
+    except UNREADABLE as exc:
+        # A gzip cut short or corrupt, or a file that vanished: what was read counts; the rest
+        # is reported.
         stats.truncated_files.append(f"{path} ({exc})")
 
 
@@ -303,11 +367,27 @@ def _checked(sighting: Sighting) -> Sighting | Invalid:
     return sighting
 
 
+def _loads(line: str) -> object:
+    """json.loads(line), four times faster: orjson reads the lines it reads as json does, and
+    json decides the rest. orjson refuses what json lets through (NaN, Infinity, lone
+    surrogates), reads integers beyond 64 bits as floats (a scene number is then json's to
+    read) and nests 1,024 deep where json may stop sooner (deep lines are json's)."""
+    if line.count("[") + line.count("{") < 256:
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if not (isinstance(record, dict) and isinstance(record.get("scene"), float)):
+                return record
+    return json.loads(line)
+
+
 def _parse_own(line: str, own_db: str | None = None) -> Sighting | Verdict | Invalid:
     if not line.strip():
         return Verdict.OTHER
     try:
-        record = json.loads(line)
+        record = _loads(line)
     except ValueError:
         return Verdict.GARBAGE
     except RecursionError:
@@ -364,11 +444,16 @@ def _parse_pattern(
     )
 
 
+_EPOCH = re.compile(r"\d{9,13}(\.\d+)?")
+
+
 def parse_timestamp(text: str) -> float | None:
     """Epoch seconds of an ISO 8601 time (UTC when it names no zone) or an epoch in seconds or
     milliseconds; None when it is neither."""
     text = text.strip()
-    if re.fullmatch(r"\d{9,13}(\.\d+)?", text):
+    # text[4] is "-" in every ISO date, never in an epoch: the regex is then skipped (a
+    # million log lines each pay for it otherwise).
+    if text[4:5] != "-" and _EPOCH.fullmatch(text):
         value = float(text)
         return value / 1000 if value > 1e11 else value
     try:

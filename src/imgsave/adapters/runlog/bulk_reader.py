@@ -1,0 +1,641 @@
+"""Reading logs at the speed of the disk: what `reader.read_sightings` finds, found faster.
+
+A month of an app's logs is a million lines; read line by line as text they took half a minute.
+Here each file (or each range of a large plain file) is a task, parsed by worker processes (one
+per core) as bytes in blocks of a megabyte: the block is checked for UTF-8 once, split once, and
+only lines holding the pattern's literal text (its longest run of plain characters, "Saved image
+to database: ") are matched, with RE2 called on the bytes directly. Whatever is unusual (a block
+that is not UTF-8 or holds a NUL, imgsave's own JSON lines, a line cut short) takes the reference
+path line by line (`reader.line_verdict`). Sightings are spilled to partition files by project,
+as `core.log_history.spilled` does, so memory does not grow with the logs.
+
+Every count, example and sighting is the reference's; `tests/test_bulk_reader.py` holds it to
+that. Sightings keep file and line order within each partition (the order the log history
+reads them in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import marshal
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, cast
+
+from imgsave.adapters.runlog.reader import (
+    MAX_LINE_BYTES,
+    OWN_PREFIX,
+    UNREADABLE,
+    LogQuery,
+    Matcher,
+    ReadStats,
+    accepted,
+    compile_pattern,
+    line_verdict,
+    parse_timestamp,
+)
+from imgsave.core.log_history import CHUNK, Sighting
+from imgsave.core.url_rule import url_problem
+
+BLOCK = MAX_LINE_BYTES  # a whole line longer than this starts in the block before (see _blocks)
+# A plain file larger than this is cut into ranges of about this size, so that one big file
+# keeps every core busy.
+RANGE_BYTES = 16 << 20
+_OWN = OWN_PREFIX.encode()
+
+
+@dataclass(frozen=True)
+class Task:
+    """Lines of one file whose first byte lies in [start, end) (end None: to the end)."""
+
+    file: int
+    path: str
+    start: int = 0
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every task needs, sent once to each worker."""
+
+    pattern: str | None
+    project: str | None
+    since: float | None
+    allow_http: bool
+    only_projects: frozenset[str]
+    partitions: int
+    folder: str
+
+
+@dataclass
+class TaskResult:
+    # Counts; its example lists name lines by their number within the task ("12: reason").
+    stats: ReadStats
+    numbered: int = 0  # lines numbered in this task (the next task of its file counts on)
+    error: str | None = None  # why the read stopped early (a gzip cut short…)
+    spilled: list[bool] = field(default_factory=list)  # per partition: a file was written
+    projects: set[str] = field(default_factory=set)
+
+
+def plan(files: Sequence[Path], range_bytes: int = RANGE_BYTES) -> list[Task]:
+    """The tasks, in file and line order."""
+    tasks: list[Task] = []
+    for number, path in enumerate(files):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if path.suffix == ".gz" or size <= range_bytes:
+            tasks.append(Task(number, str(path)))
+            continue
+        cuts = list(range(0, size, range_bytes))
+        tasks += [
+            Task(number, str(path), start, start + range_bytes if start != cuts[-1] else None)
+            for start in cuts
+        ]
+    return tasks
+
+
+def bucket(project: str, partitions: int) -> int:
+    """The partition of a project's lines. Case is folded so that the spellings of one uuid
+    key share a partition (the key is normalised after the split); `spill_names` says when
+    another spelling (braces, zeros) was seen."""
+    return zlib.crc32(project.lower().encode("utf-8", "surrogatepass")) % partitions
+
+
+def spill_name(folder: str, task: int, partition: int) -> Path:
+    return Path(folder) / f"t{task:05d}-p{partition:03d}.bin"
+
+
+def merge(results: Sequence[TaskResult], tasks: Sequence[Task], stats: ReadStats) -> list[int]:
+    """Add the tasks' counts and examples to `stats`, naming lines by file and number; return
+    the tasks whose sightings count: a read that failed ends its file there, as it does line
+    by line, so the later ranges of that file are left out."""
+    offsets: dict[int, int] = {}
+    failed: set[int] = set()
+    counted: list[int] = []
+    for index, (task, result) in enumerate(zip(tasks, results, strict=True)):
+        if task.file in failed:
+            continue
+        counted.append(index)
+        offset = offsets.get(task.file, 0)
+        offsets[task.file] = offset + result.numbered
+        part = result.stats
+        place = _placer(task.path, offset)
+        part.truncated_files = [place(e) for e in part.truncated_files]
+        part.refused_examples = [place(e) for e in part.refused_examples]
+        part.invalid_examples = [place(e) for e in part.invalid_examples]
+        if result.error is not None:
+            part.truncated_files.append(f"{task.path} ({result.error})")
+            failed.add(task.file)
+        stats.add(part)
+    return counted
+
+
+def _placer(path: str, offset: int) -> Any:
+    def place(entry: str) -> str:
+        number, colon, rest = entry.partition(":")
+        return f"{path}:{int(number) + offset}{colon}{rest}"
+
+    return place
+
+
+def required_literal(pattern: str) -> bytes | None:
+    """The longest run of plain characters every match of `pattern` contains, or None.
+
+    Conservative on purpose: only characters outside every group and class, not followed by a
+    quantifier, in a pattern without a top-level `|` or inline flags (`(?i)` would make "Saved"
+    match "SAVED"). A line without it cannot match, so it is counted as unmatched unread.
+    """
+    runs: list[str] = []
+    run: list[str] = []
+    depth, i = 0, 0
+
+    def close() -> None:
+        if run:
+            runs.append("".join(run))
+            run.clear()
+
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            nxt = pattern[i + 1 : i + 2]
+            if depth == 0 and nxt and not nxt.isalnum() and nxt.isascii():
+                char, i = nxt, i + 2
+            else:  # \d, \S, \x41, \Q…: not a plain character
+                close()
+                i += 2
+                continue
+        elif ch == "[":
+            close()
+            i = _class_end(pattern, i)
+            continue
+        elif ch == "(":
+            if pattern.startswith("(?", i) and not pattern.startswith(("(?P<", "(?:"), i):
+                return None  # inline flags (or syntax RE2 refuses anyway)
+            close()
+            depth, i = depth + 1, i + 1
+            continue
+        elif ch == ")":
+            close()
+            depth, i = depth - 1, i + 1
+            if depth < 0:
+                return None
+            continue
+        elif ch == "|" and depth == 0:
+            return None
+        elif depth or ch in ".^$*+?{}|]":
+            close()
+            # A repetition's count is not text to find ("{2}"); a "{" that is not one is
+            # text, but left out all the same.
+            end = pattern.find("}", i) if ch == "{" else -1
+            i = end + 1 if end > 0 else i + 1
+            continue
+        else:
+            char, i = ch, i + 1
+        if depth == 0:
+            if pattern[i : i + 1] in ("*", "+", "?", "{"):
+                close()  # quantified: not required as written
+                continue
+            run.append(char)
+    close()
+    best = max(runs, key=len, default="")
+    return best.encode() if best else None
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The index after the character class that starts at pattern[i] (`[`)."""
+    j = i + 1
+    if pattern[j : j + 1] == "^":
+        j += 1
+    if pattern[j : j + 1] == "]":
+        j += 1
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+class _Regexp(Protocol):
+    def Match(
+        self, anchor: object, text: bytes, pos: int, endpos: int
+    ) -> list[tuple[int, int]]: ...
+
+    def NamedCapturingGroups(self) -> list[tuple[bytes, int]]: ...
+
+
+def _bytes_regex(pattern: str) -> tuple[_Regexp, object]:
+    """The pattern compiled by RE2 for matching bytes, and the anchor of a search.
+
+    The same engine and options as `reader.compile_pattern` (UTF-8, which the bytes are, as
+    checked), called without the wrapper that turns every match into str offsets: that
+    wrapper cost twice the match itself.
+    """
+    import re2  # type: ignore[import-untyped]
+    from re2 import _re2
+
+    options = re2.Options()
+    options.log_errors = False
+    return cast(_Regexp, _re2.RE2(pattern.encode(), options)), _re2.RE2.Anchor.UNANCHORED
+
+
+class _Parser:
+    """Parses the tasks of one worker; holds the compiled pattern and the output files."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.query = LogQuery(
+            pattern=setup.pattern,
+            project=setup.project,
+            allow_http=setup.allow_http,
+            only_projects=setup.only_projects,
+        )
+        self.matcher: Matcher | None = None
+        self.regex: _Regexp | None = None
+        self.literal: bytes | None = None
+        self.groups: dict[str, int] = {}
+        if setup.pattern is not None:
+            self.matcher = compile_pattern(setup.pattern, setup.project)
+            self.regex, self.anchor = _bytes_regex(setup.pattern)
+            self.groups = {name.decode(): n for name, n in self.regex.NamedCapturingGroups()}
+            self.literal = required_literal(setup.pattern)
+        # A --project no document key can hold (NUL, a lone surrogate) makes every line that
+        # uses it invalid: the reference path says so line by line.
+        self.fast = self.regex is not None and _storable(setup.project or "")
+
+    def run(self, index: int, task: Task) -> TaskResult:
+        result = TaskResult(ReadStats(), spilled=[False] * self.setup.partitions)
+        out = _Spill(self.setup, index, result)
+        try:
+            for block, complete in _blocks(task, result):
+                text = _clean(block) if complete and self.fast else None
+                if text is not None:
+                    self._fast_block(block, text, result, out)
+                else:
+                    self._each_line(block, complete, result, out)
+        finally:
+            out.close()
+        return result
+
+    def _each_line(self, block: bytes, complete: bool, result: TaskResult, out: _Spill) -> None:
+        """The reference path, line by line."""
+        stats, query, since = result.stats, self.query, self.setup.since
+        raws = block.split(b"\n")
+        if complete:
+            raws.pop()
+        for raw in raws:
+            stats.lines += 1
+            result.numbered += 1
+            try:
+                line = raw.rstrip(b"\r\n").decode("utf-8")
+            except UnicodeDecodeError:
+                stats.undecodable += 1
+                continue
+            where = str(result.numbered)
+            parsed = line_verdict(line, complete, where, self.matcher, query, stats)
+            if parsed is not None and accepted(parsed, where, query, since, stats):
+                out.add(parsed)
+
+    def _fast_block(self, block: bytes, text: str, result: TaskResult, out: _Spill) -> None:
+        """A block of whole lines, valid UTF-8 (`text`) without a NUL, read against the
+        pattern. The hot loop of a big audit: every name is local, and in an ASCII block
+        (most logs) RE2's byte offsets are the text's, so values are sliced from `text`."""
+        regex, anchor, literal = cast(_Regexp, self.regex), self.anchor, self.literal
+        match = regex.Match
+        groups = self.groups
+        # Positions in `values` below.
+        g_scene, g_url = groups["scene"] - 1, groups["url"] - 1
+        g_project, g_ts, g_id, g_run = (
+            None if (n := groups.get(name)) is None else n - 1
+            for name in ("project", "ts", "scene_id", "run")
+        )
+        setup, stats = self.setup, result.stats
+        default_project, only, allow_http = setup.project, setup.only_projects, setup.allow_http
+        since, oldest = setup.since, stats.oldest
+        own_here = block.startswith(_OWN) or b"\n" + _OWN in block
+        lines = block.split(b"\n")
+        lines.pop()
+        texts = text.split("\n") if block.isascii() else None
+        first = result.numbered
+        stats.lines += len(lines)
+        result.numbered += len(lines)
+        unmatched = matched = garbage = untimed = before = taken = tried = 0
+        buckets, buffers, partitions, flush = out.buckets, out.buffers, out.partitions, out.flush
+        for n, line in enumerate(lines):
+            if own_here and line.startswith(_OWN):
+                self._own_line(line, first + n + 1, result, out)
+                continue
+            tried += 1
+            if literal is not None and literal not in line:
+                unmatched += 1
+                continue
+            if line.endswith(b"\r"):
+                line = line.rstrip(b"\r")
+            spans = match(anchor, line, 0, len(line))
+            if spans[0][0] < 0:
+                unmatched += 1
+                continue
+            matched += 1
+            # The groups' values (group 0, the whole match, left out): None where a group
+            # took no part in the match.
+            if texts is not None:
+                t = texts[n]
+                values = [t[a:b] if a >= 0 else None for a, b in spans[1:]]
+            else:
+                values = [line[a:b].decode() if a >= 0 else None for a, b in spans[1:]]
+            try:
+                scene = int(values[g_scene] or "")
+            except ValueError:
+                garbage += 1
+                continue
+            if scene < 1:
+                garbage += 1
+                continue
+            project = (values[g_project] if g_project is not None else None) or default_project
+            if not project:
+                garbage += 1
+                continue
+            ts_text = values[g_ts] if g_ts is not None else None
+            ts = parse_timestamp(ts_text) if ts_text else None
+            url = values[g_url] or ""
+            # reader.accepted, inline: the same rules in the same order.
+            if only and project not in only:
+                continue
+            problem = url_problem(url, allow_http=allow_http)
+            if problem:
+                stats.refused += 1
+                if len(stats.refused_examples) < 5:
+                    stats.refused_examples.append(f"{first + n + 1}: {problem}")
+                continue
+            if ts is None:
+                untimed += 1
+            elif since is not None and ts < since:
+                before += 1
+                continue
+            elif oldest is None or ts < oldest:
+                oldest = ts
+            taken += 1
+            record = (
+                project,
+                scene,
+                values[g_id] if g_id is not None else None,
+                url,
+                values[g_run] if g_run is not None else None,
+                ts,
+                True,
+                (),
+            )
+            part = buckets.get(project)
+            if part is None:
+                part = buckets[project] = bucket(project, partitions)
+            buffer = buffers[part]
+            buffer.append(record)
+            if len(buffer) >= CHUNK:
+                flush(part)
+        stats.pattern_lines += tried
+        stats.unmatched += unmatched
+        stats.matched += matched
+        stats.garbage += garbage
+        stats.untimed += untimed
+        stats.before_since += before
+        stats.sightings += taken
+        if oldest is not None and (stats.oldest is None or oldest < stats.oldest):
+            stats.oldest = oldest
+
+    def _own_line(self, line: bytes, number: int, result: TaskResult, out: _Spill) -> None:
+        stats = result.stats
+        where = str(number)
+        parsed = line_verdict(
+            line.rstrip(b"\r").decode(), True, where, self.matcher, self.query, stats
+        )
+        if parsed is not None and accepted(parsed, where, self.query, self.setup.since, stats):
+            out.add(parsed)
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _clean(block: bytes) -> str | None:
+    """The block's text when it is valid UTF-8 without a NUL (no line of it is undecodable,
+    and no value taken from it can hold a character no database key or document can)."""
+    if b"\x00" in block:
+        return None
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class _Spill:
+    """A task's sightings, by partition, in marshal chunks (see log_history.spilled)."""
+
+    def __init__(self, setup: Setup, task: int, result: TaskResult) -> None:
+        self.setup, self.task, self.result = setup, task, result
+        self.partitions = setup.partitions
+        self.buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(self.partitions)]
+        self.handles: dict[int, BinaryIO] = {}
+        self.buckets: dict[str, int] = {}
+
+    def add(self, sighting: Sighting) -> None:
+        self.add_tuple(sighting.project, tuple(sighting))
+
+    def add_tuple(self, project: str, record: tuple[Any, ...]) -> None:
+        part = self.buckets.get(project)
+        if part is None:
+            part = self.buckets[project] = bucket(project, self.partitions)
+        buffer = self.buffers[part]
+        buffer.append(record)
+        if len(buffer) >= CHUNK:
+            self.flush(part)
+
+    def flush(self, part: int) -> None:
+        buffer = self.buffers[part]
+        if not buffer:
+            return
+        handle = self.handles.get(part)
+        if handle is None:
+            handle = self.handles[part] = spill_name(self.setup.folder, self.task, part).open("wb")
+            self.result.spilled[part] = True
+        data = marshal.dumps(buffer)
+        handle.write(len(data).to_bytes(8, "little") + data)
+        buffer.clear()
+
+    def close(self) -> None:
+        try:
+            for part in range(self.partitions):
+                self.flush(part)
+        finally:
+            for handle in self.handles.values():
+                handle.close()
+        self.result.projects = set(self.buckets)
+
+
+def _blocks(task: Task, result: TaskResult) -> Iterator[tuple[bytes, bool]]:
+    """Blocks of whole lines of the task's range, each line ending with a newline (True), and
+    a last line without one (False), exactly as `reader._lines` reads them: a line longer
+    than MAX_LINE_BYTES is counted (lines, too_long) and dropped; a read that fails ends the
+    task with `result.error` (what was read counts, a line it cut is dropped)."""
+    stats = result.stats
+    end = task.end
+    skipping = task.start > 0  # the line that began before the range is the previous task's
+    base = task.start - 1 if skipping else 0  # the offset of carry[0] in the file
+    carry = b""
+    try:
+        for data in _chunks(task, base):
+            if skipping:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    base += len(data)
+                    continue
+                skipping = False
+                base += nl + 1
+                data = data[nl + 1 :]
+                if end is not None and base >= end:
+                    return
+            buf = carry + data if carry else data
+            last = buf.rfind(b"\n")
+            if last < 0:
+                carry = buf
+                if len(carry) > MAX_LINE_BYTES:
+                    stats.lines += 1
+                    stats.too_long += 1
+                    base, carry, skipping = base + len(carry), b"", True
+                continue
+            block, carry = buf[: last + 1], buf[last + 1 :]
+            first_nl = block.find(b"\n")
+            if first_nl > MAX_LINE_BYTES:  # only the first line can be this long (BLOCK)
+                stats.lines += 1
+                stats.too_long += 1
+                base += first_nl + 1
+                block = block[first_nl + 1 :]
+                if end is not None and base >= end:
+                    return
+            if end is not None and base + len(block) > end:
+                yield block[: block.find(b"\n", end - 1 - base) + 1], True
+                return
+            if block:
+                yield block, True
+            base += len(block)
+            if end is not None and base >= end:
+                return
+        if carry and not skipping:
+            yield carry, False
+    except UNREADABLE as exc:
+        result.error = str(exc)
+
+
+def _chunks(task: Task, offset: int) -> Iterator[bytes]:
+    if Path(task.path).suffix == ".gz":
+        with gzip.open(task.path, "rb") as handle:
+            # read1: what one read of the compressed file gives, so that a stream cut short
+            # loses nothing that was decompressed before the cut (as readline does not).
+            while data := handle.read1(BLOCK):
+                yield data
+        return
+    with open(task.path, "rb") as handle:
+        handle.seek(offset)
+        while data := handle.read(BLOCK):
+            yield data
+
+
+# Below this much log text (gzip counted as what it holds) the tasks run in this process:
+# starting the workers (some 0.1 s each) would cost more than it saves.
+PROCESS_BYTES = 32 << 20
+GZIP_RATIO = 8
+
+
+@dataclass
+class Reading:
+    """What the tasks read: per partition, its spill files in file and line order; and the
+    project names the sightings carry, as written in the logs."""
+
+    parts: list[list[Path]]
+    projects: set[str]
+
+
+class Asker(Protocol):
+    """A worker (workers.py): answers ("parse", Setup, index, Task) with a TaskResult."""
+
+    async def ask(self, message: tuple[Any, ...]) -> Any: ...
+
+
+async def read_all(
+    files: Sequence[Path],
+    query: LogQuery,
+    stats: ReadStats,
+    *,
+    partitions: int,
+    folder: str,
+    workers: Sequence[Asker],
+    range_bytes: int = RANGE_BYTES,
+) -> Reading:
+    """Read `files` as `reader.read_sightings` would, into partition files under `folder`,
+    by `workers` (each takes the next task, the largest first, when it finishes one)."""
+    if query.pattern:
+        compile_pattern(query.pattern, query.project)  # a bad pattern: one usage error, here
+    setup = Setup(
+        pattern=query.pattern,
+        project=query.project,
+        since=query.since.timestamp() if query.since else None,
+        allow_http=query.allow_http,
+        only_projects=query.only_projects,
+        partitions=partitions,
+        folder=folder,
+    )
+    tasks = plan(files, range_bytes)
+    results: list[TaskResult | None] = [None] * len(tasks)
+    queue = sorted(range(len(tasks)), key=lambda n: -task_bytes(tasks[n]))
+
+    async def take(worker: Asker) -> None:
+        while queue:
+            n = queue.pop(0)
+            results[n] = await worker.ask(("parse", setup, n, tasks[n]))
+
+    await asyncio.gather(*(take(worker) for worker in workers))
+    stats.files += len(files)
+    done = [cast(TaskResult, r) for r in results]
+    counted = merge(done, tasks, stats)
+    projects: set[str] = set()
+    parts: list[list[Path]] = [[] for _ in range(partitions)]
+    for n in counted:
+        projects |= done[n].projects
+        for part, written in enumerate(done[n].spilled):
+            if written:
+                parts[part].append(spill_name(folder, n, part))
+    return Reading(parts, projects)
+
+
+def work_bytes(files: Sequence[Path]) -> int:
+    """About how much log text `files` hold."""
+    return sum(task_bytes(Task(0, str(path))) for path in files)
+
+
+def task_bytes(task: Task) -> int:
+    try:
+        size = Path(task.path).stat().st_size
+    except OSError:
+        return 0
+    if Path(task.path).suffix == ".gz":
+        return size * GZIP_RATIO
+    end = size if task.end is None else min(task.end, size)
+    return end - task.start
+
+
+_PARSERS: dict[Setup, _Parser] = {}
+
+
+def run_task(setup: Setup, index: int, task: Task) -> TaskResult:
+    parser = _PARSERS.get(setup)
+    if parser is None:
+        _PARSERS.clear()
+        parser = _PARSERS[setup] = _Parser(setup)
+    return parser.run(index, task)
