@@ -1,9 +1,12 @@
 """Run a command with stdout to a file and print its peak RSS in KiB.
 
-    python measure_rss.py OUT_FILE COMMAND...
+    python measure_rss.py [--tree] OUT_FILE COMMAND...
 
 A process of its own, small, because a child's high-water mark (ru_maxrss) starts from
-whatever its parent had mapped when it forked.
+whatever its parent had mapped when it forked. ru_maxrss is the largest single process (the
+command or a child it waited for); with --tree a second number follows: the peak of the RSS of
+the command and all its descendants added up, sampled every 20 ms (what the machine had to
+hold at once when the command runs worker processes).
 """
 
 from __future__ import annotations
@@ -11,13 +14,49 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from pathlib import Path
+
+
+def _tree_rss(root: int) -> int:
+    """KiB resident in `root` and every process below it (read from /proc, tree only)."""
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue  # it ended meanwhile
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def main() -> int:
-    with open(sys.argv[1], "wb") as out:
-        proc = subprocess.Popen(sys.argv[2:], stdout=out)
+    args = sys.argv[1:]
+    tree = args[:1] == ["--tree"]
+    if tree:
+        args = args[1:]
+    peak = [0]
+    with open(args[0], "wb") as out:
+        proc = subprocess.Popen(args[1:], stdout=out)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], _tree_rss(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if tree:
+            sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
-    print(usage.ru_maxrss)
+        done.set()
+        if tree:
+            sampler.join()
+    print(usage.ru_maxrss, *([peak[0]] if tree else []))
     return os.waitstatus_to_exitcode(status)
 
 
