@@ -297,9 +297,12 @@ async def _logs_against_documents(
         async with workers(count) as pool:
             with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as folder:
                 stats = ReadStats()
+                # Smaller partitions than line by line: each worker holds one, and more of
+                # them keep both workers busy to the end.
                 reading = await read_all(
-                    files, query, stats, partitions=partitions, folder=folder, workers=pool
+                    files, query, stats, partitions=partitions * 4, folder=folder, workers=pool
                 )
+                partitions *= 4
                 keys = {p: k for p in reading.projects if (k := db.normalise_key(p)) and k != p}
                 if all(bucket(k, partitions) == bucket(p, partitions) for p, k in keys.items()):
                     report.stats.add(stats)

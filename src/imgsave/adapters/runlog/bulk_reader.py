@@ -22,6 +22,7 @@ import marshal
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -37,14 +38,17 @@ from imgsave.adapters.runlog.reader import (
     line_verdict,
     parse_timestamp,
 )
-from imgsave.core.log_history import CHUNK, Sighting
-from imgsave.core.url_rule import url_problem
+from imgsave.core.log_history import Sighting
+from imgsave.core.url_rule import MAX_URL_LENGTH, everyday, url_problem
 
 BLOCK = MAX_LINE_BYTES  # a whole line longer than this starts in the block before (see _blocks)
 # A plain file larger than this is cut into ranges of about this size, so that one big file
 # keeps every core busy.
 RANGE_BYTES = 16 << 20
 _OWN = OWN_PREFIX.encode()
+# Sightings a task holds per partition before writing them (a worker holds partitions times this).
+SPILL_CHUNK = 1024
+fromisoformat = datetime.fromisoformat
 
 
 @dataclass(frozen=True)
@@ -305,14 +309,12 @@ class _Parser:
         regex, anchor, literal = cast(_Regexp, self.regex), self.anchor, self.literal
         match = regex.Match
         groups = self.groups
-        # Positions in `values` below.
-        g_scene, g_url = groups["scene"] - 1, groups["url"] - 1
-        g_project, g_ts, g_id, g_run = (
-            None if (n := groups.get(name)) is None else n - 1
-            for name in ("project", "ts", "scene_id", "run")
-        )
+        g_scene, g_url = groups["scene"], groups["url"]
+        g_project, g_ts = groups.get("project"), groups.get("ts")
+        g_id, g_run = groups.get("scene_id"), groups.get("run")
         setup, stats = self.setup, result.stats
         default_project, only, allow_http = setup.project, setup.only_projects, setup.allow_http
+        plain_url = everyday(allow_http)
         since, oldest = setup.since, stats.oldest
         own_here = block.startswith(_OWN) or b"\n" + _OWN in block
         lines = block.split(b"\n")
@@ -338,37 +340,63 @@ class _Parser:
                 unmatched += 1
                 continue
             matched += 1
-            # The groups' values (group 0, the whole match, left out): None where a group
-            # took no part in the match.
-            if texts is not None:
-                t = texts[n]
-                values = [t[a:b] if a >= 0 else None for a, b in spans[1:]]
+            # The groups' values, None where a group took no part in the match. In ASCII
+            # the byte offsets RE2 gives are the text's.
+            if texts is not None or line.isascii():
+                src = texts[n] if texts is not None else line.decode()
+                a, b = spans[g_scene]
+                scene_text = src[a:b] if a >= 0 else None
+                project = None
+                if g_project is not None:
+                    a, b = spans[g_project]
+                    project = src[a:b] if a >= 0 else None
+                ts_text = None
+                if g_ts is not None:
+                    a, b = spans[g_ts]
+                    ts_text = src[a:b] if a >= 0 else None
+                a, b = spans[g_url]
+                url = src[a:b] if a >= 0 else None
+                values = None
             else:
-                values = [line[a:b].decode() if a >= 0 else None for a, b in spans[1:]]
+                values = [line[a:b].decode() if a >= 0 else None for a, b in spans]
+                scene_text, url = values[g_scene], values[g_url]
+                project = values[g_project] if g_project is not None else None
+                ts_text = values[g_ts] if g_ts is not None else None
             try:
-                scene = int(values[g_scene] or "")
+                scene = int(scene_text or "")
             except ValueError:
                 garbage += 1
                 continue
             if scene < 1:
                 garbage += 1
                 continue
-            project = (values[g_project] if g_project is not None else None) or default_project
+            project = project or default_project
             if not project:
                 garbage += 1
                 continue
-            ts_text = values[g_ts] if g_ts is not None else None
-            ts = parse_timestamp(ts_text) if ts_text else None
-            url = values[g_url] or ""
+            ts = None
+            if ts_text:
+                # parse_timestamp, inline for ISO times (a "-" at [4] is never an epoch's).
+                iso = ts_text.strip()
+                if iso[4:5] == "-":
+                    try:
+                        when = fromisoformat(iso)
+                        ts = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+                    except (ValueError, OverflowError):
+                        ts = None
+                else:
+                    ts = parse_timestamp(ts_text)
+            url = url or ""
             # reader.accepted, inline: the same rules in the same order.
             if only and project not in only:
                 continue
-            problem = url_problem(url, allow_http=allow_http)
-            if problem:
-                stats.refused += 1
-                if len(stats.refused_examples) < 5:
-                    stats.refused_examples.append(f"{first + n + 1}: {problem}")
-                continue
+            if len(url) > MAX_URL_LENGTH or not plain_url(url):
+                problem = url_problem(url, allow_http=allow_http)
+                if problem:
+                    stats.refused += 1
+                    if len(stats.refused_examples) < 5:
+                        stats.refused_examples.append(f"{first + n + 1}: {problem}")
+                    continue
             if ts is None:
                 untimed += 1
             elif since is not None and ts < since:
@@ -377,22 +405,16 @@ class _Parser:
             elif oldest is None or ts < oldest:
                 oldest = ts
             taken += 1
-            record = (
-                project,
-                scene,
-                values[g_id] if g_id is not None else None,
-                url,
-                values[g_run] if g_run is not None else None,
-                ts,
-                True,
-                (),
-            )
-            part = buckets.get(project)
-            if part is None:
-                part = buckets[project] = bucket(project, partitions)
+            scene_id = run = None
+            if g_id is not None or g_run is not None:
+                scene_id, run = self._id_and_run(line, spans, values)
+            known = buckets.get(project)
+            if known is None:
+                known = buckets[project] = (bucket(project, partitions), project)
+            part, project = known  # one str per project, shared by its records
             buffer = buffers[part]
-            buffer.append(record)
-            if len(buffer) >= CHUNK:
+            buffer.append((project, scene, scene_id, url, run, ts, True, ()))
+            if len(buffer) >= SPILL_CHUNK:
                 flush(part)
         stats.pattern_lines += tried
         stats.unmatched += unmatched
@@ -403,6 +425,21 @@ class _Parser:
         stats.sightings += taken
         if oldest is not None and (stats.oldest is None or oldest < stats.oldest):
             stats.oldest = oldest
+
+    def _id_and_run(
+        self, line: bytes, spans: list[tuple[int, int]], values: list[str | None] | None
+    ) -> tuple[str | None, str | None]:
+        found: list[str | None] = []
+        for name in ("scene_id", "run"):
+            group = self.groups.get(name)
+            if group is None:
+                found.append(None)
+            elif values is not None:
+                found.append(values[group])
+            else:
+                a, b = spans[group]
+                found.append(line[a:b].decode() if a >= 0 else None)
+        return found[0], found[1]
 
     def _own_line(self, line: bytes, number: int, result: TaskResult, out: _Spill) -> None:
         stats = result.stats
@@ -443,18 +480,18 @@ class _Spill:
         self.partitions = setup.partitions
         self.buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(self.partitions)]
         self.handles: dict[int, BinaryIO] = {}
-        self.buckets: dict[str, int] = {}
+        # project -> its partition, and the one str its records share
+        self.buckets: dict[str, tuple[int, str]] = {}
 
     def add(self, sighting: Sighting) -> None:
-        self.add_tuple(sighting.project, tuple(sighting))
-
-    def add_tuple(self, project: str, record: tuple[Any, ...]) -> None:
-        part = self.buckets.get(project)
-        if part is None:
-            part = self.buckets[project] = bucket(project, self.partitions)
+        project = sighting.project
+        known = self.buckets.get(project)
+        if known is None:
+            known = self.buckets[project] = (bucket(project, self.partitions), project)
+        part, project = known
         buffer = self.buffers[part]
-        buffer.append(record)
-        if len(buffer) >= CHUNK:
+        buffer.append((project, *sighting[1:]))
+        if len(buffer) >= SPILL_CHUNK:
             self.flush(part)
 
     def flush(self, part: int) -> None:
