@@ -34,6 +34,34 @@ _PLAIN = {
 }
 
 
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
+_PATH_BYTES = _HOST_BYTES + b"_~:/?#[]@!$&'()*+,;="
+
+
+def everyday_bytes(allow_http: bool) -> Callable[[bytes], bool]:
+    """A test of a URL's UTF-8 bytes that accepts only everyday URLs (`https://host/path`,
+    plain characters, no port, no `%`): what it accepts url_problem accepts; what it does not,
+    url_problem decides. A byte translation rather than a regex: a third of the cost, for
+    loops over a million URLs."""
+    schemes = (b"https://", b"http://") if allow_http else (b"https://",)
+
+    def plain(url: bytes) -> bool:
+        if len(url) > MAX_URL_LENGTH or not url.startswith(schemes):
+            return False
+        start = url.index(b"//") + 2
+        slash = url.find(b"/", start)
+        host = url[start:slash]
+        return (
+            slash > start
+            and host[:1].isalnum()
+            and host[-1:].isalnum()
+            and not host.translate(None, _HOST_BYTES)
+            and not url.translate(None, _PATH_BYTES)
+        )
+
+    return plain
+
+
 def everyday(allow_http: bool) -> Callable[[str], object]:
     """A test that accepts the everyday URL (`https://host/path`, at most MAX_URL_LENGTH long
     checked by the caller) without a call of url_problem: what it accepts url_problem accepts,

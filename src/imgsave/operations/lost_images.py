@@ -154,7 +154,9 @@ async def audit(
     named = {db.normalise_key(p) or p: p for p in query.only_projects}
     query = replace(query, only_projects=frozenset(named))
     journal = await _journal(db, query, report) if query.journal else {}
+    marks = _marks(report)
     seen, found = await _logs_against_documents(db, files, query, shape, report, journal)
+    _in_project_order(report, marks)
     # Projects only the journal names.
     seen.update(journal)
     found += await _classify_all(db, journal, shape, report)
@@ -326,6 +328,25 @@ async def _logs_against_documents(
             seen.update(logged)
             found += await _classify_all(db, logged, shape, report)
     return seen, found
+
+
+def _marks(report: AuditReport) -> tuple[int, ...]:
+    return len(report.lost), len(report.stale), len(report.orphaned), len(report.errors)
+
+
+def _in_project_order(report: AuditReport, marks: tuple[int, ...]) -> None:
+    """What the logs' phase added since `marks`, by project (each project's findings in the
+    order found): the same whichever way, and in however many partitions, the logs were read."""
+    lost, stale, orphaned, errors = marks
+    report.lost[lost:] = sorted(report.lost[lost:], key=_project)
+    report.stale[stale:] = sorted(report.stale[stale:], key=_project)
+    report.orphaned[orphaned:] = sorted(report.orphaned[orphaned:], key=_project)
+    report.errors[errors:] = sorted(report.errors[errors:])
+    report.empty_scenes.sort(key=lambda found: found[0])
+
+
+def _project(finding: Finding) -> str:
+    return finding.project
 
 
 # What a worker answers for one batch of a partition's projects: how many exist, the errors of

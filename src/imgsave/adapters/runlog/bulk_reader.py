@@ -39,7 +39,7 @@ from imgsave.adapters.runlog.reader import (
     parse_timestamp,
 )
 from imgsave.core.log_history import Sighting
-from imgsave.core.url_rule import MAX_URL_LENGTH, everyday, url_problem
+from imgsave.core.url_rule import everyday_bytes, url_problem
 
 BLOCK = MAX_LINE_BYTES  # a whole line longer than this starts in the block before (see _blocks)
 # A plain file larger than this is cut into ranges of about this size, so that one big file
@@ -314,7 +314,7 @@ class _Parser:
         g_id, g_run = groups.get("scene_id"), groups.get("run")
         setup, stats = self.setup, result.stats
         default_project, only, allow_http = setup.project, setup.only_projects, setup.allow_http
-        plain_url = everyday(allow_http)
+        plain_url = everyday_bytes(allow_http)
         since, oldest = setup.since, stats.oldest
         own_here = block.startswith(_OWN) or b"\n" + _OWN in block
         lines = block.split(b"\n")
@@ -323,17 +323,18 @@ class _Parser:
         first = result.numbered
         stats.lines += len(lines)
         result.numbered += len(lines)
-        unmatched = matched = garbage = untimed = before = taken = tried = 0
+        unmatched = matched = garbage = untimed = before = taken = own = 0
+        crlf = b"\r" in block
         buckets, buffers, partitions, flush = out.buckets, out.buffers, out.partitions, out.flush
         for n, line in enumerate(lines):
             if own_here and line.startswith(_OWN):
                 self._own_line(line, first + n + 1, result, out)
+                own += 1
                 continue
-            tried += 1
             if literal is not None and literal not in line:
                 unmatched += 1
                 continue
-            if line.endswith(b"\r"):
+            if crlf and line.endswith(b"\r"):
                 line = line.rstrip(b"\r")
             spans = match(anchor, line, 0, len(line))
             if spans[0][0] < 0:
@@ -390,7 +391,8 @@ class _Parser:
             # reader.accepted, inline: the same rules in the same order.
             if only and project not in only:
                 continue
-            if len(url) > MAX_URL_LENGTH or not plain_url(url):
+            a, b = spans[g_url]
+            if not (a >= 0 and plain_url(line[a:b])):
                 problem = url_problem(url, allow_http=allow_http)
                 if problem:
                     stats.refused += 1
@@ -416,7 +418,7 @@ class _Parser:
             buffer.append((project, scene, scene_id, url, run, ts, True, ()))
             if len(buffer) >= SPILL_CHUNK:
                 flush(part)
-        stats.pattern_lines += tried
+        stats.pattern_lines += len(lines) - own
         stats.unmatched += unmatched
         stats.matched += matched
         stats.garbage += garbage
