@@ -34,7 +34,7 @@ from imgsave.adapters.runlog.reader import (
     read_sightings,
 )
 from imgsave.adapters.runlog.workers import workers
-from imgsave.core import log_history
+from imgsave.core import log_history, url_rule
 from imgsave.core.documents import MalformedDocument, SceneRef, Shape, decode, find, scenes
 from imgsave.core.log_diff import scene_table
 from imgsave.core.log_history import Sighting, history
@@ -442,3 +442,22 @@ def test_imgsave_batch_and_job_records_are_its_own_not_garbage(cli, rows, log_di
     assert report["summary"]["lines_skipped"] == 0
     assert report["skipped"]["garbage"] == 0
     assert [f["url"] for f in report["lost"]] == ["https://img.test/a.png"]
+
+
+_URL_PIECES = st.sampled_from(
+    [*"ab.-:/?#[]@!$&'()*+,;=%~_\"<> \\\u00e9\u202e", "2F", "x.test", "//", "http", "https://"]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from(["https://", "http://", "ftp://", "https:/", ""]),
+    st.lists(_URL_PIECES, max_size=12),
+    st.booleans(),
+)
+def test_what_the_byte_test_of_everyday_urls_accepts_the_url_rule_accepts(scheme, parts, http):
+    url = scheme + "".join(parts)
+    if url_rule.everyday_bytes(http)(url.encode()):
+        assert url_rule.url_problem(url, allow_http=http) is None, url
+    # And the everyday shapes are taken by it.
+    assert url_rule.everyday_bytes(http)(b"https://cdn.app.test/p/scene-1/0-ab12.png")
