@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import gzip
 import json
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from imgsave.core import log_history, url_rule
 from imgsave.core.documents import MalformedDocument, SceneRef, Shape, decode, find, scenes
 from imgsave.core.log_diff import scene_table
 from imgsave.core.log_history import Sighting, history
+from imgsave.errors import CannotWork
 from imgsave.operations import lost_images
 
 NO_PROJECT_PATTERN = r"\[Scene (?P<scene>\d+)\] Saved image to database: (?P<url>\S+)"
@@ -61,6 +63,10 @@ def _app_lines(count: int, seed: int, untimed: bool = True) -> Iterator[bytes]:
         project, scene = rng.choice(PROJECTS), rng.randint(1, 8)
         url = f"https://img.test/{project}/{scene}/{n}.png"
         roll = rng.random()
+        # Bytes that are not UTF-8, NUL and non-ASCII text only in app.log.2: elsewhere whole
+        # blocks are clean and take the fast loop, here they take the line-by-line path.
+        if 0.84 <= roll < 0.88 and not count * 3 // 6 <= n < count * 4 // 6:
+            roll = 0.5
         if roll < 0.35:
             yield f"{stamp} INFO GET /api/projects/{project} 200 {rng.randint(1, 900)}ms".encode()
         elif roll < 0.75:
@@ -296,8 +302,24 @@ _sighting = st.builds(
 )
 
 
+# Most scenes of a real log: another system's lines (replacing, no run id) or imgsave's own,
+# close together or far apart; the quick path's edges (one run or two) are what is tested.
+_everyday = st.builds(
+    lambda url, ts, own, scene_id: ("p", 1, scene_id, url, "r" if own else None, ts, not own, ()),
+    st.sampled_from(["u1", "u2", "u3"]),
+    st.one_of(st.just(None), st.sampled_from([0.0, 1799.0, 1800.0, 1801.0, 3000.0])),
+    st.booleans(),
+    st.sampled_from([None, None, "s1"]),
+)
+
+
 @settings(max_examples=500, deadline=None)
-@given(st.lists(_sighting, min_size=1, max_size=6), st.sampled_from([0.0, 100.0, 1800.0]))
+@given(
+    st.one_of(
+        st.lists(_sighting, min_size=1, max_size=6), st.lists(_everyday, min_size=1, max_size=5)
+    ),
+    st.sampled_from([0.0, 100.0, 1800.0]),
+)
 def test_the_quick_history_is_the_history(items, gap):
     built = log_history.build(items, gap)
     ((ref, got),) = built["p"].items()
@@ -461,3 +483,20 @@ def test_what_the_byte_test_of_everyday_urls_accepts_the_url_rule_accepts(scheme
         assert url_rule.url_problem(url, allow_http=http) is None, url
     # And the everyday shapes are taken by it.
     assert url_rule.everyday_bytes(http)(b"https://cdn.app.test/p/scene-1/0-ab12.png")
+
+
+def test_a_worker_that_fails_is_a_clear_error_and_no_process_is_left():
+    """A worker's failure is CannotWork (exit 3, one line), not a traceback; every worker is
+    stopped however the audit ends."""
+
+    async def run() -> list[int]:
+        async with workers(2) as pool:
+            pids = [w._proc.pid for w in pool]  # type: ignore[attr-defined]
+            with pytest.raises(CannotWork, match="an audit worker process failed: ValueError"):
+                await pool[0].ask(("no such message",))
+            assert await pool[1].ask(("build", [], {}, 60.0)) == []
+        return pids
+
+    for pid in asyncio.run(run()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import os
 import pickle
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from imgsave.adapters.runlog.bulk_reader import Setup, Task, run_task
 from imgsave.core.documents import SceneRef, Shape
 from imgsave.core.log_diff import Diff, diff_project
 from imgsave.core.log_history import SceneHistory, build, load_tuples
+from imgsave.errors import CannotWork
 
 
 class Worker(Protocol):
@@ -98,12 +100,16 @@ class _Process:
             except (asyncio.IncompleteReadError, ConnectionError):
                 ok, answer = False, f"exited ({self._proc.returncode})"
         if not ok:
-            raise RuntimeError(f"an audit worker process failed: {answer}")
+            raise CannotWork(f"an audit worker process failed: {answer}")
         return answer
 
-    async def stop(self) -> None:
+    async def stop(self, *, now: bool) -> None:
+        """Close its stdin (it exits when done with what it has); `now`: kill it, as when the
+        audit failed or was interrupted and nothing it would answer is wanted."""
         if self._proc.stdin is not None:
             self._proc.stdin.close()
+        if self._proc.returncode is None and now:
+            self._proc.kill()
         try:
             await asyncio.wait_for(self._proc.wait(), 10)
         except TimeoutError:
@@ -118,6 +124,7 @@ async def workers(count: int) -> AsyncIterator[list[Worker]]:
         yield [Local()]
         return
     started: list[_Process] = []
+    failed = True
     try:
         for _ in range(count):
             proc = await asyncio.create_subprocess_exec(
@@ -130,8 +137,9 @@ async def workers(count: int) -> AsyncIterator[list[Worker]]:
             _wide_pipe(proc.stdin)
             started.append(_Process(proc))
         yield list(started)
+        failed = False
     finally:
-        await asyncio.gather(*(worker.stop() for worker in started))
+        await asyncio.gather(*(worker.stop(now=failed) for worker in started))
 
 
 def _wide_pipe(stream: asyncio.StreamWriter | None) -> None:
@@ -154,6 +162,9 @@ def cores() -> int:
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """A worker's life: answer messages until its parent closes stdin."""
+    # Ctrl-C reaches the whole process group: the parent stops the audit and closes this
+    # worker's stdin; the worker itself has nothing to say about it (no traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     handler = _Handler()
     while len(head := stdin.read(8)) == 8:
         message = pickle.loads(stdin.read(int.from_bytes(head, "little")))
