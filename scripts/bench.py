@@ -6,7 +6,8 @@
     python scripts/bench.py --readme          # the table in docs/performance.md, from the JSON
 
 Needs a PostgreSQL server and pgbench: IMGSAVE_BENCH_DATABASE_URL (default
-postgresql://postgres@127.0.0.1:5432/postgres). Creates and drops a database `imgsave_bench`.
+postgresql://postgres@127.0.0.1:5432/postgres). Creates and drops a database `imgsave_bench`
+(IMGSAVE_BENCH_DB names another, for checkouts that share a server).
 Results go to scripts/bench-results.json; `--readme` rewrites the table between the markers in
 docs/performance.md from it, so the table always shows one run's numbers, as measured.
 """

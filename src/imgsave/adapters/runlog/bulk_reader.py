@@ -105,8 +105,8 @@ def plan(files: Sequence[Path], range_bytes: int = RANGE_BYTES) -> list[Task]:
 
 def bucket(project: str, partitions: int) -> int:
     """The partition of a project's lines. Case is folded so that the spellings of one uuid
-    key share a partition (the key is normalised after the split); `spill_names` says when
-    another spelling (braces, zeros) was seen."""
+    key share a partition (keys are normalised after the split); `Reading.projects` lets the
+    caller see another spelling (braces, leading zeros) that falls elsewhere."""
     return zlib.crc32(project.lower().encode("utf-8", "surrogatepass")) % partitions
 
 
