@@ -164,7 +164,7 @@ def run() -> list[Result]:
             f"{FILES} rotated files, {GZIPPED} gzipped ({size_mb:.0f} MB on disk), "
             f"{PROJECTS:,} projects × {SCENES} scenes × {IMAGES} images, 1% removed",
             imgsave=f"{elapsed:.1f} s, peak {peak_mb:.0f} MB RSS ({tree_mb:.0f} MB with its "
-            f"workers); named {len(named):,} = removed {len(fixture.removed):,}",
+            f"workers, PSS); named {len(named):,} = removed {len(fixture.removed):,}",
             baseline=f"budget {BUDGET_S:.0f} s / {BUDGET_MB:.0f} MB; reading and "
             f"decompressing the files alone: {floor:.2f} s",
             ratio=BUDGET_S / elapsed,

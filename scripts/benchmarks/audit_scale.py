@@ -128,7 +128,8 @@ def run() -> list[Result]:
             benchmark=f"`audit` of imgsave's own log, {PROJECTS:,} projects × {SCENES} scenes, "
             f"{lines:,} lines ({size_mb:.0f} MB)",
             imgsave=f"{elapsed:.1f} s, peak {peak_mb:.0f} MB RSS ({tree_mb:.0f} MB with its "
-            f"workers); named {len(lost):,} lost = removed, {len(stale):,} stale = regenerated",
+            f"workers, PSS); named {len(lost):,} lost = removed, "
+            f"{len(stale):,} stale = regenerated",
             baseline=f"budget {BUDGET_S:.0f} s / {BUDGET_MB:.0f} MB",
             ratio=BUDGET_S / elapsed,
             goal=f"≥ 1 (time); ≤ {BUDGET_MB:.0f} MB",

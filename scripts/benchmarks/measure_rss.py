@@ -4,9 +4,9 @@
 
 A process of its own, small, because a child's high-water mark (ru_maxrss) starts from
 whatever its parent had mapped when it forked. ru_maxrss is the largest single process (the
-command or a child it waited for); with --tree a second number follows: the peak of the RSS of
-the command and all its descendants added up, sampled every 20 ms (what the machine had to
-hold at once when the command runs worker processes).
+command or a child it waited for); with --tree a second number follows: the peak of the memory
+the command and all its descendants held at once (their proportional set sizes added up, so
+that a library they share counts once), sampled every 20 ms.
 """
 
 from __future__ import annotations
@@ -18,19 +18,20 @@ import threading
 from pathlib import Path
 
 
-def _tree_rss(root: int) -> int:
-    """KiB resident in `root` and every process below it (read from /proc, tree only)."""
+def _tree_pss(root: int) -> int:
+    """KiB of memory `root` and every process below it hold: their proportional set sizes
+    (a page two of them share, such as a library's, counted half in each), from /proc."""
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
             for task in Path(f"/proc/{pid}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue  # it ended meanwhile
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
                 total += int(line.split()[1])
     return total
 
@@ -47,7 +48,7 @@ def main() -> int:
 
         def sample() -> None:
             while not done.wait(0.02):
-                peak[0] = max(peak[0], _tree_rss(proc.pid))
+                peak[0] = max(peak[0], _tree_pss(proc.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         if tree:

@@ -56,6 +56,9 @@ BATCH = 500
 # False: read the logs line by line in this process (the reference the tests hold the bulk
 # path to), not by `bulk_reader` in worker processes.
 BULK = True
+# The bulk path's partitions per line-by-line one (about 24 MB of log each): each worker holds
+# one partition's history at a time, and more of them keep every worker busy to the end.
+BULK_PARTITIONS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +302,10 @@ async def _logs_against_documents(
         async with workers(count) as pool:
             with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as folder:
                 stats = ReadStats()
-                # Smaller partitions than line by line: each worker holds one, and more of
-                # them keep both workers busy to the end.
+                partitions *= BULK_PARTITIONS
                 reading = await read_all(
-                    files, query, stats, partitions=partitions * 4, folder=folder, workers=pool
+                    files, query, stats, partitions=partitions, folder=folder, workers=pool
                 )
-                partitions *= 4
                 keys = {p: k for p in reading.projects if (k := db.normalise_key(p)) and k != p}
                 if all(bucket(k, partitions) == bucket(p, partitions) for p, k in keys.items()):
                     report.stats.add(stats)

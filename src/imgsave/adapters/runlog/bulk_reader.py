@@ -47,7 +47,7 @@ BLOCK = MAX_LINE_BYTES  # a whole line longer than this starts in the block befo
 RANGE_BYTES = 16 << 20
 _OWN = OWN_PREFIX.encode()
 # Sightings a task holds per partition before writing them (a worker holds partitions times this).
-SPILL_CHUNK = 1024
+SPILL_CHUNK = 512
 fromisoformat = datetime.fromisoformat
 
 
