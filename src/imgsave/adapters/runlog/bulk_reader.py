@@ -72,6 +72,7 @@ class Setup:
     only_projects: frozenset[str]
     partitions: int
     folder: str
+    own_db: str | None = None
 
 
 @dataclass
@@ -255,6 +256,7 @@ class _Parser:
             project=setup.project,
             allow_http=setup.allow_http,
             only_projects=setup.only_projects,
+            own_db=setup.own_db,
         )
         self.matcher: Matcher | None = None
         self.regex: _Regexp | None = None
@@ -415,7 +417,7 @@ class _Parser:
                 known = buckets[project] = (bucket(project, partitions), project)
             part, project = known  # one str per project, shared by its records
             buffer = buffers[part]
-            buffer.append((project, scene, scene_id, url, run, ts, True, ()))
+            buffer.append((project, scene, scene_id, url, run, ts, True, (), False))
             if len(buffer) >= SPILL_CHUNK:
                 flush(part)
         stats.pattern_lines += len(lines) - own
@@ -629,6 +631,7 @@ async def read_all(
         only_projects=query.only_projects,
         partitions=partitions,
         folder=folder,
+        own_db=query.own_db,
     )
     tasks = plan(files, range_bytes)
     results: list[TaskResult | None] = [None] * len(tasks)
