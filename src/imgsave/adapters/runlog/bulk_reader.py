@@ -271,19 +271,23 @@ class _Parser:
         # uses it invalid: the reference path says so line by line.
         self.fast = self.regex is not None and _storable(setup.project or "")
 
-    def run(self, index: int, task: Task) -> TaskResult:
-        result = TaskResult(ReadStats(), spilled=[False] * self.setup.partitions)
-        out = _Spill(self.setup, index, result)
+    def run(self, index: int, tasks: Sequence[Task]) -> list[TaskResult]:
+        """A group of tasks (`index` is its first's), each with its own counts, their
+        sightings in one spill (the first result names its files)."""
+        results = [TaskResult(ReadStats()) for _ in tasks]
+        results[0].spilled = [False] * self.setup.partitions
+        out = _Spill(self.setup, index, results[0])
         try:
-            for block, complete in _blocks(task, result):
-                text = _clean(block) if complete and self.fast else None
-                if text is not None:
-                    self._fast_block(block, text, result, out)
-                else:
-                    self._each_line(block, complete, result, out)
+            for task, result in zip(tasks, results, strict=True):
+                for block, complete in _blocks(task, result):
+                    text = _clean(block) if complete and self.fast else None
+                    if text is not None:
+                        self._fast_block(block, text, result, out)
+                    else:
+                        self._each_line(block, complete, result, out)
         finally:
             out.close()
-        return result
+        return results
 
     def _each_line(self, block: bytes, complete: bool, result: TaskResult, out: _Spill) -> None:
         """The reference path, line by line."""
@@ -604,7 +608,7 @@ class Reading:
 
 
 class Asker(Protocol):
-    """A worker (workers.py): answers ("parse", Setup, index, Task) with a TaskResult."""
+    """A worker (workers.py): answers ("parse", Setup, index, [Task]) with a TaskResult each."""
 
     async def ask(self, message: tuple[Any, ...]) -> Any: ...
 
@@ -634,13 +638,16 @@ async def read_all(
         own_db=query.own_db,
     )
     tasks = plan(files, range_bytes)
+    groups = _grouped(tasks, range_bytes)
     results: list[TaskResult | None] = [None] * len(tasks)
-    queue = sorted(range(len(tasks)), key=lambda n: -task_bytes(tasks[n]))
+    queue = sorted(groups, key=lambda group: -sum(task_bytes(tasks[n]) for n in group))
 
     async def take(worker: Asker) -> None:
         while queue:
-            n = queue.pop(0)
-            results[n] = await worker.ask(("parse", setup, n, tasks[n]))
+            group = queue.pop(0)
+            answers = await worker.ask(("parse", setup, group[0], [tasks[n] for n in group]))
+            for n, answer in zip(group, answers, strict=True):
+                results[n] = answer
 
     await asyncio.gather(*(take(worker) for worker in workers))
     stats.files += len(files)
@@ -654,6 +661,25 @@ async def read_all(
             if written:
                 parts[part].append(spill_name(folder, n, part))
     return Reading(parts, projects)
+
+
+def _grouped(tasks: Sequence[Task], range_bytes: int) -> list[list[int]]:
+    """The tasks in groups a worker reads in one go: consecutive whole files up to about
+    `range_bytes` together (a month of cron runs is thousands of small logs: one spill file
+    per partition per log would cost more than reading them), a range of a file alone."""
+    groups: list[list[int]] = []
+    size = range_bytes
+    for n, task in enumerate(tasks):
+        if not (_whole(task) and groups and size < range_bytes and _whole(tasks[groups[-1][-1]])):
+            groups.append([])
+            size = 0
+        groups[-1].append(n)
+        size += task_bytes(task)
+    return groups
+
+
+def _whole(task: Task) -> bool:
+    return task.start == 0 and task.end is None
 
 
 def work_bytes(files: Sequence[Path]) -> int:
@@ -675,9 +701,9 @@ def task_bytes(task: Task) -> int:
 _PARSERS: dict[Setup, _Parser] = {}
 
 
-def run_task(setup: Setup, index: int, task: Task) -> TaskResult:
+def run_tasks(setup: Setup, index: int, tasks: Sequence[Task]) -> list[TaskResult]:
     parser = _PARSERS.get(setup)
     if parser is None:
         _PARSERS.clear()
         parser = _PARSERS[setup] = _Parser(setup)
-    return parser.run(index, task)
+    return parser.run(index, tasks)

@@ -6,7 +6,8 @@ over its stdin and answering each over its stdout (pickle frames: its only peer 
 that started it). `Local` answers the same messages in the calling process, for small audits.
 The messages:
 
-- ("parse", Setup, index, Task) -> TaskResult: read one task of the logs (`bulk_reader`);
+- ("parse", Setup, index, [Task]) -> [TaskResult]: read a group of the logs' tasks
+  (`bulk_reader`);
 - ("build", spill files, {raw project: key}, run gap) -> the partition's projects, sorted:
   its log history, kept for the diffs that follow (`log_history.build`);
 - ("diff", projects, {project: document}, Shape) -> Diff: those projects' logged URLs against
@@ -27,7 +28,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
-from imgsave.adapters.runlog.bulk_reader import Setup, Task, run_task
+from imgsave.adapters.runlog.bulk_reader import Setup, Task, run_tasks
 from imgsave.core.documents import SceneRef, Shape
 from imgsave.core.log_diff import Diff, diff_project
 from imgsave.core.log_history import SceneHistory, build, load_tuples
@@ -47,8 +48,8 @@ class _Handler:
     def handle(self, message: tuple[Any, ...]) -> Any:
         kind, *args = message
         if kind == "parse":
-            setup, index, task = args
-            return run_task(cast(Setup, setup), index, cast(Task, task))
+            setup, index, tasks = args
+            return run_tasks(cast(Setup, setup), index, cast(list[Task], tasks))
         if kind == "build":
             paths, keys, run_gap = args
             self.logged = {}  # the last partition's, freed before this one is built
