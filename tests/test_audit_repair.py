@@ -186,13 +186,13 @@ def test_deleted_scenes_and_projects_are_orphaned_and_never_written(cli, rows, l
         )
         + "\n"
     )
-    audit = cli("audit", "--json")
+    audit = cli("audit", "--log", str(log_dir), "--json")
     assert audit.code == 0
     assert urls_of(audit.json()["orphaned"]) == {
         "https://img.test/deleted-scene",
         "https://img.test/deleted-proj",
     }
-    repaired = cli("repair", "--execute", "--json")
+    repaired = cli("repair", "--log", str(log_dir), "--execute", "--json")
     assert repaired.code == 0 and repaired.json()["repaired"] == 0
     assert rows.text("p1") == before
 
@@ -252,9 +252,9 @@ def test_check_urls_marks_dead_urls_expired_and_regenerate_replaces_them(cli, ro
             )
             + "\n"
         )
-        unchecked = cli("audit", "--allow-http", "--json").json()
+        unchecked = cli("audit", "--log", str(log_dir), "--allow-http", "--json").json()
         assert len(unchecked["lost"]) == 3
-        checked = cli("audit", "--allow-http", "--check-urls", "--json")
+        checked = cli("audit", "--log", str(log_dir), "--allow-http", "--check-urls", "--json")
         assert checked.code == 1
         report = checked.json()
         assert urls_of(report["lost"]) == {alive}
@@ -262,7 +262,10 @@ def test_check_urls_marks_dead_urls_expired_and_regenerate_replaces_them(cli, ro
         assert report["summary"]["expired"] == 2
 
         env = {"IMGSAVE_BASE_URL": host.base_url}
-        plain = cli("repair", "--allow-http", "--check-urls", "--execute", "--json", env=env)
+        plain = cli(
+            "repair", "--log", str(log_dir), "--allow-http", "--check-urls", "--execute", "--json",
+            env=env,
+        )  # fmt: skip
         assert plain.code == 1
         assert (plain.json()["repaired"], plain.json()["remaining"]) == (1, 2)
         assert stored_urls(rows, "p1") == {alive}
@@ -270,8 +273,9 @@ def test_check_urls_marks_dead_urls_expired_and_regenerate_replaces_them(cli, ro
         # The first regeneration answer is unreadable: a retry the provider may have billed.
         host.faults = lambda n: "garbage" if n == 1 else "ok"
         redo = cli(
-            "repair", "--allow-http", "--check-urls", "--execute", "--regenerate", "--json", env=env
-        )
+            "repair", "--log", str(log_dir), "--allow-http", "--check-urls", "--execute",
+            "--regenerate", "--json", env=env,
+        )  # fmt: skip
         assert redo.code == 0, redo.stderr
         out = redo.json()
         assert out["possibly_billed_retries"] == 1 and out["usage"]["total_tokens"] == 2 * 1068
@@ -280,7 +284,7 @@ def test_check_urls_marks_dead_urls_expired_and_regenerate_replaces_them(cli, ro
         assert [len(held[i]) for i in (1, 2, 3)] == [1, 1, 1]
         assert gone not in held[2] and forbidden not in held[3]
         # The scenes moved on: their expired URLs are now from an older run.
-        final = cli("audit", "--allow-http", "--check-urls", "--json")
+        final = cli("audit", "--log", str(log_dir), "--allow-http", "--check-urls", "--json")
         assert final.code == 0, final.stdout
         assert urls_of(final.json()["stale"]) == {gone, forbidden}
 
@@ -295,14 +299,14 @@ def test_a_second_repair_exits_4_while_one_is_running(cli, rows, log_dir, db_url
     (tmp_path / "imgsave.toml").write_text("[database]\nlock_timeout = 30\n")
     with psycopg.connect(db_url) as holder, psycopg.connect(db_url, autocommit=True) as watch:
         holder.execute("SELECT 1 FROM projects WHERE id = 'p1' FOR UPDATE")
-        first = spawn(["repair", "--execute", "--json"], env, tmp_path)
+        first = spawn(["repair", "--log", str(log_dir), "--execute", "--json"], env, tmp_path)
 
         wait_for(lambda: imgsave_waits_for_a_lock(watch))
-        second = cli("repair", "--execute", "--json")
+        second = cli("repair", "--log", str(log_dir), "--execute", "--json")
         assert second.code == 4, second.stderr
         assert "another imgsave repair is running" in second.stderr
         assert second.json()["exit_code"] == 4
-        dry = cli("repair", "--json")
+        dry = cli("repair", "--log", str(log_dir), "--json")
         assert dry.code == 1, "a dry run takes no lock"
         holder.rollback()
     out, err = first.communicate(timeout=60)

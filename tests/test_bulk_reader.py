@@ -215,7 +215,7 @@ def _bulk(
 def logs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("logs")
     write_logs(folder)
-    return expand_paths([str(folder)], folder / "none")
+    return expand_paths([str(folder)])
 
 
 @pytest.mark.parametrize("name", QUERIES)
@@ -474,7 +474,7 @@ def test_imgsave_batch_and_job_records_are_its_own_not_garbage(cli, rows, log_di
     (log_dir / "run-1.jsonl").write_text(
         "".join(json.dumps({"v": 1, "ts": stamp, "run": "r1", **r}) + "\n" for r in records)
     )
-    report = cli("audit", "--json").json()
+    report = cli("audit", "--log", str(log_dir), "--json").json()
     assert report["summary"]["lines_skipped"] == 0
     assert report["skipped"]["garbage"] == 0
     assert [f["url"] for f in report["lost"]] == ["https://img.test/a.png"]

@@ -184,10 +184,10 @@ def test_a_uuid_key_in_two_spellings_is_one_project(cli, rows, db_url, log_dir, 
         + own_line("r", "2026-11-20T10:00:00.000Z", key, 2, "https://i.test/lower")
         + "\n"
     )
-    report = cli("audit", "--json").json()
+    report = cli("audit", "--log", str(log_dir), "--json").json()
     assert {f["url"] for f in report["lost"]} == {"https://i.test/upper", "https://i.test/lower"}
     assert report["orphaned"] == [] and {f["project"] for f in report["lost"]} == {key}
-    assert cli("repair", "--execute").code == 0
+    assert cli("repair", "--log", str(log_dir), "--execute").code == 0
     with psycopg.connect(db_url) as conn:
         (doc,) = conn.execute("SELECT generated_output FROM uprojects").fetchone()
     assert [s.get("imageUrls") for s in doc["scenes"]] == [
@@ -224,16 +224,16 @@ def test_hostile_lines_and_documents_are_counted_and_the_healthy_project_still_r
         own_line("r", ts, "good", 1, "https://i.test/healthy"),
     ]
     (log_dir / "r.jsonl").write_text("\n".join(lines) + "\n")
-    audit = cli("audit", "--json")
+    audit = cli("audit", "--log", str(log_dir), "--json")
     assert audit.code == 3, audit.stderr  # one project could not be audited
     report = audit.json()
     assert [f["url"] for f in report["lost"]] == ["https://i.test/healthy"]
     assert report["summary"]["lines_skipped"] == 4
     assert report["skipped"]["invalid"] == 4
     assert any("deep" in e and "nested too deeply" in e for e in report["errors"])
-    human = cli("audit")
+    human = cli("audit", "--log", str(log_dir))
     assert human.code == 3 and "Traceback" not in human.stderr
-    fixed = cli("repair", "--execute", "--json")
+    fixed = cli("repair", "--log", str(log_dir), "--execute", "--json")
     assert fixed.code == 3
     assert fixed.json()["repaired"] == 1
     assert all_urls(rows, "good") == ["https://i.test/healthy"]
@@ -250,7 +250,7 @@ def test_a_surrogate_in_a_document_still_prints_valid_json(cli, rows, db_url, lo
     (log_dir / "r.jsonl").write_text(
         own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, "https://i.test/a") + "\n"
     )
-    ran = cli("audit", "--json")
+    ran = cli("audit", "--log", str(log_dir), "--json")
     assert ran.code == 1, ran.stderr
     assert json.loads(ran.stdout)["lost"][0]["scene_id"] == "s\ud800"
 
@@ -286,9 +286,9 @@ def test_sources_that_yield_nothing_are_errors(cli, rows, tmp_path, log_dir):
     (log_dir / "r.jsonl").write_text(
         own_line("r", "2026-11-20T10:00:00.000Z", "elsewhere", 1, "https://i.test/x") + "\n"
     )
-    wrong_db = cli("audit")
+    wrong_db = cli("audit", "--log", str(log_dir))
     assert wrong_db.code == 3 and "none of the 1 projects the logs name exists" in wrong_db.stderr
-    quiet = cli("repair", "--execute", "-q")
+    quiet = cli("repair", "--log", str(log_dir), "--execute", "-q")
     assert quiet.code == 3 and quiet.stderr
     glob = cli("audit", "--log", str(tmp_path / "none-*.log"), "--pattern", APP_LOG_PATTERN)
     assert glob.code == 2 and "matches no file" in glob.stderr
@@ -335,10 +335,12 @@ def test_a_cron_repair_with_nothing_to_do_writes_no_log_and_prune_keeps_the_wind
     old.write_text(own_line("r", "2025-01-01T00:00:00.000Z", "p1", 1, "https://i.test/a") + "\n")
     os.utime(old, (1_700_000_000, 1_700_000_000))
     (log_dir / "repair.lock").write_text("1\n")
-    assert cli("repair", "--execute").code == 0  # restores the one lost image
+    assert (
+        cli("repair", "--log", str(log_dir), "--execute").code == 0
+    )  # restores the one lost image
     files = set(log_dir.iterdir())
     for _ in range(3):
-        ran = cli("repair", "--execute", "--json")
+        ran = cli("repair", "--log", str(log_dir), "--execute", "--json")
         assert ran.code == 0 and ran.json()["repaired"] == 0
     assert set(log_dir.iterdir()) == files, "nothing to do, nothing written"
     # The lock file is not a log line.
@@ -399,11 +401,13 @@ def test_regenerating_two_expired_urls_when_one_fails_leaves_the_other_reported(
         )
         env = {"IMGSAVE_BASE_URL": host.base_url}
         args = ["--allow-http", "--check-urls", "--json"]
-        ran = cli("repair", "--execute", "--regenerate", "-c", "1", *args, env=env)
+        ran = cli(
+            "repair", "--log", str(log_dir), "--execute", "--regenerate", "-c", "1", *args, env=env
+        )
         assert ran.code == 1, ran.stderr
         out = ran.json()
         assert (out["regenerated"], out["remaining"]) == (1, 1)
-        after = cli("audit", *args, env=env).json()
+        after = cli("audit", "--log", str(log_dir), *args, env=env).json()
         # One new image stands in for exactly one dead URL; the other is still reported.
         assert len(after["expired"]) == 1 and len(after["stale"]) == 1
         assert {f["url"] for f in after["expired"] + after["stale"]} == set(dead)
@@ -451,7 +455,7 @@ def test_integer_keys_are_normalised_and_out_of_range_ones_name_no_project(
         + own_line("r", ts, "99999999999", 1, "https://i.test/too-big")
         + "\n"
     )
-    report = cli("audit", "--json")
+    report = cli("audit", "--log", str(log_dir), "--json")
     assert report.code == 1, report.stderr
     out = report.json()
     assert [(f["project"], f["url"]) for f in out["lost"]] == [("7", "https://i.test/seven")]

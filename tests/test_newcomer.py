@@ -312,6 +312,6 @@ def test_a_piped_table_keeps_each_url_whole(cli, rows, log_dir):
     url = "https://img.example/" + "long-path-segment/" * 15 + "image.png"
     log_dir.mkdir(parents=True)
     (log_dir / "r.jsonl").write_text(own_line("r", "2026-11-20T10:00:00.000Z", "p1", 1, url) + "\n")
-    ran = cli("audit", env={"COLUMNS": None})
+    ran = cli("audit", "--log", str(log_dir), env={"COLUMNS": None})
     assert ran.code == 1
     assert any(url in line for line in ran.stdout.splitlines()), ran.stdout

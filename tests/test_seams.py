@@ -136,11 +136,13 @@ def test_only_objects_provably_imgsaves_images_can_be_lost_the_rest_is_unreferen
     for key, data in planted.items():
         _put_object(s3, key, data)
     env = s3.env()
-    audit = cli("audit", "p1", "--json", "--allow-http", env=env)
+    audit = cli("audit", "--log", str(log_dir), "p1", "--json", "--allow-http", env=env)
     out = audit.json()
     assert [f["url"].rsplit("/", 1)[1] for f in out["lost"]] == [f"{digest}.png"]
     assert out["summary"]["unreferenced"] == 6
-    repaired = cli("repair", "p1", "--execute", "--json", "--allow-http", env=env)
+    repaired = cli(
+        "repair", "--log", str(log_dir), "p1", "--execute", "--json", "--allow-http", env=env
+    )
     assert repaired.code == 0, repaired.stderr
     assert rows.urls("p1")[2] == [f"{s3.public_url}/scenes/p1/2/{digest}.png"]
 
@@ -189,7 +191,7 @@ def test_scene_id_2_and_the_idless_scene_at_index_2_never_share_a_folder(
     assert key != other and key.split("/")[2] == "2"
     asyncio.run(store.put(key, image))
     s3.configure()
-    out = cli("audit", "p1", "--json", "--allow-http", env=s3.env()).json()
+    out = cli("audit", "--log", str(log_dir), "p1", "--json", "--allow-http", env=s3.env()).json()
     assert [(f["scene"], f["scene_id"]) for f in out["lost"]] == [(2, None)]
     assert hashlib.sha256(image.data).hexdigest() in out["lost"][0]["url"]
 

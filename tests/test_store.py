@@ -308,17 +308,24 @@ def test_audit_with_a_store_finds_an_object_put_and_never_logged_and_repair_save
         **s3.env(),
     }
     s3.configure()
-    audit = cli("audit", "p1", "--json", "--allow-http", env=env)
+    audit = cli("audit", "--log", str(log_dir), "p1", "--json", "--allow-http", env=env)
     assert audit.code == 1, audit.stderr
     lost, orphaned = audit.json()["lost"], audit.json()["orphaned"]
     assert [(f["scene"], f["url"].rsplit("/", 1)[1]) for f in lost] == [
         (2, f"{crashed.sha256}.png")
     ]
     assert [f["url"].rsplit("/", 1)[1] for f in orphaned] == [f"{gone.sha256}.png"]
-    repaired = cli("repair", "p1", "--execute", "--json", "--allow-http", env=env)
+    repaired = cli(
+        "repair", "--log", str(log_dir), "p1", "--execute", "--json", "--allow-http", env=env
+    )
     assert repaired.code == 0 and repaired.json()["repaired"] == 1, repaired.stderr
     assert rows.urls("p1")[2] == [lost[0]["url"]]
-    assert cli("audit", "p1", "--json", "--allow-http", env=env).json()["summary"]["lost"] == 0
+    assert (
+        cli("audit", "--log", str(log_dir), "p1", "--json", "--allow-http", env=env).json()[
+            "summary"
+        ]["lost"]
+        == 0
+    )
 
 
 def test_no_write_relies_on_conditional_puts_which_supabase_ignores(settings: Settings, rows):

@@ -23,13 +23,13 @@ from imgsave.adapters.postgres import embedded
 from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.adapters.runlog.writer import new_run_id
 from imgsave.commands import generate
+from imgsave.commands.audit import run_audit
 from imgsave.commands.repair import run_repair
 from imgsave.core.documents import decode, encode, scenes
 from imgsave.core.image_bytes import key_segment
 from imgsave.core.result_json import fields_json
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_FINDINGS, EXIT_OK
-from imgsave.operations.lost_images import audit
 from imgsave.operations.stop import StopSignal, sigint_stops
 from imgsave.terminal.consoles import stdout_console
 from imgsave.terminal.generate_view import GenerateResult
@@ -174,18 +174,18 @@ async def run_demo(
             f"[bold]3. imgsave audit[/] reads the route's console log ({app_log.name}) with "
             "--pattern and diffs it against the document."
         )
+        repair_settings = replace(settings, database_url=url, log_dir=log_dir)
         query = LogQuery(
             paths=(str(app_log),), pattern=APP_LOG_PATTERN, only_projects=frozenset({naive_project})
         )
-        report = await audit(db, query, log_dir=log_dir, shape=settings.shape)
+        report = (await run_audit(repair_settings, query, check_urls=False)).report
         out.print(
             f"   {len(report.lost)} lost, {report.present} present, {len(report.stale)} stale: "
             "exactly the images the route dropped.\n"
         )
         out.print("[bold]4. imgsave repair --execute[/] appends them under the same lock.")
-        repair_settings = replace(settings, database_url=url, log_dir=log_dir)
         repaired_run = await run_repair(repair_settings, query, execute=True)
-        after = await audit(db, query, log_dir=log_dir, shape=settings.shape)
+        after = (await run_audit(repair_settings, query, check_urls=False)).report
         repaired = _counts(await db.read(naive_project), settings)
         out.print(
             f"   {repaired_run.repaired} restored; a second audit finds "

@@ -12,7 +12,7 @@ from imgsave.adapters.postgres.database import Database
 from imgsave.core.result_json import FieldsResult
 from imgsave.core.settings import Settings
 from imgsave.operations.ledger_import import Imported, import_history
-from imgsave.operations.upkeep import made_ledger
+from imgsave.operations.upkeep import made_ledger, note_import
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -39,4 +39,5 @@ async def run_import(settings: Settings, paths: Sequence[str]) -> ImportResult:
             ledger, settings.resolved_log_dir(), paths, host=socket.gethostname(),
             kind=settings.provider.kind,
         )  # fmt: skip
+        await note_import(db, socket.gethostname())
     return ImportResult(**found.__dict__)

@@ -52,8 +52,9 @@ CHUNK = 4096
 _NO_TS = float("-inf")
 
 
-def partition_count(files: Sequence[Path]) -> int:
-    total = 0
+def partition_count(files: Sequence[Path], *, also: int = 0) -> int:
+    """Partitions for `files` and `also` bytes more of sightings from elsewhere (the ledger)."""
+    total = also
     for path in files:
         try:
             size = path.stat().st_size
@@ -61,6 +62,10 @@ def partition_count(files: Sequence[Path]) -> int:
             continue
         total += size * (GZIP_RATIO if path.suffix == ".gz" else 1)
     return max(1, min(MAX_PARTITIONS, total // PARTITION_BYTES + 1))
+
+
+def partition_of(project: str, partitions: int) -> int:
+    return zlib.crc32(project.encode()) % partitions
 
 
 @contextmanager
@@ -72,20 +77,21 @@ def spilled(sightings: Iterable[Sighting], partitions: int) -> Iterator[list[Pat
         buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(partitions)]
         try:
             for sighting in sightings:
-                bucket = zlib.crc32(sighting.project.encode()) % partitions
+                bucket = partition_of(sighting.project, partitions)
                 buffer = buffers[bucket]
                 buffer.append(tuple(sighting))
                 if len(buffer) >= CHUNK:
-                    _flush(buffer, handles[bucket])
+                    write_chunk(buffer, handles[bucket])
             for buffer, handle in zip(buffers, handles, strict=True):
-                _flush(buffer, handle)
+                write_chunk(buffer, handle)
         finally:
             for handle in handles:
                 handle.close()
         yield paths
 
 
-def _flush(buffer: list[tuple[Any, ...]], handle: BinaryIO) -> None:
+def write_chunk(buffer: list[tuple[Any, ...]], handle: BinaryIO) -> None:
+    """Append `buffer`'s tuples to a spill file as one chunk (`load_tuples` reads it); empty it."""
     # marshal: the fastest round trip for lists of tuples of str/int/float/None, and these
     # files never outlive this process (nor leave this Python version).
     if buffer:

@@ -1,40 +1,47 @@
-"""An audit's set-up, written once for `audit` and `repair`: the logs and the journal diffed
-against the documents (lost_images.py), then what the ledger holds that has no URL to name
-(ledger_audit.py), each read as this database (its identity), never another's."""
+"""An audit's set-up, written once for `audit` and `repair`: the ledger, the runs of this host
+not settled into it yet, the logs named and the journal, diffed against the documents
+(lost_images.py), then what the ledger holds that has no URL to name (ledger_audit.py), each
+read as this database (its identity), never another's."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.postgres.identity import read_identity
-from imgsave.adapters.postgres.ledger_rows import LedgerRows
+from imgsave.adapters.runlog import unsettled
 from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.adapters.storage.object_store import Store
 from imgsave.core.settings import Settings
 from imgsave.operations.batches import opened_api
 from imgsave.operations.ledger_audit import purchases_not_in_scenes
 from imgsave.operations.lost_images import AuditReport, audit
+from imgsave.operations.upkeep import existing_ledger, unimported
 
 
 async def audited(
     settings: Settings, db: Database, query: LogQuery, *, check_urls: bool
 ) -> AuditReport:
     db_id = await read_identity(db.connector)
+    ledger = await existing_ledger(db)
+    log_dir = settings.resolved_log_dir()
+    # imgsave's own history is the ledger; of this host's folder, only the logs of runs that
+    # may not have put all of theirs into it yet (their markers: adapters/runlog/unsettled.py).
+    own_logs = [marker.log for marker in unsettled.marked(log_dir, db_id)] if db_id else []
     report = await audit(
         db,
         replace(query, own_db=db_id),
-        log_dir=settings.resolved_log_dir(),
+        ledger=ledger,
+        own_logs=own_logs,
         shape=settings.shape,
         check_urls=check_urls,
         store=Store.from_settings(settings),
         allow_private_network=settings.allow_private_network,
     )
-    if db_id is None:
+    report.notes += await unimported(db, log_dir, socket.gethostname())
+    if ledger is None:
         return report  # no command has bought anything for this database yet
-    ledger = LedgerRows(db.connector, db_id)
-    if not await ledger.exists():
-        return report
     named = sorted({db.normalise_key(p) or p for p in query.only_projects}) or None
     async with opened_api(settings) as api:
         await purchases_not_in_scenes(ledger, report, named, api)

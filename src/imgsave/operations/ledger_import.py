@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from imgsave.adapters.postgres.ledger_rows import LedgerRows
-from imgsave.adapters.runlog.reader import expand_paths, parse_timestamp
+from imgsave.adapters.runlog.reader import expand_paths, parse_timestamp, run_logs
 from imgsave.adapters.storage import spool
 from imgsave.core import events
 from imgsave.core.documents import SceneRef
@@ -72,7 +72,7 @@ async def import_history(
     ledger does not hold yet."""
     found = Imported()
     history = _History()
-    files = expand_paths(list(paths), log_dir)
+    files = expand_paths(paths, also=run_logs(log_dir))
     for path in files:
         found.files += 1
         for record in _records(path):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import chain, count
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.postgres.journal_rows import JournalRows
+from imgsave.adapters.postgres.ledger_rows import LedgerRows, Sighted
 from imgsave.adapters.runlog.bulk_reader import PROCESS_BYTES, bucket, read_all, work_bytes
 from imgsave.adapters.runlog.reader import (
     LogQuery,
@@ -37,6 +39,7 @@ from imgsave.core.log_history import (
     build,
     load,
     partition_count,
+    partition_of,
     spilled,
 )
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
@@ -48,9 +51,8 @@ from imgsave.errors import (
     ImgsaveError,
     UsageError,
 )
-
-if TYPE_CHECKING:
-    pass
+from imgsave.operations import ledger_sightings
+from imgsave.operations.ledger_sightings import ROW_BYTES
 
 BATCH = 500
 # False: read the logs line by line in this process (the reference the tests hold the bulk
@@ -105,6 +107,8 @@ class AuditReport:
     oldest_evidence: float | None = field(default=None, metadata=NOT_IN_JSON)
     # Scenes that hold no image and were never logged: candidates for --regenerate.
     empty_scenes: list[tuple[str, SceneRef]] = field(default_factory=list, metadata=NOT_IN_JSON)
+    # What the operator should know about the sources (on stderr): run logs audit did not read.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -118,7 +122,7 @@ class AuditReport:
         return sum(job["state"] == "lost" for job in self.jobs)
 
     def stderr_lines(self) -> list[str]:
-        return []
+        return self.notes
 
     def summary(self) -> dict[str, int]:
         return {
@@ -145,7 +149,8 @@ async def audit(
     db: Database,
     query: LogQuery,
     *,
-    log_dir: Path,
+    ledger: LedgerRows | None = None,
+    own_logs: Sequence[Path] = (),
     shape: Shape,
     check_urls: bool = False,
     store: Store | None = None,
@@ -153,12 +158,12 @@ async def audit(
 ) -> AuditReport:
     stats = ReadStats()
     report = AuditReport(stats)
-    files = expand_paths(query.paths, log_dir)
+    files = expand_paths(query.paths, also=own_logs)
     named = {db.normalise_key(p) or p: p for p in query.only_projects}
     query = replace(query, only_projects=frozenset(named))
     journal = await _journal(db, query, report) if query.journal else {}
     marks = _marks(report)
-    seen, found = await _logs_against_documents(db, files, query, shape, report, journal)
+    seen, found = await _logs_against_documents(db, files, ledger, query, shape, report, journal)
     _in_project_order(report, marks)
     # Projects only the journal names.
     seen.update(journal)
@@ -278,29 +283,42 @@ async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdic
 async def _logs_against_documents(
     db: Database,
     files: list[Path],
+    ledger: LedgerRows | None,
     query: LogQuery,
     shape: Shape,
     report: AuditReport,
     journal: Verdicts,
 ) -> tuple[set[str], int]:
-    """Classify every URL the logs name; return the projects they name and how many of those
-    exist.
+    """Classify every URL the logs and the ledger name; return the projects they name and how
+    many of those exist.
 
     The logs are read by `bulk_reader` (bytes, a literal before the pattern) in worker
-    processes, one per core, into partitions of projects; each partition's history is built
-    and diffed against its documents in a worker too, while this process reads the next
-    documents from the database. Should the logs spell one project's key in two ways that fall
-    in two partitions (a uuid in braces and without), they are read again line by line, where
-    keys are normalised before the split.
+    processes, one per core, into partitions of projects, and the ledger's rows are spilled
+    into the same partitions; each partition's history is built and diffed against its
+    documents in a worker too, while this process reads the next documents from the database.
+    Should the logs spell one project's key in two ways that fall in two partitions (a uuid in
+    braces and without), they are read again line by line, where keys are normalised before
+    the split.
     """
-    partitions = partition_count(files)
+    projects = sorted(query.only_projects) or None
+    since = query.since.timestamp() if query.since else None
+    sighted = await ledger.sighted(projects, since) if ledger else Sighted(0, None)
+    partitions = partition_count(files, also=sighted.rows * ROW_BYTES)
     gap = query.run_gap.total_seconds()
     seen: set[str] = set()
     found = 0
-    if BULK:
-        count = cores() if work_bytes(files) >= PROCESS_BYTES else 1
-        async with workers(count) as pool:
-            with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as folder:
+    big = work_bytes(files) + sighted.rows * ROW_BYTES >= PROCESS_BYTES
+    with tempfile.TemporaryDirectory(prefix="imgsave-audit-") as folder:
+        if BULK and ledger and not files and not journal:
+            # The ledger alone (audit from cron): its rows come a project after another, in
+            # partitions that are diffed while the next are read.
+            async with workers(cores() if big else 1) as pool:
+                rows = max(1, sighted.rows // (partitions * BULK_PARTITIONS))
+                ordered = ledger_sightings.by_project(ledger, projects, since, Path(folder), rows)
+                _older(report.stats, sighted)
+                return await _diff_partitions(db, ordered, {}, gap, shape, report, pool)
+        if BULK:
+            async with workers(cores() if big else 1) as pool:
                 stats = ReadStats()
                 partitions *= BULK_PARTITIONS
                 reading = await read_all(
@@ -308,27 +326,59 @@ async def _logs_against_documents(
                 )
                 keys = {p: k for p in reading.projects if (k := db.normalise_key(p)) and k != p}
                 if all(bucket(k, partitions) == bucket(p, partitions) for p, k in keys.items()):
+                    own = await _ledger_parts(ledger, projects, since, partitions, folder, bucket)
+                    parts = _joined(reading.parts, own, sighted, stats)
                     report.stats.add(stats)
                     if not journal:
-                        return await _diff_partitions(
-                            db, reading.parts, keys, gap, shape, report, pool
-                        )
-                    for part_files in reading.parts:
+                        return await _diff_partitions(db, parts, keys, gap, shape, report, pool)
+                    for part_files in parts:
                         logged = build(renamed(part_files, keys), gap)
                         overlay(logged, journal)
                         seen.update(logged)
                         found += await _classify_all(db, logged, shape, report)
                     return seen, found
-    stats = ReadStats()
-    sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
-    with spilled(sightings, partitions) as parts:
-        report.stats.add(stats)
-        for part in parts:
-            logged = build(load(part), gap)
-            overlay(logged, journal)
-            seen.update(logged)
-            found += await _classify_all(db, logged, shape, report)
+        stats = ReadStats()
+        sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
+        own = await _ledger_parts(ledger, projects, since, partitions, Path(folder), partition_of)
+        with spilled(sightings, partitions) as logs:
+            parts = _joined([[p] for p in logs], own, sighted, stats)
+            report.stats.add(stats)
+            for part_files in parts:
+                logged = build(chain.from_iterable(map(load, part_files)), gap)
+                overlay(logged, journal)
+                seen.update(logged)
+                found += await _classify_all(db, logged, shape, report)
     return seen, found
+
+
+async def _ledger_parts(
+    ledger: LedgerRows | None,
+    projects: Sequence[str] | None,
+    since: float | None,
+    partitions: int,
+    folder: str | Path,
+    place: Callable[[str, int], int],
+) -> list[Path | None]:
+    if ledger is None:
+        return [None] * partitions
+    return await ledger_sightings.spill(
+        ledger, projects, since, partitions=partitions, folder=Path(folder), place=place
+    )
+
+
+def _joined(
+    logs: list[list[Path]], own: list[Path | None], sighted: Sighted, stats: ReadStats
+) -> list[list[Path]]:
+    """Each partition's log files and then its ledger file."""
+    _older(stats, sighted)
+    parts = zip(logs, own, strict=True)
+    return [[*files, *([mine] if mine else [])] for files, mine in parts]
+
+
+def _older(stats: ReadStats, sighted: Sighted) -> None:
+    """The ledger's oldest row is evidence as old as a log line (audit --store)."""
+    if sighted.oldest is not None and (stats.oldest is None or sighted.oldest < stats.oldest):
+        stats.oldest = sighted.oldest
 
 
 def _marks(report: AuditReport) -> tuple[int, ...]:
@@ -357,36 +407,49 @@ _Batch = tuple[int, list[str], Diff]
 
 async def _diff_partitions(
     db: Database,
-    parts: list[list[Path]],
+    parts: Iterable[list[Path]] | AsyncIterator[list[Path]],
     keys: dict[str, str],
     gap: float,
     shape: Shape,
     report: AuditReport,
     pool: list[Worker],
 ) -> tuple[set[str], int]:
-    """Each partition built and diffed by the next free worker; the findings added to the
-    report in partition order, as if one process had done them one after another."""
-    answers: list[tuple[list[str], list[_Batch]]] = [([], []) for _ in parts]
-    queue = list(range(len(parts)))
+    """Each partition built and diffed by the next free worker, as soon as it is there (the
+    ledger's are written while the first are diffed); the findings added to the report in
+    partition order, as if one process had done them one after another."""
+    answers: dict[int, tuple[list[str], list[_Batch]]] = {}
+    source = aiter(parts) if isinstance(parts, AsyncIterator) else _async(parts)
+    taking = asyncio.Lock()
+    counter = count()
 
     async def serve(worker: Worker) -> None:
-        while queue:
-            part = queue.pop(0)
-            projects = await worker.ask(("build", parts[part], keys, gap))
-            answers[part] = (projects, await _diff_batches(db, worker, projects, shape))
+        while True:
+            async with taking:
+                files = await anext(source, None)
+                number = next(counter)
+            if files is None:
+                return
+            projects = await worker.ask(("build", files, keys, gap))
+            answers[number] = (projects, await _diff_batches(db, worker, projects, shape))
 
     async with asyncio.TaskGroup() as group:
         for worker in pool:
             group.create_task(serve(worker))
     seen: set[str] = set()
     found = 0
-    for projects, batches in answers:
+    for number in sorted(answers):
+        projects, batches = answers[number]
         seen.update(projects)
         for existing, errors, diff in batches:
             found += existing
             report.errors += errors
             _take(diff, report)
     return seen, found
+
+
+async def _async(parts: Iterable[list[Path]]) -> AsyncIterator[list[Path]]:
+    for files in parts:
+        yield files
 
 
 async def _diff_batches(

@@ -16,11 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from imgsave.adapters.postgres.database import Database
-from imgsave.adapters.postgres.identity import ensure_identity, read_identity
+from imgsave.adapters.postgres.identity import (
+    ensure_identity,
+    read_identity,
+    read_note,
+    write_note,
+)
 from imgsave.adapters.postgres.install import new_identity
 from imgsave.adapters.postgres.journal_rows import JournalRows
 from imgsave.adapters.postgres.ledger_rows import LedgerRows
 from imgsave.adapters.runlog import unsettled
+from imgsave.adapters.runlog.reader import logs_before_the_ledger
 from imgsave.adapters.runlog.writer import SUFFIX
 from imgsave.errors import CannotWork
 
@@ -37,6 +43,30 @@ async def made_ledger(db: Database) -> LedgerRows:
     ledger = LedgerRows(db.connector, await ensure_identity(db.connector))
     await ledger.ensure_table()
     return ledger
+
+
+def _imported(host: str) -> str:
+    return f"imported:{host}"
+
+
+async def note_import(db: Database, host: str) -> None:
+    """`ledger import` ran on `host`: its logs from before the ledger are in it."""
+    await write_note(db.connector, _imported(host), datetime.now(UTC).isoformat())
+
+
+async def unimported(db: Database, log_dir: Path, host: str) -> list[str]:
+    """A note for audit, where this host's log folder holds logs from before the ledger that
+    no `ledger import` on this host took into this database: audit reads the ledger alone."""
+    if await read_note(db.connector, _imported(host)) is not None:
+        return []
+    count = await asyncio.to_thread(logs_before_the_ledger, log_dir)
+    if not count:
+        return []
+    return [
+        f"{count} run log(s) in {log_dir} are from before the ledger, and audit reads the "
+        "ledger: `imgsave ledger import` takes what they hold into it, once (or name the "
+        "folder with --log)"
+    ]
 
 
 @dataclass

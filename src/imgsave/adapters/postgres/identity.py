@@ -11,7 +11,7 @@ from imgsave.adapters.postgres.connector import Connector
 from imgsave.adapters.postgres.install import META, meta_table
 from imgsave.errors import CannotWork
 
-_READ = "SELECT value FROM {meta} WHERE key = 'database_id'"
+_READ = "SELECT value FROM {meta} WHERE key = %s"
 
 
 async def ensure_identity(connector: Connector) -> str:
@@ -39,10 +39,25 @@ async def ensure_identity(connector: Connector) -> str:
 
 async def read_identity(connector: Connector) -> str | None:
     """The identity, or None where no command has made it yet (audit reads without writing)."""
+    return await read_note(connector, "database_id")
+
+
+async def read_note(connector: Connector, key: str) -> str | None:
+    """A value imgsave keeps beside the identity, or None."""
     table = connector.table(META)
     if not await connector.table_exists(table, "look for imgsave's identity table"):
         return None
-    rows, _ = await connector.run(
-        "read this database's identity", sql.SQL(_READ).format(meta=table)
-    )
+    rows, _ = await connector.run("read imgsave's notes", sql.SQL(_READ).format(meta=table), (key,))
     return str(rows[0][0]) if rows else None
+
+
+async def write_note(connector: Connector, key: str, value: str) -> None:
+    """Keep `value` under `key` beside the identity (the table exists: ensure_identity)."""
+    await connector.run(
+        "write imgsave's notes",
+        sql.SQL(
+            "INSERT INTO {meta} (key, value) VALUES (%s, %s) ON CONFLICT (key) "
+            "DO UPDATE SET value = excluded.value, updated_at = now()"
+        ).format(meta=connector.table(META)),
+        (key, value),
+    )

@@ -7,7 +7,7 @@ its own (`imgsave sql --new-identity`) never takes another database's rows for i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from psycopg import sql
@@ -41,6 +41,13 @@ _COLUMNS = sql.SQL(
     "coalesce(extract(epoch FROM lease_until - now()), 0)::float8"
 )
 
+# The rows that name a URL the scene should hold (or held, before its scene went).
+_SIGHTED = sql.SQL(
+    "db_id = %(db)s AND url IS NOT NULL AND state IN ('stored', 'saved', 'orphaned') "
+    "AND (%(projects)s::text[] IS NULL OR project = ANY(%(projects)s::text[])) "
+    "AND (%(since)s::float8 IS NULL OR requested_at >= to_timestamp(%(since)s::float8))"
+)
+
 _KEPT = ("url", "object_key", "sha256", "bytes", "content_type", "source_url", "spool")
 _HANDLE = ("job_id", "poll_url", "result_url", "cancel_url", "batch_id", "custom_id", "input_file")
 
@@ -50,6 +57,12 @@ _ALLOWED = sql.SQL(
     "(l.state IN ('requested', 'received') OR (l.state = 'stored' AND m.state NOT IN "
     "('requested', 'received')) OR (l.state = 'lost' AND m.state IN ('stored', 'saved')))"
 )
+
+
+@dataclass(frozen=True)
+class Sighted:
+    rows: int
+    oldest: float | None
 
 
 class LedgerRows:
@@ -242,9 +255,8 @@ class LedgerRows:
                 "SELECT {columns} FROM {t} WHERE db_id = %s AND state IN {open} "
                 "AND (%s::text[] IS NULL OR project = ANY(%s::text[])) ORDER BY id"
             ).format(t=self._table, open=_OPEN, columns=_COLUMNS),
-            (self.db_id, projects if projects is None else list(projects),
-             projects if projects is None else list(projects)),
-        )  # fmt: skip
+            (self.db_id, _list(projects), _list(projects)),
+        )
         return [_purchase(row) for row in rows]
 
     async def in_state(self, state: State, projects: Sequence[str] | None = None) -> list[Purchase]:
@@ -315,20 +327,39 @@ class LedgerRows:
         )
         return [row[0] for row in rows]
 
-    def history(
-        self, projects: Sequence[str] | None = None, *, since: float | None = None
-    ) -> AsyncIterator[list[Purchase]]:
-        """Every row of this database (of these projects; requested since `since`, epoch),
-        streamed in (project, id) order: what audit reads of imgsave's own purchases."""
+    async def sighted(self, projects: Sequence[str] | None, since: float | None) -> Sighted:
+        """How many rows `sightings` gives, and when the oldest was bought (epoch seconds)."""
+        rows, _ = await self._db.run(
+            "read the ledger",
+            sql.SQL(
+                "SELECT count(*), extract(epoch FROM min(requested_at))::float8 FROM {t} WHERE {w}"
+            ).format(t=self._table, w=_SIGHTED),
+            _sighted(self.db_id, projects, since),
+        )
+        return Sighted(int(rows[0][0]), rows[0][1])
+
+    def sightings(
+        self, projects: Sequence[str] | None, since: float | None, *, by_project: bool = False
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """Every image of this database with a URL, kept or saved (of these projects; bought
+        since `since`, epoch), each row the fields of a log's sighting (core/log_history.
+        Sighting): what audit reads of imgsave's own history. Its own runs only ever add
+        (replacing is false); a rehost's copy is one image with its link. `by_project`: a
+        project's rows together (its index); else in the table's own order, the cheapest (the
+        diff orders a scene's URLs by time)."""
         return self._db.stream(
             "read the ledger",
             sql.SQL(
-                "SELECT {columns} FROM {t} WHERE db_id = %s "
-                "AND (%s::text[] IS NULL OR project = ANY(%s::text[])) "
-                "AND (%s::float8 IS NULL OR requested_at >= to_timestamp(%s::float8)) "
-                "ORDER BY project, id"
-            ).format(t=self._table, columns=_COLUMNS),
-            (self.db_id, _list(projects), _list(projects), since, since),
+                "SELECT project, scene_index, scene_id, url, run, "
+                "extract(epoch FROM requested_at)::float8, false, coalesce(replaces, '{{}}'), "
+                "mode = 'copy' FROM {t} WHERE {w}{order}"
+            ).format(
+                t=self._table,
+                w=_SIGHTED,
+                order=sql.SQL(" ORDER BY project, id" if by_project else ""),
+            ),
+            _sighted(self.db_id, projects, since),
+            binary=True,
         )
 
     async def prune(self, before: float, *, execute: bool, batch: int = 10_000) -> int:
@@ -357,6 +388,10 @@ class LedgerRows:
 
 def _list(values: Sequence[str] | None) -> list[str] | None:
     return None if values is None else list(values)
+
+
+def _sighted(db_id: str, projects: Sequence[str] | None, since: float | None) -> dict[str, Any]:
+    return {"db": db_id, "projects": _list(projects), "since": since}
 
 
 def _record(p: NewPurchase) -> dict[str, Any]:

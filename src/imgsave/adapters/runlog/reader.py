@@ -21,6 +21,7 @@ from typing import Protocol, cast
 
 import orjson
 
+from imgsave.adapters.runlog.writer import SUFFIX
 from imgsave.core import events
 from imgsave.core.log_history import Sighting
 from imgsave.core.result_json import NOT_IN_JSON
@@ -173,11 +174,30 @@ def _linear_time(pattern: str) -> Matcher:
         ) from None
 
 
-def expand_paths(paths: Iterable[str], default_dir: Path) -> list[Path]:
-    """Files named by paths, directories (all files below) and globs, and always imgsave's own
-    logs: its record of what it generated, saved and regenerated must never be left out because
-    another system's log was named (repair --regenerate would buy the same scene again)."""
-    found: list[Path] = sorted(default_dir.glob("*.jsonl")) if default_dir.is_dir() else []
+def run_logs(log_dir: Path) -> list[Path]:
+    """Every run's log in imgsave's log folder (files only: a pipe would never end)."""
+    found = sorted(log_dir.glob(f"*{SUFFIX}")) if log_dir.is_dir() else []
+    return [path for path in found if path.is_file()]
+
+
+def logs_before_the_ledger(log_dir: Path) -> int:
+    """How many run logs in imgsave's folder are from before the ledger: their first record
+    names no database. Only `imgsave ledger import` takes what they hold into the ledger."""
+    count = 0
+    for path in run_logs(log_dir):
+        try:
+            with path.open("rb") as log:
+                record = orjson.loads(log.readline())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        count += isinstance(record, dict) and "db" not in record
+    return count
+
+
+def expand_paths(paths: Iterable[str], *, also: Iterable[Path] = ()) -> list[Path]:
+    """Files named by paths, directories (all files below) and globs, and the files `also`
+    names (imgsave's own logs that are not in the ledger yet), each once."""
+    found: list[Path] = list(also)
     for spec in paths:
         path = Path(spec).expanduser()
         if any(ch in spec for ch in "*?["):
