@@ -528,3 +528,280 @@ def test_audit_and_repair_never_put_an_orphaned_image_into_a_new_scene_at_its_in
     repaired = cli("repair", "p1", "--execute", "--json")
     assert repaired.json()["repaired"] == 0, repaired.stdout
     assert rows.urls("p1")[3] == []
+
+
+# -- 8. a restored snapshot ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def snapshot(db_url: str) -> Iterator[Callable[[], str]]:
+    """`take()`: a copy of the test's database as it is now (a restored snapshot of prod)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    made: list[str] = []
+    source = conninfo_to_dict(db_url)["dbname"]
+
+    def take() -> str:
+        name = f"{source}_copy{len(made)}"
+        with psycopg.connect(make_conninfo(db_url, dbname="postgres"), autocommit=True) as c:
+            c.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(str(source))
+                )
+            )
+        made.append(name)
+        return make_conninfo(db_url, dbname=name)
+
+    yield take
+    with psycopg.connect(make_conninfo(db_url, dbname="postgres"), autocommit=True) as c:
+        for name in made:
+            c.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not built: `imgsave sql --new-identity --apply` (commands/sql.py has no such "
+    "option; the meta table's database_id is made once and never changed), so a restored "
+    "copy keeps prod's identity and takes prod's batches for its own",
+)
+def test_a_restored_copy_given_its_own_identity_leaves_prods_batches_alone(
+    cli, rows, db_url, snapshot, tmp_path: Path, config: Path
+):
+    """Item 8: a copy of prod restored from a snapshot (same identity, same ledger rows) is
+    given its own identity as the docs say; from then on it lists, counts, cancels and
+    collects none of prod's batches, and prod collects its own. On 39b373d the copy listed
+    and collected prod's batch into its own documents, then exited 3."""
+    from .conftest import Rows
+
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        env = batch_env(api, tmp_path, db_url)
+        (batch_id,) = cli(*BATCH, env=env).json()["batches"]["submitted"]
+        copy = snapshot()
+        on_copy = env | {"IMGSAVE_DATABASE_URL": copy}
+        renamed = cli("sql", "--new-identity", "--apply", env=on_copy)
+        assert renamed.code == 0, renamed.stdout + renamed.stderr
+        api.batches.seconds = 0  # prod's batch finishes
+        listed = cli("batches", "--json", env=on_copy)
+        assert (listed.code, listed.json()["batches"]) == (0, []), listed.stdout
+        assert cli("batches", "cancel", batch_id, env=on_copy).code == 2
+        audit = cli("audit", "--json", env=on_copy)
+        assert audit.json()["summary"]["uncollected"] == 0, audit.stdout
+        collected = cli(*BATCH, env=on_copy)
+        assert collected.json()["batches"]["collected"] == [], collected.stdout
+        assert filled(Rows(copy), "p1") == [0, 0, 0], "prod's batch collected into the copy"
+        assert api.batches.batches[batch_id]["status"] == "completed"
+        prod = cli(*BATCH, env=env)
+        assert prod.json()["batches"]["collected"] == [batch_id], prod.stdout
+    assert filled(rows, "p1") == [1, 1, 1]
+
+
+# -- 9. batch output lines checked against the batch's input ----------------------------------
+
+
+def _finished(api: LoopbackProvider, batch_id: str) -> dict:
+    """The batch, finished now (as if it had been created two hours ago), its output written."""
+    batch = api.batches.batches[batch_id]
+    batch["_started"] -= 7200
+    api.batches.get(f"/v1/batches/{batch_id}")
+    return batch
+
+
+def _output_lines(api: LoopbackProvider, batch: dict) -> list[dict]:
+    return [json.loads(line) for line in api.batches.contents[batch["output_file_id"]].splitlines()]
+
+
+def _write_output(api: LoopbackProvider, batch: dict, lines: list[dict | bytes]) -> None:
+    api.batches.contents[batch["output_file_id"]] = b"".join(
+        line if isinstance(line, bytes) else json.dumps(line).encode() + b"\n" for line in lines
+    )
+
+
+def _answer(api: LoopbackProvider, custom_id: str) -> dict:
+    """An output line answering `custom_id` with a new image (one the provider made)."""
+    body = api._batch_image()
+    return {"id": "batch_req_forged", "custom_id": custom_id, "error": None,
+            "response": {"status_code": 200, "request_id": "req_forged", "body": body}}  # fmt: skip
+
+
+def test_a_batch_line_naming_a_scene_the_batch_did_not_ask_for_is_refused(
+    cli, rows, tmp_path: Path, config: Path
+):
+    """Item 9: batch A's output holds a line whose custom_id is one of batch B's (p2's scene,
+    B still running). It is refused and reported; p2 gets nothing from A. On 39b373d the
+    custom_id alone decided: A's collection wrote an image into p2."""
+    rows.put("p1", incident_document(2))
+    rows.put("p2", incident_document(1))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        env = batch_env(api, tmp_path, rows.url)
+        (b_id,) = cli("generate", "p2", "--batch", "--json", env=env).json()["batches"]["submitted"]
+        (a_id,) = cli(*BATCH, env=env).json()["batches"]["submitted"]
+        a = _finished(api, a_id)
+        (foreign, _), *_ = api.batches.batches[b_id]["_lines"]
+        _write_output(api, a, [*_output_lines(api, a), _answer(api, foreign)])
+        collected = cli(*BATCH, env=env)
+        out = collected.json()
+        assert a_id in out["batches"]["collected"], collected.stdout + collected.stderr
+        assert out["saved"] == 2 and out["errors"], out
+    assert filled(rows, "p2") == [0], "a line of batch A wrote into p2"
+    assert filled(rows, "p1") == [1, 1]
+
+
+def test_a_custom_id_answered_twice_puts_one_image_in_its_scene(
+    cli, rows, tmp_path: Path, config: Path
+):
+    """Item 9: batch A's output answers one custom_id twice, with two different images. The
+    second answer is refused and reported: the -k 1 scene holds one image. On 39b373d it held
+    two."""
+    rows.put("p1", incident_document(2))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        env = batch_env(api, tmp_path, rows.url)
+        (a_id,) = cli(*BATCH, env=env).json()["batches"]["submitted"]
+        a = _finished(api, a_id)
+        lines = _output_lines(api, a)
+        _write_output(api, a, [*lines, _answer(api, lines[0]["custom_id"])])
+        collected = cli(*BATCH, env=env)
+        out = collected.json()
+        assert out["saved"] == 2 and out["errors"], collected.stdout + collected.stderr
+    assert filled(rows, "p1") == [1, 1], "a scene of -k 1 holds two images"
+
+
+def _a_batch_with_a_bad_line_and_an_empty_answer(cli, rows, tmp_path: Path) -> Ran:
+    """p1's 3 images in one batch, collected: its output's first line is not JSON, its second
+    a 200 that holds no image. The collecting run's result."""
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        env = batch_env(api, tmp_path, rows.url)
+        (a_id,) = cli(*BATCH, env=env).json()["batches"]["submitted"]
+        a = _finished(api, a_id)
+        _, second, third = _output_lines(api, a)
+        second["response"]["body"]["data"] = []
+        _write_output(api, a, [b"<html>upstream proxy error</html>\n", second, third])
+        collected = cli(*BATCH, env=env)
+        collected.created = api.batches.created  # type: ignore[attr-defined]
+        return collected
+
+
+def test_unreadable_lines_and_answers_without_an_image_are_reported_exit_1(
+    cli, rows, tmp_path: Path, config: Path
+):
+    """Item 9: of a batch's 3 lines, one is not JSON and one is a 200 that holds no image: both
+    are named in the errors and the run exits 1. On 39b373d both were dropped silently, the
+    batch marked collected, exit 0."""
+    collected = _a_batch_with_a_bad_line_and_an_empty_answer(cli, rows, tmp_path)
+    out = collected.json()
+    assert collected.code == 1, collected.stdout + collected.stderr
+    assert any("cannot be read" in e for e in out["errors"]), out["errors"]
+    assert any("scene 2" in e and "no_image" in e for e in out["errors"]), out["errors"]
+    assert out["saved"] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: an unreadable line is counted failed twice (operations/batches.py: _line "
+    "adds 1 to job.failed for the line, and _collect adds 1 again for its row, which no line "
+    "answered: 'the batch completed without an answer for it'): 2 failed images report "
+    "failed 3. Count the unreadable line as an error only, and let its row carry the failure.",
+)
+def test_unreadable_lines_and_answers_without_an_image_count_one_failure_each(
+    cli, rows, tmp_path: Path, config: Path
+):
+    """Item 9: the 2 images that did not come are 2 failures, no more, no fewer. On 39b373d
+    they were 0."""
+    out = _a_batch_with_a_bad_line_and_an_empty_answer(cli, rows, tmp_path).json()
+    assert out["failed"] == 2, out
+    assert out["per_batch"][0]["failed"] == 2, out["per_batch"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the run that collects a batch submits its failed lines' scenes again at once "
+    "(generate.run_batch plans after settling, and a row settling just ended `failed` is no "
+    "longer on its way), though an unreadable line or a 200 without an image may have been "
+    "billed; settle's held_back (planning.Ask.held_back) holds back only scenes found lost. "
+    "Hold these back too: reported by this run, planned again by the next.",
+)
+def test_scenes_of_unreadable_or_empty_lines_are_not_bought_again_by_the_run_that_found_them(
+    cli, rows, tmp_path: Path, config: Path
+):
+    """Item 9: the run that finds the two failed lines does not pay for their scenes again in
+    the same breath. On 39b373d it submitted them again, silently."""
+    collected = _a_batch_with_a_bad_line_and_an_empty_answer(cli, rows, tmp_path)
+    assert collected.created == 1, collected.stdout  # type: ignore[attr-defined]
+    assert collected.json()["in_batches"] == 0, collected.stdout
+
+
+# -- 10. the Batch API cannot be read: nothing seen is not nothing found ----------------------
+
+
+class Answering:
+    """An HTTP server on loopback that answers every request with one status (the Batch API
+    down, or refusing the key), as the image API's base URL."""
+
+    def __init__(self, status: int):
+        body = json.dumps({"error": {"message": f"answered {status}", "type": "server_error",
+                                     "param": None, "code": None}}).encode()  # fmt: skip
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _answer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def __enter__(self) -> Answering:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# A 503 is retried (batch_http.py's own backoff, about 7 s in all): one command is enough.
+@pytest.mark.parametrize(
+    ("status", "commands"),
+    [(401, (["audit"], ["repair"], ["repair", "--execute"])), (503, (["repair", "--execute"],))],
+)
+def test_audit_and_repair_say_so_when_the_batch_api_cannot_be_read(
+    cli, rows, tmp_path: Path, config: Path, status: int, commands: tuple[list[str], ...]
+):
+    """Item 10: a finished batch waits uncollected, and the Batch API answers `status`
+    (refusing the key, or down): audit, a dry-run repair and `repair --execute` exit 3 and say
+    why, never `uncollected: 0` with exit 0. On 39b373d all three said nothing was uncollected
+    and exited 0."""
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64") as api:
+        env = batch_env(api, tmp_path, rows.url)
+        assert cli(*BATCH, env=env).json()["in_batches"] == 3
+    with Answering(status) as down:
+        env |= {"IMGSAVE_BASE_URL": down.base_url}
+        for args in commands:
+            ran = cli(*args, "--json", "--allow-http", env=env)
+            assert ran.code == 3, (args, ran.stdout, ran.stderr)
+            assert str(status) in ran.stdout + ran.stderr, (args, ran.stdout, ran.stderr)
+    assert filled(rows, "p1") == [0, 0, 0]
