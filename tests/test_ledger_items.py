@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -211,7 +210,7 @@ def test_jobs_of_a_killed_host_are_never_bought_again_once_its_claims_expire(
     assert filled(rows, "p1") == [1, 1, 1]
 
 
-# -- 2, 3. batches held by the ledger: a lost create answer, 25 hours --------------------------------
+# -- 2, 3. batches held by the ledger: a lost create answer, 25 hours ------------------------
 
 BATCH = ["generate", "p1", "--batch", "--json", "--allow-http"]
 
@@ -805,3 +804,255 @@ def test_audit_and_repair_say_so_when_the_batch_api_cannot_be_read(
             assert ran.code == 3, (args, ran.stdout, ran.stderr)
             assert str(status) in ran.stdout + ran.stderr, (args, ran.stdout, ran.stderr)
     assert filled(rows, "p1") == [0, 0, 0]
+
+
+# -- 11. a --batch run killed before its create ----------------------------------------------
+
+
+class Interposer:
+    """A proxy on loopback in front of the image API, as the network between imgsave and the
+    provider: `rule(method, path, headers)` says what becomes of each request: "forward", "hold"
+    (it never reaches the provider; no answer until the proxy closes), "forward-hold" (it
+    reaches the provider, whose answer never comes back), or seconds to forward it and hold
+    the answer that long. `base` is the image API's base URL through it."""
+
+    def __init__(self, upstream: str, rule: Callable[[str, str, dict[str, str]], object]):
+        self.upstream = upstream.rstrip("/")
+        self.rule = rule
+        self._closing = threading.Event()
+        self._client = httpx.Client(timeout=60)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                what = proxy.rule(self.command, self.path, headers)
+                if what == "hold":
+                    proxy._closing.wait(60)
+                    return
+                answer = proxy._client.request(
+                    self.command, proxy.upstream + self.path, content=body,
+                    headers={k: v for k, v in headers.items() if k not in _HOP},
+                )  # fmt: skip
+                if what == "forward-hold":
+                    proxy._closing.wait(60)
+                    return
+                if isinstance(what, int | float):
+                    proxy._closing.wait(what)
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in _HOP | {"content-encoding"}:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = _forward
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def origin(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> Interposer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._client.close()
+
+
+_HOP = {"host", "connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+def _creates(method: str, path: str, headers: dict[str, str]) -> bool:
+    return method == "POST" and path.split("?")[0] == "/v1/batches"
+
+
+def _uploads(method: str, path: str, headers: dict[str, str]) -> bool:
+    return method == "POST" and path.split("?")[0] == "/v1/files"
+
+
+@pytest.mark.many_connections
+@pytest.mark.parametrize("when", ["after the upload", "before the create"])
+def test_a_batch_run_killed_before_its_batch_was_created_frees_its_scenes(
+    rows, db_url, tmp_path: Path, config: Path, when: str
+):
+    """Item 11: `generate --batch` on host A is killed once its input is uploaded (its answer
+    never came back) or once `batch.submitting` is logged (the create never reached the
+    provider): no batch exists. Eleven minutes later host B submits the scenes (one batch in
+    all) and they are filled. On 39b373d the scenes stayed claimed for 25 h with nothing in
+    flight, and B submitted nothing."""
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64") as api:
+        if when == "after the upload":
+            rule = lambda m, p, h: "forward-hold" if _uploads(m, p, h) else "forward"  # noqa: E731
+        else:
+            rule = lambda m, p, h: "hold" if _creates(m, p, h) else "forward"  # noqa: E731
+        with Interposer(api.origin, rule) as proxy:
+            a = batch_env(api, tmp_path, db_url) | other_host(tmp_path, "host-a")
+            proc = spawn([*BATCH], a | {"IMGSAVE_BASE_URL": proxy.origin + "/v1"}, tmp_path)
+            logs = Path(a["IMGSAVE_LOG_DIR"])
+            if when == "after the upload":
+                killed_when(proc, lambda: len(api.batches.files) == 1)
+            else:
+                killed_when(proc, lambda: count(logs, "batch.submitting") == 1)
+        assert api.batches.created == 0
+        time_passes(db_url, 660)
+        b = batch_env(api, tmp_path, db_url) | other_host(tmp_path, "host-b")
+        submitted = run(BATCH, b, tmp_path)
+        assert submitted.code == 0, submitted.stdout + submitted.stderr
+        assert submitted.json()["in_batches"] == 3, submitted.stdout
+        collected = run(BATCH, b, tmp_path)
+        assert collected.json()["saved"] == 3, collected.stdout + collected.stderr
+        assert api.batches.created == 1
+    assert filled(rows, "p1") == [1, 1, 1]
+
+
+# -- 12. batches without claims, or after the journal's uninstall ---------------------------
+
+
+def test_a_batch_run_with_claims_off_collects_and_marks_its_batch_collected(
+    cli, rows, db_url, role, tmp_path: Path, config: Path
+):
+    """Item 12: `[claims] enabled = false`, on a deployment with no claims table whose role
+    cannot create tables (the owner ran `imgsave sql --apply`, and the claims table it does not
+    use is gone): --batch runs submit and collect, and `batches` says collected. On 39b373d
+    every --batch run exited 3 (the batch path used the claims table whatever the setting)."""
+    from psycopg.conninfo import make_conninfo
+
+    config.write_text(CONFIG + "[claims]\nenabled = false\n")
+    rows.put("p1", incident_document(3))
+    assert cli("sql", "--apply").code == 0
+    app = role()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE imgsave_claims")
+        for (table,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'imgsave%%'"
+        ).fetchall():
+            conn.execute(
+                sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                    sql.Identifier(table), sql.Identifier(app)
+                )
+            )
+    with LoopbackProvider(answer="b64") as api:
+        env = batch_env(api, tmp_path, db_url) | {
+            "IMGSAVE_DATABASE_URL": make_conninfo(db_url, user=app)
+        }
+        first = cli(*BATCH, env=env)
+        assert first.code == 0, first.stdout + first.stderr
+        assert first.json()["in_batches"] == 3
+        collected = cli(*BATCH, env=env)
+        assert collected.code == 0, collected.stdout + collected.stderr
+        assert collected.json()["saved"] == 3
+        listed = cli("batches", "--json", env=env)
+        assert listed.code == 0, listed.stdout + listed.stderr
+        assert [b["collected"] for b in listed.json()["batches"]] == [True]
+    assert filled(rows, "p1") == [1, 1, 1]
+
+
+def test_a_batch_submitted_before_the_journal_was_uninstalled_is_still_collected(
+    cli, rows, db_url, tmp_path: Path, config: Path
+):
+    """Item 12: `sql --journal --uninstall --apply` while a batch runs keeps the ledger and the
+    batches table, which hold its unresolved rows (main refuses the uninstall until they are
+    resolved, and says why): the batch is collected and marked so. On
+    39b373d the uninstall dropped imgsave_batches and imgsave_claims; every --batch run then
+    exited 3 and the batch stayed NOT COLLECTED."""
+    rows.put("p1", incident_document(3))
+    with LoopbackProvider(answer="b64", batch_seconds=3600) as api:
+        env = batch_env(api, tmp_path, db_url)
+        assert cli(*BATCH, env=env).json()["in_batches"] == 3
+        assert cli("sql", "--journal", "--apply", env=env).code == 0
+        # The uninstall keeps the tables that hold the batch's rows, or refuses until they
+        # are resolved: either way nothing the batch paid for is forgotten.
+        uninstall = ["sql", "--journal", "--uninstall", "--apply"]
+        done = cli(*uninstall, env=env)
+        assert done.code in (0, 3), done.stdout + done.stderr
+        if done.code == 3:
+            assert "imgsave_ledger holds purchases" in done.stderr, done.stderr
+        api.batches.seconds = 0
+        collected = cli(*BATCH, env=env)
+        assert collected.code == 0, collected.stdout + collected.stderr
+        assert collected.json()["saved"] == 3
+        listed = cli("batches", "--json", env=env)
+        assert listed.code == 0, listed.stdout + listed.stderr
+        assert [b["collected"] for b in listed.json()["batches"]] == [True]
+        if done.code == 3:  # it refused while the batch ran: now it goes through
+            assert cli(*uninstall, env=env).code == 0
+    assert filled(rows, "p1") == [1, 1, 1]
+
+
+# -- 13. a job whose image download was refused ----------------------------------------------
+
+
+def _a_refused_download(cli, rows, tmp_path: Path, api: LoopbackProvider) -> dict[str, str]:
+    """A Replicate job whose image is on a private address, which imgsave refuses to download
+    by default: the job is paid for and succeeded, its image not fetched. The job's env."""
+    rows.put("p1", incident_document(1))
+    env = job_env(api, tmp_path, rows.url)
+    first = cli("generate", "p1", "--json", "--allow-http", env=refusing(env))
+    assert first.code == 1 and first.json()["saved"] == 0, first.stdout + first.stderr
+    assert api.jobs is not None and api.jobs.submitted == 1
+    return env
+
+
+def refusing(env: dict[str, str]) -> dict[str, str]:
+    return env | {"IMGSAVE_ALLOW_PRIVATE_NETWORK": "0"}
+
+
+def test_a_job_whose_download_was_refused_is_fetched_later_never_bought_again(
+    cli, rows, tmp_path: Path, config: Path
+):
+    """Item 13: reruns never submit the job again (while downloads are still refused, it waits);
+    once downloads may go there, a rerun fetches the image the job still serves, and audit is
+    clean. On 39b373d a rerun never polled the job again, a later run called it paid for and
+    lost while the provider still served it, and audit exited 1 from then on."""
+    with LoopbackProvider(kind="replicate", job_polls=1) as api:
+        assert api.jobs is not None
+        env = _a_refused_download(cli, rows, tmp_path, api)
+        again = cli("generate", "p1", "--json", "--allow-http", env=refusing(env))
+        assert (again.json()["requested"], api.jobs.submitted) == (0, 1), again.stdout
+        fetched = cli("generate", "p1", "--json", "--allow-http", env=env)
+        assert fetched.code == 0, fetched.stdout + fetched.stderr
+        assert (fetched.json()["recovered"], fetched.json()["requested"]) == (1, 0)
+        assert api.jobs.submitted == 1
+        audit = cli("audit", "p1", "--json", env=env)
+        assert audit.code == 0, audit.stdout
+        assert audit.json()["jobs"] == []
+    assert filled(rows, "p1") == [1]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the image.failed record of a refused download does not name its job: "
+    "Purchases.take gets the job id in `fields` (job=answer.job), but _not_kept logs "
+    "**_job(p), and the in-memory Purchase's handle has no job_id (job_started wrote it to "
+    "the ledger and the log only). Pass the job to _not_kept (or give p the handle).",
+)
+def test_the_record_of_a_refused_download_names_its_job(
+    cli, rows, tmp_path: Path, log_dir: Path, config: Path
+):
+    """Item 13: `image.failed` says which job's image was refused. On 39b373d it did not."""
+    with LoopbackProvider(kind="replicate", job_polls=1) as api:
+        _a_refused_download(cli, rows, tmp_path, api)
+        assert api.jobs is not None
+        (job,) = api.jobs.jobs
+    failed = [r for r in log_records(log_dir) if r["event"] == "image.failed"]
+    assert [r.get("job") for r in failed] == [job], failed
