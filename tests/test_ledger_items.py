@@ -154,27 +154,25 @@ def config(cli, tmp_path: Path) -> Path:
 # -- 1. jobs held by the ledger, whatever time and hosts do ---------------------------------------
 
 
-@pytest.mark.many_connections
 def test_jobs_still_running_at_poll_timeout_are_never_bought_again_by_another_host(
-    db_url, rows, tmp_path: Path, config: Path
+    cli, db_url, rows, tmp_path: Path, config: Path
 ):
-    """Item 1: host A's run gives up polling at poll_timeout with 3 jobs running and exits;
-    host B (another log folder and host name) must not buy the 3 scenes again, and A's later
-    `repair --execute` saves each job once. On 39b373d B submitted 3 more jobs (the claims
-    went with A's run) and the scenes ended with 2 images each for -k 1."""
+    """Item 1: this host's run gives up polling at poll_timeout with 3 jobs running and exits;
+    host B (another log folder and host name) must not buy the 3 scenes again, and this host's
+    later `repair --execute` saves each job once. On 39b373d B submitted 3 more jobs (the
+    claims went with the first run) and the scenes ended with 2 images each for -k 1."""
     rows.put("p1", incident_document(3))
     with LoopbackProvider(kind="bfl", job_polls=10**6) as api:
         assert api.jobs is not None
         env = job_env(api, tmp_path, db_url)
-        a = env | other_host(tmp_path, "host-a")
-        b = env | other_host(tmp_path, "host-b")
-        first = run(["generate", "p1", "--json", "--allow-http"], a, tmp_path)
+        first = cli("generate", "p1", "--json", "--allow-http", env=env)
         assert api.jobs.submitted == 3 and first.json()["saved"] == 0, first.stdout + first.stderr
+        b = env | other_host(tmp_path, "host-b")
         second = run(["generate", "p1", "--json", "--allow-http"], b, tmp_path)
         assert api.jobs.submitted == 3, "host B bought the scenes whose jobs are running"
         assert second.json()["requested"] == 0, second.stdout
         api.jobs.polls = 0  # the jobs finish
-        repaired = run(["repair", "p1", "--execute", "--json", "--allow-http"], a, tmp_path)
+        repaired = cli("repair", "p1", "--execute", "--json", "--allow-http", env=env)
         assert repaired.code == 0, repaired.stdout + repaired.stderr
         again = run(["generate", "p1", "--json", "--allow-http"], b, tmp_path)
         assert again.code == 0, again.stdout + again.stderr
@@ -182,9 +180,8 @@ def test_jobs_still_running_at_poll_timeout_are_never_bought_again_by_another_ho
     assert filled(rows, "p1") == [1, 1, 1], "each scene's job saved once"
 
 
-@pytest.mark.many_connections
 def test_jobs_of_a_killed_host_are_never_bought_again_once_its_claims_expire(
-    db_url, rows, tmp_path: Path, config: Path
+    cli, db_url, rows, tmp_path: Path, config: Path
 ):
     """Item 1: host A is killed with 3 jobs pending; once its claims have expired, host B must
     poll the jobs (they hold their scenes in the ledger), never submit new ones. On 39b373d B
@@ -202,8 +199,8 @@ def test_jobs_of_a_killed_host_are_never_bought_again_once_its_claims_expire(
         second = run(["generate", "p1", "--json", "--allow-http"], b, tmp_path)
         assert api.jobs.submitted == 3, "host B bought the scenes whose jobs are running"
         assert second.json()["requested"] == 0, second.stdout
-        api.jobs.polls = 0  # the jobs finish
-        done = run(["generate", "p1", "--json", "--allow-http"], b, tmp_path)
+        api.jobs.polls = 0  # the jobs finish: a run on any host saves them
+        done = cli("generate", "p1", "--json", "--allow-http", env=env)
         assert done.code == 0, done.stdout + done.stderr
         assert done.json()["recovered"] == 3, done.stdout
         assert api.jobs.submitted == 3
@@ -242,8 +239,8 @@ def test_a_batch_whose_create_answer_was_lost_while_listing_failed_is_never_subm
         second = run(BATCH, b, tmp_path)
         assert api.batches.created == 1, "the same scenes were submitted again"
         assert second.json()["in_batches"] == 0, second.stdout + second.stderr
-        api.batches.seconds = 0  # it finishes
-        third = run(BATCH, b, tmp_path)
+        api.batches.seconds = 0  # it finishes: collected from any host
+        third = cli(*BATCH, env=env)
         assert third.code == 0, third.stdout + third.stderr
         assert (third.json()["saved"], third.json()["batches"]["submitted"]) == (3, [])
         assert api.batches.created == 1
@@ -383,7 +380,6 @@ def test_prod_audits_and_repairs_nothing_of_what_staging_saved_on_the_same_host(
     assert filled(Rows(staging), "p1") == [1, 1, 1]
 
 
-@pytest.mark.many_connections
 def test_a_staging_run_that_died_is_settled_into_staging_never_into_prod(
     cli, rows, staging: str, tmp_path: Path, log_dir: Path, config: Path
 ):
@@ -402,13 +398,14 @@ def test_a_staging_run_that_died_is_settled_into_staging_never_into_prod(
         )
         paid_in_staging = set(api.served)
         assert len(paid_in_staging) == 3
-        prod = run(["generate", "p1", "--json", "--allow-http"],
-                   process_env(rows.url, api, log_dir), tmp_path)  # fmt: skip
+        prod = cli(
+            "generate", "p1", "--json", "--allow-http", env={"IMGSAVE_BASE_URL": api.base_url}
+        )
         assert prod.code == 0, prod.stdout + prod.stderr
         assert prod.json()["recovered"] == 0, "staging's images recovered into prod"
         prod_urls = {u for urls in rows.urls("p1").values() for u in urls}
         assert not prod_urls & paid_in_staging
-        back = run(["generate", "p1", "--json", "--allow-http"], env, tmp_path)
+        back = cli("generate", "p1", "--json", "--allow-http", env=env)
         assert back.json()["recovered"] == 3, back.stdout + back.stderr
     staging_urls = {u for urls in Rows(staging).urls("p1").values() for u in urls}
     assert staging_urls == paid_in_staging
@@ -417,7 +414,6 @@ def test_a_staging_run_that_died_is_settled_into_staging_never_into_prod(
 # -- 6, 7. a saved image removed on purpose, an image whose scene was deleted --------------------
 
 
-@pytest.mark.many_connections
 @pytest.mark.parametrize("where", ["same host", "another host"])
 def test_an_image_the_app_removed_after_a_kill_is_not_put_back_by_the_rerun(
     cli, rows, tmp_path: Path, log_dir: Path, config: Path, where: str
@@ -484,7 +480,6 @@ def _orphaned_by_a_deletion(api: LoopbackProvider, rows, tmp_path: Path, log_dir
     return orphaned
 
 
-@pytest.mark.many_connections
 def test_an_image_whose_scene_was_deleted_mid_run_never_goes_into_a_new_scene_at_its_index(
     cli, rows, tmp_path: Path, log_dir: Path, config: Path
 ):
@@ -512,7 +507,6 @@ def test_an_image_whose_scene_was_deleted_mid_run_never_goes_into_a_new_scene_at
     "ledger (DESIGN: 'audit of imgsave's own history is a ledger query'), or at least report "
     "a logged URL whose ledger row is orphaned/failed as orphaned, never lost.",
 )
-@pytest.mark.many_connections
 def test_audit_and_repair_never_put_an_orphaned_image_into_a_new_scene_at_its_index(
     cli, rows, tmp_path: Path, log_dir: Path, config: Path
 ):
@@ -903,10 +897,9 @@ def _uploads(method: str, path: str, headers: dict[str, str]) -> bool:
     return method == "POST" and path.split("?")[0] == "/v1/files"
 
 
-@pytest.mark.many_connections
 @pytest.mark.parametrize("when", ["after the upload", "before the create"])
 def test_a_batch_run_killed_before_its_batch_was_created_frees_its_scenes(
-    rows, db_url, tmp_path: Path, config: Path, when: str
+    cli, rows, db_url, tmp_path: Path, config: Path, when: str
 ):
     """Item 11: `generate --batch` on host A is killed once its input is uploaded (its answer
     never came back) or once `batch.submitting` is logged (the create never reached the
@@ -933,7 +926,7 @@ def test_a_batch_run_killed_before_its_batch_was_created_frees_its_scenes(
         submitted = run(BATCH, b, tmp_path)
         assert submitted.code == 0, submitted.stdout + submitted.stderr
         assert submitted.json()["in_batches"] == 3, submitted.stdout
-        collected = run(BATCH, b, tmp_path)
+        collected = cli(*BATCH, env=b | {"IMGSAVE_LOG_DIR": str(tmp_path / "host-c")})
         assert collected.json()["saved"] == 3, collected.stdout + collected.stderr
         assert api.batches.created == 1
     assert filled(rows, "p1") == [1, 1, 1]
@@ -1153,7 +1146,6 @@ def test_lost_jobs_give_the_same_exit_code_to_audit_repair_and_repair_execute(
 # -- 15. Replicate's Prefer: wait -------------------------------------------------------------
 
 
-@pytest.mark.many_connections
 def test_a_run_killed_while_replicate_holds_its_requests_is_never_paid_twice(
     cli, rows, tmp_path: Path, config: Path
 ):
