@@ -497,17 +497,6 @@ def test_an_image_whose_scene_was_deleted_mid_run_never_goes_into_a_new_scene_at
     assert url != orphaned, "an orphaned image was put into another scene"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: audit and repair still read imgsave's own history from the log files "
-    "(operations/lost_images.audit -> adapters/runlog/reader -> core/log_history), which "
-    "know the orphaned image only as `image.generated` for (p1, index 3) followed by an "
-    "`image.failed` that supersedes nothing; the ledger's row says `orphaned` but audit never "
-    "reads its state. So the URL is `lost` in the new scene 3 and `repair --execute` "
-    "(operations/repairing.restore) appends it. Fix: audit imgsave's own purchases from the "
-    "ledger (DESIGN: 'audit of imgsave's own history is a ledger query'), or at least report "
-    "a logged URL whose ledger row is orphaned/failed as orphaned, never lost.",
-)
 def test_audit_and_repair_never_put_an_orphaned_image_into_a_new_scene_at_its_index(
     cli, rows, tmp_path: Path, log_dir: Path, config: Path
 ):
@@ -694,13 +683,6 @@ def test_unreadable_lines_and_answers_without_an_image_are_reported_exit_1(
     assert out["saved"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an unreadable line is counted failed twice (operations/batches.py: _line "
-    "adds 1 to job.failed for the line, and _collect adds 1 again for its row, which no line "
-    "answered: 'the batch completed without an answer for it'): 2 failed images report "
-    "failed 3. Count the unreadable line as an error only, and let its row carry the failure.",
-)
 def test_unreadable_lines_and_answers_without_an_image_count_one_failure_each(
     cli, rows, tmp_path: Path, config: Path
 ):
@@ -711,14 +693,6 @@ def test_unreadable_lines_and_answers_without_an_image_count_one_failure_each(
     assert out["per_batch"][0]["failed"] == 2, out["per_batch"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the run that collects a batch submits its failed lines' scenes again at once "
-    "(generate.run_batch plans after settling, and a row settling just ended `failed` is no "
-    "longer on its way), though an unreadable line or a 200 without an image may have been "
-    "billed; settle's held_back (planning.Ask.held_back) holds back only scenes found lost. "
-    "Hold these back too: reported by this run, planned again by the next.",
-)
 def test_scenes_of_unreadable_or_empty_lines_are_not_bought_again_by_the_run_that_found_them(
     cli, rows, tmp_path: Path, config: Path
 ):
@@ -1049,13 +1023,6 @@ def test_a_job_whose_download_was_refused_is_fetched_later_never_bought_again(
     assert filled(rows, "p1") == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the image.failed record of a refused download does not name its job: "
-    "Purchases.take gets the job id in `fields` (job=answer.job), but _not_kept logs "
-    "**_job(p), and the in-memory Purchase's handle has no job_id (job_started wrote it to "
-    "the ledger and the log only). Pass the job to _not_kept (or give p the handle).",
-)
 def test_the_record_of_a_refused_download_names_its_job(
     cli, rows, tmp_path: Path, log_dir: Path, config: Path
 ):
@@ -1211,14 +1178,6 @@ def test_generate_never_reads_the_log_folder_to_plan(
     assert ran.json()["saved"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not built: audit still reads every file of the log folder "
-    "(operations/lost_images.audit: expand_paths(query.paths, log_dir) with no --log), where "
-    "DESIGN (and docs/usage.md's ledger section, already) has imgsave's own history audited "
-    "from the ledger, and only the logs of runs not yet settled into it (the unsettled "
-    "markers) read",
-)
 def test_audit_reads_imgsaves_own_history_from_the_ledger_not_the_log_folder(
     cli, rows, config: Path
 ):

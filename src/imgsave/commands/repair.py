@@ -66,6 +66,7 @@ class RepairResult(Repaired):
                 for status in ("expired", "stale", "orphaned")
             },
             "errors": report.errors + report.unreadable + self.errors + self.unreadable,
+            "notes": report.notes,
             **({"cost": self.pricing.cost_json(self.sent, SYNC)} if self.pricing else {}),
         }
 

@@ -87,6 +87,8 @@ class _Collection:
     lost: int = 0
     # Lines an earlier collection, cut short, had already taken: skipped now.
     resumed: int = 0
+    # Lines that could not be read: the rows they answered are among those left unanswered.
+    unreadable: int = 0
 
 
 class Batches:
@@ -226,6 +228,10 @@ class Batches:
                 if p.handle.custom_id not in job.seen:
                     job.failed += 1
                     await self._p.end(p, State.FAILED, unanswered)
+                    if job.unreadable:
+                        # Its answer may be the line that could not be read, and billed: the
+                        # next run buys the scene, not this one.
+                        done.held_back.add((p.project, p.scene))
         await self._rows.collected(batch.id, saved=job.saved, failed=job.failed, lost=job.lost)
         self._p.log.write(
             events.BATCH_COLLECTED, batch=batch.id, status=batch.status, saved=job.saved,
@@ -262,7 +268,8 @@ class Batches:
         cid = result.custom_id
         where = f"batch {job.batch.id}"
         if result.unreadable or cid is None:
-            job.failed += 1
+            # Not a failure of its own: its row, which no line answered, is counted failed.
+            job.unreadable += 1
             done.errors.append(f"{where}: a line that cannot be read ({result.message or '?'})")
             return
         if cid not in job.asked:
@@ -285,10 +292,14 @@ class Batches:
             )
             await self._p.end(p, State.REFUSED if _refusal(result.code) else State.FAILED, message)
             done.errors.append(f"project {p.project}: {p.ref}: {message}")
+            # An answer (a 200 without an image may have been billed): reported by this run,
+            # bought again by the next, never in the same breath.
+            done.held_back.add((p.project, p.scene))
             return
         if not result.images:
             job.failed += 1
             await self._p.end(p, State.FAILED, "its line holds no image")
+            done.held_back.add((p.project, p.scene))  # as above
             done.errors.append(f"project {p.project}: {p.ref}: {where}: its line holds no image")
             return
         job.received += len(result.images)

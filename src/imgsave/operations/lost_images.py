@@ -107,8 +107,10 @@ class AuditReport:
     oldest_evidence: float | None = field(default=None, metadata=NOT_IN_JSON)
     # Scenes that hold no image and were never logged: candidates for --regenerate.
     empty_scenes: list[tuple[str, SceneRef]] = field(default_factory=list, metadata=NOT_IN_JSON)
-    # What the operator should know about the sources (on stderr): run logs audit did not read.
+    # What the operator should know about the sources: run logs audit did not read.
     notes: list[str] = field(default_factory=list)
+    # The ledger's rows read as sightings (None: this database has no ledger yet).
+    ledger_rows: int | None = field(default=None, metadata=NOT_IN_JSON)
 
     @property
     def exit_code(self) -> int:
@@ -122,7 +124,7 @@ class AuditReport:
         return sum(job["state"] == "lost" for job in self.jobs)
 
     def stderr_lines(self) -> list[str]:
-        return self.notes
+        return []
 
     def summary(self) -> dict[str, int]:
         return {
@@ -164,6 +166,11 @@ async def audit(
     journal = await _journal(db, query, report) if query.journal else {}
     marks = _marks(report)
     seen, found = await _logs_against_documents(db, files, ledger, query, shape, report, journal)
+    if ledger is not None:
+        # Never diffed: a scene that holds the index now is another scene.
+        since = query.since.timestamp() if query.since else None
+        orphans = await ledger.orphaned(sorted(query.only_projects) or None, since)
+        report.orphaned += (Finding(*row) for row in orphans)
     _in_project_order(report, marks)
     # Projects only the journal names.
     seen.update(journal)
@@ -303,6 +310,7 @@ async def _logs_against_documents(
     projects = sorted(query.only_projects) or None
     since = query.since.timestamp() if query.since else None
     sighted = await ledger.sighted(projects, since) if ledger else Sighted(0, None)
+    report.ledger_rows = sighted.rows if ledger else None
     partitions = partition_count(files, also=sighted.rows * ROW_BYTES)
     gap = query.run_gap.total_seconds()
     seen: set[str] = set()

@@ -145,13 +145,16 @@ class Purchases:
         `on_fatal(reason)`: called at once when no later image can be kept either (bytes and
         no store), before anything is recorded, so the run stops spending without delay."""
         taken = Taken(p)
+        # What the image's records name besides it: its job (or batch line), as the caller
+        # knows it, which the purchase in hand may not (its handle was written after it).
+        named = {**_job(p), **{k: v for k, v in fields.items() if v is not None}}
         try:
             kept = await self.intake.keep(p.project, p.ref, received, p.replaces, spooled=spooled)
         except NotKept as exc:
             if exc.fatal and on_fatal is not None:
                 on_fatal(str(exc))
             taken.not_kept = exc
-            taken.ended = await self._not_kept(p, exc, received, spooled)
+            taken.ended = await self._not_kept(p, exc, received, spooled, named)
             return taken
         taken.kept = kept
         if kept.provisional and p.edit is Edit.REPLACE:
@@ -159,7 +162,7 @@ class Purchases:
             taken.save_error = f"{kept.provisional}; left as it is"
             await self.end(p, State.FAILED, taken.save_error)
             return taken
-        record = {**kept.fields, **_job(p), **{k: v for k, v in fields.items() if v is not None}}
+        record = {**kept.fields, **named}
         stored = Move(p.id, State.STORED, _ledger_kept(kept))
         taken.logged, _ = await asyncio.gather(
             self._logged(_kept_event(p), p, durable=True, url=kept.url, **_replacing(p), **record),
@@ -205,7 +208,12 @@ class Purchases:
         )
 
     async def _not_kept(
-        self, p: Purchase, exc: NotKept, received: Received, spooled: Path | None
+        self,
+        p: Purchase,
+        exc: NotKept,
+        received: Received,
+        spooled: Path | None,
+        named: dict[str, Any],
     ) -> State:
         reason = str(exc)
         if exc.spooled is not None and exc.spooled == spooled:
@@ -217,7 +225,12 @@ class Purchases:
             await asyncio.gather(
                 self._recorded(self._coalesced().move(move)),
                 self._logged(
-                    events.IMAGE_GENERATED, p, durable=True, spool=str(exc.spooled), error=reason
+                    events.IMAGE_GENERATED,
+                    p,
+                    durable=True,
+                    spool=str(exc.spooled),
+                    error=reason,
+                    **named,
                 ),
             )
             return State.STORED
@@ -228,13 +241,13 @@ class Purchases:
             await asyncio.gather(
                 self._recorded(self._coalesced().move(move)),
                 self._logged(events.IMAGE_FAILED, p, error=reason, source_url=received.url,
-                             **_job(p)),
+                             **named),
             )  # fmt: skip
             return State.RECEIVED
         if exc.expired and p.mode is not Mode.COPY:
-            await self.end(p, State.LOST, reason, lost=True, **_job(p))
+            await self.end(p, State.LOST, reason, lost=True, **named)
             return State.LOST
-        await self.end(p, State.FAILED, reason, **_job(p))
+        await self.end(p, State.FAILED, reason, **named)
         return State.FAILED
 
     def _ensure_marker(self) -> None:

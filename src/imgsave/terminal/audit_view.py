@@ -60,8 +60,10 @@ def render_findings(report: AuditReport, console: Console, title: str) -> None:
 def report_problems(report: AuditReport, extra: list[str] | tuple[str, ...] = ()) -> None:
     for message in [*report.errors, *extra]:
         error(message)
-    if report.stats.files == 0 and report.journal_rows is None:
-        warn("no log files were read (give --log, or check IMGSAVE_LOG_DIR)")
+    for note in report.notes:
+        warn(note)
+    if report.stats.files == 0 and report.journal_rows is None and report.ledger_rows is None:
+        warn("nothing was read: this database has no ledger yet, and no --log was given")
     for where in report.stats.truncated_files:
         warn(f"{where}: last line cut short")
 

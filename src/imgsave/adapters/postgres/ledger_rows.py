@@ -41,12 +41,20 @@ _COLUMNS = sql.SQL(
     "coalesce(extract(epoch FROM lease_until - now()), 0)::float8"
 )
 
-# The rows that name a URL the scene should hold (or held, before its scene went).
-_SIGHTED = sql.SQL(
-    "db_id = %(db)s AND url IS NOT NULL AND state IN ('stored', 'saved', 'orphaned') "
-    "AND (%(projects)s::text[] IS NULL OR project = ANY(%(projects)s::text[])) "
-    "AND (%(since)s::float8 IS NULL OR requested_at >= to_timestamp(%(since)s::float8))"
-)
+
+def _with_url(*states: State) -> sql.Composed:
+    """This database's rows in `states` that have a URL (of the projects asked for, bought
+    since the time asked for: the parameters of `_sighted`)."""
+    return sql.SQL(
+        "db_id = %(db)s AND url IS NOT NULL AND state IN ({states}) "
+        "AND (%(projects)s::text[] IS NULL OR project = ANY(%(projects)s::text[])) "
+        "AND (%(since)s::float8 IS NULL OR requested_at >= to_timestamp(%(since)s::float8))"
+    ).format(states=sql.SQL(", ").join(sql.Literal(str(state)) for state in states))
+
+
+# The images their scenes should hold; those whose scene was gone when they came.
+_SIGHTED = _with_url(State.STORED, State.SAVED)
+_ORPHANED = _with_url(State.ORPHANED)
 
 _KEPT = ("url", "object_key", "sha256", "bytes", "content_type", "source_url", "spool")
 _HANDLE = ("job_id", "poll_url", "result_url", "cancel_url", "batch_id", "custom_id", "input_file")
@@ -337,6 +345,20 @@ class LedgerRows:
             _sighted(self.db_id, projects, since),
         )
         return Sighted(int(rows[0][0]), rows[0][1])
+
+    async def orphaned(
+        self, projects: Sequence[str] | None, since: float | None
+    ) -> list[tuple[str, int, str | None, str]]:
+        """(project, scene index, scene id, URL) of the images whose scene was gone when they
+        came: never placed, whatever scene holds that index now."""
+        rows, _ = await self._db.run(
+            "read the ledger",
+            sql.SQL(
+                "SELECT project, scene_index, scene_id, url FROM {t} WHERE {w} ORDER BY id"
+            ).format(t=self._table, w=_ORPHANED),
+            _sighted(self.db_id, projects, since),
+        )
+        return [tuple(row) for row in rows]
 
     def sightings(
         self, projects: Sequence[str] | None, since: float | None, *, by_project: bool = False
