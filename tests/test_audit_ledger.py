@@ -201,9 +201,9 @@ class _Rows:
         self._batches = batches
 
     async def sightings(
-        self, projects: Sequence[str] | None, since: float | None, *, by_project: bool = False
+        self, projects: Sequence[str] | None, since: float | None, *, alone: bool = False
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
-        assert by_project
+        assert alone
         for batch in self._batches:
             yield batch
 

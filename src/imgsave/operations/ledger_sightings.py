@@ -68,12 +68,13 @@ async def by_project(
     rows: int,
 ) -> AsyncIterator[list[Path]]:
     """The ledger's sightings a project after another, in files of some `rows` rows, each
-    holding whole projects: each file is there to be diffed while the next is read."""
+    holding whole projects: each file is there to be diffed while the next is read. For a diff
+    of the ledger alone (LedgerRows.sightings)."""
     number = held = 0
     last: str | None = None
     out: BinaryIO | None = None
     path = folder
-    async for batch in ledger.sightings(projects, since, by_project=True):
+    async for batch in ledger.sightings(projects, since, alone=True):
         start, at = 0, max(0, rows - held)
         while at < len(batch):
             if batch[at][0] == (batch[at - 1][0] if at else last):

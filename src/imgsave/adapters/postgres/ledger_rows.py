@@ -361,24 +361,29 @@ class LedgerRows:
         return [tuple(row) for row in rows]
 
     def sightings(
-        self, projects: Sequence[str] | None, since: float | None, *, by_project: bool = False
+        self, projects: Sequence[str] | None, since: float | None, *, alone: bool = False
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
-        """Every image of this database with a URL, kept or saved (of these projects; bought
-        since `since`, epoch), each row the fields of a log's sighting (core/log_history.
+        """Every image of this database with a URL its scene should hold (of these projects;
+        bought since `since`, epoch), each row the fields of a log's sighting (core/log_history.
         Sighting): what audit reads of imgsave's own history. Its own runs only ever add
-        (replacing is false); a rehost's copy is one image with its link. `by_project`: a
-        project's rows together (its index); else in the table's own order, the cheapest (the
-        diff orders a scene's URLs by time)."""
+        (replacing is false); a rehost's copy is one image with its link. In the table's own
+        order, the cheapest (the diff orders a scene's URLs by time); `alone`, where the ledger
+        is all the diff reads: a project's rows together (its index), without the run and time
+        that only weigh against another system's runs (a third of the read)."""
         return self._db.stream(
             "read the ledger",
             sql.SQL(
-                "SELECT project, scene_index, scene_id, url, run, "
-                "extract(epoch FROM requested_at)::float8, false, coalesce(replaces, '{{}}'), "
-                "mode = 'copy' FROM {t} WHERE {w}{order}"
+                "SELECT project, scene_index, scene_id, url, {run}, false, "
+                "coalesce(replaces, '{{}}'), mode = 'copy' FROM {t} WHERE {w}{order}"
             ).format(
+                run=sql.SQL(
+                    "NULL::text, NULL::float8"
+                    if alone
+                    else "run, extract(epoch FROM requested_at)::float8"
+                ),
                 t=self._table,
                 w=_SIGHTED,
-                order=sql.SQL(" ORDER BY project, id" if by_project else ""),
+                order=sql.SQL(" ORDER BY project, id" if alone else ""),
             ),
             _sighted(self.db_id, projects, since),
             binary=True,
