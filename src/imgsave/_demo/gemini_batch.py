@@ -20,18 +20,22 @@ Google sends:
   does.
 
 A batch is PENDING, RUNNING after a tenth of `seconds`, then SUCCEEDED (EXPIRED with `expire`:
-no results, as documented; FAILED with `fail`); a cancelled batch keeps the first half of its
-lines. `faults(key)` says how a line ends: None an image; a block reason (`SAFETY`,
-`PROHIBITED_CONTENT`, `BLOCKLIST`, `OTHER`) in `promptFeedback.blockReason`; a finish reason
-(`IMAGE_SAFETY`, `IMAGE_PROHIBITED_CONTENT`, `IMAGE_OTHER`, `NO_IMAGE`, `RECITATION`) on the
-candidate; `unreadable` a line that is not JSON; `oversized:N` an image whose base64 is N bytes;
-any other name (`INVALID_ARGUMENT`, `INTERNAL`, ...) an error line with that Status.
+no results, as documented; FAILED with `fail`); one that would run longer than `window` (48
+hours, as Google's batches) expires when the window closes, by `clock`; a cancelled batch keeps
+the first half of its lines. `faults(key)` says how a line ends: None an image; a block reason
+(`SAFETY`, `PROHIBITED_CONTENT`, `BLOCKLIST`, `OTHER`) in `promptFeedback.blockReason`; a finish
+reason (`IMAGE_SAFETY`, `IMAGE_PROHIBITED_CONTENT`, `IMAGE_OTHER`, `NO_IMAGE`, `RECITATION`) on
+the candidate; `unreadable` a line that is not JSON; `oversized:N` an image whose base64 is N
+bytes; any other name (`INVALID_ARGUMENT`, `INTERNAL`, ...) an error line with that Status.
 
-Scripted faults: `lose_create_answers` (the next creates make the batch, then drop the
-connection unanswered), `failing_lists` (the next lists answer 503), `stuck_cursor` (every
-page names the same next page), `cut_output_after` (a download stops after that many lines),
-`upload_origin` (the upload URL is on another origin). A wrong key (`key`) is Google's 400
-API_KEY_INVALID; no key, 403. Every request's (method, path, key) is kept in `requests`.
+Scripted faults: `create_delay` (seconds a create waits before it answers, the batch already
+made: the window in which a client that dies has paid for a batch it never heard of),
+`lose_create_answers` (the next creates make the batch, then drop the connection unanswered),
+`failing_lists` (the next lists answer 503), `failing_reads` (the next reads of a batch answer
+503), `stuck_cursor` (every page names the same next page), `cut_output_after` (a download
+stops after that many lines), `upload_origin` (the upload URL is on another origin). A wrong
+key (`key`) is Google's 400 API_KEY_INVALID; no key, 403. Every request's (method, path, key)
+is kept in `requests`.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class GeminiBatchEmulation:
         faults: Callable[[str], str | None] | None = None,
         expire: bool = False,
         fail: bool = False,
+        create_delay: float = 0.0,
         key: str | None = None,
         clock: Callable[[], float] = time.time,
     ):
@@ -84,9 +89,13 @@ class GeminiBatchEmulation:
         self.expire = expire
         self.fail = fail
         self.key = key
-        self._clock = clock
+        self.clock = clock
+        # How long a batch may be pending or running before it expires (Google: 48 hours).
+        self.window = 48 * 3600.0
+        self.create_delay = create_delay
         self.lose_create_answers = 0
         self.failing_lists = 0
+        self.failing_reads = 0
         self.stuck_cursor = False
         self.cut_output_after: int | None = None
         self.upload_origin: str | None = None
@@ -136,6 +145,11 @@ class GeminiBatchEmulation:
         if method == "GET" and route == "/v1beta/batches":
             return self._list(http, int(query.get("pageSize") or 50), query.get("pageToken"))
         if method == "GET" and route.startswith("/v1beta/batches/"):
+            with self._lock:
+                failing = self.failing_reads > 0
+                self.failing_reads -= failing
+            if failing:
+                return _error(http, 503, "The service is currently unavailable.")
             with self._lock:
                 batch = self.batches.get(route.removeprefix("/v1beta/"))
                 answer = None if batch is None else self._operation(batch)
@@ -199,7 +213,7 @@ class GeminiBatchEmulation:
         self, content: bytes, display_name: str | None, mime: str, *, source: str
     ) -> dict[str, Any]:
         """A File (under the lock)."""
-        now = self._clock()
+        now = self.clock()
         name = f"files/{secrets.token_hex(6)}"
         file = {
             "name": name, "displayName": display_name or name, "mimeType": mime,
@@ -293,7 +307,7 @@ class GeminiBatchEmulation:
                 keys.append(line["key"])
             except (ValueError, KeyError, TypeError):
                 return _error(http, 400, f"Invalid request at line {number} of {file_name}.")
-        now = self._clock()
+        now = self.clock()
         name = f"batches/{secrets.token_hex(8)}"
         batch: dict[str, Any] = {
             "name": name, "model": model, "displayName": shown, "inputConfig": {
@@ -307,6 +321,8 @@ class GeminiBatchEmulation:
             answer = self._operation(batch)
             lose = self.lose_create_answers > 0
             self.lose_create_answers -= lose
+        if self.create_delay:
+            time.sleep(self.create_delay)
         if lose:  # made, and billed, and never answered
             http.close_connection = True
             return None
@@ -373,8 +389,10 @@ class GeminiBatchEmulation:
     def _advance(self, batch: dict[str, Any]) -> None:
         if "endTime" in batch:
             return
-        elapsed = self._clock() - batch["_started"]
-        if elapsed >= self.seconds:
+        elapsed = self.clock() - batch["_started"]
+        if elapsed >= self.window and self.seconds > self.window:
+            self._finish(batch, "BATCH_STATE_EXPIRED", 0)
+        elif elapsed >= self.seconds:
             if self.expire:
                 self._finish(batch, "BATCH_STATE_EXPIRED", 0)
             elif self.fail:
@@ -390,7 +408,7 @@ class GeminiBatchEmulation:
         for key in batch["_keys"][:done]:
             fault = self.faults(key)
             outcomes.append((key, self._image() if fault is None else fault))
-        now = _time(self._clock())
+        now = _time(self.clock())
         batch.update(state=state, updateTime=now, endTime=now, _outcomes=outcomes)
         if outcomes:
             file = self._file(b"", f"{batch['name']}-results", "application/jsonl",

@@ -260,7 +260,7 @@ class LoopbackProvider:
         if kind == "gemini":
             self.gemini_batches = GeminiBatchEmulation(
                 self._new_image, self.png, enabled=batch_api, seconds=batch_seconds,
-                faults=batch_faults, expire=batch_expire,
+                faults=batch_faults, expire=batch_expire, create_delay=batch_create_delay,
             )  # fmt: skip
         self._server = _Server(("127.0.0.1", 0), self._handler())
         # shutdown() waits for the serving loop's next poll: 20 ms, not the default half second
