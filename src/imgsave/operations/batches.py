@@ -224,14 +224,20 @@ class Batches:
             done.errors.append(f"{reason}; {job.lost} images were paid for and are lost")
         else:
             unanswered = f"the batch {batch.status} without an answer for it"
-            for p in job.rows.values():
-                if p.handle.custom_id not in job.seen:
-                    job.failed += 1
-                    await self._p.end(p, State.FAILED, unanswered)
-                    if job.unreadable:
-                        # Its answer may be the line that could not be read, and billed: the
-                        # next run buys the scene, not this one.
-                        done.held_back.add((p.project, p.scene))
+            missing = [p for p in job.rows.values() if p.handle.custom_id not in job.seen]
+            for p in missing:
+                job.failed += 1
+                await self._p.end(p, State.FAILED, unanswered)
+                if job.unreadable:
+                    # Its answer may be the line that could not be read, and billed: the
+                    # next run buys the scene, not this one.
+                    done.held_back.add((p.project, p.scene))
+            if missing:
+                # One line for the batch, not one per image: an expired batch may be thousands.
+                done.errors.append(
+                    f"batch {batch.id} {batch.status} without an answer for {len(missing)} "
+                    "images; their scenes are planned again"
+                )
         await self._rows.collected(batch.id, saved=job.saved, failed=job.failed, lost=job.lost)
         self._p.log.write(
             events.BATCH_COLLECTED, batch=batch.id, status=batch.status, saved=job.saved,
