@@ -107,6 +107,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             elif method == b"GET" and route == "/batches":
                 data = [batches[i] for i in order]
                 answer(writer, 200, {"object": "list", "data": data, "has_more": False})
+            elif method == b"GET" and route.startswith("/batches/"):
+                answer(writer, 200, batches[route.removeprefix("/batches/")])
             elif method == b"GET" and route.startswith("/files/out-batch_"):
                 batch_id = route.split("/")[2].removeprefix("out-")
                 lines = files[str(batches[batch_id]["input_file_id"])]
