@@ -65,7 +65,7 @@ def test_each_kind_is_asked_in_its_own_wire_format_and_every_image_is_saved(
         "openai": "/v1/images/generations",
         "azure": "/openai/deployments/my-gpt-image-2/images/generations"
         "?api-version=2025-04-01-preview",
-        "gemini": "/v1beta/models/gemini-3.1-flash-image:generateContent",
+        "gemini": "/v1beta/models/gemini-nano-banana-2.1:generateContent",
     }[kind]
     assert paths == {expected}
     sent_key = {"openai": "Bearer openai-key-SECRET-42"}.get(kind, f"{kind}-key-SECRET-42")

@@ -480,7 +480,7 @@ async def test_geminis_400_api_key_invalid_stops_the_run_and_its_other_400s_fail
         return Provider(
             "https://generativelanguage.googleapis.com/v1beta",
             KEY,
-            "gemini-3.1-flash-image",
+            "gemini-nano-banana-2.1",
             ProviderSettings(kind="gemini"),
             seams=Seams(httpx.MockTransport(api.handle), api.sleep, random.Random(7)),
         )

@@ -521,7 +521,7 @@ class LoopbackProvider:
                         "usageMetadata": {"promptTokenCount": 9,
                                           "candidatesTokenCount": 1290 * count,
                                           "totalTokenCount": 9 + 1290 * count},
-                        "modelVersion": "gemini-3.1-flash-image",
+                        "modelVersion": "gemini-nano-banana-2.1",
                     })  # fmt: skip
 
             def do_HEAD(self) -> None:

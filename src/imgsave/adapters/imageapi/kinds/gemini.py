@@ -140,12 +140,12 @@ KIND = Kind(
         key_variable="GEMINI_API_KEY",
         needs_model=True,
         has_jobs=False,
-        # The Gemini API sells a batch (batchGenerateContent); imageapi/batches.py does not
-        # speak it yet.
+        # The Gemini API sells a batch (batchGenerateContent): imageapi/batch_gemini.py.
         has_batch=True,
-        model_hint="a model such as gemini-3.1-flash-image",
+        # gemini-3.1-flash-image was deprecated on 2026-10-06 (checked 2026-12-07).
+        model_hint="a model such as gemini-nano-banana-2.1",
     ),
     wire=GeminiWire,
-    example_model="gemini-3.1-flash-image",
+    example_model="gemini-nano-banana-2.1",
     key_header="x-goog-api-key",
 )
