@@ -27,7 +27,16 @@ images: list[bytes] = []
 files: dict[str, bytes] = {}
 batches: dict[str, dict[str, object]] = {}
 order: list[str] = []
-ids = itertools.count(1)
+# Ids no other server shares (a provider never hands out an id twice; the benchmark starts a
+# server for each batch it collects, all into one database).
+_PREFIX = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"{_PREFIX}{next(_counter)}"
+
+
 pending = False
 gemini = False
 
@@ -84,12 +93,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 # The JSONL is the multipart part that holds custom_ids.
                 start = body.index(b'{"custom_id"')
                 end = body.rindex(b"}\n") + 2
-                file_id = f"file-{next(ids)}"
+                file_id = f"file-{new_id()}"
                 files[file_id] = body[start:end]
                 answer(writer, 200, {"id": file_id, "object": "file", "purpose": "batch"})
             elif method == b"POST" and route == "/batches":
                 asked = json.loads(body)
-                batch_id = f"batch_{next(ids)}"
+                batch_id = f"batch_{new_id()}"
                 lines = files[asked["input_file_id"]]
                 count = lines.count(b"\n")
                 batches[batch_id] = {
@@ -149,7 +158,7 @@ async def handle_gemini(
 ) -> None:
     route, _, query = path.partition("?")
     if method == b"POST" and route == "/upload/v1beta/files" and "upload_id" not in query:
-        upload = f"{next(ids)}"
+        upload = f"{new_id()}"
         port = writer.get_extra_info("sockname")[1]
         url = f"http://127.0.0.1:{port}/upload/v1beta/files?upload_id={upload}"
         answer(writer, 200, None, f"X-Goog-Upload-URL: {url}\r\nX-Goog-Upload-Status: active\r\n")
@@ -159,7 +168,7 @@ async def handle_gemini(
         answer(writer, 200, {"file": {"name": name}}, "X-Goog-Upload-Status: final\r\n")
     elif method == b"POST" and route.endswith(":batchGenerateContent"):
         asked = json.loads(body)["batch"]
-        batch_id = f"batches/{next(ids)}"
+        batch_id = f"batches/{new_id()}"
         lines = files[asked["input_config"]["file_name"]]
         batches[batch_id] = {"display_name": asked["display_name"],
                              "input": asked["input_config"]["file_name"],

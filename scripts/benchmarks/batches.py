@@ -144,10 +144,12 @@ def _rounds(sink: SinkProcess, work: str) -> dict[str, list[Measured]]:
     for n in range(ROUNDS):
         print(f"  round {n + 1} of {ROUNDS}…", flush=True)
         for name in order[n % len(order) :] + order[: n % len(order)]:
-            if name == SYNC:
-                runs[name].append(_synchronous(n, sink, work))
-            else:
-                runs[name].append(_collected(name, n, sink, work))
+            measured = (
+                _synchronous(n, sink, work) if name == SYNC else _collected(name, n, sink, work)
+            )
+            runs[name].append(measured)
+            print(f"    {name}: {measured.rate:.0f} images/s, {measured.cpu:.1f} s of CPU, "
+                  f"peak {measured.peak:.0f} MB", flush=True)  # fmt: skip
     return runs
 
 
