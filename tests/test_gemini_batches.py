@@ -198,33 +198,51 @@ def test_max_images_caps_what_a_gemini_batch_run_submits(cli, db_url, tmp_path: 
         assert api.sent == []
 
 
-@pytest.mark.parametrize("command", ["audit", "repair"])
-@pytest.mark.parametrize("fails", ["the list", "a batch's read"])
+# What cannot be read, and what each command is asked: Google's 503 (retried, then given up)
+# or a proxy's error page in its place, for the list and for a batch.
+UNREADABLE = [
+    ("audit", "the list answers 503", "the batches could not be listed", "503"),
+    ("repair", "the list is a proxy's page", "the batches could not be listed", "not JSON"),
+    ("audit", "a batch's read is a proxy's page", "could not be read", "not JSON"),
+    ("repair", "a batch's read answers 503", "could not be read", "503"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "fault", "said", "why"), UNREADABLE)
 def test_a_batch_api_that_cannot_be_read_is_exit_3_never_nothing_uncollected(
-    cli, rows, tmp_path: Path, command: str, fails: str
+    cli, rows, tmp_path: Path, command: str, fault: str, said: str, why: str
 ):
     rows.put("p1", incident_document(3))
-    with gemini() as api:
+    with gemini(batch_seconds=3600) as api:
         google = batches_of(api)
         env = host(api, tmp_path, "a")
-        if fails == "the list":
-            google.lose_create_answers = 1  # the batch is found by listing, or not at all
-        cli("generate", "p1", *BATCH, env=env)
-        assert google.created == 1
-        if fails == "the list":
-            google.failing_lists = 100
+        for n in range(2):  # a batch for the list to page through, and one to find in it
+            google.lose_create_answers = "list" in fault and n == 1
+            cli("generate", "p1", *BATCH, "--max-images", "2", env=env)
+        assert google.created == 2
+        google.seconds = 0  # both finished: what an audit that could read would count
+        if "list" in fault:
+            google.failing_lists, google.garbled_lists = (100, 0) if "503" in fault else (0, 100)
         else:
-            google.failing_reads = 100
+            google.failing_reads, google.garbled_reads = (100, 0) if "503" in fault else (0, 100)
         args = [command, "--json", "--allow-http"] + (["--execute"] if command == "repair" else [])
         ran = cli(*args, env=host(api, tmp_path, "b"))
         out = ran.json()
         assert ran.code == 3, ran.stdout
-        said = " ".join(out["errors"] + out.get("unreadable", []))
-        assert ("could not be listed" if fails == "the list" else "could not be read") in said
-        assert "503" in said
-        google.failing_lists = google.failing_reads = 0
+        problems = " ".join(out["errors"] + out.get("unreadable", []))
+        assert said in problems and why in problems, problems
+        # What could be read is still done: the batch known by its name, when only the list fails.
+        readable = 2 if "list" in fault else 0
+        first = out["summary"]["uncollected"] if command == "audit" else out["collected"]
+        assert first == readable, ran.stdout
+        google.failing_lists = google.garbled_lists = 0
+        google.failing_reads = google.garbled_reads = 0
         again = cli(*args, env=host(api, tmp_path, "b"))
-        assert again.code == (1 if command == "audit" else 0), again.stdout
+        out = again.json()
+        if command == "audit":
+            assert (again.code, out["summary"]["uncollected"]) == (1, 3), again.stdout
+        else:
+            assert (again.code, out["collected"]) == (0, 3 - readable), again.stdout
     if command == "repair":
         assert [len(u) for u in rows.urls("p1").values()] == [1, 1, 1]
 

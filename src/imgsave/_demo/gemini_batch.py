@@ -31,11 +31,12 @@ bytes; any other name (`INVALID_ARGUMENT`, `INTERNAL`, ...) an error line with t
 Scripted faults: `create_delay` (seconds a create waits before it answers, the batch already
 made: the window in which a client that dies has paid for a batch it never heard of),
 `lose_create_answers` (the next creates make the batch, then drop the connection unanswered),
-`failing_lists` (the next lists answer 503), `failing_reads` (the next reads of a batch answer
-503), `stuck_cursor` (every page names the same next page), `cut_output_after` (a download
-stops after that many lines), `upload_origin` (the upload URL is on another origin). A wrong
-key (`key`) is Google's 400 API_KEY_INVALID; no key, 403. Every request's (method, path, key)
-is kept in `requests`.
+`failing_lists` and `failing_reads` (the next lists, or reads of a batch, answer 503),
+`garbled_lists` and `garbled_reads` (the next answer 200 with a proxy's HTML page),
+`stuck_cursor` (every page names the same next page), `cut_output_after` (a download stops
+after that many lines), `upload_origin` (the upload URL is on another origin). A wrong key
+(`key`) is Google's 400 API_KEY_INVALID; no key, 403. Every request's (method, path, key) is
+kept in `requests`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class GeminiBatchEmulation:
         self.lose_create_answers = 0
         self.failing_lists = 0
         self.failing_reads = 0
+        self.garbled_reads = 0
+        self.garbled_lists = 0
         self.stuck_cursor = False
         self.cut_output_after: int | None = None
         self.upload_origin: str | None = None
@@ -148,8 +151,12 @@ class GeminiBatchEmulation:
             with self._lock:
                 failing = self.failing_reads > 0
                 self.failing_reads -= failing
+                garbled = not failing and self.garbled_reads > 0
+                self.garbled_reads -= garbled
             if failing:
                 return _error(http, 503, "The service is currently unavailable.")
+            if garbled:
+                return _send(http, 200, b"<html>upstream proxy error</html>")
             with self._lock:
                 batch = self.batches.get(route.removeprefix("/v1beta/"))
                 answer = None if batch is None else self._operation(batch)
@@ -341,16 +348,17 @@ class GeminiBatchEmulation:
 
     def _list(self, http: BaseHTTPRequestHandler, size: int, token: str | None) -> None:
         with self._lock:
-            if self.failing_lists > 0:
-                self.failing_lists -= 1
-                failing = True
-            else:
-                failing = False
+            failing = self.failing_lists > 0
+            self.failing_lists -= failing
+            garbled = not failing and self.garbled_lists > 0
+            self.garbled_lists -= garbled
             newest_first = list(reversed(self._order))
             start = 0 if self.stuck_cursor or not token else int(token)
             page = [self._operation(self.batches[n]) for n in newest_first[start : start + size]]
         if failing:
             return _error(http, 503, "The service is currently unavailable.")
+        if garbled:
+            return _send(http, 200, b"<html>upstream proxy error</html>")
         answer: dict[str, Any] = {"operations": page} if page else {}
         if start + size < len(newest_first):
             answer["nextPageToken"] = str(size if self.stuck_cursor else start + size)
