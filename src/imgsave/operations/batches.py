@@ -236,7 +236,7 @@ class Batches:
                 # One line for the batch, not one per image: an expired batch may be thousands.
                 done.errors.append(
                     f"batch {batch.id} {batch.status} without an answer for {len(missing)} "
-                    "images; their scenes are planned again"
+                    f"image{'' if len(missing) == 1 else 's'}; their scenes are planned again"
                 )
         await self._rows.collected(batch.id, saved=job.saved, failed=job.failed, lost=job.lost)
         self._p.log.write(
