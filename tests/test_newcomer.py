@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from imgsave._demo.loopback import LoopbackProvider
 from imgsave.terminal.progress import ProgressReporter
 
 from .test_generate_cli import provider_env
@@ -315,3 +316,62 @@ def test_a_piped_table_keeps_each_url_whole(cli, rows, log_dir):
     ran = cli("audit", "--log", str(log_dir), env={"COLUMNS": None})
     assert ran.code == 1
     assert any(url in line for line in ran.stdout.splitlines()), ran.stdout
+
+
+def test_a_dry_run_rehost_counts_the_projects_its_links_are_in(cli, serving, rows, tmp_path):
+    """Item 9: two links in one project were "2 provider links in 2 projects"."""
+    rows.put("p1", {"scenes": [{"index": i, "prompt": f"scene {i}"} for i in (1, 2)]})
+    rows.put("p2", {"scenes": [{"index": 1, "prompt": "nothing to copy yet"}]})
+    env = provider_env(serving)
+    assert cli("generate", "p1", "--allow-http", env=env).code == 0
+    store = {**env, "IMGSAVE_STORE": f"file://{tmp_path / 'store'}"}
+    store["IMGSAVE_PUBLIC_URL"] = "https://img.example"
+    plan = cli("rehost", "--all", "--allow-http", env=store)
+    assert plan.code == 1, plan.stderr  # links left to copy: a finding
+    assert plan.stdout == (
+        "rehost plan: 2 provider links in 1 project would be copied into the store (run again "
+        "with --execute)\n"
+    )
+
+
+def test_a_capped_quiet_run_from_cron_prints_one_line(cli, rows):
+    """Item 12: `--max-images 50 -q` over many projects printed a line per project it did
+    not start (28 of them); -q is one summary line, and the JSON still lists them."""
+    from imgsave._demo.incident import incident_document
+
+    for n in range(30):
+        rows.put(f"p{n:02d}", incident_document(5))
+    with LoopbackProvider() as api:
+        quiet = cli("generate", "--all", "--max-images", "10", "-q", env=provider_env(api))
+        assert quiet.code == 1, quiet.stderr
+        assert len(quiet.stdout.splitlines()) == 1, quiet.stdout
+        assert len(quiet.stderr.splitlines()) <= 1, quiet.stderr
+        assert api.requests == 10
+
+
+def test_a_run_that_resumes_jobs_names_the_log_it_wrote(cli, rows, tmp_path):
+    """Item 7: `generate --json` whose only work was jobs an earlier run left said
+    `"log": null`, though it had written what it resumed to a log."""
+    import json
+
+    from .test_provider_jobs import env_for
+
+    rows.put("p1", {"scenes": [{"index": 1, "prompt": "a lighthouse"}]})
+    config = tmp_path / "imgsave.toml"  # the cli fixture's, in the folder runs start in
+    config.write_text(
+        config.read_text().replace(
+            "[provider]\n", "[provider]\npoll_interval = 0.01\npoll_timeout = 0.2\n"
+        )
+    )
+    with LoopbackProvider(kind="replicate", job_polls=10**6) as api:
+        assert api.jobs is not None
+        env = env_for(api, tmp_path)
+        first = cli("generate", "p1", "--json", "--allow-http", env=env)
+        assert first.json()["jobs_pending"] == 1, first.stdout
+        api.jobs.polls = 0  # the job is done now
+        rerun = cli("generate", "p1", "--json", "--allow-http", env=env)
+    out = rerun.json()
+    assert (rerun.code, out["jobs_resumed"], out["requested"]) == (0, 1, 0), rerun.stdout
+    assert out["log"] is not None
+    events = [json.loads(line)["event"] for line in Path(out["log"]).read_text().splitlines()]
+    assert "image.generated" in events and "image.saved" in events

@@ -98,6 +98,8 @@ class Settler:
             await self._p.end(p, State.FAILED, "its rehost ended before the copy was kept")
         done.pending += len(by_action[Action.WAIT])
         await self._ledger.release(self._p.run, [p.id for p in leased])
+        if self._p.log.written:
+            done.log = str(self._p.log.path)
         return done
 
     async def _lease(self, rows: list[Purchase]) -> list[Purchase]:

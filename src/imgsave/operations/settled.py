@@ -43,6 +43,8 @@ class Settled:
     # (project, scene key) of purchases found lost now: reported by this run, planned again
     # by the next one, never bought again in the same breath.
     held_back: set[tuple[str, str]] = field(default_factory=set, metadata=NOT_IN_JSON)
+    # The run's log, where settling wrote to it (a run whose only work was settling has one).
+    log: str | None = field(default=None, metadata=NOT_IN_JSON)
     per_batch: list[dict[str, object]] = field(default_factory=list)
 
     def merge(self, other: Settled) -> None:

@@ -92,6 +92,7 @@ class GenerateResult:
 
     def absorb(self, settled: Settled) -> None:
         """What settling did before the plan: this project's share of the run's JSON."""
+        self.log_path = self.log_path or settled.log
         self.recovered += settled.recovered
         self.jobs_resumed += settled.jobs_resumed
         self.tally.jobs_lost += settled.lost

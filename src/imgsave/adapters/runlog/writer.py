@@ -65,6 +65,11 @@ class RunLog:
         self._synced = 0
         self._syncing: asyncio.Task[None] | None = None
 
+    @property
+    def written(self) -> bool:
+        """Whether this run wrote a record (its file exists)."""
+        return self._written > 0
+
     def _open(self) -> int:
         if self._fd is None:
             try:
