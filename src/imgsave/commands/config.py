@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imgsave.core.result_json import FieldsResult
 from imgsave.core.settings import Sourced, describe
-from imgsave.errors import EXIT_OK
 from imgsave.terminal.consoles import shown
 
 if TYPE_CHECKING:
@@ -18,16 +18,9 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ConfigResult:
+class ConfigResult(FieldsResult):
     config_file: Path | None
     rows: list[tuple[str, object, str]]
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK
-
-    def stderr_lines(self) -> list[str]:
-        return []
 
     def to_json(self) -> dict[str, object]:
         return {
