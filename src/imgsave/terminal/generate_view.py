@@ -129,54 +129,56 @@ class GenerateResult:
         head = f"project {self.project}: {t.saved} of {t.requested} images saved"
         if t.requested:
             head += f" in {t.transactions} transaction{'s' if t.transactions != 1 else ''}"
-        parts = [head]
-        if t.received != t.requested and t.received:
-            parts.append(f"{t.received} received")
-        if t.usage.get("total_tokens"):
-            parts.append(f"{t.usage['total_tokens']:,} tokens")
-        if spent := cost_text(self.pricing, t.sent, SYNC):
-            parts.append(f"estimated {spent}")
-        if t.refusals:
-            parts.append(
-                "refused: " + ", ".join(f"{n} {why}" for why, n in t.refusals.most_common())
-            )
-        if self.jobs_resumed:
-            parts.append(f"{self.jobs_resumed} jobs of an earlier run polled again")
-        if t.jobs_lost:
-            parts.append(f"{t.jobs_lost} jobs paid for and lost (their results were gone)")
-        if t.spooled:
-            parts.append(f"{t.spooled} kept in the spool for `imgsave repair`")
-        if t.provisional:
-            parts.append(f"{t.provisional} saved as the provider's URL (run `imgsave rehost`)")
-        if t.possibly_billed_retries:
-            parts.append(f"{t.possibly_billed_retries} retries the provider may have billed")
-        if t.failed:
-            logged = (
-                f" ({t.failed_in_log} in the log for `imgsave repair`)" if t.failed_in_log else ""
-            )
-            parts.append(f"{t.failed} failed{logged}")
-        if t.duplicates:
-            parts.append(f"{t.duplicates} answered with a URL the scene already held (not saved)")
-        if self.recovered:
-            parts.append(f"{self.recovered} received by an earlier run and saved now")
-        if self.skipped_scenes:
-            parts.append(f"{len(self.skipped_scenes)} scenes already complete")
-        if self.unprompted_scenes:
-            parts.append(f"{len(self.unprompted_scenes)} scenes without a prompt")
-        if self.held_scenes:
-            parts.append(f"{len(self.held_scenes)} scenes held by another run (skipped)")
-        if self.stalled_scenes:
-            parts.append(f"{len(self.stalled_scenes)} of them by a run that stopped")
-        if t.not_requested:
-            parts.append(f"{t.not_requested} not requested")
-        if t.abandoned:
-            parts.append(f"{t.abandoned} abandoned at the second Ctrl-C (may have been billed)")
-        if t.interrupted:
-            parts.append("interrupted")
-        parts += [f"stopped: {why}" for why in (t.fatal, t.log_error) if why]
-        if self.pace and (self.pace.asked or self.pace.throttled):
-            parts.append(pace_text(self.pace))
-        return ", ".join(parts) + f" (run {self.run})"
+        spent = cost_text(self.pricing, t.sent, SYNC)
+        refused = ", ".join(f"{n} {why}" for why, n in t.refusals.most_common())
+        in_log = f" ({t.failed_in_log} in the log for `imgsave repair`)" if t.failed_in_log else ""
+        tokens, pace = tokens_text(t.usage), pace_part(self.pace)
+        return summary_line(
+            head,
+            (t.received != t.requested and t.received, f"{t.received} received"),
+            (tokens, tokens),
+            (spent, f"estimated {spent}"),
+            (t.refusals, f"refused: {refused}"),
+            (self.jobs_resumed, f"{self.jobs_resumed} jobs of an earlier run polled again"),
+            (t.jobs_lost, f"{t.jobs_lost} jobs paid for and lost (their results were gone)"),
+            (t.spooled, f"{t.spooled} kept in the spool for `imgsave repair`"),
+            (t.provisional, f"{t.provisional} saved as the provider's URL (run `imgsave rehost`)"),
+            (t.possibly_billed_retries,
+             f"{t.possibly_billed_retries} retries the provider may have billed"),
+            (t.failed, f"{t.failed} failed{in_log}"),
+            (t.duplicates,
+             f"{t.duplicates} answered with a URL the scene already held (not saved)"),
+            (self.recovered, f"{self.recovered} received by an earlier run and saved now"),
+            (self.skipped_scenes, f"{len(self.skipped_scenes)} scenes already complete"),
+            (self.unprompted_scenes, f"{len(self.unprompted_scenes)} scenes without a prompt"),
+            (self.held_scenes,
+             f"{len(self.held_scenes)} scenes held by another run (skipped)"),
+            (self.stalled_scenes, f"{len(self.stalled_scenes)} of them by a run that stopped"),
+            (t.not_requested, f"{t.not_requested} not requested"),
+            (t.abandoned,
+             f"{t.abandoned} abandoned at the second Ctrl-C (may have been billed)"),
+            (t.interrupted, "interrupted"),
+            (t.fatal, f"stopped: {t.fatal}"),
+            (t.log_error, f"stopped: {t.log_error}"),
+            (pace, pace),
+            run=self.run,
+        )  # fmt: skip
+
+
+def summary_line(head: str, *parts: tuple[object, str], run: str) -> str:
+    """A result's one line: `head`, then each part's text whose condition holds, in order."""
+    return ", ".join([head, *(text for shown, text in parts if shown)]) + f" (run {run})"
+
+
+def tokens_text(usage: Mapping[str, int]) -> str:
+    """The tokens an image API counted, for people ("" when it counted none)."""
+    tokens = usage.get("total_tokens")
+    return f"{tokens:,} tokens" if tokens else ""
+
+
+def pace_part(pace: PaceReport | None) -> str:
+    """The run's pace, for people, when it was asked for one or was throttled ("" else)."""
+    return pace_text(pace) if pace and (pace.asked or pace.throttled) else ""
 
 
 def pace_json(pace: PaceReport) -> dict[str, object]:
@@ -298,39 +300,33 @@ class ManyResult:
         for line in () if self.quiet else self._lines:
             console.print(shown(line))
         n, tx = len(self.projects), self.transactions
-        parts = [
+        head = (
             f"generate: {n} project{'' if n == 1 else 's'}, {self.saved} of {self.requested} "
             f"images saved in {tx} transaction{'' if tx == 1 else 's'}"
-        ]
-        if self.failed:
-            parts.append(f"{self.failed} failed")
-        if self.not_requested:
-            parts.append(f"{self.not_requested} not requested")
-        if self.abandoned:
-            parts.append(f"{self.abandoned} abandoned at the second Ctrl-C (may have been billed)")
-        if self.projects_not_started:
-            parts.append(f"{self.projects_not_started} projects not started")
-        if self.held_scenes:
-            parts.append(f"{self.held_scenes} scenes held by other runs")
-        if self.stalled_scenes:
-            parts.append(f"{self.stalled_scenes} of them by runs that stopped")
-        if self.unprompted_scenes:
-            parts.append(f"{self.unprompted_scenes} scenes without a prompt")
-        if self.recovered:
-            parts.append(f"{self.recovered} received by an earlier run and saved now")
-        if self.usage.get("total_tokens"):
-            parts.append(f"{self.usage['total_tokens']:,} tokens")
-        if spent := cost_text(self.pricing, self.sent, SYNC):
-            parts.append(f"estimated {spent}")
-        if self.possibly_billed_retries:
-            parts.append(f"{self.possibly_billed_retries} retries the provider may have billed")
-        if self.interrupted:
-            parts.append("interrupted")
-        if self.stopped:
-            parts.append(f"stopped: {self.stopped}")
-        if self.pace and (self.pace.asked or self.pace.throttled):
-            parts.append(pace_text(self.pace))
-        console.print(shown(", ".join(parts) + f" (run {self.run})"))
+        )
+        spent = cost_text(self.pricing, self.sent, SYNC)
+        tokens, pace = tokens_text(self.usage), pace_part(self.pace)
+        line = summary_line(
+            head,
+            (self.failed, f"{self.failed} failed"),
+            (self.not_requested, f"{self.not_requested} not requested"),
+            (self.abandoned,
+             f"{self.abandoned} abandoned at the second Ctrl-C (may have been billed)"),
+            (self.projects_not_started, f"{self.projects_not_started} projects not started"),
+            (self.held_scenes, f"{self.held_scenes} scenes held by other runs"),
+            (self.stalled_scenes, f"{self.stalled_scenes} of them by runs that stopped"),
+            (self.unprompted_scenes, f"{self.unprompted_scenes} scenes without a prompt"),
+            (self.recovered, f"{self.recovered} received by an earlier run and saved now"),
+            (tokens, tokens),
+            (spent, f"estimated {spent}"),
+            (self.possibly_billed_retries,
+             f"{self.possibly_billed_retries} retries the provider may have billed"),
+            (self.interrupted, "interrupted"),
+            (self.stopped, f"stopped: {self.stopped}"),
+            (pace, pace),
+            run=self.run,
+        )  # fmt: skip
+        console.print(shown(line))
 
 
 @dataclass
@@ -400,29 +396,27 @@ class BatchRunResult:
 
     def render(self, console: Console) -> None:
         s, sub = self.settled, self.submitted
-        parts = [
+        head = (
             f"generate --batch: {len(sub.submitted)} batches submitted ({sub.in_batches} "
             f"images), {len(s.collected)} collected ({s.recovered} images saved)"
-        ]
-        if self.pending:
-            parts.append(f"{len(self.pending)} still running")
-        if s.failed:
-            parts.append(f"{s.failed} failed")
-        if s.refusals:
-            parts.append(", ".join(f"{n} {why}" for why, n in s.refusals.items()))
-        if s.lost:
-            parts.append(f"{s.lost} paid for and lost (output expired)")
-        if self.capped:
-            parts.append(f"{self.capped} not submitted ({self.cap})")
-        if self.held_scenes:
-            parts.append(f"{self.held_scenes} scenes held by other runs")
-        if s.usage.get("total_tokens"):
-            parts.append(f"{s.usage['total_tokens']:,} tokens")
-        if spent := cost_text(self.pricing, sub.requested, BATCH):
-            parts.append(f"submitted for an estimated {spent}")
-        for line in self.errors + s.errors + s.unreadable + sub.errors:
-            console.print(shown(line), style="yellow")
-        console.print(shown(", ".join(parts) + f" (run {self.run})"))
+        )
+        spent = cost_text(self.pricing, sub.requested, BATCH)
+        tokens = tokens_text(s.usage)
+        line = summary_line(
+            head,
+            (self.pending, f"{len(self.pending)} still running"),
+            (s.failed, f"{s.failed} failed"),
+            (s.refusals, ", ".join(f"{n} {why}" for why, n in s.refusals.items())),
+            (s.lost, f"{s.lost} paid for and lost (output expired)"),
+            (self.capped, f"{self.capped} not submitted ({self.cap})"),
+            (self.held_scenes, f"{self.held_scenes} scenes held by other runs"),
+            (tokens, tokens),
+            (spent, f"submitted for an estimated {spent}"),
+            run=self.run,
+        )
+        for error in self.errors + s.errors + s.unreadable + sub.errors:
+            console.print(shown(error), style="yellow")
+        console.print(shown(line))
 
 
 def cost_text(pricing: Pricing | None, images: int, mode: str) -> str | None:
