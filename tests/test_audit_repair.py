@@ -15,7 +15,9 @@ from imgsave._demo.loopback import LoopbackProvider
 from imgsave._demo.writes import DemoDatabase
 from imgsave.adapters.imageapi.client import Provider
 from imgsave.commands import generate as gen
+from imgsave.commands.generate import Wanted
 from imgsave.core.documents import SceneRef, Shape, append_urls, decode, encode
+from imgsave.operations.planning import Ask
 
 from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
 
@@ -325,7 +327,7 @@ async def test_generate_while_the_naive_writer_clobbers_then_repair_loses_nothin
         async with await DemoDatabase.from_settings(settings, max_size=8) as db:
             # One request of the web route fetched the document before imgsave began...
             stale = await db.read("p1")
-            run = asyncio.create_task(gen.run(settings, "p1", images_per_scene=3, concurrency=16))
+            run = asyncio.create_task(gen.run(settings, Wanted("p1", Ask(3)), concurrency=16))
             # (imgsave has planned, its scenes empty, once the provider, a thread, answered)
             while api.requests == 0:  # noqa: ASYNC110 - a counter of another thread
                 await asyncio.sleep(0.005)

@@ -14,9 +14,11 @@ from imgsave._demo.incident import naive_save
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave._demo.writes import DemoDatabase
 from imgsave.commands import generate as gen
+from imgsave.commands.generate import Wanted
 from imgsave.core.documents import SceneRef, Shape
 from imgsave.core.settings import Settings
 from imgsave.operations.group_commit import ProjectSaver, Saving
+from imgsave.operations.planning import Ask
 
 from .conftest import imgsave_waits_for_a_lock, wait_for
 
@@ -78,7 +80,7 @@ async def test_generate_500_images_at_concurrency_64_all_saved_once(
         # a busy 2-core machine can take longer than that end to end (a retry would pay twice).
         provider = replace(settings.provider, timeout=30.0)
         settings = replace(settings, base_url=api.base_url, provider=provider)
-        result = await gen.run(settings, incident_project, images_per_scene=25, concurrency=64)
+        result = await gen.run(settings, Wanted(incident_project, Ask(25)), concurrency=64)
         served = list(api.served)
     assert (result.requested, result.saved, result.failed) == (500, 500, 0)
     assert result.exit_code == 0

@@ -302,7 +302,8 @@ async def test_the_first_projects_are_printed_before_the_next_batch_is_read(
     settings, db_url, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from imgsave.adapters.postgres.database import Database
-    from imgsave.commands.generate import run_dry
+    from imgsave.commands.generate import Wanted, run_dry
+    from imgsave.operations.planning import Ask
     from imgsave.terminal.generate_view import PlanOutput
 
     put_projects(db_url, 1100, 1)
@@ -317,7 +318,7 @@ async def test_the_first_projects_are_printed_before_the_next_batch_is_read(
         return await real_read_many(self, projects)
 
     monkeypatch.setattr(Database, "read_many", counted)
-    result = await run_dry(settings, all_projects=True, images_per_scene=1, output=output)
+    result = await run_dry(settings, Wanted((), Ask(1), all_projects=True), output=output)
     assert reads == [500, 500, 100]
     assert printed_at_read == [0, 500, 500], "each batch printed before the next is read"
     assert result.images == 1100

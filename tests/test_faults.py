@@ -15,7 +15,9 @@ import psycopg
 from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider, mixed_faults
 from imgsave.commands import generate as gen
+from imgsave.commands.generate import Wanted
 from imgsave.core.settings import ProviderSettings
+from imgsave.operations.planning import Ask
 
 from .conftest import imgsave_waits_for_a_lock, spawn, wait_for
 
@@ -50,7 +52,7 @@ async def test_mixed_provider_faults_every_image_saved_once(settings, rows, inci
                 max_retry_after=0.1,
             ),
         )
-        result = await gen.run(conf, "p1", images_per_scene=5, concurrency=16)
+        result = await gen.run(conf, Wanted("p1", Ask(5)), concurrency=16)
         served, statuses = list(api.served), Counter(api.statuses)
     assert (result.requested, result.saved, result.failed) == (100, 100, 0)
     assert stored(rows) == Counter(served) and len(served) == 100, "all saved, none twice"
@@ -83,13 +85,13 @@ async def test_dropped_database_connections_are_survived(settings, rows, inciden
     with LoopbackProvider(latency=0.05) as api:
         conf = replace(settings, base_url=api.base_url)
         started = time.monotonic()
-        await gen.run(conf, "clean", images_per_scene=10, concurrency=8)
+        await gen.run(conf, Wanted("clean", Ask(10)), concurrency=8)
         fault_free = time.monotonic() - started
         api.served.clear()
         killer = threading.Thread(target=terminate_twice)
         killer.start()
         started = time.monotonic()
-        result = await gen.run(conf, "p1", images_per_scene=10, concurrency=8)
+        result = await gen.run(conf, Wanted("p1", Ask(10)), concurrency=8)
         with_faults = time.monotonic() - started
         killer.join()
         served = list(api.served)

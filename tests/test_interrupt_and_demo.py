@@ -108,6 +108,8 @@ async def test_a_stopped_run_shows_images_not_requested_apart_from_failures(
     from dataclasses import replace
 
     from imgsave.commands import generate as gen
+    from imgsave.commands.generate import Wanted
+    from imgsave.operations.planning import Ask
     from imgsave.operations.stop import StopSignal
     from imgsave.terminal.generate_view import GenerateResult
     from imgsave.terminal.progress import ProgressReporter
@@ -123,7 +125,7 @@ async def test_a_stopped_run_shows_images_not_requested_apart_from_failures(
     with LoopbackProvider() as api:
         conf = replace(settings, base_url=api.base_url, allow_http=True)
         result = await gen.run(
-            conf, "p1", images_per_scene=1, concurrency=4, stop=stop, reporter=reporter
+            conf, Wanted("p1", Ask(1)), concurrency=4, stop=stop, reporter=reporter
         )
         assert isinstance(result, GenerateResult)
     assert (result.tally.not_requested, reporter.not_requested, reporter.failed) == (20, 20, 0)

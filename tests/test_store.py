@@ -15,7 +15,9 @@ from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
 from imgsave._demo.sample_images import sample_png
 from imgsave.commands import generate as gen
+from imgsave.commands.generate import Wanted
 from imgsave.core.settings import Settings, StoreSettings
+from imgsave.operations.planning import Ask
 
 from .storage import S3
 
@@ -58,7 +60,7 @@ async def test_b64_answers_land_in_s3_and_every_public_url_serves_the_exact_byte
     started = time.monotonic()
     with LoopbackProvider(answer="b64", image_bytes=1_000_000) as api:
         conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
-        result = await gen.run(conf, "p1", images_per_scene=2, concurrency=32)
+        result = await gen.run(conf, Wanted("p1", Ask(2)), concurrency=32)
         sent = list(api.sent)
     elapsed = time.monotonic() - started
     assert (result.requested, result.saved, result.failed) == (40, 40, 0), result.tally.errors
@@ -78,7 +80,7 @@ async def test_url_answers_are_downloaded_before_they_expire_and_dead_links_fail
     with LoopbackProvider(answer="url", expire_after=5.0) as api:
         api.image_base = api.origin + "/"
         conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
-        result = await gen.run(conf, "p1", images_per_scene=2, concurrency=4)
+        result = await gen.run(conf, Wanted("p1", Ask(2)), concurrency=4)
         sent = list(api.sent)
     assert (result.saved, result.failed) == (8, 0), result.tally.errors
     urls = saved_urls(rows)
@@ -92,7 +94,7 @@ async def test_url_answers_are_downloaded_before_they_expire_and_dead_links_fail
     with LoopbackProvider(answer="url", expire_after=0.0) as dead:
         dead.image_base = dead.origin + "/"
         conf = replace(settings, base_url=dead.base_url, store=s3.settings(), allow_http=True)
-        result = await gen.run(conf, "p2", images_per_scene=1, concurrency=2)
+        result = await gen.run(conf, Wanted("p2", Ask(1)), concurrency=2)
     assert (result.saved, result.failed) == (0, 2)
     assert all("the image URL answered 403" in e for e in result.tally.errors), result.tally.errors
     assert saved_urls(rows, "p2") == []
@@ -156,7 +158,7 @@ async def test_svg_html_unknown_and_oversized_answers_are_refused_not_stored(
     rows.put("p1", incident_document(2))
     with LoopbackProvider(answer="b64", faults=lambda n: "svg" if n == 1 else "ok") as api:
         conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
-        result = await gen.run(conf, "p1", images_per_scene=1, concurrency=1)
+        result = await gen.run(conf, Wanted("p1", Ask(1)), concurrency=1)
     assert (result.saved, result.failed) == (1, 1)
     assert any("not a png, jpeg, webp or gif (SVG)" in e for e in result.tally.errors)
     assert len(s3.keys()) == 1
@@ -165,7 +167,7 @@ async def test_svg_html_unknown_and_oversized_answers_are_refused_not_stored(
     small = replace(s3.settings(), max_image_bytes=100)
     with LoopbackProvider(answer="b64", image_bytes=4096) as api:
         conf = replace(settings, base_url=api.base_url, store=small, allow_http=True)
-        result = await gen.run(conf, "p2", images_per_scene=1, concurrency=1)
+        result = await gen.run(conf, Wanted("p2", Ask(1)), concurrency=1)
     assert (result.saved, result.failed) == (0, 1)
     assert "4,096 bytes, more than the 100 allowed" in result.tally.errors[0]
     assert len(s3.keys()) == 1, "nothing more was stored"
@@ -373,7 +375,7 @@ def test_no_write_relies_on_conditional_puts_which_supabase_ignores(settings: Se
     try:
         with LoopbackProvider(answer="b64") as api:
             conf = replace(settings, base_url=api.base_url, store=store, allow_http=True)
-            result = asyncio.run(gen.run(conf, "p1", images_per_scene=2, concurrency=2))
+            result = asyncio.run(gen.run(conf, Wanted("p1", Ask(2)), concurrency=2))
     finally:
         server.shutdown()
         server.server_close()
@@ -492,7 +494,7 @@ async def test_a_url_answer_that_cannot_be_downloaded_yet_is_kept_as_the_provide
         api.image_base = api.origin + "/"
         api.images_unavailable = True
         conf = replace(settings, base_url=api.base_url, store=s3.settings(), allow_http=True)
-        result = await gen.run(conf, "p1", images_per_scene=1, concurrency=2)
+        result = await gen.run(conf, Wanted("p1", Ask(1)), concurrency=2)
         kept = saved_urls(rows)
         api.images_unavailable = False
         rehosted = await run_rehost(conf, ["p1"], all_projects=False, execute=True)

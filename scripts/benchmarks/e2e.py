@@ -16,6 +16,8 @@ import httpx
 
 from imgsave._demo.incident import incident_document
 from imgsave.commands import generate as gen
+from imgsave.commands.generate import Wanted
+from imgsave.operations.planning import Ask
 
 from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings
 
@@ -35,7 +37,7 @@ async def library_run() -> float:
     with ProviderProcess(LATENCY) as api, tempfile.TemporaryDirectory() as logs:
         conf = replace(settings(base_url=api.base_url), log_dir=Path(logs), allow_http=True)
         started = time.perf_counter()
-        result = await gen.run(conf, "e2e", images_per_scene=IMAGES // 20, concurrency=CONCURRENCY)
+        result = await gen.run(conf, Wanted("e2e", Ask(IMAGES // 20)), concurrency=CONCURRENCY)
         elapsed = time.perf_counter() - started
     check(result.saved == IMAGES, f"saved {result.saved} of {IMAGES}")
     return elapsed

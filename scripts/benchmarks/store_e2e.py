@@ -22,7 +22,9 @@ from pathlib import Path
 
 from imgsave._demo.incident import incident_document
 from imgsave.commands import generate as gen
+from imgsave.commands.generate import Wanted
 from imgsave.core.settings import StoreSettings
+from imgsave.operations.planning import Ask
 
 from .audit_scale import measured_run
 from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings, stored_count
@@ -98,7 +100,7 @@ async def loop_lag_during_store_run(sink: SinkProcess) -> tuple[float, float]:
             log_dir=Path(logs),
         )
         watcher = asyncio.create_task(watch())
-        result = await gen.run(conf, "lag", images_per_scene=IMAGES // 20, concurrency=CONCURRENCY)
+        result = await gen.run(conf, Wanted("lag", Ask(IMAGES // 20)), concurrency=CONCURRENCY)
         watcher.cancel()
     check(result.saved == IMAGES, f"in-process store run saved {result.saved} of {IMAGES}")
     return max(lags), statistics.quantiles(lags, n=100)[98]

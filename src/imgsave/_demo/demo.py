@@ -24,12 +24,14 @@ from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.adapters.runlog.writer import new_run_id
 from imgsave.commands import generate
 from imgsave.commands.audit import run_audit
+from imgsave.commands.generate import Wanted
 from imgsave.commands.repair import run_repair
 from imgsave.core.documents import decode, encode, scenes
 from imgsave.core.image_bytes import key_segment
 from imgsave.core.result_json import fields_json
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_FINDINGS, EXIT_OK
+from imgsave.operations.planning import Ask
 from imgsave.operations.stop import StopSignal, sigint_stops
 from imgsave.terminal.consoles import stdout_console
 from imgsave.terminal.generate_view import GenerateResult
@@ -156,7 +158,7 @@ async def run_demo(
             )  # fmt: skip
             with sigint_stops(StopSignal()):
                 result = await generate.run(
-                    run_settings, safe_project, images_per_scene=IMAGES_PER_SCENE, concurrency=8
+                    run_settings, Wanted(safe_project, Ask(IMAGES_PER_SCENE)), concurrency=8
                 )
         assert isinstance(result, GenerateResult)
         safe = _counts(await db.read(safe_project), settings)

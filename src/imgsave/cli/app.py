@@ -186,7 +186,8 @@ def generate(
         from imgsave.adapters.imageapi.pace import parse_rate
         from imgsave.cli.parsers import parse_scene_selection
         from imgsave.commands import generate as gen
-        from imgsave.core.cost import parse_amount
+        from imgsave.core.cost import Limits, parse_amount
+        from imgsave.operations.planning import Ask
         from imgsave.terminal.progress import ProgressReporter
 
         selection = parse_scene_selection(scenes) if scenes else None
@@ -201,30 +202,19 @@ def generate(
             raise UsageError("--wait goes with --batch")
         if rate is not None:
             parse_rate(rate)
+        wanted = gen.Wanted(
+            projects or [],
+            Ask(images_per_scene, selection, force),
+            all_projects=all_projects,
+            limits=Limits(max_images, budget),
+        )
         if output is not None:
-            return await gen.run_dry(
-                settings,
-                projects or [],
-                all_projects=all_projects,
-                images_per_scene=images_per_scene,
-                selection=selection,
-                force=force,
-                batch=in_batch,
-                max_images=max_images,
-                max_cost=budget,
-                output=output,
-            )
+            return await gen.run_dry(settings, wanted, batch=in_batch, output=output)
         if in_batch:
             return await gen.run_batch(
                 settings,
-                projects or [],
-                all_projects=all_projects,
-                images_per_scene=images_per_scene,
-                selection=selection,
-                force=force,
+                wanted,
                 batch_size=batch_size,
-                max_images=max_images,
-                max_cost=budget,
                 strict=strict,
                 wait=wait,
                 reporter=ProgressReporter(quiet=common.quiet),
@@ -233,14 +223,8 @@ def generate(
             settings = replace(settings, provider=replace(settings.provider, rate=rate))
         return await gen.run(
             settings,
-            projects or [],
-            all_projects=all_projects,
-            images_per_scene=images_per_scene,
-            selection=selection,
-            force=force,
+            wanted,
             concurrency=concurrency,
-            max_images=max_images,
-            max_cost=budget,
             strict=strict,
             quiet=common.quiet,
             reporter=ProgressReporter(quiet=common.quiet),

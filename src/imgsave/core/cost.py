@@ -124,6 +124,20 @@ def cap(max_images: int | None, max_cost: Decimal | None, pricing: Pricing, mode
     return Cap(None)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a buying run was told it may spend, as given: at most `max_images` images
+    (`--max-images`), and no more than `max_cost` at the configured price (`--max-cost`).
+    None: no such limit."""
+
+    max_images: int | None = None
+    max_cost: Decimal | None = None
+
+    def cap(self, pricing: Pricing, mode: str) -> Cap:
+        """The one budget of images these make in `mode` (`cap`)."""
+        return cap(self.max_images, self.max_cost, pricing, mode)
+
+
 def amount_json(amount: Decimal | None) -> float | None:
     """An amount for JSON: a number (the double nearest the exact amount), None when unknown."""
     return None if amount is None else float(amount)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic
 
 from imgsave.adapters.imageapi.batches import BATCH_KINDS, no_batch_api
 from imgsave.adapters.imageapi.client import Provider
@@ -23,7 +24,7 @@ from imgsave.core.ledger import Purchase, on_their_way, without_pending
 from imgsave.core.scene_plan import Plan, plan
 from imgsave.errors import CannotWork, ImgsaveError, ProjectNotFound, UsageError
 from imgsave.operations.batches import Batches, Submitted
-from imgsave.operations.claims import Claims, Held
+from imgsave.operations.claims import Held, claimed
 from imgsave.operations.execution import Means, Reporter
 from imgsave.operations.planning import Ask, plan_project
 from imgsave.operations.scheduler import MIN_IN_FLIGHT, R, Scheduler
@@ -77,6 +78,17 @@ async def settle(
     ).settle(targets.settled)
 
 
+@dataclass(frozen=True)
+class ProjectHooks(Generic[R]):
+    """How the caller follows a synchronous run project by project: `result(project)` makes
+    the object its outcome is put in, `reporter(project)` shows its progress (None: nowhere),
+    and `landed(result)` takes each finished one."""
+
+    result: Callable[[str], R]
+    reporter: Callable[[str], Reporter | None]
+    landed: Callable[[R], None]
+
+
 async def buy_sync(
     s: Session,
     provider: Provider,
@@ -86,26 +98,28 @@ async def buy_sync(
     concurrency: int,
     cap: Cap,
     stop: StopSignal,
-    claims: Claims | None,
-    reporter: Callable[[str], Reporter | None],
-    result: Callable[[str], R],
-    landed: Callable[[R], None],
+    hooks: ProjectHooks[R],
 ) -> tuple[int, str | None]:
-    """Every target project planned and bought under one concurrency bound; each result
-    handed to `landed`. Returns how many projects were never started (the run stopped, or
-    the cap, --max-images or --max-cost, ran out) and why the whole run stopped, if it did."""
+    """Every target project planned (claimed as it is) and bought under one concurrency
+    bound; each result handed to `hooks.landed`. Returns how many projects were never started
+    (the run stopped, or the cap, --max-images or --max-cost, ran out) and why the whole run
+    stopped, if it did."""
     slots = Slots(
         concurrency,
         budget=cap.images,
         cap=cap.label,
         quantum=1 if targets.single else max(1, concurrency // MIN_IN_FLIGHT),
     )
-    means = Means(
-        s.db, provider, s.purchases, s.settings.shape, slots, stop, claims,
-        linger=0.0 if targets.single else LINGER,
-    )  # fmt: skip
-    scheduler: Scheduler[R] = Scheduler(means, ask, reporter=reporter, result=result)
-    not_started = await scheduler.run(targets.sources(s.db, ask), landed, strict=targets.single)
+    async with claimed(s.db.connector, s.run, s.settings.claims) as claims:
+        means = Means(
+            s.db, provider, s.purchases, s.settings.shape, slots, stop, claims,
+            linger=0.0 if targets.single else LINGER,
+        )  # fmt: skip
+        scheduler: Scheduler[R] = Scheduler(
+            means, ask, reporter=hooks.reporter, result=hooks.result
+        )
+        sources = targets.sources(s.db, ask)
+        not_started = await scheduler.run(sources, hooks.landed, strict=targets.single)
     return not_started, scheduler.fatal
 
 
@@ -127,7 +141,6 @@ async def buy_batch(
     targets: Targets,
     ask: Ask,
     *,
-    claims: Claims | None,
     batch_size: int,
     max_images: int | None,
     errors: list[str],
@@ -135,42 +148,43 @@ async def buy_batch(
     """Plan every target project (claimed while it is planned and ordered), then submit what
     is missing in batches of `batch_size`, at most `max_images` images in all. The claims go
     as soon as the rows are written: from then on the rows hold their scenes."""
-    found = BatchPlan([])
-    budget = max_images
-    held: list[Held] = []
-    claimed: list[str] = []
-    async for names in targets.sources(s.db, ask):
-        for project in names:
-            claimed.append(project)
-            try:
-                planned = await plan_project(
-                    s.db, s.ledger, claims, project, ask, s.settings.shape,
-                    every_selected=targets.single,
-                )  # fmt: skip
-            except ImgsaveError as exc:
-                if targets.single:
-                    raise
-                errors.append(str(exc))
-                continue
-            plan = planned.plan
-            held += planned.held
-            found.skipped_scenes += len(plan.skipped_scenes)
-            found.unprompted_scenes += len(plan.unprompted_scenes)
-            found.pending_scenes += len(plan.pending_scenes)
-            if budget is not None:
-                plan, cut = plan.capped(budget)
-                found.capped += cut
-                budget -= plan.requested
-            if plan.jobs:
-                found.plans.append((project, plan))
-    found.held_scenes = len(held)
-    try:
-        submitted = await batches.submit(found.plans, batch_size=batch_size)
-    finally:
-        if claims is not None:
-            for project in claimed:
-                await claims.release(project)
-    return submitted, found
+    async with claimed(s.db.connector, s.run, s.settings.claims) as claims:
+        found = BatchPlan([])
+        budget = max_images
+        held: list[Held] = []
+        planned_for: list[str] = []
+        async for names in targets.sources(s.db, ask):
+            for project in names:
+                planned_for.append(project)
+                try:
+                    planned = await plan_project(
+                        s.db, s.ledger, claims, project, ask, s.settings.shape,
+                        every_selected=targets.single,
+                    )  # fmt: skip
+                except ImgsaveError as exc:
+                    if targets.single:
+                        raise
+                    errors.append(str(exc))
+                    continue
+                plan = planned.plan
+                held += planned.held
+                found.skipped_scenes += len(plan.skipped_scenes)
+                found.unprompted_scenes += len(plan.unprompted_scenes)
+                found.pending_scenes += len(plan.pending_scenes)
+                if budget is not None:
+                    plan, cut = plan.capped(budget)
+                    found.capped += cut
+                    budget -= plan.requested
+                if plan.jobs:
+                    found.plans.append((project, plan))
+        found.held_scenes = len(held)
+        try:
+            submitted = await batches.submit(found.plans, batch_size=batch_size)
+        finally:
+            if claims is not None:
+                for project in planned_for:
+                    await claims.release(project)
+        return submitted, found
 
 
 async def _listed(names: list[str]) -> AsyncIterator[list[str]]:
