@@ -304,7 +304,7 @@ def repair(
 
     async def work(settings: Settings) -> _Result:
         from imgsave.commands.repair import run_repair
-        from imgsave.core.cost import parse_amount
+        from imgsave.core.cost import Limits, parse_amount
         from imgsave.terminal.progress import ProgressReporter
 
         _one_mode(dry_run=dry_run, execute=execute)
@@ -315,8 +315,7 @@ def repair(
             regenerate=regenerate,
             check_urls=sources.check_urls,
             concurrency=concurrency,
-            max_images=max_images,
-            max_cost=parse_amount(max_cost) if max_cost is not None else None,
+            limits=Limits(max_images, parse_amount(max_cost) if max_cost is not None else None),
             reporter=ProgressReporter(quiet=common.quiet),
         )
 
@@ -358,7 +357,7 @@ def rehost(
 
     async def work(settings: Settings) -> _Result:
         from imgsave.commands.rehost import run_rehost
-        from imgsave.core.cost import parse_amount
+        from imgsave.core.cost import Limits, parse_amount
         from imgsave.terminal.progress import ProgressReporter
 
         _one_mode(dry_run=dry_run, execute=execute)
@@ -369,8 +368,7 @@ def rehost(
             execute=execute,
             regenerate=regenerate,
             concurrency=concurrency,
-            max_images=max_images,
-            max_cost=parse_amount(max_cost) if max_cost is not None else None,
+            limits=Limits(max_images, parse_amount(max_cost) if max_cost is not None else None),
             reporter=ProgressReporter(quiet=common.quiet),
         )
 

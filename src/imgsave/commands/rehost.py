@@ -7,14 +7,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from imgsave.adapters.imageapi.client import Provider
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.storage.object_store import Store
-from imgsave.core import cost, events
-from imgsave.core.cost import SYNC, Pricing
+from imgsave.core import events
+from imgsave.core.cost import SYNC, Limits, Pricing
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, json_name
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK, LogUnwritable, UsageError
@@ -101,13 +100,12 @@ async def run_rehost(
     execute: bool,
     regenerate: bool = False,
     concurrency: int = 8,
-    max_images: int | None = None,
-    max_cost: Decimal | None = None,
+    limits: Limits = Limits(),
     reporter: Reporter | None = None,
 ) -> RehostResult:
     """Copy every provider link into the store and replace it; with `regenerate`, buy a new
-    image for each link that no longer resolves: at most `max_images`, and no more than
-    `max_cost` buys at the configured price."""
+    image for each link that no longer resolves: at most `--max-images`, and no more than
+    `--max-cost` buys at the configured price."""
     if bool(projects) == all_projects:
         raise UsageError("name the projects to rehost, or give --all")
     store = Store.from_settings(settings)
@@ -117,7 +115,7 @@ async def run_rehost(
             "file:///DIR) and IMGSAVE_PUBLIC_URL"
         )
     pricing = Pricing.of(settings.provider)
-    max_images = cost.cap(max_images, max_cost, pricing, SYNC).images
+    max_images = limits.cap(pricing, SYNC).images
     result = RehostResult(executed=execute, pricing=pricing if regenerate else None)
     async with await Database.from_settings(settings) as db:
         names = await generating.resolve(db, projects)

@@ -5,14 +5,12 @@ URLs are never written. Only one executing repair runs on a host at a time."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from imgsave.adapters.runlog.reader import LogQuery, ReadStats
-from imgsave.core import cost
-from imgsave.core.cost import SYNC, Pricing
+from imgsave.core.cost import SYNC, Limits, Pricing
 from imgsave.core.result_json import NOT_IN_JSON, fields_json, plain
 from imgsave.core.settings import Settings
 from imgsave.errors import EXIT_CANNOT_WORK, EXIT_FINDINGS, EXIT_OK
@@ -101,19 +99,18 @@ async def run_repair(
     regenerate: bool = False,
     check_urls: bool = False,
     concurrency: int = 8,
-    max_images: int | None = None,
-    max_cost: Decimal | None = None,
+    limits: Limits = Limits(),
     reporter: Reporter | None = None,
 ) -> RepairResult:
     """Audit, then (with `execute`) settle, restore every lost URL and, with `regenerate`,
-    generate new images for scenes left short: at most `max_images`, and no more than
-    `max_cost` buys at the configured price."""
+    generate new images for scenes left short: at most `--max-images`, and no more than
+    `--max-cost` buys at the configured price."""
     pricing = Pricing.of(settings.provider)
-    cap = cost.cap(max_images, max_cost, pricing, SYNC)
+    cap = limits.cap(pricing, SYNC)
     result = RepairResult(executed=execute, pricing=pricing if regenerate else None)
+    regeneration = repairing.Regeneration(concurrency, cap.images) if regenerate else None
     result.report = await repairing.run(
-        settings, query, result if execute else None, regenerate=regenerate,
-        check_urls=check_urls, concurrency=concurrency, max_images=cap.images,
-        reporter=reporter,
+        settings, query, result if execute else None, regenerate=regeneration,
+        check_urls=check_urls, reporter=reporter,
     )  # fmt: skip
     return result

@@ -125,7 +125,8 @@ async def copy_links(
             )  # fmt: skip
             async with ProjectSaver(s.db, project, s.settings.shape, ledger=s.ledger) as saver:
                 await asyncio.gather(
-                    *(_copy(s, saver, gate, stop, link, p, done, reporter)
+                    *(_copy(s, link, p, saver=saver, gate=gate, stop=stop, done=done,
+                            reporter=reporter)
                       for link, p in zip(items, ordered, strict=True))
                 )  # fmt: skip
     finally:
@@ -136,11 +137,12 @@ async def copy_links(
 
 async def _copy(
     s: Session,
+    link: Link,
+    p: Purchase,
+    *,
     saver: ProjectSaver,
     gate: asyncio.Semaphore,
     stop: StopSignal,
-    link: Link,
-    p: Purchase,
     done: Copied,
     reporter: Reporter | None,
 ) -> None:

@@ -78,19 +78,27 @@ class Repaired:
         )
 
 
+@dataclass(frozen=True)
+class Regeneration:
+    """`--regenerate`: new images bought for the scenes a repair leaves short, `concurrency`
+    requests at a time, at most `max_images` in all (None: no cap)."""
+
+    concurrency: int = 8
+    max_images: int | None = None
+
+
 async def run(
     settings: Settings,
     query: LogQuery,
     done: Repaired | None,
     *,
-    regenerate: bool,
+    regenerate: Regeneration | None,
     check_urls: bool,
-    concurrency: int,
-    max_images: int | None,
     reporter: Reporter | None,
 ) -> AuditReport:
     """The audit's report; with `done` (an executing repair), the repair itself, counted in
-    `done`. Only one executing repair runs on a host at a time."""
+    `done`, and with `regenerate`, new images for the scenes it leaves short. Only one
+    executing repair runs on a host at a time."""
     log_dir = settings.resolved_log_dir()
     lock = exclusive(log_dir / "repair.lock", "imgsave repair") if done else nullcontext()
     with lock:
@@ -99,7 +107,7 @@ async def run(
         if done is None:
             return report
         async with opened(settings, probe=False) as s, opened_api(settings) as api:
-            wanted = needs_provider(settings, report, regenerate=regenerate)
+            wanted = needs_provider(settings, report, regenerate=regenerate is not None)
             provider = Provider.from_settings(settings) if wanted else None
             async with provider if provider is not None else nullcontext() as provider:
                 if s.store is not None and (provider is not None or report.spooled):
@@ -107,8 +115,7 @@ async def run(
                 batches = Batches(api=api, db=s.db, purchases=s.purchases,
                                   shape=settings.shape) if api else None  # fmt: skip
                 await repair(
-                    s, report, done, provider=provider, batches=batches,
-                    regenerate=regenerate, concurrency=concurrency, max_images=max_images,
+                    s, report, done, provider=provider, batches=batches, regenerate=regenerate,
                     reporter=reporter,
                 )  # fmt: skip
     return report
@@ -129,9 +136,7 @@ async def repair(
     *,
     provider: Provider | None,
     batches: Batches | None,
-    regenerate: bool,
-    concurrency: int,
-    max_images: int | None,
+    regenerate: Regeneration | None,
     reporter: Reporter | None,
 ) -> None:
     """Settle what this database paid for, restore what the audit found lost (and settling did
@@ -140,7 +145,7 @@ async def repair(
     everything = Targets((), all_projects=True)
     settled = await settle(s, everything, provider, batches)
     done.absorb(settled)
-    wanted = regenerate and (report.expired or report.empty_scenes)
+    wanted = regenerate is not None and (report.expired or report.empty_scenes)
     if not (report.lost or wanted or report.spooled or report.uncollected):
         # Cron runs this every few minutes: nothing to do leaves no log behind.
         done.remaining = _waiting(report, done)
@@ -150,20 +155,20 @@ async def repair(
                     expired=len(report.expired))  # fmt: skip
     except LogUnwritable as exc:
         done.errors.append(f"{exc}; nothing repaired")
-        done.remaining = remaining(report, {}, {}, empty_scenes=regenerate)
+        done.remaining = remaining(report, {}, {}, empty_scenes=regenerate is not None)
         return
     # What settling just put back is not restored a second time.
     lost = [f for f in report.lost if f.url not in settled.saved_urls]
     restored = await restore(s, lost)
     done.errors += restored.errors
     regenerated: SceneCounts = {}
-    if provider is not None and regenerate:
+    if provider is not None and regenerate is not None:
         stop = StopSignal()
         with sigint_stops(stop):
             async with claimed(s.db.connector, s.run, s.settings.claims) as claims:
                 regenerated, tally = await regenerate_short(
-                    s, provider, report, claims=claims, concurrency=concurrency,
-                    max_images=max_images, stop=stop, reporter=reporter,
+                    s, provider, report, claims=claims, regeneration=regenerate, stop=stop,
+                    reporter=reporter,
                 )  # fmt: skip
         done.errors += [e for e in tally.errors if e != tally.fatal]
         done.possibly_billed_retries = tally.possibly_billed_retries
@@ -173,7 +178,7 @@ async def repair(
     done.repaired += sum(restored.by_scene.values())
     done.regenerated = sum(regenerated.values())
     back = _with_settled(restored.by_scene, report, settled.saved_urls)
-    done.remaining = remaining(report, back, regenerated, empty_scenes=regenerate)
+    done.remaining = remaining(report, back, regenerated, empty_scenes=regenerate is not None)
     done.remaining += _waiting(report, done)
     with contextlib.suppress(LogUnwritable):  # already reported by the write that failed first
         s.log.write(
@@ -268,57 +273,25 @@ async def regenerate_short(
     report: AuditReport,
     *,
     claims: Claims | None,
-    concurrency: int,
-    max_images: int | None,
+    regeneration: Regeneration,
     stop: StopSignal,
     reporter: Reporter | None,
 ) -> tuple[SceneCounts, Tally]:
     """New images for scenes left short: expired URLs that cannot come back (each new image
     recorded as replacing one of them), and scenes that hold nothing and were never logged.
     Only scenes this run can claim: one waiting in a batch, or being generated now, is being
-    paid for already. At most `max_images` in all."""
-    wanted: dict[str, dict[SceneRef, list[str | None]]] = defaultdict(lambda: defaultdict(list))
-    for finding in report.expired:
-        wanted[finding.project][SceneRef(finding.scene, finding.scene_id)].append(finding.url)
-    for project, ref in report.empty_scenes:
-        wanted[project][ref].append(None)
+    paid for already. At most `regeneration.max_images` in all."""
     regenerated: SceneCounts = {}
     total = Tally()
-    budget = max_images
-    means = Means(s.db, provider, s.purchases, s.settings.shape, Slots(concurrency), stop, claims)
-    for project, by_scene in wanted.items():
+    budget = regeneration.max_images
+    slots = Slots(regeneration.concurrency)
+    means = Means(s.db, provider, s.purchases, s.settings.shape, slots, stop, claims)
+    for project, by_scene in _short_scenes(report).items():
         if stop.requested or (budget is not None and budget <= 0):
             break
-        try:
-            all_scenes = scenes(
-                decode(await s.db.read(project), project=project), s.settings.shape,
-                project=project,
-            )  # fmt: skip
-        except ImgsaveError as exc:
-            total.errors.append(f"{exc} (not regenerated)")
+        jobs = await _jobs(s, project, by_scene, claims, total.errors)
+        if jobs is None:
             continue
-        jobs = tuple(
-            Job(scene, len(olds), tuple(u for u in olds if u is not None))
-            for ref, olds in by_scene.items()
-            if (scene := find(all_scenes, ref)) is not None and scene.prompt
-        )
-        # A scene a batch or a job is paying for already is not bought again.
-        pending = on_their_way(await s.ledger.unresolved([project]))
-        waiting = [job for job in jobs if pending.get(scene_key(job.scene.ref))]
-        if waiting:
-            total.errors.append(
-                f"project {project}: {len(waiting)} scenes not regenerated: their images are on "
-                "their way (a batch or a job is paying for them)"
-            )
-            jobs = tuple(job for job in jobs if job not in waiting)
-        if claims is not None and jobs:
-            mine, held = await claims.claim(project, [job.scene.ref for job in jobs])
-            jobs = tuple(job for job in jobs if job.scene.ref in set(mine))
-            if held:
-                total.errors.append(
-                    f"project {project}: {len(held)} scenes not regenerated: held by another "
-                    "run (a batch waiting, or a generate in progress)"
-                )
         plan = Plan(jobs)
         if budget is not None:
             plan, cut = plan.capped(budget)
@@ -334,6 +307,60 @@ async def regenerate_short(
         if tally.fatal or tally.log_error:
             break
     return regenerated, total
+
+
+def _short_scenes(report: AuditReport) -> dict[str, dict[SceneRef, list[str | None]]]:
+    """Project by project, scene by scene, an entry for each image to buy: the expired URL it
+    replaces, or None for an image an empty scene lacks."""
+    wanted: dict[str, dict[SceneRef, list[str | None]]] = defaultdict(lambda: defaultdict(list))
+    for finding in report.expired:
+        wanted[finding.project][SceneRef(finding.scene, finding.scene_id)].append(finding.url)
+    for project, ref in report.empty_scenes:
+        wanted[project][ref].append(None)
+    return wanted
+
+
+async def _jobs(
+    s: Session,
+    project: str,
+    by_scene: dict[SceneRef, list[str | None]],
+    claims: Claims | None,
+    errors: list[str],
+) -> tuple[Job, ...] | None:
+    """What `project` may have bought for it now: its scenes that still exist and have a
+    prompt, less those whose images are on their way already, claimed by this run; None when
+    its document cannot be read. What is left out is said in `errors`."""
+    try:
+        all_scenes = scenes(
+            decode(await s.db.read(project), project=project), s.settings.shape,
+            project=project,
+        )  # fmt: skip
+    except ImgsaveError as exc:
+        errors.append(f"{exc} (not regenerated)")
+        return None
+    jobs = tuple(
+        Job(scene, len(olds), tuple(u for u in olds if u is not None))
+        for ref, olds in by_scene.items()
+        if (scene := find(all_scenes, ref)) is not None and scene.prompt
+    )
+    # A scene a batch or a job is paying for already is not bought again.
+    pending = on_their_way(await s.ledger.unresolved([project]))
+    waiting = [job for job in jobs if pending.get(scene_key(job.scene.ref))]
+    if waiting:
+        errors.append(
+            f"project {project}: {len(waiting)} scenes not regenerated: their images are on "
+            "their way (a batch or a job is paying for them)"
+        )
+        jobs = tuple(job for job in jobs if job not in waiting)
+    if claims is not None and jobs:
+        mine, held = await claims.claim(project, [job.scene.ref for job in jobs])
+        jobs = tuple(job for job in jobs if job.scene.ref in set(mine))
+        if held:
+            errors.append(
+                f"project {project}: {len(held)} scenes not regenerated: held by another "
+                "run (a batch waiting, or a generate in progress)"
+            )
+    return jobs
 
 
 def _one_line(exc: BaseException) -> str:
