@@ -52,10 +52,7 @@ def diff_project(
     """Classify one project's logged URLs against its document (`documents` lacks it when
     the project does not exist)."""
     if project not in documents:
-        for ref, scene_log in logged.items():
-            out.orphaned += ((project, ref.index, ref.id, u) for u in scene_log.urls)
-        if not logged:
-            out.errors.append(f"project {project} not found")
+        _not_found(project, logged, out)
         return
     try:
         table = scene_table(documents[project], shape, project=project)
@@ -89,6 +86,15 @@ def diff_project(
     for position in range(len(table.indexes)):
         if position not in seen and not table.urls(position) and table.prompt(position):
             out.empty_scenes.append((project, table.ref(position)))
+
+
+def _not_found(project: str, logged: Mapping[SceneRef, SceneHistory], out: Diff) -> None:
+    """A project that does not exist: every URL logged for it is orphaned; with nothing logged
+    for it, it was asked for by name, and is an error."""
+    for ref, scene_log in logged.items():
+        out.orphaned += ((project, ref.index, ref.id, u) for u in scene_log.urls)
+    if not logged:
+        out.errors.append(f"project {project} not found")
 
 
 @dataclass(slots=True)

@@ -59,6 +59,15 @@ async def purchases_not_in_scenes(
     if unnamed and batches is not None:
         unnamed = await _found_by_listing(unnamed, batches, waiting, report)
     report.in_batches += len(unnamed)
+    await _finished_or_not(waiting, batches, report)
+
+
+async def _finished_or_not(
+    waiting: dict[str, list[Purchase]], batches: _Retrieving | None, report: AuditReport
+) -> None:
+    """Each batch's rows counted `uncollected` when the batch has finished, `in_batches` when
+    it runs still or is not the configured kind's (it cannot be asked); a batch that cannot be
+    read is said, its rows not counted."""
     for batch_id, rows in waiting.items():
         kinds = {p.kind for p in rows}
         if not batch_id or batches is None or batches.kind not in kinds:

@@ -165,7 +165,9 @@ async def audit(
     query = replace(query, only_projects=frozenset(named))
     journal = await _journal(db, query, report) if query.journal else {}
     marks = _marks(report)
-    seen, found = await _logs_against_documents(db, files, ledger, query, shape, report, journal)
+    seen, found = await _logs_against_documents(
+        db, files, ledger, query, shape, report=report, journal=journal
+    )
     if ledger is not None:
         # Never diffed: a scene that holds the index now is another scene.
         since = query.since.timestamp() if query.since else None
@@ -184,7 +186,7 @@ async def audit(
         report.oldest_evidence = min(
             (t for t in (stats.oldest, report.oldest_evidence) if t is not None), default=None
         )
-        await _store_objects(db, store, shape, report, set(named), seen)
+        await _store_objects(db, store, shape, report, named=set(named), known_projects=seen)
     if check_urls and report.lost:
         from imgsave.adapters.imageapi.url_check import check_urls as check
 
@@ -208,6 +210,7 @@ async def _store_objects(
     store: Store,
     shape: Shape,
     report: AuditReport,
+    *,
     named: set[str],
     known_projects: set[str],
 ) -> None:
@@ -220,21 +223,7 @@ async def _store_objects(
     else under the prefix is `unreferenced`: reported, never written."""
     known = {f.url for f in (*report.lost, *report.stale, *report.orphaned, *report.expired)}
     known |= report.represented
-    by_segment = {key_segment(p): p for p in known_projects | named}
-    by_project: dict[str, list[tuple[str, str, datetime, int]]] = {}
-    prefix = "/".join(p for p in store.prefix.split("/") if p)
-    async for key, modified, size in store.objects(f"{prefix}/" if prefix else ""):
-        parts = key[len(prefix) + 1 if prefix else 0 :].split("/")
-        if parts[0] == PROBE_DIR:
-            continue
-        project = by_segment.get(parts[0]) or segment_text(parts[0]) if parts else None
-        if len(parts) != 3 or project is None:
-            if not named:  # else it may well be another project's
-                report.unreferenced.append(Finding(project or "?", 0, None, store.public_url(key)))
-            continue
-        if named and project not in named:
-            continue
-        by_project.setdefault(project, []).append((parts[1], key, modified, size))
+    by_project = await _objects_by_project(store, report, named, known_projects)
     if not by_project:
         return
     documents, failures = await db.read_many(list(by_project))
@@ -271,6 +260,34 @@ async def _store_objects(
                 report.lost.append(finding)
 
 
+# An object under a project's folder: its scene's folder, its key, when it was put, its size.
+_StoreObject = tuple[str, str, datetime, int]
+
+
+async def _objects_by_project(
+    store: Store, report: AuditReport, named: set[str], known_projects: set[str]
+) -> dict[str, list[_StoreObject]]:
+    """The store's objects under the prefix, project by project (only the `named` ones, when
+    some are); what is not at a project's scene's place is `unreferenced` (when no project is
+    named: else it may well be another project's)."""
+    by_segment = {key_segment(p): p for p in known_projects | named}
+    by_project: dict[str, list[_StoreObject]] = {}
+    prefix = "/".join(p for p in store.prefix.split("/") if p)
+    async for key, modified, size in store.objects(f"{prefix}/" if prefix else ""):
+        parts = key[len(prefix) + 1 if prefix else 0 :].split("/")
+        if parts[0] == PROBE_DIR:
+            continue
+        project = by_segment.get(parts[0]) or segment_text(parts[0]) if parts else None
+        if len(parts) != 3 or project is None:
+            if not named:  # else it may well be another project's
+                report.unreferenced.append(Finding(project or "?", 0, None, store.public_url(key)))
+            continue
+        if named and project not in named:
+            continue
+        by_project.setdefault(project, []).append((parts[1], key, modified, size))
+    return by_project
+
+
 async def _journal(db: Database, query: LogQuery, report: AuditReport) -> Verdicts:
     journal = JournalRows(db.connector)
     if not await journal.installed():
@@ -293,6 +310,7 @@ async def _logs_against_documents(
     ledger: LedgerRows | None,
     query: LogQuery,
     shape: Shape,
+    *,
     report: AuditReport,
     journal: Verdicts,
 ) -> tuple[set[str], int]:
@@ -324,7 +342,7 @@ async def _logs_against_documents(
                 rows = max(1, sighted.rows // (partitions * BULK_PARTITIONS))
                 ordered = ledger_sightings.by_project(ledger, projects, since, Path(folder), rows)
                 _older(report.stats, sighted)
-                return await _diff_partitions(db, ordered, {}, gap, shape, report, pool)
+                return await _diff_partitions(db, ordered, {}, gap, shape, report=report, pool=pool)
         if BULK:
             async with workers(cores() if big else 1) as pool:
                 stats = ReadStats()
@@ -334,11 +352,15 @@ async def _logs_against_documents(
                 )
                 keys = {p: k for p in reading.projects if (k := db.normalise_key(p)) and k != p}
                 if all(bucket(k, partitions) == bucket(p, partitions) for p, k in keys.items()):
-                    own = await _ledger_parts(ledger, projects, since, partitions, folder, bucket)
+                    own = await _ledger_parts(
+                        ledger, projects, since, partitions=partitions, folder=folder, place=bucket
+                    )
                     parts = _joined(reading.parts, own, sighted, stats)
                     report.stats.add(stats)
                     if not journal:
-                        return await _diff_partitions(db, parts, keys, gap, shape, report, pool)
+                        return await _diff_partitions(
+                            db, parts, keys, gap, shape, report=report, pool=pool
+                        )
                     for part_files in parts:
                         logged = build(renamed(part_files, keys), gap)
                         overlay(logged, journal)
@@ -347,7 +369,9 @@ async def _logs_against_documents(
                     return seen, found
         stats = ReadStats()
         sightings = (_normalised(s, db) for s in read_sightings(files, query, stats))
-        own = await _ledger_parts(ledger, projects, since, partitions, Path(folder), partition_of)
+        own = await _ledger_parts(
+            ledger, projects, since, partitions=partitions, folder=Path(folder), place=partition_of
+        )
         with spilled(sightings, partitions) as logs:
             parts = _joined([[p] for p in logs], own, sighted, stats)
             report.stats.add(stats)
@@ -363,6 +387,7 @@ async def _ledger_parts(
     ledger: LedgerRows | None,
     projects: Sequence[str] | None,
     since: float | None,
+    *,
     partitions: int,
     folder: str | Path,
     place: Callable[[str, int], int],
@@ -419,6 +444,7 @@ async def _diff_partitions(
     keys: dict[str, str],
     gap: float,
     shape: Shape,
+    *,
     report: AuditReport,
     pool: list[Worker],
 ) -> tuple[set[str], int]:
