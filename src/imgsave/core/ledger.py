@@ -215,11 +215,7 @@ def action(p: Purchase, *, host: str, kind: str, has_store: bool) -> Action:
     if p.mode is Mode.COPY and not p.kept.url and not p.kept.spool:
         return Action.DROP
     if p.state is State.STORED:
-        if p.kept.url:
-            return Action.SAVE
-        if p.kept.spool:
-            return Action.UPLOAD if p.host == host and has_store else Action.WAIT
-        return Action.ADOPT
+        return _stored(p, host=host, has_store=has_store)
     if p.state is State.RECEIVED and p.kept.source_url:
         return Action.FETCH if has_store else Action.SAVE
     if p.mode is Mode.JOB and p.handle.job_id:
@@ -228,4 +224,14 @@ def action(p: Purchase, *, host: str, kind: str, has_store: bool) -> Action:
         if p.kind != kind:
             return Action.WAIT
         return Action.COLLECT if p.handle.batch_id else Action.FIND_BATCH
+    return Action.ADOPT
+
+
+def _stored(p: Purchase, *, host: str, has_store: bool) -> Action:
+    """A stored purchase: saved by its URL; its spooled bytes uploaded, on the host whose spool
+    holds them; adopted when it kept neither (the store may hold it)."""
+    if p.kept.url:
+        return Action.SAVE
+    if p.kept.spool:
+        return Action.UPLOAD if p.host == host and has_store else Action.WAIT
     return Action.ADOPT
