@@ -85,20 +85,20 @@ async def test_two_runs_that_plan_at_once_both_buy_unless_claims_or_the_ledger_s
     rows.put("p1", incident_document(5))
     ask, shape = Ask(1), settings.shape
     async with opened(settings) as a, opened(settings) as b:
-        first = await plan_project(a.db, a.ledger, None, "p1", ask, shape)
-        second = await plan_project(b.db, b.ledger, None, "p1", ask, shape)
+        first = await plan_project(a.db, a.ledger, None, "p1", ask, shape=shape)
+        second = await plan_project(b.db, b.ledger, None, "p1", ask, shape=shape)
         assert (first.plan.requested, second.plan.requested) == (5, 5), "the race is real"
         async with (
             Claims(a.db.connector, a.run, 60) as claims_a,
             Claims(b.db.connector, b.run, 60) as claims_b,
         ):
-            mine = await plan_project(a.db, a.ledger, claims_a, "p1", ask, shape)
-            theirs = await plan_project(b.db, b.ledger, claims_b, "p1", ask, shape)
+            mine = await plan_project(a.db, a.ledger, claims_a, "p1", ask, shape=shape)
+            theirs = await plan_project(b.db, b.ledger, claims_b, "p1", ask, shape=shape)
             assert (mine.plan.requested, theirs.plan.requested, len(theirs.held)) == (5, 0, 5)
             await a.purchases.order(
                 [NewPurchase("p1", job.scene.ref, 0, Mode.SYNC) for job in mine.plan.jobs]
             )
-        after = await plan_project(b.db, b.ledger, None, "p1", ask, shape)
+        after = await plan_project(b.db, b.ledger, None, "p1", ask, shape=shape)
         assert after.plan.requested == 0 and len(after.plan.pending_scenes) == 5
 
 

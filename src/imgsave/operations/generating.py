@@ -158,7 +158,7 @@ async def buy_batch(
                 planned_for.append(project)
                 try:
                     planned = await plan_project(
-                        s.db, s.ledger, claims, project, ask, s.settings.shape,
+                        s.db, s.ledger, claims, project, ask, shape=s.settings.shape,
                         every_selected=targets.single,
                     )  # fmt: skip
                 except ImgsaveError as exc:

@@ -45,8 +45,8 @@ async def plan_project(
     claims: Claims | None,
     project: str,
     ask: Ask,
-    shape: Shape,
     *,
+    shape: Shape,
     every_selected: bool = False,
 ) -> Planned:
     """The scenes of `project` this run may buy for, and how many images each: claimed (when

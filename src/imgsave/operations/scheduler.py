@@ -139,8 +139,8 @@ class Scheduler(Generic[R]):
         self._preparing += 1
         try:
             planned = await plan_project(
-                self._db, self._purchases.ledger, self._claims, name, self._ask, self._shape,
-                every_selected=strict,
+                self._db, self._purchases.ledger, self._claims, name, self._ask,
+                shape=self._shape, every_selected=strict,
             )  # fmt: skip
         except ImgsaveError as exc:
             self._failed(result, exc, strict)

@@ -110,7 +110,9 @@ class LedgerRows:
             return []
         records = [_record(p) for p in new]
         try:
-            rows = await self._insert(records, run, host, process, kind, lease)
+            rows = await self._insert(
+                records, run=run, host=host, process=process, kind=kind, lease=lease
+            )
         except DatabaseUnavailable:
             raise
         except CannotWork as exc:
@@ -121,7 +123,7 @@ class LedgerRows:
         return [made[(p.project, scene_key(p.ref), p.slot)] for p in new]
 
     async def _insert(
-        self, records: list[dict[str, Any]], run: str, host: str, process: str, kind: str,
+        self, records: list[dict[str, Any]], *, run: str, host: str, process: str, kind: str,
         lease: float,
     ) -> list[Any]:  # fmt: skip
         rows, _ = await self._db.run(
