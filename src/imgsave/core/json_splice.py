@@ -44,11 +44,11 @@ def splice_append(
     A scene without the list gets the key added after its last member; a `null` list becomes
     the array. Refuses (MalformedDocument) where a key on the path appears twice.
     """
-    if double_encoded:
-        inner = json.loads(raw)
-        spliced = _splice(inner, scenes_key, urls_key, identity_keys, appended, project)
-        return _quote(spliced)
-    return _splice(raw, scenes_key, urls_key, identity_keys, appended, project)
+    spliced = _splice(
+        json.loads(raw) if double_encoded else raw, scenes_key=scenes_key, urls_key=urls_key,
+        identity_keys=identity_keys, appended=appended, project=project,
+    )  # fmt: skip
+    return _quote(spliced) if double_encoded else spliced
 
 
 def splice_replace(
@@ -63,15 +63,16 @@ def splice_replace(
 ) -> str:
     """`raw` with the URL at each (scene position, list position) rewritten, or removed with
     its comma where the new value is None; no other byte moves."""
-    if double_encoded:
-        return _quote(
-            _replace(json.loads(raw), scenes_key, urls_key, identity_keys, replaced, project)
-        )
-    return _replace(raw, scenes_key, urls_key, identity_keys, replaced, project)
+    replaced_text = _replace(
+        json.loads(raw) if double_encoded else raw, scenes_key=scenes_key, urls_key=urls_key,
+        identity_keys=identity_keys, replaced=replaced, project=project,
+    )  # fmt: skip
+    return _quote(replaced_text) if double_encoded else replaced_text
 
 
 def _replace(
     text: str,
+    *,
     scenes_key: str,
     urls_key: str,
     identity_keys: Sequence[str],
@@ -127,6 +128,7 @@ def _quote(text: str) -> str:
 
 def _splice(
     text: str,
+    *,
     scenes_key: str,
     urls_key: str,
     identity_keys: Sequence[str],
