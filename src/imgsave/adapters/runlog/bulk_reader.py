@@ -304,7 +304,9 @@ class _Parser:
                 stats.undecodable += 1
                 continue
             where = str(result.numbered)
-            parsed = line_verdict(line, complete, where, self.matcher, query, stats)
+            parsed = line_verdict(
+                line, complete, where, regex=self.matcher, query=query, stats=stats
+            )
             if parsed is not None and accepted(parsed, where, query, since, stats):
                 out.add(parsed)
 
@@ -453,8 +455,9 @@ class _Parser:
         stats = result.stats
         where = str(number)
         parsed = line_verdict(
-            line.rstrip(b"\r").decode(), True, where, self.matcher, self.query, stats
-        )
+            line.rstrip(b"\r").decode(), True, where, regex=self.matcher, query=self.query,
+            stats=stats,
+        )  # fmt: skip
         if parsed is not None and accepted(parsed, where, self.query, self.setup.since, stats):
             out.add(parsed)
 

@@ -248,7 +248,7 @@ def read_sightings(files: Iterable[Path], query: LogQuery, stats: ReadStats) -> 
                 stats.undecodable += 1
                 continue
             where = f"{path}:{number}"
-            parsed = line_verdict(line, complete, where, regex, query, stats)
+            parsed = line_verdict(line, complete, where, regex=regex, query=query, stats=stats)
             if parsed is not None and accepted(parsed, where, query, since, stats):
                 yield parsed
 
@@ -257,6 +257,7 @@ def line_verdict(
     line: str,
     complete: bool,
     where: str,
+    *,
     regex: Matcher | None,
     query: LogQuery,
     stats: ReadStats,
