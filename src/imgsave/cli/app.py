@@ -712,9 +712,12 @@ def _execute(
             warn(message)
         result = asyncio.run(_awaited(work, settings))
     except ImgsaveError as exc:
-        _fail(str(exc), exc.exit_code, secrets, common.as_json, watch, stream)
+        _fail(str(exc), exc.exit_code, secrets, as_json=common.as_json, watch=watch, stream=stream)
     except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED, secrets, common.as_json, watch, stream)
+        _fail(
+            "interrupted", EXIT_INTERRUPTED, secrets, as_json=common.as_json, watch=watch,
+            stream=stream,
+        )  # fmt: skip
     except Exception as exc:  # a bug: say so in one line, never with a secret in it
         log_internal_error(exc)
         hint = "" if common.verbose else " (-v shows the traceback)"
@@ -722,9 +725,9 @@ def _execute(
             f"internal error: {type(exc).__name__}: {exc}{hint}",
             EXIT_CANNOT_WORK,
             secrets,
-            common.as_json,
-            watch,
-            stream,
+            as_json=common.as_json,
+            watch=watch,
+            stream=stream,
         )
     for line in result.stderr_lines():
         error(redact(line, secrets))
@@ -748,6 +751,7 @@ def _fail(
     message: str,
     code: int,
     secrets: tuple[str, ...],
+    *,
     as_json: bool,
     watch: RunWatch,
     stream: PlanOutput | None = None,
