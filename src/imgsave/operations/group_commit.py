@@ -137,29 +137,7 @@ class ProjectSaver:
             self._carry = None
             if item is None:
                 break
-            batch = [item]
-            replacing = item.saving.replacing is not None
-            deadline = asyncio.get_running_loop().time() + self._linger
-            while len(batch) < self._max_batch:
-                if self._queue.empty():
-                    left = deadline - asyncio.get_running_loop().time()
-                    if left <= 0 or not self._expecting():
-                        break
-                    try:
-                        # Short waits: the project's last request may end meanwhile.
-                        async with asyncio.timeout(min(left, LINGER_STEP)):
-                            more = await self._queue.get()
-                    except TimeoutError:
-                        continue
-                else:
-                    more = self._queue.get_nowait()
-                if more is None:
-                    closing = True
-                    break
-                if (more.saving.replacing is not None) != replacing:
-                    self._carry = more
-                    break
-                batch.append(more)
+            batch, closing = await self._gather(item)
             await self._commit(batch)
         # Anything queued after the close marker still gets its transaction(s).
         leftovers = [self._carry] if self._carry else []
@@ -172,6 +150,34 @@ class ProjectSaver:
             kind = [p for p in leftovers if (p.saving.replacing is not None) == replacing]
             if kind:
                 await self._commit(kind)
+
+    async def _gather(self, item: _Pending) -> tuple[list[_Pending], bool]:
+        """One transaction's worth: `item` and what follows it of its kind (appends, or
+        replacements) within the linger, up to the batch size (the first of the other kind
+        waits in `_carry`); and whether the close marker came meanwhile."""
+        batch = [item]
+        replacing = item.saving.replacing is not None
+        deadline = asyncio.get_running_loop().time() + self._linger
+        while len(batch) < self._max_batch:
+            if self._queue.empty():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0 or not self._expecting():
+                    break
+                try:
+                    # Short waits: the project's last request may end meanwhile.
+                    async with asyncio.timeout(min(left, LINGER_STEP)):
+                        more = await self._queue.get()
+                except TimeoutError:
+                    continue
+            else:
+                more = self._queue.get_nowait()
+            if more is None:
+                return batch, True
+            if (more.saving.replacing is not None) != replacing:
+                self._carry = more
+                break
+            batch.append(more)
+        return batch, False
 
     async def _commit(self, batch: list[_Pending]) -> None:
         items = [p.saving for p in batch]
