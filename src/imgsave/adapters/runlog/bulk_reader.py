@@ -158,57 +158,52 @@ def required_literal(pattern: str) -> bytes | None:
     runs: list[str] = []
     run: list[str] = []
     depth, i = 0, 0
-
-    def close() -> None:
-        if run:
+    while i < len(pattern):
+        try:
+            char, i, depth = _token(pattern, i, depth)
+        except _NoLiteral:
+            return None
+        if char is not None and pattern[i : i + 1] not in ("*", "+", "?", "{"):
+            run.append(char)
+        elif run:  # not plain, or quantified: not required as written
             runs.append("".join(run))
             run.clear()
-
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            nxt = pattern[i + 1 : i + 2]
-            if depth == 0 and nxt and not nxt.isalnum() and nxt.isascii():
-                char, i = nxt, i + 2
-            else:  # \d, \S, \x41, \Q…: not a plain character
-                close()
-                i += 2
-                continue
-        elif ch == "[":
-            close()
-            i = _class_end(pattern, i)
-            continue
-        elif ch == "(":
-            if pattern.startswith("(?", i) and not pattern.startswith(("(?P<", "(?:"), i):
-                return None  # inline flags (or syntax RE2 refuses anyway)
-            close()
-            depth, i = depth + 1, i + 1
-            continue
-        elif ch == ")":
-            close()
-            depth, i = depth - 1, i + 1
-            if depth < 0:
-                return None
-            continue
-        elif ch == "|" and depth == 0:
-            return None
-        elif depth or ch in ".^$*+?{}|]":
-            close()
-            # A repetition's count is not text to find ("{2}"); a "{" that is not one is
-            # text, but left out all the same.
-            end = pattern.find("}", i) if ch == "{" else -1
-            i = end + 1 if end > 0 else i + 1
-            continue
-        else:
-            char, i = ch, i + 1
-        if depth == 0:
-            if pattern[i : i + 1] in ("*", "+", "?", "{"):
-                close()  # quantified: not required as written
-                continue
-            run.append(char)
-    close()
+    if run:
+        runs.append("".join(run))
     best = max(runs, key=len, default="")
     return best.encode() if best else None
+
+
+class _NoLiteral(Exception):
+    """The pattern may match without any run of its plain text (a `|`, inline flags)."""
+
+
+def _token(pattern: str, i: int, depth: int) -> tuple[str | None, int, int]:
+    """The token at `pattern[i]`: the plain character it stands for (None: it is not one, at
+    the top level), where the next begins, and the group depth after it."""
+    ch = pattern[i]
+    if ch == "\\":
+        nxt = pattern[i + 1 : i + 2]
+        plain = depth == 0 and nxt and not nxt.isalnum() and nxt.isascii()
+        return (nxt if plain else None), i + 2, depth  # \d, \S, \x41, \Q…: not plain
+    if ch == "[":
+        return None, _class_end(pattern, i), depth
+    if ch == "(":
+        if pattern.startswith("(?", i) and not pattern.startswith(("(?P<", "(?:"), i):
+            raise _NoLiteral  # inline flags (or syntax RE2 refuses anyway)
+        return None, i + 1, depth + 1
+    if ch == ")":
+        if depth == 0:
+            raise _NoLiteral
+        return None, i + 1, depth - 1
+    if ch == "|" and depth == 0:
+        raise _NoLiteral
+    if depth or ch in ".^$*+?{}|]":
+        # A repetition's count is not text to find ("{2}"); a "{" that is not one is
+        # text, but left out all the same.
+        end = pattern.find("}", i) if ch == "{" else -1
+        return None, end + 1 if end > 0 else i + 1, depth
+    return ch, i + 1, depth
 
 
 def _class_end(pattern: str, i: int) -> int:
@@ -310,7 +305,11 @@ class _Parser:
             if parsed is not None and accepted(parsed, where, query, since, stats):
                 out.add(parsed)
 
-    def _fast_block(self, block: bytes, text: str, result: TaskResult, out: _Spill) -> None:
+    # Over the ceilings on purpose: the audit's hot loop (scripts/bench.py audit), one pass
+    # over a block's lines with every name local; split up, it would pay calls on every line.
+    def _fast_block(  # noqa: C901, PLR0912, PLR0915
+        self, block: bytes, text: str, result: TaskResult, out: _Spill
+    ) -> None:
         """A block of whole lines, valid UTF-8 (`text`) without a NUL, read against the
         pattern. The hot loop of a big audit: every name is local, and in an ASCII block
         (most logs) RE2's byte offsets are the text's, so values are sliced from `text`."""
@@ -559,26 +558,39 @@ def _blocks(task: Task, result: TaskResult) -> Iterator[tuple[bytes, bool]]:
                     base, carry, skipping = base + len(carry), b"", True
                 continue
             block, carry = buf[: last + 1], buf[last + 1 :]
-            first_nl = block.find(b"\n")
-            if first_nl > MAX_LINE_BYTES:  # only the first line can be this long (BLOCK)
-                stats.lines += 1
-                stats.too_long += 1
-                base += first_nl + 1
-                block = block[first_nl + 1 :]
-                if end is not None and base >= end:
-                    return
-            if end is not None and base + len(block) > end:
-                yield block[: block.find(b"\n", end - 1 - base) + 1], True
+            block, dropped = _without_long_first_line(block, stats)
+            base += dropped
+            if dropped and end is not None and base >= end:
                 return
-            if block:
-                yield block, True
+            piece, ends = _clipped(block, base, end)
+            if piece:
+                yield piece, True
+            if ends:
+                return
             base += len(block)
-            if end is not None and base >= end:
-                return
         if carry and not skipping:
             yield carry, False
     except UNREADABLE as exc:
         result.error = str(exc)
+
+
+def _without_long_first_line(block: bytes, stats: ReadStats) -> tuple[bytes, int]:
+    """`block` less its first line where that is longer than MAX_LINE_BYTES (counted: lines,
+    too_long), and how many bytes went. Only a block's first line can be that long (BLOCK)."""
+    first_nl = block.find(b"\n")
+    if first_nl <= MAX_LINE_BYTES:
+        return block, 0
+    stats.lines += 1
+    stats.too_long += 1
+    return block[first_nl + 1 :], first_nl + 1
+
+
+def _clipped(block: bytes, base: int, end: int | None) -> tuple[bytes, bool]:
+    """`block` (whole lines, from offset `base`) up to the line the task's range ends in, and
+    whether it ends there (the range's last line is the task's, read to its newline)."""
+    if end is not None and base + len(block) > end:
+        return block[: block.find(b"\n", end - 1 - base) + 1], True
+    return block, end is not None and base + len(block) >= end
 
 
 def _chunks(task: Task, offset: int) -> Iterator[bytes]:
