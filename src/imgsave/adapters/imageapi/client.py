@@ -90,7 +90,7 @@ class Seams:
 
 
 class Provider:
-    def __init__(  # noqa: PLR0913 - from_settings' four, two options, the pace, the seams
+    def __init__(
         self,
         base_url: str | None,
         api_key: str | None,
