@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 from imgsave._demo.batch_api import BatchEmulation, Cut
 from imgsave._demo.gemini_batch import GeminiBatchEmulation
@@ -91,6 +92,20 @@ _WRONG_KEY: dict[str, tuple[int, object]] = {
                         "detail": "You did not pass a valid authentication token"}),
     "fal": (401, {"detail": "Invalid Key Authorization header format"}),
     "bfl": (403, {"detail": "Not authenticated - Invalid Authentication"}),
+}  # fmt: skip
+
+
+# The Images API's answer to a fault that needs nothing of the request: (status, body).
+_OPENAI_FAULTS: dict[Fault, tuple[int, bytes]] = {
+    "500": (500, b'{"error":{"message":"internal"}}'),
+    "refuse": (400, json.dumps({"error": {
+        "code": "moderation_blocked", "type": "image_generation_user_error",
+        "message": "Your request was rejected by the safety system.",
+    }}).encode()),
+    "garbage": (200, b"<html>upstream proxy error</html>"),
+    "400": (400, b'{"error":{"message":"prompt rejected by safety system"}}'),
+    "hostile": (400, json.dumps({"error": {"message": HOSTILE_TEXT}}).encode()),
+    "badurl": (200, json.dumps({"created": 0, "data": [{"url": "javascript:alert(1)"}]}).encode()),
 }  # fmt: skip
 
 
@@ -383,258 +398,273 @@ class LoopbackProvider:
         return answered is not None and time.monotonic() - answered > self.expire_after
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        provider = self
+        """The handler class the server makes one of per request: this provider's own."""
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in two writes; with Nagle's algorithm the second waits
-            # for the client's delayed ACK (about 40 ms), which would pose as provider latency.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length)
-                gemini = provider.gemini_batches
-                if gemini is not None and gemini.handles(self.path):
-                    gemini.serve(self, "POST", body)
-                    return
-                if self.path.startswith(("/v1/files", "/v1/batches")):
-                    content_type = self.headers.get("content-type", "")
-                    self._reply(*provider.batches.post(self.path, content_type, body))
-                    return
-                key_header = WIRES[provider.kind][1]
-                key = self.headers.get(key_header)
-                with provider._lock:
-                    provider.calls.append((self.path, key))
-                if self._wrong_key():
-                    return
-                if provider.jobs is not None and self.path.endswith("/cancel"):
-                    self._reply(*(provider.jobs.cancel(self.path) or _missing()))
-                    return
-                if not _routed(provider.kind, self.path):
-                    self._send(404, b'{"error":{"message":"no such route"}}')
-                    return
-                if provider.kind != "openai" and not key:
-                    self._send(401, _error_body(provider.kind, 401, "no API key given"))
-                    return
-                n = next(provider._counter)
-                with provider._lock:
-                    provider._started += 1
-                admitted, limits = provider._admit()
-                if not admitted:
-                    self._send(429, _error_body(provider.kind, 429, "rate limit reached"), limits)
-                    return
-                self._limits = limits
-                fault = provider.faults(n)
-                if provider.latency or provider.jitter:
-                    time.sleep(provider.latency + random.random() * provider.jitter)
-                if fault == "hang":
-                    provider._stopping.wait(provider.hang_seconds)
-                    self._send(504, b'{"error":{"message":"too late"}}')
-                    return
-                if _prompt(provider.kind, body) is None:
-                    self._send(400, _error_body(provider.kind, 400, "no prompt"))
-                    return
-                if provider.kind == "gemini":
-                    self._gemini(n, fault)
-                    return
-                if provider.jobs is not None:
-                    self._job(n, fault, body)
-                    return
-                if fault == "500":
-                    self._send(500, b'{"error":{"message":"internal"}}')
-                elif fault == "refuse":
-                    self._send(400, json.dumps({"error": {
-                        "code": "moderation_blocked", "type": "image_generation_user_error",
-                        "message": "Your request was rejected by the safety system.",
-                    }}).encode())  # fmt: skip
-                elif fault.startswith("429"):
-                    after = fault.partition(":")[2] or "1"
-                    self._send(429, b'{"error":{"message":"slow down"}}', {"Retry-After": after})
-                elif fault == "garbage":
-                    self._send(200, b"<html>upstream proxy error</html>")
-                elif fault == "401":
-                    # As real providers do, echo the key that was refused.
-                    given = self.headers.get("Authorization", "")
-                    message = f"Incorrect API key provided: {given}"
-                    self._send(401, json.dumps({"error": {"message": message}}).encode())
-                elif fault == "400":
-                    self._send(400, b'{"error":{"message":"prompt rejected by safety system"}}')
-                elif fault == "hostile":
-                    self._send(400, json.dumps({"error": {"message": HOSTILE_TEXT}}).encode())
-                elif fault == "repeat":  # the same URL every time: a provider's cache
-                    self._json(
-                        {"created": 0, "data": [{"url": f"{provider.image_base}img/same.png"}]}
-                    )
-                elif fault == "badurl":
-                    self._json({"created": 0, "data": [{"url": "javascript:alert(1)"}]})
-                elif fault == "svg" and provider.answer == "b64":
-                    svg = base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>')
-                    self._json({"created": 0, "data": [{"b64_json": svg.decode()}]})
-                elif fault == "notb64" and provider.answer == "b64":
-                    self._json({"created": 0, "data": [{"b64_json": "not*base64*at#all"}]})
-                else:
-                    count = 2 if fault == "two" else 1
-                    seed = 0 if fault == "placeholder" else n * 10
-                    items = [provider._image_item(seed + k) for k in range(count)]
-                    for item in items:
-                        text = item.get("b64_json", "")
-                        if fault == "mime":
-                            lines = [text[i : i + 76] for i in range(0, len(text), 76)]
-                            item["b64_json"] = "\r\n".join(lines) + "\r\n"
-                        elif fault == "nopad":
-                            item["b64_json"] = text.rstrip("=")
-                    usage = {"input_tokens": 12, "output_tokens": 1056 * count}
-                    usage["total_tokens"] = 12 + 1056 * count
-                    self._json({"created": int(time.time()), "data": items, "usage": usage})
-
-            def _gemini(self, n: int, fault: Fault) -> None:
-                """generateContent's answer: images as inlineData parts beside a text part;
-                a refusal is a 200 saying why."""
-                if fault == "500":
-                    self._send(500, _error_body("gemini", 500, "internal"))
-                elif fault.startswith("429"):
-                    after = fault.partition(":")[2] or "1"
-                    body = _error_body("gemini", 429, "Resource has been exhausted")
-                    self._send(429, body, {"Retry-After": after})
-                elif fault == "refuse":
-                    usage = {"promptTokenCount": 9, "totalTokenCount": 9}
-                    feedback = {"blockReason": "PROHIBITED_CONTENT"}
-                    self._json({"promptFeedback": feedback, "usageMetadata": usage})
-                elif fault == "refuse-image":
-                    self._json({"candidates": [{"finishReason": "IMAGE_SAFETY", "index": 0}]})
-                else:
-                    count = 2 if fault == "two" else 1
-                    parts: list[dict[str, object]] = [{"text": "Here is your image."}]
-                    for k in range(count):
-                        data = provider.png(n * 10 + k)
-                        with provider._lock:
-                            provider.sent.append(hashlib.sha256(data).hexdigest())
-                        inline = {"mimeType": "image/png", "data": base64.b64encode(data).decode()}
-                        parts.append({"inlineData": inline})
-                    self._json({
-                        "candidates": [{"content": {"role": "model", "parts": parts},
-                                        "finishReason": "STOP", "index": 0}],
-                        "usageMetadata": {"promptTokenCount": 9,
-                                          "candidatesTokenCount": 1290 * count,
-                                          "totalTokenCount": 9 + 1290 * count},
-                        "modelVersion": "gemini-nano-banana-2.1",
-                    })  # fmt: skip
-
-            def do_HEAD(self) -> None:
-                self._image(head=True)
-
-            def do_GET(self) -> None:
-                gemini = provider.gemini_batches
-                if gemini is not None and gemini.handles(self.path):
-                    gemini.serve(self, "GET", b"")
-                    return
-                if self.path.startswith(("/v1/files", "/v1/batches")):
-                    self._reply(*provider.batches.get(self.path))
-                    return
-                if provider.jobs is not None and not self.path.startswith("/img/"):
-                    if self._wrong_key():
-                        return
-                    if not self.headers.get(WIRES[provider.kind][1]):
-                        self._reply(401, _error_body(provider.kind, 401, "no API key given"), JSON)
-                        return
-                    self._reply(*(provider.jobs.get(self.path) or _missing()))
-                    return
-                self._image(head=False)
-
-            def do_PUT(self) -> None:  # fal's cancel
-                if self._wrong_key():
-                    return
-                cancelled = provider.jobs.cancel(self.path) if provider.jobs else None
-                self._reply(*(cancelled or _missing()))
-
-            def _wrong_key(self) -> bool:
-                """Records a request that carries a key; answers a key this API does not take
-                as the kind's API does (True: answered)."""
-                key = self.headers.get(WIRES[provider.kind][1])
-                if key:
-                    with provider._lock:
-                        provider.keyed.append((
-                            self.command, self.headers.get("Host", ""), self.path, key,
-                            self.headers.get("Via"),
-                        ))  # fmt: skip
-                if provider.api_key is None or not key or key.split()[-1] == provider.api_key:
-                    return False
-                status, body = _WRONG_KEY[provider.kind]
-                self._send(status, json.dumps(body).encode())
-                return True
-
-            def _job(self, n: int, fault: Fault, body: bytes) -> None:
-                """A job API's submission: a new job (how it ends is the fault's), or its
-                error."""
-                assert provider.jobs is not None
-                if fault == "500":
-                    self._send(500, _error_body(provider.kind, 500, "internal"))
-                elif fault.startswith("429"):
-                    after = fault.partition(":")[2] or "1"
-                    body_429 = _error_body(provider.kind, 429, "too many requests")
-                    self._send(429, body_429, {"Retry-After": after})
-                else:
-                    wait = "wait" in (self.headers.get("Prefer") or "")
-                    status, answer, _ = provider.jobs.submit(
-                        self.path, json.loads(body), n, fault, wait
-                    )
-                    self._send(status, answer)
-
-            def _reply(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                if isinstance(body, Cut):
-                    self.close_connection = True
-                self.send_header("Content-Length", str(getattr(body, "declared", len(body))))
-                self.send_header("Content-Type", content_type)
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)
-
-            def _image(self, *, head: bool) -> None:
-                if provider.images_unavailable:
-                    self._send(503, b"try again later", head=head)
-                elif self.path in provider.forbidden_paths or provider._expired(self.path):
-                    # What an expired signed URL (S3, Azure SAS) answers.
-                    self._send(403, b"Signature expired", head=head)
-                elif self.path in provider.dead_paths or not self.path.startswith("/img/"):
-                    self._send(404, b"not found", head=head)
-                else:
-                    stem = self.path.removeprefix("/img/").removesuffix(".png")
-                    body = provider.png(int(stem) if stem.isdigit() else -1)
-                    self._send(200, body, {"Content-Type": "image/png"}, head=head)
-
-            def _json(self, payload: object) -> None:
-                self._send(200, json.dumps(payload).encode())
-
-            def _send(
-                self,
-                status: int,
-                body: bytes,
-                headers: dict[str, str] | None = None,
-                *,
-                head: bool = False,
-            ) -> None:
-                if self.command == "POST":
-                    with provider._lock:
-                        provider.statuses.append(status)
-                        provider.timeline.append((time.monotonic(), status))
-                    if status != 429:
-                        headers = {**getattr(self, "_limits", {}), **(headers or {})}
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Type", "application/json")
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if not head:
-                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                        self.wfile.write(body)
+        class Handler(_Handler):
+            provider = self
 
         return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """The loopback provider's answers; each provider serves its own subclass, which names it
+    (`provider`)."""
+
+    provider: ClassVar[LoopbackProvider]
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm the second waits
+    # for the client's delayed ACK (about 40 ms), which would pose as provider latency.
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        provider = self.provider
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length)
+        gemini = provider.gemini_batches
+        if gemini is not None and gemini.handles(self.path):
+            gemini.serve(self, "POST", body)
+        elif self.path.startswith(("/v1/files", "/v1/batches")):
+            content_type = self.headers.get("content-type", "")
+            self._reply(*provider.batches.post(self.path, content_type, body))
+        elif not self._answered_early():
+            self._generate(body)
+
+    def _answered_early(self) -> bool:
+        """Records the call; answers what no image is made for (a key this API does not take,
+        a job's cancel, a route it does not serve, a missing key): True when it answered."""
+        provider = self.provider
+        key_header = WIRES[provider.kind][1]
+        key = self.headers.get(key_header)
+        with provider._lock:
+            provider.calls.append((self.path, key))
+        if self._wrong_key():
+            return True
+        if provider.jobs is not None and self.path.endswith("/cancel"):
+            self._reply(*(provider.jobs.cancel(self.path) or _missing()))
+        elif not _routed(provider.kind, self.path):
+            self._send(404, b'{"error":{"message":"no such route"}}')
+        elif provider.kind != "openai" and not key:
+            self._send(401, _error_body(provider.kind, 401, "no API key given"))
+        else:
+            return False
+        return True
+
+    def _generate(self, body: bytes) -> None:
+        """A generation request, admitted (or not) by the rate limit, answered in the kind's
+        wire format after the latency, as the request's fault says."""
+        provider = self.provider
+        n = next(provider._counter)
+        with provider._lock:
+            provider._started += 1
+        admitted, limits = provider._admit()
+        if not admitted:
+            self._send(429, _error_body(provider.kind, 429, "rate limit reached"), limits)
+            return
+        self._limits = limits
+        fault = provider.faults(n)
+        if provider.latency or provider.jitter:
+            time.sleep(provider.latency + random.random() * provider.jitter)
+        if fault == "hang":
+            provider._stopping.wait(provider.hang_seconds)
+            self._send(504, b'{"error":{"message":"too late"}}')
+        elif _prompt(provider.kind, body) is None:
+            self._send(400, _error_body(provider.kind, 400, "no prompt"))
+        elif provider.kind == "gemini":
+            self._gemini(n, fault)
+        elif provider.jobs is not None:
+            self._job(n, fault, body)
+        else:
+            self._openai(n, fault)
+
+    def _openai(self, n: int, fault: Fault) -> None:
+        """The Images API's answer (OpenAI's, Azure's): the fault's, or the images."""
+        provider = self.provider
+        if fault in _OPENAI_FAULTS:
+            self._send(*_OPENAI_FAULTS[fault])
+        elif fault.startswith("429"):
+            after = fault.partition(":")[2] or "1"
+            self._send(429, b'{"error":{"message":"slow down"}}', {"Retry-After": after})
+        elif fault == "401":
+            # As real providers do, echo the key that was refused.
+            given = self.headers.get("Authorization", "")
+            message = f"Incorrect API key provided: {given}"
+            self._send(401, json.dumps({"error": {"message": message}}).encode())
+        elif fault == "repeat":  # the same URL every time: a provider's cache
+            self._json({"created": 0, "data": [{"url": f"{provider.image_base}img/same.png"}]})
+        elif fault == "svg" and provider.answer == "b64":
+            svg = base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg"/>')
+            self._json({"created": 0, "data": [{"b64_json": svg.decode()}]})
+        elif fault == "notb64" and provider.answer == "b64":
+            self._json({"created": 0, "data": [{"b64_json": "not*base64*at#all"}]})
+        else:
+            self._images(n, fault)
+
+    def _images(self, n: int, fault: Fault) -> None:
+        """The Images API's answer with its images (two for "two"), as the fault spells them."""
+        count = 2 if fault == "two" else 1
+        seed = 0 if fault == "placeholder" else n * 10
+        items = [self.provider._image_item(seed + k) for k in range(count)]
+        for item in items:
+            text = item.get("b64_json", "")
+            if fault == "mime":
+                lines = [text[i : i + 76] for i in range(0, len(text), 76)]
+                item["b64_json"] = "\r\n".join(lines) + "\r\n"
+            elif fault == "nopad":
+                item["b64_json"] = text.rstrip("=")
+        usage = {"input_tokens": 12, "output_tokens": 1056 * count}
+        usage["total_tokens"] = 12 + 1056 * count
+        self._json({"created": int(time.time()), "data": items, "usage": usage})
+
+    def _gemini(self, n: int, fault: Fault) -> None:
+        """generateContent's answer: images as inlineData parts beside a text part;
+        a refusal is a 200 saying why."""
+        provider = self.provider
+        if fault == "500":
+            self._send(500, _error_body("gemini", 500, "internal"))
+        elif fault.startswith("429"):
+            after = fault.partition(":")[2] or "1"
+            body = _error_body("gemini", 429, "Resource has been exhausted")
+            self._send(429, body, {"Retry-After": after})
+        elif fault == "refuse":
+            usage = {"promptTokenCount": 9, "totalTokenCount": 9}
+            feedback = {"blockReason": "PROHIBITED_CONTENT"}
+            self._json({"promptFeedback": feedback, "usageMetadata": usage})
+        elif fault == "refuse-image":
+            self._json({"candidates": [{"finishReason": "IMAGE_SAFETY", "index": 0}]})
+        else:
+            count = 2 if fault == "two" else 1
+            parts: list[dict[str, object]] = [{"text": "Here is your image."}]
+            for k in range(count):
+                data = provider.png(n * 10 + k)
+                with provider._lock:
+                    provider.sent.append(hashlib.sha256(data).hexdigest())
+                inline = {"mimeType": "image/png", "data": base64.b64encode(data).decode()}
+                parts.append({"inlineData": inline})
+            self._json({
+                "candidates": [{"content": {"role": "model", "parts": parts},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 9,
+                                  "candidatesTokenCount": 1290 * count,
+                                  "totalTokenCount": 9 + 1290 * count},
+                "modelVersion": "gemini-nano-banana-2.1",
+            })  # fmt: skip
+
+    def do_HEAD(self) -> None:
+        self._image(head=True)
+
+    def do_GET(self) -> None:
+        provider = self.provider
+        gemini = provider.gemini_batches
+        if gemini is not None and gemini.handles(self.path):
+            gemini.serve(self, "GET", b"")
+            return
+        if self.path.startswith(("/v1/files", "/v1/batches")):
+            self._reply(*provider.batches.get(self.path))
+            return
+        if provider.jobs is not None and not self.path.startswith("/img/"):
+            if self._wrong_key():
+                return
+            if not self.headers.get(WIRES[provider.kind][1]):
+                self._reply(401, _error_body(provider.kind, 401, "no API key given"), JSON)
+                return
+            self._reply(*(provider.jobs.get(self.path) or _missing()))
+            return
+        self._image(head=False)
+
+    def do_PUT(self) -> None:  # fal's cancel
+        provider = self.provider
+        if self._wrong_key():
+            return
+        cancelled = provider.jobs.cancel(self.path) if provider.jobs else None
+        self._reply(*(cancelled or _missing()))
+
+    def _wrong_key(self) -> bool:
+        """Records a request that carries a key; answers a key this API does not take
+        as the kind's API does (True: answered)."""
+        provider = self.provider
+        key = self.headers.get(WIRES[provider.kind][1])
+        if key:
+            with provider._lock:
+                provider.keyed.append((
+                    self.command, self.headers.get("Host", ""), self.path, key,
+                    self.headers.get("Via"),
+                ))  # fmt: skip
+        if provider.api_key is None or not key or key.split()[-1] == provider.api_key:
+            return False
+        status, body = _WRONG_KEY[provider.kind]
+        self._send(status, json.dumps(body).encode())
+        return True
+
+    def _job(self, n: int, fault: Fault, body: bytes) -> None:
+        """A job API's submission: a new job (how it ends is the fault's), or its
+        error."""
+        provider = self.provider
+        assert provider.jobs is not None
+        if fault == "500":
+            self._send(500, _error_body(provider.kind, 500, "internal"))
+        elif fault.startswith("429"):
+            after = fault.partition(":")[2] or "1"
+            body_429 = _error_body(provider.kind, 429, "too many requests")
+            self._send(429, body_429, {"Retry-After": after})
+        else:
+            wait = "wait" in (self.headers.get("Prefer") or "")
+            status, answer, _ = provider.jobs.submit(self.path, json.loads(body), n, fault, wait)
+            self._send(status, answer)
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        if isinstance(body, Cut):
+            self.close_connection = True
+        self.send_header("Content-Length", str(getattr(body, "declared", len(body))))
+        self.send_header("Content-Type", content_type)
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(body)
+
+    def _image(self, *, head: bool) -> None:
+        provider = self.provider
+        if provider.images_unavailable:
+            self._send(503, b"try again later", head=head)
+        elif self.path in provider.forbidden_paths or provider._expired(self.path):
+            # What an expired signed URL (S3, Azure SAS) answers.
+            self._send(403, b"Signature expired", head=head)
+        elif self.path in provider.dead_paths or not self.path.startswith("/img/"):
+            self._send(404, b"not found", head=head)
+        else:
+            stem = self.path.removeprefix("/img/").removesuffix(".png")
+            body = provider.png(int(stem) if stem.isdigit() else -1)
+            self._send(200, body, {"Content-Type": "image/png"}, head=head)
+
+    def _json(self, payload: object) -> None:
+        self._send(200, json.dumps(payload).encode())
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        head: bool = False,
+    ) -> None:
+        provider = self.provider
+        if self.command == "POST":
+            with provider._lock:
+                provider.statuses.append(status)
+                provider.timeline.append((time.monotonic(), status))
+            if status != 429:
+                headers = {**getattr(self, "_limits", {}), **(headers or {})}
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not head:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(body)
 
 
 def main(argv: list[str] | None = None) -> None:
