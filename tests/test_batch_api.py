@@ -5,6 +5,7 @@ httpx.MockTransport; a 300 MB line's peak memory in a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -440,6 +441,33 @@ async def test_reads_are_retried_but_a_create_whose_answer_was_lost_is_not(kind:
         with pytest.raises(BatchUnavailable, match="answered 500"):
             await batches.create("files/in" if kind == "gemini" else "file-1", db_id="d", run="r")
     assert len(api.requests) == 1, "a second create could be a second bill"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_batch_requests_wait_and_give_up_as_the_provider_settings_say(kind: str):
+    def busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"retry-after": "7"}, json={"error": {}})
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    base = "https://api.example/v1beta" if kind == "gemini" else "https://api.example/v1"
+    provider = ProviderSettings(
+        kind=kind, max_attempts=4, backoff_initial=1.0, backoff_max=3.0, max_retry_after=5.0
+    )
+    settings = dataclasses.replace(settings_for(base, kind), provider=provider)
+    api = Scripted(busy, 503, 503, 502)
+    made = GeminiBatchApi if kind == "gemini" else OpenAIBatchApi
+    async with made(settings, transport=httpx.MockTransport(api.handle), sleep=sleep) as batches:
+        with pytest.raises(BatchUnavailable, match="answered 502"):
+            await batches.retrieve("batches/b1" if kind == "gemini" else "batch_1")
+    assert len(api.requests) == 4, "max_attempts"
+    # Retry-After, capped by max_retry_after; then equal jitter under 2 ** n, capped by backoff_max
+    assert 5.0 <= waits[0] <= 5.05
+    assert 1.0 <= waits[1] <= 2.0 and 1.5 <= waits[2] <= 3.0
+    assert len(waits) == 3
 
 
 async def test_a_gemini_upload_that_fails_half_way_is_begun_again_from_its_start():

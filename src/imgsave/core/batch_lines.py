@@ -141,17 +141,6 @@ def gemini_request_line(key: str, request: dict[str, Any]) -> bytes:
     return json.dumps(line, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-@dataclass(frozen=True)
-class GeminiResult:
-    """One line of a Gemini results file: the GenerateContentResponse, or the Status's code (its
-    name: `INVALID_ARGUMENT`, ...) and message."""
-
-    key: str
-    response: dict[str, Any] | None
-    code: str | None = None
-    message: str | None = None
-
-
 # google.rpc.Code: a Status in a results line carries the number, not the name.
 RPC_CODES = {
     1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
@@ -161,8 +150,10 @@ RPC_CODES = {
 }  # fmt: skip
 
 
-def parse_gemini_result(raw: bytes | str) -> GeminiResult:
-    """One line of a Gemini results file; UnreadableLine when it is neither shape."""
+def parse_gemini_result(raw: bytes | str) -> BatchResult:
+    """One line of a Gemini results file (its `key` as the custom_id): the
+    GenerateContentResponse, or the Status's code (its name: `INVALID_ARGUMENT`, ...) and
+    message; UnreadableLine when it is neither shape."""
     try:
         line = json.loads(raw)
     except ValueError:
@@ -173,13 +164,13 @@ def parse_gemini_result(raw: bytes | str) -> GeminiResult:
     response = line.get("response")
     error = line.get("error")
     if isinstance(response, dict):
-        return GeminiResult(key, response)
+        return BatchResult(key, response)
     if isinstance(error, dict):
         code = error.get("code")
         name = _text(error.get("status")) or (
             RPC_CODES.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
         )
-        return GeminiResult(key, None, name or "error", _text(error.get("message")))
+        return BatchResult(key, None, name or "error", _text(error.get("message")))
     raise UnreadableLine(f"{key}: neither a response nor an error")
 
 

@@ -28,12 +28,12 @@ Choices the two APIs forced, so that an operation never asks which kind it has:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
-from imgsave.adapters.imageapi.wires import Received
-from imgsave.core.batch_lines import Oversized
+from imgsave.adapters.imageapi.wires import Answer, Received
+from imgsave.core.batch_lines import BatchResult, Oversized, UnreadableLine, head_id
 from imgsave.errors import CannotWork
 
 STATUSES = ("validating", "in_progress", "finalizing", "completed", "expired", "cancelling",
@@ -120,6 +120,37 @@ class LineResult:
     code: str | None = None
     message: str | None = None
     unreadable: bool = False
+
+
+def line_result(
+    raw: bytes | Oversized,
+    *,
+    id_field: str,
+    line_cap: int,
+    parse: Callable[[bytes], BatchResult],
+    answer: Callable[[dict[str, Any]], Answer],
+) -> LineResult:
+    """A results line, read alike for every Batch API: over the cap (its id from the head),
+    unreadable, failed (the provider's code), or the images of its answer (`parse`d, then read
+    by the kind's `answer`; none: the answer's refusal, or no_image)."""
+    if isinstance(raw, Oversized):
+        return LineResult(
+            head_id(raw.head, id_field), code=LINE_TOO_LARGE,
+            message=f"the line is {raw.size:,} bytes, over the cap of {line_cap:,}",
+        )  # fmt: skip
+    try:
+        result = parse(raw)
+    except UnreadableLine as exc:
+        return LineResult(None, message=str(exc), unreadable=True)
+    if result.body is None:
+        return LineResult(result.custom_id, code=result.code, message=result.message)
+    read = answer(result.body)
+    if read.images:
+        return LineResult(result.custom_id, read.images, read.usage)
+    return LineResult(
+        result.custom_id, usage=read.usage, code=read.refusal or NO_IMAGE,
+        message="; ".join(read.problems) or None,
+    )  # fmt: skip
 
 
 class BatchApi(Protocol):

@@ -37,21 +37,19 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from imgsave.adapters.imageapi.batch_api import (
-    LINE_TOO_LARGE,
-    NO_IMAGE,
     BatchInfo,
     BatchUnavailable,
     LineResult,
+    line_result,
 )
 from imgsave.adapters.imageapi.batch_http import BatchHttp, paged
 from imgsave.adapters.imageapi.kinds import kind_named
 from imgsave.adapters.imageapi.kinds.gemini import GeminiWire
+from imgsave.adapters.imageapi.wires import Answer
 from imgsave.core.batch_lines import (
     Oversized,
-    UnreadableLine,
     display_name,
     gemini_request_line,
-    head_id,
     identity_of,
     line_cap,
     parse_gemini_result,
@@ -83,7 +81,6 @@ class GeminiBatchApi:
         self,
         settings: Settings,
         *,
-        max_attempts: int = 5,
         page_size: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -104,7 +101,7 @@ class GeminiBatchApi:
         key = settings.api_key
         self._http = BatchHttp(
             {"x-goog-api-key": key} if key else {}, (key or "",), cap=self.line_cap,
-            timeout=settings.provider.timeout, max_attempts=max_attempts, transport=transport,
+            provider=settings.provider, transport=transport,
             sleep=sleep,
         )  # fmt: skip
 
@@ -198,26 +195,13 @@ class GeminiBatchApi:
                 yield line
 
     def parse_line(self, raw: bytes | Oversized) -> LineResult:
-        if isinstance(raw, Oversized):
-            return LineResult(
-                head_id(raw.head, "key"), code=LINE_TOO_LARGE,
-                message=f"the line is {raw.size:,} bytes, over the cap of {self.line_cap:,}",
-            )  # fmt: skip
-        try:
-            result = parse_gemini_result(raw)
-        except UnreadableLine as exc:
-            return LineResult(None, message=str(exc), unreadable=True)
-        if result.response is None:
-            return LineResult(result.key, code=result.code, message=result.message)
-        answer = self._wire.read(
-            result.response, _decoded(result.response), allow_http=self._settings.allow_http
-        )
-        if answer.images:
-            return LineResult(result.key, answer.images, answer.usage)
-        return LineResult(
-            result.key, usage=answer.usage, code=answer.refusal or NO_IMAGE,
-            message="; ".join(answer.problems) or None,
+        return line_result(
+            raw, id_field="key", line_cap=self.line_cap, parse=parse_gemini_result,
+            answer=self._answer,
         )  # fmt: skip
+
+    def _answer(self, response: dict[str, Any]) -> Answer:
+        return self._wire.read(response, _decoded(response), allow_http=self._settings.allow_http)
 
     async def output_expires_at(self, batch: BatchInfo) -> int | None:
         if not batch.output_file:

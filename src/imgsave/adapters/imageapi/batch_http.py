@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
 from imgsave.adapters.imageapi.batch_api import BatchRefused, BatchUnavailable, NoBatchApi
+from imgsave.adapters.imageapi.retries import backoff, retry_after_seconds
 from imgsave.adapters.imageapi.tls import shared_context
 from imgsave.core.batch_lines import LineSplitter, Oversized
 from imgsave.core.redaction import redact
+from imgsave.core.settings import ProviderSettings
 from imgsave.errors import ProviderRefused
 
 RETRIED = frozenset({429, 500, 502, 503, 504})
@@ -33,17 +36,22 @@ class BatchHttp:
         secrets: Sequence[str],
         *,
         cap: int,
-        timeout: float = 600.0,
-        max_attempts: int = 5,
+        provider: ProviderSettings,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ):
         """`cap`: the most bytes of an answer, or of one line of a file, that are read.
-        `transport` and `sleep` are for tests (an httpx.MockTransport, no real waits)."""
+        `provider`: its timeout, attempts and backoff ([provider] settings), as the image
+        requests have them. `transport`, `sleep` and `rng` are for tests (an
+        httpx.MockTransport, no real waits, a seeded jitter)."""
         self.cap = cap
         self._secrets = tuple(s for s in secrets if s)
-        self._max_attempts = max_attempts
+        self._provider = provider
+        self._max_attempts = max(1, provider.max_attempts)
         self._sleep = sleep
+        self._rng = rng or random.Random()
+        timeout = provider.timeout
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -70,6 +78,7 @@ class BatchHttp:
         so a 404 means the provider has no Batch API."""
         attempts = self._max_attempts if retry else 1
         for attempt in range(1, attempts + 1):
+            retry_after = None
             try:
                 async with self._client.stream(method, url, **kwargs) as answer:
                     body = await self._body(answer, what)
@@ -80,7 +89,8 @@ class BatchHttp:
                 if answer.status_code not in RETRIED or attempt == attempts:
                     self._check(answer.status_code, body, what, no_api_on_404=no_api_on_404)
                     return _json(body, what), answer.headers
-            await self._sleep(_backoff(attempt))
+                retry_after = retry_after_seconds(answer.headers.get("retry-after"))
+            await self._wait(attempt, retry_after)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def again(self, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
@@ -92,7 +102,7 @@ class BatchHttp:
             except BatchUnavailable:
                 if number == self._max_attempts:
                     raise
-            await self._sleep(_backoff(number))
+            await self._wait(number)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def lines(self, url: str, what: str) -> AsyncIterator[bytes | Oversized]:
@@ -119,7 +129,10 @@ class BatchHttp:
             except (httpx.TransportError, _Transient) as exc:
                 if started or attempt == self._max_attempts:
                     raise BatchUnavailable(f"cannot {what}: {self._said(exc)}") from None
-                await self._sleep(_backoff(attempt))
+                await self._wait(attempt)
+
+    async def _wait(self, attempt: int, retry_after: float | None = None) -> None:
+        await self._sleep(backoff(attempt, self._provider, retry_after=retry_after, rng=self._rng))
 
     async def _body(self, answer: httpx.Response, what: str) -> bytes:
         """The answer's body, read no further than the cap."""
@@ -189,10 +202,6 @@ async def paged(
 
 class _Transient(Exception):
     pass
-
-
-def _backoff(attempt: int) -> float:
-    return min(2.0, 0.2 * 2.0**attempt)
 
 
 def _json(body: bytes, what: str) -> Any:

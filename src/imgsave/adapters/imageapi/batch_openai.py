@@ -15,21 +15,18 @@ from typing import Any, Self
 import httpx
 
 from imgsave.adapters.imageapi.batch_api import (
-    LINE_TOO_LARGE,
-    NO_IMAGE,
     BatchInfo,
     BatchUnavailable,
     LineResult,
+    line_result,
 )
 from imgsave.adapters.imageapi.batch_http import BatchHttp, paged
 from imgsave.adapters.imageapi.kinds import kind_named
-from imgsave.adapters.imageapi.wires import decoded_images, images_of, request_body
+from imgsave.adapters.imageapi.wires import Answer, decoded_images, images_of, request_body
 from imgsave.core.batch_lines import (
     ENDPOINT,
     Oversized,
-    UnreadableLine,
     batch_metadata,
-    head_id,
     identity_in_metadata,
     line_cap,
     parse_result,
@@ -46,7 +43,6 @@ class OpenAIBatchApi:
         self,
         settings: Settings,
         *,
-        max_attempts: int = 5,
         page_size: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -71,8 +67,8 @@ class OpenAIBatchApi:
             settings.store.max_image_bytes, images if isinstance(images, int) else 1
         )
         self._http = BatchHttp(
-            headers, (key or "",), cap=self.line_cap, timeout=settings.provider.timeout,
-            max_attempts=max_attempts, transport=transport, sleep=sleep,
+            headers, (key or "",), cap=self.line_cap, provider=settings.provider,
+            transport=transport, sleep=sleep,
         )  # fmt: skip
 
     async def __aenter__(self) -> Self:
@@ -156,26 +152,13 @@ class OpenAIBatchApi:
         return self._http.lines(f"{self._base}/files/{file_id}/content", f"read file {file_id}")
 
     def parse_line(self, raw: bytes | Oversized) -> LineResult:
-        if isinstance(raw, Oversized):
-            return LineResult(
-                head_id(raw.head, "custom_id"), code=LINE_TOO_LARGE,
-                message=f"the line is {raw.size:,} bytes, over the cap of {self.line_cap:,}",
-            )  # fmt: skip
-        try:
-            result = parse_result(raw)
-        except UnreadableLine as exc:
-            return LineResult(None, message=str(exc), unreadable=True)
-        if result.body is None:
-            return LineResult(result.custom_id, code=result.code, message=result.message)
-        answer = images_of(
-            result.body, decoded_images(result.body), allow_http=self._settings.allow_http
-        )
-        if answer.images:
-            return LineResult(result.custom_id, answer.images, answer.usage)
-        return LineResult(
-            result.custom_id, usage=answer.usage, code=NO_IMAGE,
-            message="; ".join(answer.problems) or None,
+        return line_result(
+            raw, id_field="custom_id", line_cap=self.line_cap, parse=parse_result,
+            answer=self._answer,
         )  # fmt: skip
+
+    def _answer(self, body: dict[str, Any]) -> Answer:
+        return images_of(body, decoded_images(body), allow_http=self._settings.allow_http)
 
     async def output_expires_at(self, batch: BatchInfo) -> int | None:
         return await self.file_expires_at(batch.output_file) if batch.output_file else None

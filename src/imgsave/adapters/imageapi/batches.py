@@ -41,13 +41,13 @@ __all__ = [
 ]
 
 
-def batch_api_for(settings: Settings, *, max_attempts: int = 5) -> BatchApi:
+def batch_api_for(settings: Settings) -> BatchApi:
     """The configured kind's Batch API; UsageError (exit 2) for a kind without one, or with no
     image API configured."""
     kind = settings.provider.kind
     if kind not in BATCH_APIS:
         raise UsageError(no_batch_api(kind))
-    return BATCH_APIS[kind](settings, max_attempts=max_attempts)
+    return BATCH_APIS[kind](settings)
 
 
 def no_batch_api(kind: str) -> str:
