@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.core.settings import Settings
-from imgsave.operations.auditing import audited
+from imgsave.operations.auditing import audited, opened_sources
 from imgsave.operations.lost_images import AuditReport
 from imgsave.terminal import audit_view
 
@@ -40,5 +39,5 @@ class AuditResult:
 async def run_audit(settings: Settings, query: LogQuery, *, check_urls: bool) -> AuditResult:
     """With a store configured, its objects are audited too: one that no log mentions and no
     document holds is an image paid for and never saved."""
-    async with await Database.from_settings(settings) as db:
-        return AuditResult(await audited(settings, db, query, check_urls=check_urls))
+    async with opened_sources(settings) as sources:
+        return AuditResult(await audited(settings, sources, query, check_urls=check_urls))

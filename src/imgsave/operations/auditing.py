@@ -5,9 +5,12 @@ read as this database (its identity), never another's."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 
+from imgsave.adapters.imageapi.batch_api import BatchApi
 from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.postgres.identity import read_identity
 from imgsave.adapters.runlog import unsettled
@@ -20,9 +23,27 @@ from imgsave.operations.lost_images import AuditReport, audit
 from imgsave.operations.upkeep import existing_ledger, unimported
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What an audit reads besides the logs: the documents (and the ledger beside them), the
+    store's objects, and the Batch API's batches (None: no store, or a kind without one)."""
+
+    db: Database
+    store: Store | None
+    api: BatchApi | None
+
+
+@contextlib.asynccontextmanager
+async def opened_sources(settings: Settings) -> AsyncIterator[Sources]:
+    """The sources an audit reads, opened for it alone (an executing repair passes its run's)."""
+    async with await Database.from_settings(settings) as db, opened_api(settings) as api:
+        yield Sources(db, Store.from_settings(settings), api)
+
+
 async def audited(
-    settings: Settings, db: Database, query: LogQuery, *, check_urls: bool
+    settings: Settings, sources: Sources, query: LogQuery, *, check_urls: bool
 ) -> AuditReport:
+    db = sources.db
     db_id = await read_identity(db.connector)
     ledger = await existing_ledger(db)
     log_dir = settings.resolved_log_dir()
@@ -36,13 +57,12 @@ async def audited(
         own_logs=own_logs,
         shape=settings.shape,
         check_urls=check_urls,
-        store=Store.from_settings(settings),
+        store=sources.store,
         allow_private_network=settings.allow_private_network,
     )
     report.notes += await unimported(db, log_dir, socket.gethostname())
     if ledger is None:
         return report  # no command has bought anything for this database yet
     named = sorted({db.normalise_key(p) or p for p in query.only_projects}) or None
-    async with opened_api(settings) as api:
-        await purchases_not_in_scenes(ledger, report, named, api)
+    await purchases_not_in_scenes(ledger, report, named, sources.api)
     return report

@@ -12,7 +12,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from imgsave.adapters.imageapi.client import Provider
-from imgsave.adapters.postgres.database import Database
 from imgsave.adapters.runlog.host_lock import exclusive
 from imgsave.adapters.runlog.reader import LogQuery
 from imgsave.core import events
@@ -22,7 +21,7 @@ from imgsave.core.result_json import NOT_IN_JSON, json_name
 from imgsave.core.scene_plan import Job, Plan
 from imgsave.core.settings import Settings
 from imgsave.errors import ImgsaveError, LogUnwritable
-from imgsave.operations.auditing import audited
+from imgsave.operations.auditing import Sources, audited, opened_sources
 from imgsave.operations.batches import Batches, opened_api
 from imgsave.operations.claims import Claims, claimed
 from imgsave.operations.execution import Execution, Means, Reporter, Tally
@@ -99,14 +98,15 @@ async def run(
     """The audit's report; with `done` (an executing repair), the repair itself, counted in
     `done`, and with `regenerate`, new images for the scenes it leaves short. Only one
     executing repair runs on a host at a time."""
-    log_dir = settings.resolved_log_dir()
-    lock = exclusive(log_dir / "repair.lock", "imgsave repair") if done else nullcontext()
-    with lock:
-        async with await Database.from_settings(settings) as db:
-            report = await audited(settings, db, query, check_urls=check_urls)
-        if done is None:
-            return report
+    if done is None:
+        async with opened_sources(settings) as sources:
+            return await audited(settings, sources, query, check_urls=check_urls)
+    lock = settings.resolved_log_dir() / "repair.lock"
+    # One database pool, store and Batch API client for the audit and the repair that follows.
+    with exclusive(lock, "imgsave repair"):
         async with opened(settings, probe=False) as s, opened_api(settings) as api:
+            sources = Sources(s.db, s.store, api)
+            report = await audited(settings, sources, query, check_urls=check_urls)
             wanted = needs_provider(settings, report, regenerate=regenerate is not None)
             provider = Provider.from_settings(settings) if wanted else None
             async with provider if provider is not None else nullcontext() as provider:
