@@ -138,9 +138,7 @@ async def run_batch(
             s, batches, targets, ask, batch_size=batch_size, max_images=cap.images,
             errors=result.errors,
         )  # fmt: skip
-        result.skipped_scenes, result.held_scenes = plan.skipped_scenes, plan.held_scenes
-        result.pending_scenes, result.capped = plan.pending_scenes, plan.capped
-        result.unprompted_scenes = plan.unprompted_scenes
+        result.count(plan)
         if wait:
             later = await batches.wait(
                 set(result.submitted.submitted),

@@ -22,7 +22,7 @@ from imgsave.errors import (
 )
 from imgsave.operations.batches import Submitted
 from imgsave.operations.execution import Tally
-from imgsave.operations.generating import ProjectPlan
+from imgsave.operations.generating import BatchPlan, ProjectPlan
 from imgsave.operations.settled import Settled
 from imgsave.terminal.consoles import (
     json_text,
@@ -352,6 +352,12 @@ class BatchRunResult:
     # Batches still running (submitted now, or earlier).
     pending: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    def count(self, plan: BatchPlan) -> None:
+        """The scenes the submission's plan left out, and why, in this result's counts."""
+        self.skipped_scenes, self.held_scenes = plan.skipped_scenes, plan.held_scenes
+        self.pending_scenes, self.capped = plan.pending_scenes, plan.capped
+        self.unprompted_scenes = plan.unprompted_scenes
 
     @property
     def exit_code(self) -> int:
