@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
-
 from imgsave._demo.incident import APP_LOG_PATTERN
 
 from .audit_scale import measured_tree_run
-from .common import IMGSAVE, URL, Result, check
+from .common import IMGSAVE, URL, Result, check, load_app_documents
 
 PROJECTS, SCENES, IMAGES = 50_000, 10, 2
 FILES, GZIPPED = 8, 4
@@ -107,14 +105,6 @@ def write_fixture(folder: Path, projects: int = PROJECTS) -> Fixture:
     return Fixture(files, rows.getvalue(), len(lines), removed)
 
 
-def load_documents(rows: str) -> None:
-    with psycopg.connect(URL, autocommit=True) as conn:
-        conn.execute("TRUNCATE projects")
-        with conn.cursor().copy("COPY projects (id, generated_output) FROM STDIN") as copy:
-            copy.write(rows.replace("\\", "\\\\"))
-        conn.execute("VACUUM ANALYZE projects")
-
-
 def read_floor(files: list[Path]) -> float:
     """Seconds to read (and decompress) the same files with nothing else done."""
     started = time.perf_counter()
@@ -132,7 +122,7 @@ def run() -> list[Result]:
         logs = Path(work) / "app"
         logs.mkdir()
         fixture = write_fixture(logs)
-        load_documents(fixture.rows)
+        load_app_documents(fixture.rows)
         fixture.rows = ""
         floor = min(read_floor(fixture.files) for _ in range(3))
         env = {

@@ -17,9 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
-
-from .common import HERE, IMGSAVE, URL, Result, check
+from .common import HERE, IMGSAVE, URL, Result, check, load_app_documents
 
 PROJECTS, SCENES = 50_000, 20
 BUDGET_S, BUDGET_MB = 20.0, 300.0
@@ -103,11 +101,7 @@ def run() -> list[Result]:
     with tempfile.TemporaryDirectory() as work:
         log = Path(work) / "big.jsonl"
         rows, lines, lost, stale = write_fixture(log)
-        with psycopg.connect(URL, autocommit=True) as conn:
-            conn.execute("TRUNCATE projects")
-            with conn.cursor().copy("COPY projects (id, generated_output) FROM STDIN") as copy:
-                copy.write(rows.replace("\\", "\\\\"))
-            conn.execute("VACUUM ANALYZE projects")
+        load_app_documents(rows)
         del rows
         env = {**os.environ, "IMGSAVE_DATABASE_URL": URL, "IMGSAVE_LOG_DIR": work}
         out_path = Path(work) / "audit.json"
