@@ -15,11 +15,12 @@ demo: $(BIN)/imgsave
 	$(BIN)/imgsave demo
 
 # -n auto: two workers per core (see pytest_xdist_auto_num_workers in tests/conftest.py).
+# --durations=25: the slowest tests, named at the end of every run, so a slow one shows.
 # Bytecode caches on, whatever the environment says (PYTHONDONTWRITEBYTECODE): without them
 # every worker and every imgsave process a test starts compiles every module again, a sixth
 # of the suite's time on two cores.
 test: $(BIN)/imgsave lint
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n auto --dist worksteal
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n auto --dist worksteal --durations=25
 
 # The tests prove imgsave works behind a transaction-mode pooler (Supabase's port 6543) with a
 # real PgBouncer: Debian's package, installed here when missing (as root: CI runs this).
