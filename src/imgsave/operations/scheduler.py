@@ -70,13 +70,7 @@ class Scheduler(Generic[R]):
         """`reporter(project)`: where a project's progress is shown; `result(project)`: the
         object its outcome is put in."""
         self._means = means
-        self._db = means.db
-        self._purchases = means.purchases
-        self._shape = means.shape
         self._ask = ask
-        self._slots = means.slots
-        self._stop = means.stop
-        self._claims = means.claims
         self._reporter = reporter
         self._result = result
         self._preparing = 0
@@ -105,8 +99,8 @@ class Scheduler(Generic[R]):
         try:
             async for names in batches:
                 for name in names:
-                    if self._stop.requested or self._slots.exhausted:
-                        if self._stop.signalled:
+                    if self._means.stop.requested or self._means.slots.exhausted:
+                        if self._means.stop.signalled:
                             break
                         not_started += 1  # counted, so the summary can say what is left
                         continue
@@ -117,7 +111,7 @@ class Scheduler(Generic[R]):
                     task = asyncio.create_task(self.project(name, strict=strict))
                     task.add_done_callback(done)
                     in_flight.add(task)
-                if self._stop.signalled:
+                if self._means.stop.signalled:
                     break
         finally:
             # Projects in flight finish (their saves too) whatever stopped the admission.
@@ -130,8 +124,8 @@ class Scheduler(Generic[R]):
     def _room(self, in_flight: int) -> bool:
         if in_flight < MIN_IN_FLIGHT:
             return True
-        concurrency = self._slots.concurrency
-        busy = self._slots.waiting >= concurrency
+        concurrency = self._means.slots.concurrency
+        busy = self._means.slots.waiting >= concurrency
         return not busy and self._preparing < PREPARING and in_flight < 4 * concurrency
 
     async def project(self, name: str, *, strict: bool = False) -> R:
@@ -139,13 +133,13 @@ class Scheduler(Generic[R]):
         self._preparing += 1
         try:
             planned = await plan_project(
-                self._db, self._purchases.ledger, self._claims, name, self._ask,
-                shape=self._shape, every_selected=strict,
+                self._means.db, self._means.purchases.ledger, self._means.claims, name, self._ask,
+                shape=self._means.shape, every_selected=strict,
             )  # fmt: skip
         except ImgsaveError as exc:
             self._failed(result, exc, strict)
-            if self._claims is not None:
-                await self._claims.release(name)
+            if self._means.claims is not None:
+                await self._means.claims.release(name)
             return result
         finally:
             self._preparing -= 1
@@ -154,7 +148,7 @@ class Scheduler(Generic[R]):
         result.unprompted_scenes = list(the_plan.unprompted_scenes)
         result.pending_scenes = list(the_plan.pending_scenes)
         result.held_scenes = sorted(h.ref.index for h in held)
-        expiry = self._claims.expiry if self._claims else 0.0
+        expiry = self._means.claims.expiry if self._means.claims else 0.0
         result.stalled_scenes = sorted(h.ref.index for h in stalled(held, expiry))
         reporter = self._reporter(name)
         for line in held_lines(name, held, expiry) + unprompted_lines(
@@ -169,8 +163,8 @@ class Scheduler(Generic[R]):
         except ImgsaveError as exc:  # the ledger or the log would not take the purchase
             self._failed(result, exc, strict)
         finally:
-            if self._claims is not None:
-                await self._claims.release(name)
+            if self._means.claims is not None:
+                await self._means.claims.release(name)
         return result
 
     def _failed(self, result: R, exc: ImgsaveError, strict: bool) -> None:
@@ -180,13 +174,13 @@ class Scheduler(Generic[R]):
         if isinstance(exc, run_wide) and self.fatal is None:
             # Every other project would meet the same wall: the run stops.
             self.fatal = str(exc)
-            self._stop.halt()
+            self._means.stop.halt()
         result.failure(exc)
 
     async def _carry_out(
         self, name: str, the_plan: Plan, result: R, reporter: Reporter | None
     ) -> None:
-        log = self._purchases.log
+        log = self._means.purchases.log
         log.write(
             events.RUN_STARTED,
             command="generate",
