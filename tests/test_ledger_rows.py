@@ -13,7 +13,8 @@ import psycopg
 
 from imgsave._demo.incident import incident_document
 from imgsave.core.documents import SceneRef
-from imgsave.core.ledger import Kept, Mode, Move, NewPurchase, State
+from imgsave.adapters.postgres.ledger_rows import Waiting
+from imgsave.core.ledger import Handle, Kept, Mode, Move, NewPurchase, State
 from imgsave.operations.session import opened
 
 
@@ -163,3 +164,45 @@ def test_a_restored_copy_given_a_new_identity_leaves_its_originals_purchases_alo
     assert asyncio.run(unresolved()) == 0, "the original's rows are not this copy's to settle"
     both = cli("sql", "--new-identity", "--uninstall")
     assert both.code == 2
+
+
+def test_the_lines_waiting_in_batches_are_counted_batch_by_batch_not_read_row_by_row(
+    settings, rows, db_url
+):
+    rows.put("p1", incident_document(9))
+    rows.put("p2", incident_document(9))
+
+    async def run() -> tuple[object, ...]:
+        async with opened(settings) as s:
+            made = await s.purchases.order(
+                [NewPurchase(p, SceneRef(n + 1), 0, Mode.BATCH) for p in ("p1", "p2")
+                 for n in range(9)]
+                + [NewPurchase("p1", SceneRef(1), 1, Mode.SYNC)]
+            )  # fmt: skip
+            batch, p2 = made[:9], made[9:18]
+            # p1: 4 lines in batch_a, 3 in batch_b, 2 whose create answer was lost (their
+            # input file names them); p2: all 9 in batch_a, one of them answered already.
+            await s.ledger.set_handle([p.id for p in batch[:4] + p2], Handle(batch_id="batch_a"))
+            await s.ledger.set_handle([p.id for p in batch[4:7]], Handle(batch_id="batch_b"))
+            await s.ledger.set_handle([p.id for p in batch[7:]], Handle(input_file="file-1"))
+            await s.ledger.move([Move(p2[0].id, State.FAILED)])
+            return (
+                await s.ledger.waiting(),
+                await s.ledger.waiting(["p1"]),
+                [p.mode for p in await s.ledger.unresolved(waiting_in_batches=False)],
+                len(await s.ledger.unresolved()),
+            )
+
+    every, p1, not_waiting, unresolved = asyncio.run(run())
+    assert every == [
+        Waiting("openai", "batch_a", None, 12),
+        Waiting("openai", "batch_b", None, 3),
+        Waiting("openai", None, "file-1", 2),
+    ]
+    assert p1 == [
+        Waiting("openai", "batch_a", None, 4),
+        Waiting("openai", "batch_b", None, 3),
+        Waiting("openai", None, "file-1", 2),
+    ]
+    assert not_waiting == [Mode.SYNC]
+    assert unresolved == 18

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from imgsave.adapters.postgres.ledger_rows import LedgerRows
+from imgsave.adapters.postgres.ledger_rows import LedgerRows, Waiting
 from imgsave.core.ledger import Mode, Purchase, State
 from imgsave.errors import ImgsaveError
 from imgsave.operations.lost_images import AuditReport
@@ -40,8 +40,7 @@ async def purchases_not_in_scenes(
     batches: _Retrieving | None,
 ) -> None:
     """Fill the report's jobs, spooled, uncollected and in_batches from the ledger."""
-    open_rows = await ledger.unresolved(projects)
-    for p in open_rows:
+    for p in await ledger.unresolved(projects, waiting_in_batches=False):
         if p.state is State.STORED and p.kept.spool and not p.kept.url:
             report.spooled += 1
         elif p.mode is Mode.JOB:
@@ -51,27 +50,26 @@ async def purchases_not_in_scenes(
             report.unanswered += 1
         else:
             report.jobs.append(_job(p, "lost"))
-    waiting: dict[str, list[Purchase]] = defaultdict(list)
-    for p in open_rows:
-        if p.mode is Mode.BATCH and p.state is State.REQUESTED:
-            waiting[p.handle.batch_id or ""].append(p)
+    waiting: dict[str, list[Waiting]] = defaultdict(list)
+    for counted in await ledger.waiting(projects):
+        waiting[counted.batch_id or ""].append(counted)
     unnamed = waiting.pop("", [])
     if unnamed and batches is not None:
         unnamed = await _found_by_listing(unnamed, batches, waiting, report)
-    report.in_batches += len(unnamed)
+    report.in_batches += sum(w.rows for w in unnamed)
     await _finished_or_not(waiting, batches, report)
 
 
 async def _finished_or_not(
-    waiting: dict[str, list[Purchase]], batches: _Retrieving | None, report: AuditReport
+    waiting: dict[str, list[Waiting]], batches: _Retrieving | None, report: AuditReport
 ) -> None:
     """Each batch's rows counted `uncollected` when the batch has finished, `in_batches` when
     it runs still or is not the configured kind's (it cannot be asked); a batch that cannot be
     read is said, its rows not counted."""
-    for batch_id, rows in waiting.items():
-        kinds = {p.kind for p in rows}
-        if not batch_id or batches is None or batches.kind not in kinds:
-            report.in_batches += len(rows)
+    for batch_id, counted in waiting.items():
+        rows = sum(w.rows for w in counted)
+        if not batch_id or batches is None or batches.kind not in {w.kind for w in counted}:
+            report.in_batches += rows
             continue
         try:
             batch = await batches.retrieve(batch_id)
@@ -79,21 +77,21 @@ async def _finished_or_not(
             report.unreadable.append(f"batch {batch_id} could not be read: {exc}")
             continue
         if getattr(batch, "finished", False):
-            report.uncollected += len(rows)
+            report.uncollected += rows
         else:
-            report.in_batches += len(rows)
+            report.in_batches += rows
 
 
 async def _found_by_listing(
-    rows: list[Purchase],
+    unnamed: list[Waiting],
     batches: _Retrieving,
-    waiting: dict[str, list[Purchase]],
+    waiting: dict[str, list[Waiting]],
     report: AuditReport,
-) -> list[Purchase]:
+) -> list[Waiting]:
     """Rows of this kind whose input file a listed batch holds go to `waiting` under that
     batch; the rest are returned. A list that cannot be read is said, its rows not counted."""
-    mine = [p for p in rows if p.kind == batches.kind and p.handle.input_file]
-    rest = [p for p in rows if not (p.kind == batches.kind and p.handle.input_file)]
+    mine = [w for w in unnamed if w.kind == batches.kind and w.input_file]
+    rest = [w for w in unnamed if not (w.kind == batches.kind and w.input_file)]
     if not mine:
         return rest
     by_file: dict[str, str] = {}
@@ -104,12 +102,12 @@ async def _found_by_listing(
     except ImgsaveError as exc:
         report.unreadable.append(f"the batches could not be listed: {exc}")
         return rest
-    for p in mine:
-        batch_id = by_file.get(p.handle.input_file or "")
+    for w in mine:
+        batch_id = by_file.get(w.input_file or "")
         if batch_id is None:
-            rest.append(p)
+            rest.append(w)
         else:
-            waiting[batch_id].append(p)
+            waiting[batch_id].append(w)
     return rest
 
 

@@ -73,6 +73,24 @@ class Sighted:
     oldest: float | None
 
 
+# A batch's line not yet answered: counted in SQL, not read row by row (a batch holds up to
+# 50,000 of them, and what waits for it is only how many).
+_WAITING_IN_BATCH = sql.SQL("(mode = {batch} AND state = {requested})").format(
+    batch=sql.Literal(str(Mode.BATCH)), requested=sql.Literal(str(State.REQUESTED))
+)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The requested rows of one batch of one kind; with no batch id (its create answer was
+    lost), of one input file, by which the batch is found in the provider's list."""
+
+    kind: str
+    batch_id: str | None
+    input_file: str | None
+    rows: int
+
+
 class LedgerRows:
     """The ledger of one database, for one identity."""
 
@@ -256,18 +274,39 @@ class LedgerRows:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def unresolved(self, projects: Sequence[str] | None = None) -> list[Purchase]:
+    async def unresolved(
+        self, projects: Sequence[str] | None = None, *, waiting_in_batches: bool = True
+    ) -> list[Purchase]:
         """This database's rows not yet in their scene (of these projects, or all): an indexed
-        query whose cost grows with what is pending, never with history."""
+        query whose cost grows with what is pending, never with history. Without
+        `waiting_in_batches`, the requested lines of batches are left out (`waiting` counts
+        them)."""
+        leave_out = sql.SQL("" if waiting_in_batches else "AND NOT {} ").format(_WAITING_IN_BATCH)
         rows, _ = await self._db.run(
             "read the ledger",
             sql.SQL(
-                "SELECT {columns} FROM {t} WHERE db_id = %s AND state IN {open} "
+                "SELECT {columns} FROM {t} WHERE db_id = %s AND state IN {open} {leave_out}"
                 "AND (%s::text[] IS NULL OR project = ANY(%s::text[])) ORDER BY id"
-            ).format(t=self._table, open=_OPEN, columns=_COLUMNS),
+            ).format(t=self._table, open=_OPEN, columns=_COLUMNS, leave_out=leave_out),
             (self.db_id, _list(projects), _list(projects)),
         )
         return [_purchase(row) for row in rows]
+
+    async def waiting(self, projects: Sequence[str] | None = None) -> list[Waiting]:
+        """The requested lines of batches (of these projects, or all), counted batch by batch
+        (or input file by input file, where the batch id is not known), oldest first."""
+        rows, _ = await self._db.run(
+            "read the ledger",
+            sql.SQL(
+                "SELECT kind, batch_id, input_file, count(*) FROM {t} WHERE db_id = %s "
+                "AND {waiting} AND (%s::text[] IS NULL OR project = ANY(%s::text[])) "
+                "GROUP BY kind, batch_id, input_file ORDER BY min(id)"
+            ).format(t=self._table, waiting=_WAITING_IN_BATCH),
+            (self.db_id, _list(projects), _list(projects)),
+        )
+        return [
+            Waiting(kind, batch_id, input_file, int(n)) for kind, batch_id, input_file, n in rows
+        ]
 
     async def in_state(self, state: State, projects: Sequence[str] | None = None) -> list[Purchase]:
         """This database's rows in one final state (of these projects, or all)."""
