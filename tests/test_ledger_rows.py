@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 
 from imgsave._demo.incident import incident_document
-from imgsave.core.documents import SceneRef
 from imgsave.adapters.postgres.ledger_rows import Waiting
+from imgsave.core.documents import SceneRef
 from imgsave.core.ledger import Handle, Kept, Mode, Move, NewPurchase, State
 from imgsave.operations.session import opened
 
