@@ -22,6 +22,8 @@ from imgsave.operations.planning import Ask
 from .common import IMGSAVE, URL, PipedServer, Result, check, put, settings
 
 LATENCY, IMAGES, CONCURRENCY = 0.25, 320, 32
+# A project whose one scene has no prompt: a run for it buys nothing.
+WARM_UP = "e2e-warm-up"
 
 
 class ProviderProcess(PipedServer):
@@ -33,9 +35,12 @@ class ProviderProcess(PipedServer):
 
 
 async def library_run() -> float:
-    """imgsave's own run in-process: no interpreter start-up in the time."""
+    """imgsave's own run in-process: no interpreter start-up in the time. The modules a run
+    imports on its first call are start-up too (the CLI's wall time below counts them), so a
+    run with nothing to buy goes first; the run timed still connects, settles and plans."""
     with ProviderProcess(LATENCY) as api, tempfile.TemporaryDirectory() as logs:
         conf = replace(settings(base_url=api.base_url), log_dir=Path(logs), allow_http=True)
+        await gen.run(conf, Wanted(WARM_UP, Ask(1)), concurrency=CONCURRENCY)
         started = time.perf_counter()
         result = await gen.run(conf, Wanted("e2e", Ask(IMAGES // 20)), concurrency=CONCURRENCY)
         elapsed = time.perf_counter() - started
@@ -91,6 +96,7 @@ def cli_wall() -> float:
 def run() -> list[Result]:
     put("e2e", incident_document(20))
     put("e2e-cli", incident_document(20))
+    put(WARM_UP, {"scenes": [{"id": "s1", "index": 1, "imageUrls": []}]})
     elapsed = asyncio.run(library_run())
     floor = asyncio.run(bare_client())
     wall = cli_wall()
