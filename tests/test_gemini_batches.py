@@ -278,7 +278,7 @@ def test_one_command_from_cron_on_two_hosts_at_once_pays_for_each_image_once(
         collected = both()
         assert sum(o["saved"] for o in collected) == 60, collected
         assert sorted(b for o in collected for b in o["batches"]["collected"]) == sorted(names)
-        assert all(o["batches"]["submitted"] == [] for o in collected)
+        assert all(o["batches"]["submitted"] == [] for o in collected), collected
         again = both()
         assert all(o["in_batches"] == o["saved"] == 0 for o in again), again
         sent = list(api.sent)

@@ -15,6 +15,7 @@ from imgsave._demo.incident import incident_document
 from imgsave.adapters.postgres.ledger_rows import Waiting
 from imgsave.core.documents import SceneRef
 from imgsave.core.ledger import Handle, Kept, Mode, Move, NewPurchase, State
+from imgsave.operations.planning import Ask, plan_project
 from imgsave.operations.session import opened
 
 
@@ -206,3 +207,47 @@ def test_the_lines_waiting_in_batches_are_counted_batch_by_batch_not_read_row_by
     ]
     assert not_waiting == [Mode.SYNC]
     assert unresolved == 18
+
+
+def test_a_save_committed_while_a_run_plans_is_on_its_way_or_in_its_scene_never_neither(
+    settings, rows, db_url
+):
+    """Another host collects a batch while this run plans the same scene: the collection's save
+    (the URL into the document, its row to `saved`, one transaction) commits between the
+    plan's readings. The plan reads the ledger first, so it sees the row on its way or the URL
+    in its scene; the other way round it saw neither, and bought the image a second time."""
+    rows.put("p1", incident_document(1))
+    url = "https://i.test/collected.png"
+
+    async def plan_while_another_host_saves() -> int:
+        async with opened(settings) as s:
+            (row,) = await s.purchases.order(
+                [NewPurchase("p1", SceneRef(1, "scene-1"), 0, Mode.BATCH)]
+            )
+            read = s.db.read
+            reads = 0
+
+            async def read_then_the_other_host_commits(project: str) -> object:
+                nonlocal reads
+                document = await read(project)
+                reads += 1
+                if reads == 2:  # the plan's second reading, after its claim
+                    with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
+                        conn.execute(
+                            "UPDATE projects SET generated_output = jsonb_set(generated_output,"
+                            " '{scenes,0,imageUrls}', jsonb_build_array(%s::text))",
+                            (url,),
+                        )
+                        conn.execute(
+                            "UPDATE imgsave_ledger SET state = 'saved', url = %s WHERE id = %s",
+                            (url, row.id),
+                        )
+                return document
+
+            s.db.read = read_then_the_other_host_commits  # type: ignore[method-assign]
+            planned = await plan_project(s.db, s.ledger, None, "p1", Ask(1), shape=settings.shape)
+            assert reads == 2
+            return planned.plan.requested
+
+    assert asyncio.run(plan_while_another_host_saves()) == 0
+    assert rows.urls("p1") == {1: [url]}

@@ -74,6 +74,11 @@ async def plan_project(
         if not claimed:
             return Planned(Plan((), first.skipped_scenes, first.unprompted_scenes), held)
         mine = set(claimed)
+    # The ledger before the document: a purchase saved by another host meanwhile (a batch
+    # collected, a job resumed) moves to `saved` in the transaction that writes it into the
+    # document, so it is on its way in the first reading or in its scene in the second. Read
+    # the other way round, one committed between the readings is in neither: bought again.
+    pending = on_their_way(await ledger.unresolved([project]))
     second = await planned()
     if mine is not None:
         second = Plan(
@@ -87,5 +92,4 @@ async def plan_project(
             second.skipped_scenes,
             second.unprompted_scenes,
         )
-    pending = on_their_way(await ledger.unresolved([project]))
     return Planned(without_pending(second, pending, force=ask.force), held)
