@@ -237,3 +237,18 @@ def test_parts_hold_whole_projects_in_order_and_are_cut_at_the_first_boundary_pa
         last = part[-1][0]
         before_last = [row for row in part if row[0] != last]
         assert len(part) >= size and len(before_last) < size
+
+
+def test_a_repair_that_read_nothing_says_so_before_and_after_it_made_the_ledger(cli, rows):
+    rows.put("p1", incident_document(1))
+    plan = cli("repair")
+    assert plan.code == 0, plan.stderr
+    assert " ".join(plan.stderr.split()) == (
+        "warning: nothing was read: this database has no ledger yet, and no --log was given"
+    )
+    # An executing repair makes the ledger before it audits: still nothing read, and said.
+    done = cli("repair", "--execute")
+    assert done.code == 0, done.stderr
+    assert " ".join(done.stderr.split()) == (
+        "warning: nothing was read: this database's ledger is empty, and no --log was given"
+    )

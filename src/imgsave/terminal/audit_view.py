@@ -62,8 +62,10 @@ def report_problems(report: AuditReport, extra: list[str] | tuple[str, ...] = ()
         error(message)
     for note in report.notes:
         warn(note)
-    if report.stats.files == 0 and report.journal_rows is None and report.ledger_rows is None:
-        warn("nothing was read: this database has no ledger yet, and no --log was given")
+    if report.stats.files == 0 and report.journal_rows is None and not report.ledger_rows:
+        # An executing repair makes the ledger before it audits: an empty one says the same.
+        ledger = " has no ledger yet" if report.ledger_rows is None else "'s ledger is empty"
+        warn(f"nothing was read: this database{ledger}, and no --log was given")
     for where in report.stats.truncated_files:
         warn(f"{where}: last line cut short")
 
