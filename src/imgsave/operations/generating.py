@@ -246,15 +246,16 @@ async def dry_plans(
     async for names in targets.sources(db, ask):
         for start in range(0, len(names), DRY_BATCH):
             chunk = names[start : start + DRY_BATCH]
+            # The ledger before the documents, as planning.plan_project reads them.
+            rows: dict[str, list[Purchase]] = defaultdict(list)
+            for row in await ledger.unresolved(chunk) if ledger is not None else ():
+                rows[row.project].append(row)
             documents: dict[str, str | None]
             failures: dict[str, str] = {}
             if targets.single:
                 documents = {chunk[0]: await db.read(chunk[0])}
             else:
                 documents, failures = await db.read_many(chunk)
-            rows: dict[str, list[Purchase]] = defaultdict(list)
-            for row in await ledger.unresolved(chunk) if ledger is not None else ():
-                rows[row.project].append(row)
             for project in chunk:
                 try:
                     if project in failures:

@@ -330,6 +330,8 @@ async def _jobs(
     """What `project` may have bought for it now: its scenes that still exist and have a
     prompt, less those whose images are on their way already, claimed by this run; None when
     its document cannot be read. What is left out is said in `errors`."""
+    # The ledger before the document, as planning.plan_project reads them (it says why).
+    pending = on_their_way(await s.ledger.unresolved([project]))
     try:
         all_scenes = scenes(
             decode(await s.db.read(project), project=project), s.settings.shape,
@@ -344,7 +346,6 @@ async def _jobs(
         if (scene := find(all_scenes, ref)) is not None and scene.prompt
     )
     # A scene a batch or a job is paying for already is not bought again.
-    pending = on_their_way(await s.ledger.unresolved([project]))
     waiting = [job for job in jobs if pending.get(scene_key(job.scene.ref))]
     if waiting:
         errors.append(
