@@ -15,6 +15,7 @@ from imgsave._demo.incident import incident_document
 from imgsave.adapters.postgres.ledger_rows import Waiting
 from imgsave.core.documents import SceneRef
 from imgsave.core.ledger import Handle, Kept, Mode, Move, NewPurchase, State
+from imgsave.operations import repairing
 from imgsave.operations.planning import Ask, plan_project
 from imgsave.operations.session import opened
 
@@ -251,3 +252,28 @@ def test_a_save_committed_while_a_run_plans_is_on_its_way_or_in_its_scene_never_
 
     assert asyncio.run(plan_while_another_host_saves()) == 0
     assert rows.urls("p1") == {1: [url]}
+
+
+def test_repair_buys_only_what_its_scenes_still_lack_once_they_are_claimed(settings, rows):
+    """The audit was read before the scenes were claimed: another host's repair may have
+    replaced a dead link, or filled an empty scene, since. Neither is bought a second time;
+    a dead link nothing replaces, and a scene still empty, are."""
+    document = incident_document(3)
+    document["scenes"][1]["imageUrls"] = ["https://i.test/filled-since.png"]
+    rows.put("p1", document)
+    replaced, still_dead = "https://i.test/dead-1.png", "https://i.test/dead-2.png"
+    one, two, three = (SceneRef(n, f"scene-{n}") for n in (1, 2, 3))
+
+    async def jobs() -> tuple[object, list[str]]:
+        async with opened(settings) as s:
+            (row,) = await s.purchases.order(
+                [NewPurchase("p1", one, 0, Mode.SYNC, replaces=(replaced,))]
+            )
+            await s.ledger.move([Move(row.id, State.SAVED, Kept(url="https://i.test/new.png"))])
+            errors: list[str] = []
+            wanted = {one: [replaced, still_dead], two: [None], three: [None]}
+            found = await repairing._jobs(s, "p1", wanted, None, errors)
+            assert found is not None
+            return [(j.scene.ref.index, j.count, j.replaces) for j in found], errors
+
+    assert asyncio.run(jobs()) == ([(1, 1, (still_dead,)), (3, 1, ())], [])

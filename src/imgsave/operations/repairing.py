@@ -327,11 +327,26 @@ async def _jobs(
     claims: Claims | None,
     errors: list[str],
 ) -> tuple[Job, ...] | None:
-    """What `project` may have bought for it now: its scenes that still exist and have a
-    prompt, less those whose images are on their way already, claimed by this run; None when
+    """What `project` may have bought for it now, read once its scenes are claimed by this run
+    (the audit was read before, and another host may have bought them since): its scenes that
+    still exist, have a prompt and still lack the image (a dead link no purchase replaces yet,
+    an empty scene still empty), less those whose images are on their way already; None when
     its document cannot be read. What is left out is said in `errors`."""
+    refs = list(by_scene)
+    if claims is not None:
+        mine, held = await claims.claim(project, refs)
+        if held:
+            errors.append(
+                f"project {project}: {len(held)} scenes not regenerated: held by another "
+                "run (a batch waiting, or a generate in progress)"
+            )
+        refs = [ref for ref in refs if ref in set(mine)]
+        if not refs:
+            return ()
     # The ledger before the document, as planning.plan_project reads them (it says why).
     pending = on_their_way(await s.ledger.unresolved([project]))
+    dead = [url for ref in refs for url in by_scene[ref] if url is not None]
+    replaced = await s.ledger.replaced(project, dead)
     try:
         all_scenes = scenes(
             decode(await s.db.read(project), project=project), s.settings.shape,
@@ -340,11 +355,14 @@ async def _jobs(
     except ImgsaveError as exc:
         errors.append(f"{exc} (not regenerated)")
         return None
-    jobs = tuple(
-        Job(scene, len(olds), tuple(u for u in olds if u is not None))
-        for ref, olds in by_scene.items()
-        if (scene := find(all_scenes, ref)) is not None and scene.prompt
-    )
+    jobs = []
+    for ref in refs:
+        scene = find(all_scenes, ref)
+        if scene is None or not scene.prompt:
+            continue
+        wanted = [u for u in by_scene[ref] if (u not in replaced if u else not scene.urls)]
+        if wanted:
+            jobs.append(Job(scene, len(wanted), tuple(u for u in wanted if u is not None)))
     # A scene a batch or a job is paying for already is not bought again.
     waiting = [job for job in jobs if pending.get(scene_key(job.scene.ref))]
     if waiting:
@@ -352,16 +370,7 @@ async def _jobs(
             f"project {project}: {len(waiting)} scenes not regenerated: their images are on "
             "their way (a batch or a job is paying for them)"
         )
-        jobs = tuple(job for job in jobs if job not in waiting)
-    if claims is not None and jobs:
-        mine, held = await claims.claim(project, [job.scene.ref for job in jobs])
-        jobs = tuple(job for job in jobs if job.scene.ref in set(mine))
-        if held:
-            errors.append(
-                f"project {project}: {len(held)} scenes not regenerated: held by another "
-                "run (a batch waiting, or a generate in progress)"
-            )
-    return jobs
+    return tuple(job for job in jobs if job not in waiting)
 
 
 def _one_line(exc: BaseException) -> str:

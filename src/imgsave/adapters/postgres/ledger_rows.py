@@ -31,6 +31,10 @@ from imgsave.core.ledger import (
 from imgsave.errors import CannotWork, DatabaseUnavailable, LedgerUnavailable
 
 _OPEN = sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(str(s)) for s in sorted(UNRESOLVED)))
+# A purchase that has its image, or may still get it.
+_TAKING = sql.SQL("({})").format(
+    sql.SQL(", ").join(sql.Literal(str(s)) for s in sorted(UNRESOLVED | {State.SAVED}))
+)
 
 # What a read gives, in this order (Purchase._from_row).
 _COLUMNS = sql.SQL(
@@ -329,6 +333,22 @@ class LedgerRows:
             (self.db_id, batch_id),
         )
         return [_purchase(row) for row in rows]
+
+    async def replaced(self, project: str, urls: Sequence[str]) -> set[str]:
+        """Which of `urls` a purchase for `project` replaces (or is on its way to replace): a
+        dead link another run has already bought a new image for."""
+        if not urls:
+            return set()
+        rows, _ = await self._db.run(
+            "read the ledger",
+            sql.SQL(
+                "SELECT DISTINCT u FROM {t}, unnest(replaces) AS u WHERE db_id = %s "
+                "AND project = %s AND replaces && %s::text[] AND u = ANY(%s::text[]) "
+                "AND state IN {taking}"
+            ).format(t=self._table, taking=_TAKING),
+            (self.db_id, project, list(urls), list(urls)),
+        )
+        return {row[0] for row in rows}
 
     async def object_keys(self, project: str, scene: str) -> set[str]:
         """The store's keys the ledger names for one scene: objects that are some purchase's."""
