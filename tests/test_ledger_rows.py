@@ -15,7 +15,7 @@ from imgsave._demo.incident import incident_document
 from imgsave.adapters.postgres.ledger_rows import Waiting
 from imgsave.core.documents import SceneRef
 from imgsave.core.ledger import Handle, Kept, Mode, Move, NewPurchase, State
-from imgsave.operations import repairing
+from imgsave.operations import rehosting, repairing
 from imgsave.operations.planning import Ask, plan_project
 from imgsave.operations.session import opened
 
@@ -277,3 +277,32 @@ def test_repair_buys_only_what_its_scenes_still_lack_once_they_are_claimed(setti
             return [(j.scene.ref.index, j.count, j.replaces) for j in found], errors
 
     assert asyncio.run(jobs()) == ([(1, 1, (still_dead,)), (3, 1, ())], [])
+
+
+def test_rehost_buys_only_for_links_still_dead_once_their_scenes_are_claimed(settings, rows):
+    """Links found dead may have been replaced since by another run: one a purchase replaces
+    already, and one no longer in its scene, are not bought for again; a link still there, and
+    replaced by nothing, is."""
+    document = incident_document(3)
+    replaced, still_dead, gone = (f"https://i.test/dead-{n}.png" for n in (1, 2, 3))
+    document["scenes"][0]["imageUrls"] = [replaced]
+    document["scenes"][1]["imageUrls"] = [still_dead]
+    document["scenes"][2]["imageUrls"] = ["https://i.test/put-there-since.png"]
+    rows.put("p1", document)
+    links = [
+        rehosting.Link("p1", n, f"scene-{n}", url)
+        for n, url in ((1, replaced), (2, still_dead), (3, gone))
+    ]
+
+    async def jobs() -> list[tuple[int, tuple[str, ...]]]:
+        async with opened(settings) as s:
+            # Another run's replacement of the first link, on its way (requested).
+            await s.purchases.order(
+                [NewPurchase("p1", SceneRef(1, "scene-1"), 0, Mode.SYNC, replaces=(replaced,))]
+            )
+            errors: list[str] = []
+            found = await rehosting.links_to_replace(s, "p1", links, None, errors)
+            assert errors == []
+            return [(j.scene.ref.index, j.replaces) for j in found]
+
+    assert asyncio.run(jobs()) == [(2, (still_dead,))]

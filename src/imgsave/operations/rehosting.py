@@ -25,6 +25,7 @@ from imgsave.core.result_json import NOT_IN_JSON
 from imgsave.core.scene_plan import Job, Plan
 from imgsave.core.url_rule import url_problem
 from imgsave.errors import ImgsaveError, ProjectNotFound
+from imgsave.operations.claims import Claims, claimed
 from imgsave.operations.execution import Execution, Means, Reporter, Tally
 from imgsave.operations.group_commit import ProjectSaver
 from imgsave.operations.session import Session
@@ -179,36 +180,62 @@ async def regenerate_links(
     reporter: Reporter | None,
 ) -> tuple[Tally, int]:
     """A new image bought for each expired link, put in its place; returns the tally and how
-    many took a link's place (an answer's further images are appended beside)."""
+    many took a link's place (an answer's further images are appended beside). Only in scenes
+    this run can claim, and only for links still dead once they are claimed."""
     total = Tally()
     placed = 0
     budget = max_images
-    means = Means(s.db, provider, s.purchases, s.settings.shape, Slots(concurrency), stop)
     by_project: dict[str, list[Link]] = defaultdict(list)
     for link in expired:
         by_project[link.project].append(link)
-    for project, items in by_project.items():
-        if stop.requested or (budget is not None and budget <= 0):
-            total.not_requested += len(items)
-            continue
-        all_scenes = scenes(decode(await s.db.read(project), project=project), s.settings.shape)
-        jobs = tuple(
-            Job(scene, 1, (link.url,))
-            for link in items
-            if (scene := find(all_scenes, link.ref)) is not None and scene.prompt
+    async with claimed(s.db.connector, s.run, s.settings.claims) as claims:
+        means = Means(
+            s.db, provider, s.purchases, s.settings.shape, Slots(concurrency), stop, claims
         )
-        plan = Plan(jobs)
-        if budget is not None:
-            plan, cut = plan.capped(budget)
-            total.not_requested += cut
-            budget -= plan.requested
-        execution = Execution(means, project, reporter=reporter, edit=Edit.REPLACE)
-        tally = await execution.run(plan)
-        placed += tally.saved - tally.extras
-        total.merge(tally)
-        if tally.fatal:
-            break
+        for project, items in by_project.items():
+            if stop.requested or (budget is not None and budget <= 0):
+                total.not_requested += len(items)
+                continue
+            plan = Plan(await links_to_replace(s, project, items, claims, total.errors))
+            if budget is not None:
+                plan, cut = plan.capped(budget)
+                total.not_requested += cut
+                budget -= plan.requested
+            execution = Execution(means, project, reporter=reporter, edit=Edit.REPLACE)
+            tally = await execution.run(plan)
+            if claims is not None:
+                await claims.release(project)
+            placed += tally.saved - tally.extras
+            total.merge(tally)
+            if tally.fatal:
+                break
     return total, placed
+
+
+async def links_to_replace(
+    s: Session, project: str, links: Sequence[Link], claims: Claims | None, errors: list[str]
+) -> tuple[Job, ...]:
+    """The links of `project` to buy a new image for, decided once their scenes are claimed
+    (another run may have replaced them since they were found dead): those still in their
+    scene, whose scene has a prompt, that no purchase replaces or is on its way to replace."""
+    if claims is not None:
+        mine, held = await claims.claim(project, list(dict.fromkeys(link.ref for link in links)))
+        if held:
+            errors.append(
+                f"project {project}: {len(held)} scenes not regenerated: held by another run"
+            )
+        links = [link for link in links if link.ref in set(mine)]
+    # The ledger before the document, as planning.plan_project reads them (it says why).
+    replaced = await s.ledger.replaced(project, [link.url for link in links])
+    all_scenes = scenes(decode(await s.db.read(project), project=project), s.settings.shape)
+    return tuple(
+        Job(scene, 1, (link.url,))
+        for link in links
+        if (scene := find(all_scenes, link.ref)) is not None
+        and scene.prompt
+        and link.url in scene.urls
+        and link.url not in replaced
+    )
 
 
 async def _batches(
