@@ -6,46 +6,33 @@ every request it forwards (a gateway that opts its clients into something)."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
+
+from .served import Served
 
 PREFIX = "/gw"
 VIA = "1.1 test-gateway"
 _HOP = {"host", "connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
-class Gateway:
+class Gateway(Served):
     def __init__(self, upstream: str, add_headers: dict[str, str] | None = None):
         self.upstream = upstream.rstrip("/")
         self.add_headers = add_headers or {}
         # (method, path as received, headers as received, lower-cased) of every request.
         self.forwarded: list[tuple[str, str, dict[str, str]]] = []
         self._client = httpx.Client(timeout=30)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def origin(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        super().__init__(self._handler())
 
     @property
     def base(self) -> str:
         """What IMGSAVE_BASE_URL starts with behind this gateway."""
         return self.origin + PREFIX
 
-    def __enter__(self) -> Gateway:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc_info)
         self._client.close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

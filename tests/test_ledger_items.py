@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,7 @@ from imgsave._demo.incident import incident_document
 from imgsave._demo.loopback import LoopbackProvider
 
 from .conftest import Ran, spawn, wait_for
+from .served import Served
 from .test_seams import log_records
 
 # The job APIs' facts, written out (the same in every version of imgsave this file runs on).
@@ -706,7 +707,7 @@ def test_scenes_of_unreadable_or_empty_lines_are_not_bought_again_by_the_run_tha
 # -- 10. the Batch API cannot be read: nothing seen is not nothing found ----------------------
 
 
-class Answering:
+class Answering(Served):
     """An HTTP server on loopback that answers every request with one status (the Batch API
     down, or refusing the key), as the image API's base URL."""
 
@@ -732,27 +733,14 @@ class Answering:
 
             do_GET = do_POST = do_PUT = _answer
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        super().__init__(Handler)
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
-
-    def __enter__(self) -> Answering:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"{self.origin}/v1"
 
 
-# A 503 is retried (batch_http.py's own backoff, about 7 s in all): one command is enough.
+# A 503 is retried (as [provider] says: max_attempts, and the tests' short backoff).
 @pytest.mark.parametrize(
     ("status", "commands"),
     [(401, (["audit"], ["repair"], ["repair", "--execute"])), (503, (["repair", "--execute"],))],
@@ -780,7 +768,7 @@ def test_audit_and_repair_say_so_when_the_batch_api_cannot_be_read(
 # -- 11. a --batch run killed before its create ----------------------------------------------
 
 
-class Interposer:
+class Interposer(Served):
     """A proxy on loopback in front of the image API, as the network between imgsave and the
     provider: `rule(method, path, headers)` says what becomes of each request: "forward", "hold"
     (it never reaches the provider; no answer until the proxy closes), "forward-hold" (it
@@ -841,25 +829,11 @@ class Interposer:
 
             do_GET = do_POST = do_PUT = _forward
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def origin(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> Interposer:
-        self._thread.start()
-        return self
+        super().__init__(Handler)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._closing.set()  # the held requests end first
+        super().__exit__(*exc_info)
         self._client.close()
 
 
